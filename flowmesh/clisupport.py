@@ -1,0 +1,50 @@
+"""Pieces shared by the ``flowmesh`` and ``flowmesh-edge`` command lines."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import psycopg
+
+from . import settings
+from .database import one_line
+from .errors import DatabaseUnreachable, FlowMeshError
+
+database_url_option = click.option(
+    "--database-url",
+    envvar=settings.DATABASE_URL_ENV,
+    show_envvar=True,
+    metavar="URL",
+    help="PostgreSQL URL (15 or newer, Supabase included). Without it the embedded "
+    "server in the data directory is used, started when needed.",
+)
+
+
+class FriendlyGroup(click.Group):
+    """A click group that reports expected failures as one line, not a traceback.
+
+    Exit codes: 1 for an error, 3 when the database cannot be reached, 2 for
+    usage errors (click's own).
+    """
+
+    def __init__(self, *args, prog: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prog = prog
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DatabaseUnreachable as exc:
+            click.echo(f"{self.prog}: {exc}", err=True)
+            sys.exit(3)
+        except FlowMeshError as exc:
+            click.echo(f"{self.prog}: error: {exc}", err=True)
+            sys.exit(1)
+        except psycopg.OperationalError as exc:
+            click.echo(f"{self.prog}: cannot reach the database: {one_line(exc)}", err=True)
+            sys.exit(3)
+        except psycopg.Error as exc:
+            state = f" [{exc.sqlstate}]" if getattr(exc, "sqlstate", None) else ""
+            click.echo(f"{self.prog}: database error{state}: {one_line(exc)}", err=True)
+            sys.exit(1)

@@ -1,0 +1,40 @@
+"""Named queries from ``queries.sql``: Python holds no inline SQL.
+
+>>> from flowmesh.queries import query
+>>> conn.execute(query("stale_tetrahedrons"), {"threshold_minutes": 60, "tetrahedron_id": None})
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+_NAME = re.compile(r"^--\s*name:\s*(\S+)\s*$", re.MULTILINE)
+
+
+def parse(text: str) -> dict[str, str]:
+    """Split a queries file into {name: sql}; comment lines inside a block are kept out."""
+    parts = _NAME.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
+        sql = "\n".join(lines).strip().rstrip(";")
+        if not sql:
+            raise ValueError(f"query {name!r} is empty")
+        queries[name] = sql
+    return queries
+
+
+@cache
+def all_queries() -> dict[str, str]:
+    return parse((Path(__file__).parent / "queries.sql").read_text())
+
+
+def query(name: str) -> str:
+    try:
+        return all_queries()[name]
+    except KeyError:
+        raise KeyError(f"no query named {name!r} in queries.sql") from None

@@ -1,0 +1,71 @@
+-- Named queries used by the Python code, loaded by name (flowmesh.queries).
+-- Each block starts with "-- name: <name>" and may describe itself below it.
+-- The rules live in SQL functions; these only call them or read results.
+
+-- name: register_node
+-- Make a node a vertex of its tetrahedron (created when missing); returns its id.
+select public.register_node(%(tetrahedron)s, %(node_id)s, %(role)s) as tetrahedron_id;
+
+-- name: record_heartbeats
+-- Ship one outbox batch; idempotent by (src, seq).
+select received, inserted, duplicates
+  from public.record_mesh_heartbeats(%(tetrahedron_id)s, %(batch)s);
+
+-- name: check_all
+-- Open/resolve mesh-degrading alerts for every tetrahedron; returns those opened.
+select id, tetrahedron_id, alert_type, message, created_at
+  from public.check_mesh_heartbeats_and_alert(%(threshold_minutes)s);
+
+-- name: check_one
+-- The same check for one tetrahedron.
+select id, tetrahedron_id, alert_type, message, created_at
+  from public.check_mesh_heartbeats_and_alert(%(threshold_minutes)s, %(tetrahedron_id)s);
+
+-- name: stale_tetrahedrons
+-- Tetrahedrons silent for longer than the threshold, optionally just one.
+select tetrahedron_id, name, last_heartbeat_at,
+       extract(epoch from silent_for)::double precision as silent_for_s
+  from public.stale_tetrahedrons(%(threshold_minutes)s)
+ where %(tetrahedron_id)s::uuid is null or tetrahedron_id = %(tetrahedron_id)s::uuid;
+
+-- name: open_alerts
+-- Open guardian alerts, newest first, optionally for one tetrahedron.
+select a.id, a.tetrahedron_id, t.name as tetrahedron, a.alert_type, a.node_id,
+       a.severity, a.message, a.created_at
+  from public.guardian_alerts a
+  join public.tetrahedrons t on t.id = a.tetrahedron_id
+ where a.resolved_at is null
+   and (%(tetrahedron_id)s::uuid is null or a.tetrahedron_id = %(tetrahedron_id)s::uuid)
+ order by a.created_at desc, a.id desc;
+
+-- name: tetrahedron_count
+select count(*) as n from public.tetrahedrons;
+
+-- name: list_tetrahedrons
+-- Tetrahedrons with their member count and last heartbeat.
+select t.id, t.name, t.last_heartbeat_at,
+       (select count(*) from public.tetrahedron_vertices v where v.tetrahedron_id = t.id) as vertices,
+       (select count(*) from public.guardian_alerts a
+         where a.tetrahedron_id = t.id and a.resolved_at is null) as open_alerts
+  from public.tetrahedrons t
+ order by t.name;
+
+-- name: list_nodes
+-- Nodes, optionally of one tetrahedron (by name).
+select t.name as tetrahedron, n.node_id, n.role, n.status, n.health_score,
+       n.last_heartbeat_at, n.last_seq, n.metrics
+  from public.nodes n
+  join public.tetrahedrons t on t.id = n.tetrahedron_id
+ where %(tetrahedron)s::text is null or t.name = %(tetrahedron)s::text
+ order by t.name, n.node_id;
+
+-- name: add_vertex
+-- Link a device (and optionally its owning user) to a tetrahedron by name.
+insert into public.tetrahedron_vertices (tetrahedron_id, node_id, user_id)
+select t.id, %(node_id)s, %(user_id)s::uuid from public.tetrahedrons t where t.name = %(tetrahedron)s
+on conflict (tetrahedron_id, node_id) do update set user_id = excluded.user_id
+returning tetrahedron_id;
+
+-- name: server_version
+select current_setting('server_version_num')::int as version_num,
+       current_setting('server_version') as version;
