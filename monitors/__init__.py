@@ -1,0 +1,1 @@
+"""Monitors: thin readers and schedulers of FlowMesh's SQL."""

@@ -1,0 +1,167 @@
+"""The edge agent's main loop: sample, queue durably, ship, back off, stop cleanly.
+
+Two tasks share one outbox: the sampler writes a heartbeat every interval
+whatever the database's state, and the shipper drains the outbox whenever
+there is something to send, backing off exponentially (with jitter) while the
+database is unreachable. Blocking work (SQLite, psycopg) runs in worker
+threads so the event loop only schedules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flowmesh import __version__
+
+from .config import AgentConfig
+from .metrics import MetricsSampler
+from .outbox import Outbox
+from .shipper import Rejected, Shipper, ShipReport, Unreachable
+
+log = logging.getLogger("flowmesh_edge.agent")
+
+
+@dataclass
+class AgentStats:
+    sampled: int = 0
+    shipped: ShipReport = field(default_factory=ShipReport)
+    failures: int = 0
+    last_error: str | None = None
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        outbox: Outbox,
+        shipper: Shipper,
+        sample: Callable[[], dict] | None = None,
+    ):
+        self.config = config
+        self.outbox = outbox
+        self.shipper = shipper
+        self._sample = sample or MetricsSampler().sample
+        self._wake = asyncio.Event()
+        self.stats = AgentStats()
+
+    def heartbeat_payload(self) -> dict:
+        payload: dict = {"metrics": self._sample(), "agent": {"version": __version__}}
+        if self.config.role:
+            payload["role"] = self.config.role
+        return payload
+
+    async def beat(self) -> int:
+        """Sample and queue one heartbeat; wake the shipper."""
+        payload = self.heartbeat_payload()
+        seq = await asyncio.to_thread(
+            self.outbox.put,
+            self.config.tetrahedron,
+            self.config.node_id,
+            payload,
+            role=self.config.role,
+        )
+        self.stats.sampled += 1
+        self._wake.set()
+        return seq
+
+    async def run(self, stop: asyncio.Event) -> AgentStats:
+        """Run until ``stop`` is set, then try to ship what is queued."""
+        sampler = asyncio.create_task(self._sample_loop(stop), name="flowmesh-sampler")
+        shipper = asyncio.create_task(self._ship_loop(stop), name="flowmesh-shipper")
+        try:
+            await stop.wait()
+        finally:
+            sampler.cancel()
+            self._wake.set()
+            await asyncio.gather(sampler, return_exceptions=True)
+            await asyncio.gather(shipper, return_exceptions=True)
+            await self._final_flush()
+            await asyncio.to_thread(self.shipper.close)
+        return self.stats
+
+    async def _sample_loop(self, stop: asyncio.Event) -> None:
+        interval = self.config.interval_s
+        next_at = time.monotonic()
+        while not stop.is_set():
+            try:
+                await self.beat()
+            except Exception:  # a failing disk must not kill the agent silently
+                log.exception("could not queue a heartbeat")
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay < 0:  # fell behind (suspended laptop): skip, do not burst
+                next_at = time.monotonic() + interval
+                delay = interval
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def _ship_loop(self, stop: asyncio.Event) -> None:
+        backoff = 0.0
+        while not stop.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            if stop.is_set():
+                break
+            try:
+                report = await asyncio.to_thread(self.shipper.flush)
+            except (Unreachable, Rejected) as exc:
+                backoff = self._next_backoff(backoff)
+                self._report_failure(exc, backoff)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                except TimeoutError:
+                    self._wake.set()  # retry even when nothing new was sampled
+                continue
+            except Exception:
+                backoff = self._next_backoff(backoff)
+                log.exception("unexpected error while shipping; retrying in %.1fs", backoff)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                except TimeoutError:
+                    self._wake.set()
+                continue
+            if backoff:
+                log.warning("database reachable again; shipped %d queued heartbeats", report.shipped)
+            elif report.shipped or report.dead_lettered:
+                log.debug("shipped %d heartbeats (%d duplicates)", report.shipped, report.duplicates)
+            backoff = 0.0
+            self.stats.shipped.add(report)
+            self.stats.last_error = None
+
+    def _next_backoff(self, current: float) -> float:
+        base = self.config.backoff_initial_s if current == 0 else min(
+            current * 2, self.config.backoff_max_s
+        )
+        return min(base * random.uniform(0.8, 1.2), self.config.backoff_max_s)
+
+    def _report_failure(self, exc: Exception, backoff: float) -> None:
+        self.stats.failures += 1
+        message = str(exc)
+        if isinstance(exc, Unreachable):
+            message = f"database unreachable: {message}"
+        else:
+            message = f"database refused the shipment [{exc.sqlstate}]: {message}"
+        # say it once per kind of failure, not once per retry
+        level = logging.WARNING if message != self.stats.last_error else logging.DEBUG
+        log.log(level, "%s; %d heartbeats kept in the outbox; retrying in %.1fs",
+                message, self.outbox.pending(), backoff)
+        self.stats.last_error = message
+
+    async def _final_flush(self) -> None:
+        try:
+            report = await asyncio.wait_for(
+                asyncio.to_thread(self.shipper.flush), timeout=self.config.flush_timeout_s
+            )
+            self.stats.shipped.add(report)
+        except (Unreachable, Rejected, TimeoutError) as exc:
+            log.warning(
+                "stopping with %d heartbeats in the outbox (%s); they ship on the next start",
+                self.outbox.pending(), exc or "timed out",
+            )

