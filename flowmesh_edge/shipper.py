@@ -167,13 +167,15 @@ class Shipper:
         conn = self._connection()
         try:
             return conn.execute(sql, params).fetchone()
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise Unreachable(one_line(exc)) from exc
         except psycopg.Error as exc:
+            # SQLSTATE first: psycopg files some data errors (class 54) under
+            # OperationalError, beside the real connection failures.
             state = exc.sqlstate or ""
             if state[:2] in DATA_ERROR_CLASSES and state != "23503":
                 raise _DataError(one_line(exc), state) from exc
+            if isinstance(exc, psycopg.OperationalError):
+                self.close()
+                raise Unreachable(one_line(exc)) from exc
             raise Rejected(one_line(exc), exc.sqlstate) from exc
 
 

@@ -93,3 +93,31 @@ def register(conn: psycopg.Connection, tetrahedron: str, node: str, user_id=None
             (str(user_id), tid, node),
         )
     return tid
+
+
+@pytest.fixture
+def proxy(pg_server):
+    """A cuttable loopback TCP path to the test server (see tests/support/proxy.py)."""
+    from tests.support.proxy import PgProxy
+
+    info = pg_server.get_postmaster_info()
+    p = PgProxy(info.socket_dir / f".s.PGSQL.{info.port}").start()
+    yield p
+    p.close()
+
+
+def db_name(url: str) -> str:
+    return url.split("?", 1)[0].rsplit("/", 1)[1]
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
+    """Poll ``predicate`` until it is truthy; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

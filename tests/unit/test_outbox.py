@@ -1,0 +1,108 @@
+"""The outbox on its own: durable, ordered, strictly increasing sequence numbers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowmesh_edge.outbox import Outbox
+
+
+def test_put_peek_remove_in_order(tmp_path):
+    with Outbox(tmp_path / "o.sqlite3") as box:
+        seqs = [box.put("home", "pi", {"n": i}) for i in range(5)]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 5
+        entries = box.peek(3)
+        assert [e.seq for e in entries] == seqs[:3]
+        assert [json.loads(e.payload) for e in entries] == [{"n": 0}, {"n": 1}, {"n": 2}]
+        box.remove([e.seq for e in entries])
+        assert box.pending() == 2
+        assert [e.seq for e in box.peek(10)] == seqs[3:]
+
+
+def test_survives_reopen_and_never_reuses_a_sequence(tmp_path):
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path) as box:
+        first = box.put("home", "pi", {})
+        box.remove([first])
+    with Outbox(path) as box:
+        second = box.put("home", "pi", {})
+        assert second > first
+        assert box.pending() == 1
+
+
+def test_new_outbox_starts_above_an_older_one(tmp_path):
+    with Outbox(tmp_path / "a.sqlite3") as old:
+        last = max(old.put("home", "pi", {}) for _ in range(100))
+    time.sleep(0.01)
+    with Outbox(tmp_path / "b.sqlite3") as new:
+        assert new.put("home", "pi", {}) > last
+
+
+def test_concurrent_writers_get_unique_sequences(tmp_path):
+    path = tmp_path / "o.sqlite3"
+    seqs: list[int] = []
+    lock = threading.Lock()
+
+    def writer():
+        with Outbox(path) as box:  # separate connections, like `beat` beside `run`
+            for _ in range(50):
+                s = box.put("home", "pi", {})
+                with lock:
+                    seqs.append(s)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(seqs) == 200 and len(set(seqs)) == 200
+
+
+def test_dead_letter_moves_the_entry(tmp_path):
+    with Outbox(tmp_path / "o.sqlite3") as box:
+        box.put("home", "pi", {"ok": 1})
+        bad = box.put("home", "pi", {"bad": 1})
+        entry = [e for e in box.peek(10) if e.seq == bad][0]
+        box.dead_letter(entry, "payload too big", "54000")
+        assert box.pending() == 1
+        assert box.dead_letters() == [(bad, "pi", "54000", "payload too big")]
+
+
+@pytest.mark.parametrize("payload", [[1], "x", None])
+def test_rejects_non_object_payload(tmp_path, payload):
+    with Outbox(tmp_path / "o.sqlite3") as box, pytest.raises(TypeError):
+        box.put("home", "pi", payload)
+
+
+@pytest.mark.parametrize("at", [float("nan"), float("inf"), -1.0])
+def test_rejects_bad_time(tmp_path, at):
+    with Outbox(tmp_path / "o.sqlite3") as box, pytest.raises(ValueError):
+        box.put("home", "pi", {}, at=at)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    payload=st.dictionaries(st.text(max_size=10), json_values, max_size=5),
+    src=st.text(min_size=1, max_size=30),
+    at=st.floats(min_value=1, max_value=4e9),
+)
+def test_batch_item_is_valid_json_that_round_trips(payload, src, at):
+    with Outbox(":memory:") as box:
+        seq = box.put("home", src, payload, at=at)
+        item = json.loads(box.peek(1)[0].batch_item())
+    assert item == {"src": src, "seq": seq, "at": at, "payload": payload}
