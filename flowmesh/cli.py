@@ -60,8 +60,13 @@ def db_url(database_url: str | None) -> None:
 
 
 @db.command("stop")
-def db_stop() -> None:
-    """Stop the embedded server."""
+@database_url_option
+def db_stop(database_url: str | None) -> None:
+    """Stop the embedded server (a server given by URL is never stopped)."""
+    if database_url:
+        raise FlowMeshError(
+            "--database-url names a server FlowMesh did not start; only the embedded one is stopped"
+        )
     if database.stop_embedded():
         click.echo(f"stopped the embedded PostgreSQL in {database.embedded_pgdata()}")
     else:

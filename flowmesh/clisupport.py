@@ -32,6 +32,28 @@ class FriendlyGroup(click.Group):
         super().__init__(*args, **kwargs)
         self.prog = prog
 
+    def main(self, args=None, prog_name=None, **extra):
+        """Like click's, but a usage error is one line: what is wrong and where help is."""
+        try:
+            super().main(args=args, prog_name=prog_name or self.prog, standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())
+            if no_args and isinstance(exc, no_args):  # bare command: show its help
+                click.echo(exc.format_message(), err=True)
+                sys.exit(exc.exit_code)
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"{self.prog}: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"{self.prog}: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo(f"{self.prog}: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(0)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)

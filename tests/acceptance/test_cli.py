@@ -136,7 +136,8 @@ def test_beat_queues_when_database_is_unreachable_then_ships(db_url, tmp_path):
 def test_edge_bad_flags_are_one_clear_error(args):
     result = run([*script("flowmesh-edge"), *args])
     assert result.returncode == 2
-    assert "Error:" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith("flowmesh-edge: ") and "--help" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
 def test_edge_help_lists_commands_and_options():
