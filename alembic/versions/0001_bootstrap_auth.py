@@ -1,7 +1,6 @@
 """0001 bootstrap auth: executes sql/0001_bootstrap_auth.sql."""
 
 from alembic import op
-
 from flowmesh import migrations
 
 revision = '0001'

@@ -1,7 +1,6 @@
 """0002 create mesh tables: executes sql/0002_create_mesh_tables.sql."""
 
 from alembic import op
-
 from flowmesh import migrations
 
 revision = '0002'

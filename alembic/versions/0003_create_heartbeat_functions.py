@@ -1,7 +1,6 @@
 """0003 create heartbeat functions: executes sql/0003_create_heartbeat_functions.sql."""
 
 from alembic import op
-
 from flowmesh import migrations
 
 revision = '0003'

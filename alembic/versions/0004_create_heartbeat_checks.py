@@ -1,7 +1,6 @@
 """0004 create heartbeat checks: executes sql/0004_create_heartbeat_checks.sql."""
 
 from alembic import op
-
 from flowmesh import migrations
 
 revision = '0004'

@@ -131,9 +131,10 @@ def test_authenticated_register_creates_or_joins_own_only(conn, two_meshes):
     ).fetchone()
     assert owner == (ALICE,)
     assert again == two_meshes[0]
-    with acting_as(conn, "authenticated"):  # a token without a user
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="authenticated user"):
-            conn.execute("select register_node('nobody', 'n')")
+    with acting_as(conn, "authenticated"), pytest.raises(  # a token without a user
+        psycopg.errors.InsufficientPrivilege, match="authenticated user"
+    ):
+        conn.execute("select register_node('nobody', 'n')")
 
 
 def test_service_role_bypasses_rls_as_on_supabase(conn):
