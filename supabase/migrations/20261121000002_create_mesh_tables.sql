@@ -149,9 +149,12 @@ create policy mesh_heartbeats_select_authenticated on public.mesh_heartbeats
   using (tetrahedron_id in (select flowmesh.member_tetrahedron_ids()));
 
 drop policy if exists mesh_heartbeats_insert_authenticated on public.mesh_heartbeats;
+-- no heartbeats from the future: one would hide the tetrahedron from the
+-- staleness check until that time came
 create policy mesh_heartbeats_insert_authenticated on public.mesh_heartbeats
   for insert to authenticated
-  with check (tetrahedron_id in (select flowmesh.member_tetrahedron_ids()));
+  with check (tetrahedron_id in (select flowmesh.member_tetrahedron_ids())
+              and created_at <= now());
 
 drop policy if exists guardian_alerts_select_authenticated on public.guardian_alerts;
 create policy guardian_alerts_select_authenticated on public.guardian_alerts

@@ -133,9 +133,11 @@ language plpgsql security definer
 set search_path = ''
 as $$
 begin
+  -- times are capped at now() for every writer: a future timestamp must not
+  -- keep a tetrahedron or node looking alive
   update public.tetrahedrons t
      set last_heartbeat_at = l.latest
-    from (select h.tetrahedron_id, max(h.created_at) as latest
+    from (select h.tetrahedron_id, least(max(h.created_at), now()) as latest
             from new_heartbeats h
            group by h.tetrahedron_id) l
    where t.id = l.tetrahedron_id
@@ -147,7 +149,7 @@ begin
          h.tetrahedron_id, h.source, h.payload ->> 'role',
          case when pg_catalog.jsonb_typeof(h.payload -> 'metrics') = 'object'
               then h.payload -> 'metrics' else '{}'::jsonb end,
-         h.seq, h.created_at
+         h.seq, least(h.created_at, now())
     from new_heartbeats h
    order by h.tetrahedron_id, h.source, h.created_at desc, h.seq desc nulls last
   on conflict (tetrahedron_id, node_id) do update

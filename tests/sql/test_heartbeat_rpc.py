@@ -115,6 +115,18 @@ def test_direct_insert_and_copy_maintain_derived_state(conn):
     assert last is not None and metrics == {"fps": 30}
 
 
+def test_future_timestamps_never_make_a_tetrahedron_look_alive(conn):
+    tid = register(conn, "home", "pi")
+    conn.execute(
+        "insert into mesh_heartbeats (tetrahedron_id, source, created_at) "
+        "values (%s, 'pi', now() + interval '1 year')", (tid,))
+    capped = conn.execute(
+        "select t.last_heartbeat_at <= now(), n.last_heartbeat_at <= now() "
+        "from tetrahedrons t join nodes n on n.tetrahedron_id = t.id where t.id = %s", (tid,)
+    ).fetchone()
+    assert capped == (True, True)
+
+
 def test_older_heartbeat_does_not_move_state_back(conn):
     tid = register(conn, "home", "pi")
     now = time.time()

@@ -51,6 +51,10 @@ def test_vertex_inserts_heartbeats_into_its_own_tetrahedron_only(conn, two_meshe
             conn.execute(
                 "insert into mesh_heartbeats (tetrahedron_id, source) values (%s, 'x')", (shop,)
             )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute(  # a heartbeat from the future would hide staleness
+                "insert into mesh_heartbeats (tetrahedron_id, source, created_at) "
+                "values (%s, 'alice-pi', now() + interval '1 year')", (home,))
         for sql, args in (
             ("select record_mesh_heartbeat(%s, 'x', '{}')", (shop,)),
             ("select record_mesh_heartbeats(%s, '[]')", (shop,)),
