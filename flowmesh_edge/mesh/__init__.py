@@ -1,0 +1,13 @@
+"""The peer mesh: discovery, SWIM failure detection, gossip, routing, state, alerts."""
+
+from .config import DEFAULT_PORT, MeshConfig
+from .membership import MemberEvent, PeerInfo
+from .node import AlertReport, MeshMessage, MeshNode, SearchResult
+from .transport import InMemoryNetwork, InMemoryTransport, LinkConditions, Transport, UdpTransport
+from .wire import MessageType
+
+__all__ = [
+    "DEFAULT_PORT", "AlertReport", "InMemoryNetwork", "InMemoryTransport", "LinkConditions",
+    "MemberEvent", "MeshConfig", "MeshMessage", "MeshNode", "MessageType", "PeerInfo",
+    "SearchResult", "Transport", "UdpTransport",
+]

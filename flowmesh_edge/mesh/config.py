@@ -1,0 +1,143 @@
+"""Mesh configuration: every default in one place, with its unit and trade-off.
+
+The defaults are tuned for a LAN (Wi-Fi or Ethernet, round trips well under
+100 ms) and for seed 002's failover budget: a crashed member is declared dead
+by everyone within 3 s. ``MeshConfig.low_power()`` trades detection speed for
+radio time on battery devices; ``MeshConfig.wan()`` tolerates slower links.
+Both are derived from the LAN defaults, never restated.
+
+Formulas (n = members known, including this node):
+
+* retransmit limit of a gossiped update: ``retransmit_mult * ceil(log10(n + 1))``
+* suspicion timeout, min: ``suspicion_mult * max(1, log10(max(n, 1))) * probe_interval_s``
+* suspicion timeout, max: ``suspicion_max_timeout_mult * min``; a suspicion starts at
+  the max and shrinks toward the min as independent confirmations arrive
+  (Lifeguard), so a member suspected by many is declared dead fast while a
+  lone, possibly mistaken suspicion leaves time for refutation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+DEFAULT_PORT = 9999
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    #: UDP port the mesh listens on, and discovery broadcasts go to.
+    port: int = DEFAULT_PORT
+    #: Address to bind. "0.0.0.0" listens on every interface and enables LAN
+    #: broadcast discovery; a specific address (e.g. 127.0.0.1) does not.
+    bind: str = "0.0.0.0"
+    #: Where discovery broadcasts go; None disables broadcast discovery.
+    #: Default: the limited broadcast address when bound to every interface.
+    broadcast_address: str | None = None
+
+    # -- failure detection (SWIM) --
+    #: Seconds between probes of one member. Lower detects faster and costs
+    #: ~2 datagrams per node per interval. 0.2 s keeps the 3 s failover budget.
+    probe_interval_s: float = 0.2
+    #: Seconds to wait for a direct ack before asking others (indirect probe).
+    #: Must exceed the link's round trip; Wi-Fi power save can add 100 ms+.
+    probe_timeout_s: float = 0.1
+    #: Members asked to probe on our behalf when a direct probe fails (k).
+    indirect_checks: int = 3
+    #: Scales the suspicion timeout (see module doc). Higher: fewer false deaths, slower detection.
+    suspicion_mult: int = 3
+    #: The lone-suspicion timeout as a multiple of the minimum.
+    suspicion_max_timeout_mult: int = 6
+    #: Seconds a dead member is still listed (and gossiped to) before it is removed.
+    dead_reap_s: float = 30.0
+    #: Seconds a removed member's last incarnation is remembered, so stale
+    #: gossip cannot resurrect it; a real restart comes with a higher one.
+    tombstone_s: float = 600.0
+
+    # -- dissemination --
+    #: Seconds between gossip rounds (only when something is queued).
+    gossip_interval_s: float = 0.1
+    #: Members each gossip round and each explicit broadcast go to.
+    fanout: int = 3
+    #: Scales how often each update is retransmitted (see module doc).
+    retransmit_mult: int = 4
+    #: Hops an explicit broadcast may travel (decremented at each forward).
+    ttl: int = 10
+    #: Hops a routed (unicast) message may travel.
+    hop_limit: int = 5
+    #: Message ids remembered to drop duplicates and loops.
+    seen_set_size: int = 16384
+    #: Seconds a message id is remembered.
+    seen_ttl_s: float = 300.0
+    #: Seconds between membership and state anti-entropy exchanges with one random member.
+    push_pull_interval_s: float = 10.0
+    #: Seconds between discovery broadcasts while no member is known (x6 afterwards).
+    discovery_interval_s: float = 5.0
+    #: Seconds between application heartbeats (seed 001), sent to ``fanout`` members;
+    #: they carry the state version so that peers pull newer state.
+    heartbeat_interval_s: float = 5.0
+
+    # -- priority alerts --
+    #: Seconds a critical alert is retransmitted while members have not acked it.
+    critical_deadline_s: float = 5.0
+    #: Seconds between retransmissions of an unacknowledged critical alert.
+    critical_retry_s: float = 0.5
+
+    # -- routing --
+    #: Seconds a learned route (destination -> next hop) is trusted.
+    route_ttl_s: float = 60.0
+
+    # -- security --
+    #: Largest accepted difference between a sender's clock and ours, seconds (0: no check).
+    max_skew_s: float = 60.0
+    #: Sequence numbers per sender remembered to refuse replays.
+    replay_window: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be 0..65535")
+        if not 0 < self.probe_timeout_s < self.probe_interval_s:
+            raise ValueError("need 0 < probe_timeout_s < probe_interval_s")
+        for name in ("indirect_checks", "fanout", "retransmit_mult", "suspicion_mult", "ttl",
+                     "hop_limit", "suspicion_max_timeout_mult"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.ttl > 255 or self.hop_limit > 255:
+            raise ValueError("ttl and hop_limit must be at most 255")
+
+    # derived values ---------------------------------------------------------
+    def retransmit_limit(self, n: int) -> int:
+        return self.retransmit_mult * math.ceil(math.log10(max(n, 1) + 1))
+
+    def suspicion_min_s(self, n: int) -> float:
+        return self.suspicion_mult * max(1.0, math.log10(max(n, 1))) * self.probe_interval_s
+
+    def suspicion_max_s(self, n: int) -> float:
+        return self.suspicion_max_timeout_mult * self.suspicion_min_s(n)
+
+    def effective_broadcast_address(self) -> str | None:
+        if self.broadcast_address is not None:
+            return self.broadcast_address or None
+        return "255.255.255.255" if self.bind in ("0.0.0.0", "") else None
+
+    # presets ----------------------------------------------------------------
+    @classmethod
+    def lan(cls, **overrides) -> MeshConfig:
+        return cls(**overrides)
+
+    @classmethod
+    def low_power(cls, **overrides) -> MeshConfig:
+        """Probe 5x less often: detection in ~15 s, a fifth of the radio time."""
+        base = cls()
+        return replace(base, probe_interval_s=base.probe_interval_s * 5,
+                       probe_timeout_s=base.probe_timeout_s * 3,
+                       gossip_interval_s=base.gossip_interval_s * 5, **overrides)
+
+    @classmethod
+    def wan(cls, **overrides) -> MeshConfig:
+        """Round trips up to ~400 ms: longer timeouts, more suspicion patience."""
+        base = cls()
+        return replace(base, probe_interval_s=base.probe_interval_s * 5,
+                       probe_timeout_s=base.probe_timeout_s * 5,
+                       suspicion_mult=base.suspicion_mult + 3,
+                       gossip_interval_s=base.gossip_interval_s * 3, **overrides)

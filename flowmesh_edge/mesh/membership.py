@@ -1,0 +1,212 @@
+"""Who is in the mesh, and how facts about members are merged. Pure state.
+
+Rules (SWIM, with memberlist's refinements):
+
+* ALIVE at incarnation i overrides anything about the member at a lower
+  incarnation; a new member joins, a suspect or dead one recovers.
+* SUSPECT at i >= the known incarnation turns an alive member suspect and
+  starts a suspicion timer; the same suspicion from another member confirms it.
+* DEAD at i >= the known incarnation marks the member dead.
+* A SUSPECT or DEAD about this node is refuted: it takes a higher
+  incarnation and gossips ALIVE.
+* Dead members are removed after ``dead_reap_s``; their last incarnation is
+  kept as a tombstone so that stale gossip cannot bring them back, while a
+  real restart (a higher incarnation) rejoins.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import MeshConfig
+from .suspicion import Suspicion
+from .wire import Address, MessageType, Update
+
+ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
+
+
+@dataclass
+class PeerInfo:
+    """What this node knows about a peer."""
+
+    node_id: str
+    address: Address
+    status: str
+    incarnation: int
+    status_since: float  #: loop time of the last status change
+    meta: dict = field(default_factory=dict)
+    #: Wall-clock time of the last datagram received from the peer itself.
+    last_heartbeat: float | None = None
+    #: The peer's versioned state (seed 001's local state) and its version.
+    node_state: dict = field(default_factory=dict)
+    version: int = 0
+
+    @property
+    def ip_address(self) -> str:
+        return self.address[0]
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def is_alive(self) -> bool:
+        return self.status == ALIVE
+
+    def to_dict(self) -> dict:
+        return {
+            "node_id": self.node_id, "address": list(self.address), "status": self.status,
+            "incarnation": self.incarnation, "meta": self.meta,
+            "last_heartbeat": self.last_heartbeat, "node_state": self.node_state,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class MemberEvent:
+    kind: str  #: joined, suspect, dead, left, recovered, removed
+    node_id: str
+    incarnation: int
+
+
+@dataclass
+class Outcome:
+    accepted: bool = False  #: news: gossip it further
+    event: MemberEvent | None = None
+    refute: int | None = None  #: this node must refute at an incarnation above this
+
+
+def decode_meta(raw: bytes) -> dict:
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+class MemberList:
+    def __init__(self, self_id: str, config: MeshConfig, clock: Callable[[], float]):
+        self.self_id = self_id
+        self.config = config
+        self.clock = clock
+        self.members: dict[str, PeerInfo] = {}
+        self.suspicions: dict[str, Suspicion] = {}
+        self.tombstones: dict[str, tuple[int, float]] = {}  # node -> (incarnation, until)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def size(self) -> int:
+        """Members known, this node included (the n of the config's formulas)."""
+        return len(self.members) + 1
+
+    def get(self, node_id: str) -> PeerInfo | None:
+        return self.members.get(node_id)
+
+    def live(self) -> list[PeerInfo]:
+        return [m for m in self.members.values() if m.status != DEAD]
+
+    def alive(self) -> list[PeerInfo]:
+        return [m for m in self.members.values() if m.status == ALIVE]
+
+    # -- merging facts ---------------------------------------------------------
+    def apply(self, update: Update) -> Outcome:
+        if update.kind == MessageType.ALIVE:
+            return self._alive(update)
+        if update.kind == MessageType.SUSPECT:
+            return self._suspect(update)
+        return self._dead(update)
+
+    def _set(self, m: PeerInfo, status: str, incarnation: int) -> None:
+        m.status = status
+        m.incarnation = incarnation
+        m.status_since = self.clock()
+
+    def _alive(self, u: Update) -> Outcome:
+        if u.node == self.self_id:
+            return Outcome()
+        now = self.clock()
+        tomb = self.tombstones.get(u.node)
+        if tomb is not None:
+            if u.incarnation <= tomb[0] and now < tomb[1]:
+                return Outcome()
+            del self.tombstones[u.node]
+        m = self.members.get(u.node)
+        if m is None:
+            self.members[u.node] = PeerInfo(u.node, u.address, ALIVE, u.incarnation, now,
+                                            decode_meta(u.meta))
+            return Outcome(True, MemberEvent("joined", u.node, u.incarnation))
+        if u.incarnation <= m.incarnation:
+            return Outcome()
+        previous = m.status
+        self._set(m, ALIVE, u.incarnation)
+        if u.address[0]:
+            m.address = u.address
+        if u.meta:
+            m.meta = decode_meta(u.meta)
+        self.suspicions.pop(u.node, None)
+        if previous != ALIVE:
+            return Outcome(True, MemberEvent("recovered", u.node, u.incarnation))
+        return Outcome(True)
+
+    def _suspect(self, u: Update) -> Outcome:
+        if u.node == self.self_id:
+            return Outcome(refute=u.incarnation)
+        m = self.members.get(u.node)
+        if m is None or m.status == DEAD or u.incarnation < m.incarnation:
+            return Outcome()
+        if m.status == SUSPECT and u.incarnation == m.incarnation:
+            suspicion = self.suspicions.get(u.node)
+            if suspicion is not None and suspicion.confirm(u.origin or "?"):
+                return Outcome(True)  # a new confirmation: worth gossiping
+            return Outcome()
+        self._set(m, SUSPECT, u.incarnation)
+        n = self.size()
+        expected = self.config.suspicion_mult - 2 if n - 2 >= self.config.suspicion_mult - 2 else 0
+        self.suspicions[u.node] = Suspicion(
+            u.origin or "?", self.clock(), self.config.suspicion_min_s(n),
+            self.config.suspicion_max_s(n), expected)
+        return Outcome(True, MemberEvent("suspect", u.node, u.incarnation))
+
+    def _dead(self, u: Update) -> Outcome:
+        if u.node == self.self_id:
+            return Outcome(refute=u.incarnation)
+        m = self.members.get(u.node)
+        if m is None or m.status == DEAD or u.incarnation < m.incarnation:
+            return Outcome()
+        self._set(m, DEAD, u.incarnation)
+        self.suspicions.pop(u.node, None)
+        # a member announcing its own death is leaving gracefully
+        kind = "left" if u.origin == u.node else "dead"
+        return Outcome(True, MemberEvent(kind, u.node, u.incarnation))
+
+    # -- timers ------------------------------------------------------------------
+    def expired_suspicions(self) -> list[PeerInfo]:
+        """Suspects whose suspicion ran out (the caller declares them dead)."""
+        now = self.clock()
+        return [self.members[node] for node, s in self.suspicions.items()
+                if now >= s.deadline() and node in self.members]
+
+    def reap(self) -> list[MemberEvent]:
+        """Remove members dead for longer than dead_reap_s; keep tombstones."""
+        now = self.clock()
+        events = []
+        for node, m in list(self.members.items()):
+            if m.status == DEAD and now - m.status_since >= self.config.dead_reap_s:
+                del self.members[node]
+                self.tombstones[node] = (m.incarnation, now + self.config.tombstone_s)
+                events.append(MemberEvent("removed", node, m.incarnation))
+        for node, (_, until) in list(self.tombstones.items()):
+            if now >= until:
+                del self.tombstones[node]
+        return events
+
+    def snapshot(self) -> list[Update]:
+        """Every member as an update (membership anti-entropy)."""
+        kinds = {ALIVE: MessageType.ALIVE, SUSPECT: MessageType.SUSPECT, DEAD: MessageType.DEAD}
+        return [Update(kinds[m.status], m.node_id, m.incarnation, m.address, self.self_id,
+                       json.dumps(m.meta, separators=(",", ":")).encode() if m.meta else b"")
+                for m in self.members.values()]

@@ -1,0 +1,174 @@
+"""Transports: how datagrams leave and arrive. One small interface.
+
+* :class:`UdpTransport`: asyncio UDP, optional LAN broadcast.
+* :class:`InMemoryNetwork`: many nodes in one process, with loss, delay and
+  partitions injected per link from a seeded random generator, so many-node
+  tests are fast and reproducible (run them on a fast-forwarding loop clock).
+
+A transport never interprets bytes: it hands every datagram to the receiver
+callback, which must not raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .wire import Address
+
+Receiver = Callable[[bytes, Address], None]
+
+
+class Transport(ABC):
+    #: The address peers reach this transport at.
+    address: Address
+
+    @abstractmethod
+    async def start(self, receiver: Receiver) -> None: ...
+
+    @abstractmethod
+    def send(self, data: bytes, address: Address) -> None:
+        """Send one datagram; never blocks, never raises for network errors."""
+
+    def broadcast(self, data: bytes) -> bool:
+        """Send to every node on the local segment; False when unsupported."""
+        return False
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, receiver: Receiver, errors: list[int]):
+        self.receiver = receiver
+        self.errors = errors
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.receiver(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable etc.
+        self.errors[0] += 1
+
+
+class UdpTransport(Transport):
+    def __init__(self, bind: str, port: int, broadcast_address: str | None = None):
+        self.bind = bind
+        self.address = (bind, port)
+        self.broadcast_address = broadcast_address
+        self.errors = [0]
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def start(self, receiver: Receiver) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.broadcast_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setblocking(False)
+        try:
+            sock.bind(self.address)
+        except OSError:
+            sock.close()
+            raise
+        self._transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(receiver, self.errors), sock=sock)
+        self.address = (self.bind, sock.getsockname()[1])
+
+    def send(self, data: bytes, address: Address) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        try:
+            self._transport.sendto(data, address)
+        except OSError:
+            self.errors[0] += 1
+
+    def broadcast(self, data: bytes) -> bool:
+        if not self.broadcast_address:
+            return False
+        self.send(data, (self.broadcast_address, self.address[1]))
+        return True
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+@dataclass
+class LinkConditions:
+    loss: float = 0.0       #: probability a datagram is dropped
+    delay_s: float = 0.0005  #: one-way delay
+    jitter_s: float = 0.0   #: uniform extra delay, 0..jitter
+
+
+class InMemoryNetwork:
+    """A segment of in-memory transports with injectable link conditions."""
+
+    def __init__(self, seed: int = 0, conditions: LinkConditions | None = None):
+        self.rng = random.Random(seed)
+        self.default = conditions or LinkConditions()
+        self.links: dict[tuple[str, str], LinkConditions] = {}
+        self.blocked: set[tuple[str, str]] = set()
+        self.nodes: dict[Address, InMemoryTransport] = {}
+        self.delivered = 0
+        self.dropped = 0
+        self._next_port = 10000
+
+    def transport(self, host: str = "mem") -> InMemoryTransport:
+        self._next_port += 1
+        return InMemoryTransport(self, (host, self._next_port))
+
+    def block(self, a: Address, b: Address) -> None:
+        """Cut the link between two addresses, both ways."""
+        self.blocked |= {(a, b), (b, a)}
+
+    def unblock(self, a: Address, b: Address) -> None:
+        self.blocked -= {(a, b), (b, a)}
+
+    def _deliver(self, data: bytes, src: Address, dst: Address) -> None:
+        target = self.nodes.get(dst)
+        if target is None or (src, dst) in self.blocked:
+            self.dropped += 1
+            return
+        cond = self.links.get((src, dst), self.default)
+        if cond.loss and self.rng.random() < cond.loss:
+            self.dropped += 1
+            return
+        delay = cond.delay_s + (self.rng.random() * cond.jitter_s if cond.jitter_s else 0.0)
+        asyncio.get_running_loop().call_later(delay, target._receive, data, src)
+        self.delivered += 1
+
+
+class InMemoryTransport(Transport):
+    def __init__(self, network: InMemoryNetwork, address: Address):
+        self.network = network
+        self.address = address
+        self._receiver: Receiver | None = None
+
+    async def start(self, receiver: Receiver) -> None:
+        self._receiver = receiver
+        self.network.nodes[self.address] = self
+
+    def _receive(self, data: bytes, src: Address) -> None:
+        if self._receiver is not None:
+            self._receiver(data, src)
+
+    def send(self, data: bytes, address: Address) -> None:
+        if self._receiver is not None:
+            self.network._deliver(data, self.address, address)
+
+    def broadcast(self, data: bytes) -> bool:
+        if self._receiver is None:
+            return False
+        for address in list(self.network.nodes):
+            if address != self.address:
+                self.network._deliver(data, self.address, address)
+        return True
+
+    async def close(self) -> None:
+        self._receiver = None
+        self.network.nodes.pop(self.address, None)

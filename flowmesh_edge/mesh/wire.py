@@ -1,0 +1,373 @@
+"""The mesh wire format: bytes <-> messages, pure code, no sockets.
+
+Every datagram is one frame (all integers big-endian)::
+
+    u8   version (1)
+    u8   type (MessageType)
+    u8   flags (reserved, 0)
+    u8   L, then L bytes: sender node id, UTF-8, 1..64 bytes
+    u32  sender incarnation        } replay protection: per-sender window over
+    u32  sender datagram sequence  } (incarnation, sequence), and a bounded
+    u32  sender clock, Unix seconds} clock skew
+    u16  B, then B bytes: body (layout depends on the type, see below)
+    u8   N, then N membership updates piggybacked (gossip)
+    16   tag: HMAC-SHA256 of everything before it, under the mesh key, truncated
+
+A frame is at most MAX_DATAGRAM bytes (below a 1500-byte Ethernet MTU with
+IPv6 and UDP headers). A heartbeat with a 16-character node id is 60 bytes.
+
+Membership update (piggybacked, or the body of SUSPECT/ALIVE/DEAD)::
+
+    u8 kind (ALIVE/SUSPECT/DEAD)  str node  u32 incarnation  addr  str from  bytes meta
+
+Application messages (state sync, search, alerts, hash registry, route
+broadcasts, acks, search results) share one envelope::
+
+    str origin  u32 message id  u8 ttl  u8 hop limit  str destination ("" = everyone)
+    u8 path length, then that many str (the nodes it went through)
+    rest: payload, compact JSON
+
+``str`` is u8 length + UTF-8; ``addr`` is str host + u16 port; ``bytes`` is
+u16 length + bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+WIRE_VERSION = 1
+MAX_DATAGRAM = 1400
+TAG_LEN = 16
+MAX_ID_LEN = 64
+
+
+class MessageType(IntEnum):
+    # application messages (seed 001's numbering)
+    HEARTBEAT = 1
+    PEER_DISCOVERY = 2
+    NODE_STATE_SYNC = 3
+    SEARCH_QUERY = 4
+    ALERT = 5
+    HASH_REGISTRY = 6
+    ROUTE_BROADCAST = 7
+    ACK = 8
+    SEARCH_RESULT = 9
+    # failure detector (SWIM)
+    PING = 16
+    PING_REQ = 17
+    PROBE_ACK = 18
+    SUSPECT = 19
+    ALIVE = 20
+    DEAD = 21
+    # dissemination: membership snapshot (join, anti-entropy) and gossip rounds
+    MEMBERSHIP = 22
+    GOSSIP = 23
+
+
+#: Types whose body is an application Envelope.
+ENVELOPE_TYPES = frozenset({
+    MessageType.NODE_STATE_SYNC, MessageType.SEARCH_QUERY, MessageType.ALERT,
+    MessageType.HASH_REGISTRY, MessageType.ROUTE_BROADCAST, MessageType.ACK,
+    MessageType.SEARCH_RESULT,
+})
+#: Kinds a membership update can have.
+UPDATE_KINDS = (MessageType.ALIVE, MessageType.SUSPECT, MessageType.DEAD)
+
+
+class WireError(ValueError):
+    """A datagram that cannot be decoded; ``reason`` names the stats counter."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Update:
+    """A membership fact: node is ALIVE/SUSPECT/DEAD at this incarnation."""
+
+    kind: MessageType
+    node: str
+    incarnation: int
+    address: Address = ("", 0)
+    origin: str = ""  # who says so (suspicion confirmations count distinct origins)
+    meta: bytes = b""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An application message, broadcast (destination "") or routed to one node."""
+
+    origin: str
+    message_id: int
+    payload: dict
+    ttl: int = 10
+    hop_limit: int = 5
+    destination: str = ""
+    path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: MessageType
+    sender: str
+    incarnation: int
+    seq: int
+    timestamp: int
+    body: bytes = b""
+    updates: tuple[Update, ...] = field(default_factory=tuple)
+
+
+# -- primitive codecs ------------------------------------------------------
+
+
+class _Reader:
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes):
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.buf):
+            raise WireError("truncated", f"needed {n} bytes at offset {self.pos}")
+        chunk = self.buf[self.pos:end]
+        self.pos = end
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return struct.unpack(">H", self.take(2))[0]
+
+    def u32(self) -> int:
+        return struct.unpack(">I", self.take(4))[0]
+
+    def str(self, *, max_len: int = 255) -> str:
+        n = self.u8()
+        if n > max_len:
+            raise WireError("malformed", f"string of {n} bytes, limit {max_len}")
+        try:
+            return self.take(n).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WireError("malformed", "invalid UTF-8") from exc
+
+    def bytes16(self) -> bytes:
+        return self.take(self.u16())
+
+    def addr(self) -> Address:
+        return (self.str(), self.u16())
+
+    def rest(self) -> bytes:
+        chunk = self.buf[self.pos:]
+        self.pos = len(self.buf)
+        return chunk
+
+    def done(self) -> None:
+        if self.pos != len(self.buf):
+            raise WireError("malformed", f"{len(self.buf) - self.pos} trailing bytes")
+
+
+def _str(value: str, *, max_len: int = 255) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > max_len:
+        raise ValueError(f"string of {len(raw)} bytes exceeds {max_len}: {value[:20]!r}...")
+    return bytes((len(raw),)) + raw
+
+
+def _addr(address: Address) -> bytes:
+    return _str(address[0]) + struct.pack(">H", address[1])
+
+
+def _bytes16(value: bytes) -> bytes:
+    return struct.pack(">H", len(value)) + value
+
+
+# -- updates ----------------------------------------------------------------
+
+
+def encode_update(u: Update) -> bytes:
+    return (bytes((u.kind,)) + _str(u.node, max_len=MAX_ID_LEN) + struct.pack(">I", u.incarnation)
+            + _addr(u.address) + _str(u.origin, max_len=MAX_ID_LEN) + _bytes16(u.meta))
+
+
+def _read_update(r: _Reader) -> Update:
+    kind = r.u8()
+    if kind not in UPDATE_KINDS:
+        raise WireError("malformed", f"membership update of kind {kind}")
+    node = r.str(max_len=MAX_ID_LEN)
+    if not node:
+        raise WireError("malformed", "membership update without a node")
+    return Update(MessageType(kind), node, r.u32(), r.addr(), r.str(max_len=MAX_ID_LEN), r.bytes16())
+
+
+def decode_update(body: bytes) -> Update:
+    r = _Reader(body)
+    u = _read_update(r)
+    r.done()
+    return u
+
+
+# -- envelopes --------------------------------------------------------------
+
+
+def encode_envelope(e: Envelope) -> bytes:
+    if len(e.path) > 255:
+        raise ValueError("path too long")
+    head = (_str(e.origin, max_len=MAX_ID_LEN) + struct.pack(">IBB", e.message_id, e.ttl, e.hop_limit)
+            + _str(e.destination, max_len=MAX_ID_LEN) + bytes((len(e.path),))
+            + b"".join(_str(p, max_len=MAX_ID_LEN) for p in e.path))
+    return head + json.dumps(e.payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def decode_envelope(body: bytes) -> Envelope:
+    r = _Reader(body)
+    origin = r.str(max_len=MAX_ID_LEN)
+    message_id, ttl, hop_limit = r.u32(), r.u8(), r.u8()
+    destination = r.str(max_len=MAX_ID_LEN)
+    path = tuple(r.str(max_len=MAX_ID_LEN) for _ in range(r.u8()))
+    try:
+        payload = json.loads(r.rest())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError("malformed", "payload is not JSON") from exc
+    if not isinstance(payload, dict):
+        raise WireError("malformed", "payload is not a JSON object")
+    if not origin:
+        raise WireError("malformed", "envelope without an origin")
+    return Envelope(origin, message_id, payload, ttl, hop_limit, destination, path)
+
+
+# -- frames -----------------------------------------------------------------
+
+_HEAD = struct.Struct(">III")
+
+
+def frame_overhead(sender: str, body_len: int) -> int:
+    """Bytes a frame takes before any piggybacked update."""
+    return 3 + 1 + len(sender.encode("utf-8")) + _HEAD.size + 2 + body_len + 1 + TAG_LEN
+
+
+def encode_frame(frame: Frame, sign, raw_updates: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
+    """Frame -> datagram; ``sign(bytes) -> tag`` appends the authentication tag.
+
+    ``raw_updates`` are already-encoded updates (from the gossip queue),
+    piggybacked after ``frame.updates``.
+    """
+    updates = [encode_update(u) for u in frame.updates] + list(raw_updates)
+    if len(updates) > 255:
+        raise ValueError("too many piggybacked updates")
+    data = (bytes((WIRE_VERSION, frame.type, 0)) + _str(frame.sender, max_len=MAX_ID_LEN)
+            + _HEAD.pack(frame.incarnation, frame.seq, frame.timestamp) + _bytes16(frame.body)
+            + bytes((len(updates),)) + b"".join(updates))
+    datagram = data + sign(data)
+    if len(datagram) > MAX_DATAGRAM:
+        raise ValueError(f"datagram of {len(datagram)} bytes exceeds {MAX_DATAGRAM}")
+    return datagram
+
+
+def split_tag(datagram: bytes) -> tuple[bytes, bytes]:
+    """(signed part, tag); raises WireError for sizes no valid frame has."""
+    if len(datagram) > MAX_DATAGRAM:
+        raise WireError("oversized", f"{len(datagram)} bytes")
+    if len(datagram) < 4 + 1 + _HEAD.size + 2 + 1 + TAG_LEN:
+        raise WireError("truncated", f"{len(datagram)} bytes")
+    return datagram[:-TAG_LEN], datagram[-TAG_LEN:]
+
+
+def decode_frame(signed: bytes) -> Frame:
+    """Decode the signed part of a datagram (after the tag was verified)."""
+    r = _Reader(signed)
+    version = r.u8()
+    if version != WIRE_VERSION:
+        raise WireError("version", f"wire version {version}")
+    raw_type = r.u8()
+    try:
+        mtype = MessageType(raw_type)
+    except ValueError:
+        raise WireError("malformed", f"unknown message type {raw_type}") from None
+    r.u8()  # flags
+    sender = r.str(max_len=MAX_ID_LEN)
+    if not sender:
+        raise WireError("malformed", "no sender")
+    incarnation, seq, timestamp = _HEAD.unpack(r.take(_HEAD.size))
+    body = r.bytes16()
+    updates = tuple(_read_update(r) for _ in range(r.u8()))
+    r.done()
+    return Frame(mtype, sender, incarnation, seq, timestamp, body, updates)
+
+
+# -- bodies of the failure detector's own messages ------------------------------
+
+
+def encode_ping(probe_id: int, target: str) -> bytes:
+    return struct.pack(">I", probe_id) + _str(target, max_len=MAX_ID_LEN)
+
+
+def decode_ping(body: bytes) -> tuple[int, str]:
+    r = _Reader(body)
+    out = (r.u32(), r.str(max_len=MAX_ID_LEN))
+    r.done()
+    return out
+
+
+def encode_ping_req(probe_id: int, target: str, address: Address) -> bytes:
+    return encode_ping(probe_id, target) + _addr(address)
+
+
+def decode_ping_req(body: bytes) -> tuple[int, str, Address]:
+    r = _Reader(body)
+    out = (r.u32(), r.str(max_len=MAX_ID_LEN), r.addr())
+    r.done()
+    return out
+
+
+def encode_probe_ack(probe_id: int) -> bytes:
+    return struct.pack(">I", probe_id)
+
+
+def decode_probe_ack(body: bytes) -> int:
+    r = _Reader(body)
+    out = r.u32()
+    r.done()
+    return out
+
+
+def encode_heartbeat(state_version: int, address: Address) -> bytes:
+    return struct.pack(">I", state_version) + _addr(address)
+
+
+def decode_heartbeat(body: bytes) -> tuple[int, Address]:
+    r = _Reader(body)
+    out = (r.u32(), r.addr())
+    r.done()
+    return out
+
+
+def encode_discovery(address: Address, meta: bytes) -> bytes:
+    return _addr(address) + _bytes16(meta)
+
+
+def decode_discovery(body: bytes) -> tuple[Address, bytes]:
+    r = _Reader(body)
+    out = (r.addr(), r.bytes16())
+    r.done()
+    return out
+
+
+def encode_gossip(envelopes: list[bytes]) -> bytes:
+    return bytes((len(envelopes),)) + b"".join(_bytes16(e) for e in envelopes)
+
+
+def decode_gossip(body: bytes) -> list[bytes]:
+    r = _Reader(body)
+    out = [r.bytes16() for _ in range(r.u8())]
+    r.done()
+    return out
