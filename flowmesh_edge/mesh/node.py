@@ -33,11 +33,34 @@ from .security import MacKey, ReplayGuard
 from .state import newer
 from .transport import Transport, UdpTransport
 from .wire import (
-    ENVELOPE_TYPES, MAX_DATAGRAM, Address, Envelope, Frame, MessageType, Update, WireError,
-    decode_discovery, decode_envelope, decode_frame, decode_gossip, decode_heartbeat,
-    decode_ping, decode_ping_req, decode_probe_ack, decode_update, encode_discovery,
-    encode_envelope, encode_frame, encode_gossip, encode_heartbeat, encode_ping,
-    encode_ping_req, encode_probe_ack, encode_update, frame_overhead, split_tag,
+    ENVELOPE_TYPES,
+    MAX_DATAGRAM,
+    Address,
+    Envelope,
+    Frame,
+    MessageType,
+    Update,
+    WireError,
+    decode_discovery,
+    decode_envelope,
+    decode_frame,
+    decode_gossip,
+    decode_heartbeat,
+    decode_ping,
+    decode_ping_req,
+    decode_probe_ack,
+    decode_update,
+    encode_discovery,
+    encode_envelope,
+    encode_frame,
+    encode_gossip,
+    encode_heartbeat,
+    encode_ping,
+    encode_ping_req,
+    encode_probe_ack,
+    encode_update,
+    frame_overhead,
+    split_tag,
 )
 
 log = logging.getLogger("flowmesh_edge.mesh")
@@ -443,7 +466,7 @@ class MeshNode:
         return failed is None or (ok is not None and ok > failed)
 
     def _learn_route(self, dest: str, via: str, hops: int) -> None:
-        if dest == self.node_id or via == dest or self._direct_usable(dest):
+        if dest in (self.node_id, via) or self._direct_usable(dest):
             return
         now = self._now()
         current = self._routes.get(dest)
@@ -544,6 +567,8 @@ class MeshNode:
             self._member_event(outcome.event)
 
     def _refute(self, accused_incarnation: int) -> None:
+        if accused_incarnation < self.incarnation:
+            return  # an accusation we already refuted, still travelling
         self.incarnation = max(self.incarnation, accused_incarnation) + 1
         self._counters["refutations"] += 1
         self._queue_self_alive()

@@ -1,0 +1,106 @@
+"""The wire format as pure code: round trips, limits, and hostile bytes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowmesh_edge.mesh import wire
+from flowmesh_edge.mesh.security import MacKey
+from flowmesh_edge.mesh.wire import Envelope, Frame, MessageType, Update, WireError
+
+KEY = MacKey(b"0123456789abcdef0123456789abcdef")
+
+ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=16)
+u32 = st.integers(0, 2**32 - 1)
+addresses = st.tuples(st.text(max_size=20), st.integers(0, 65535))
+updates = st.builds(Update, st.sampled_from(wire.UPDATE_KINDS), ids, u32, addresses,
+                    st.one_of(st.just(""), ids), st.binary(max_size=40))
+json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+payloads = st.dictionaries(st.text(max_size=10), json_scalars, max_size=6)
+envelopes = st.builds(Envelope, ids, u32, payloads, st.integers(0, 255), st.integers(0, 255),
+                      st.one_of(st.just(""), ids), st.lists(ids, max_size=5).map(tuple))
+
+
+def roundtrip(frame: Frame, raw=()) -> Frame:
+    signed, tag = wire.split_tag(wire.encode_frame(frame, KEY.sign, raw))
+    assert KEY.verify(signed, tag)
+    return wire.decode_frame(signed)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(list(MessageType)), ids, u32, u32, u32, st.binary(max_size=200),
+       st.lists(updates, max_size=8))
+def test_frames_round_trip(mtype, sender, inc, seq, ts, body, ups):
+    frame = Frame(mtype, sender, inc, seq, ts, body, tuple(ups))
+    assert roundtrip(frame) == frame
+
+
+@settings(max_examples=200, deadline=None)
+@given(envelopes)
+def test_envelopes_round_trip(env):
+    assert wire.decode_envelope(wire.encode_envelope(env)) == env
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_decoders_only_raise_wire_errors(data):
+    for decode in (wire.decode_frame, wire.decode_envelope, wire.decode_update, wire.decode_ping,
+                   wire.decode_ping_req, wire.decode_gossip, wire.decode_heartbeat):
+        try:
+            decode(data)
+        except WireError:
+            pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(updates, min_size=1, max_size=4), st.data())
+def test_every_truncation_is_refused(ups, data):
+    frame = Frame(MessageType.GOSSIP, "node", 1, 2, 3, b"body", tuple(ups))
+    signed, _ = wire.split_tag(wire.encode_frame(frame, KEY.sign))
+    cut = data.draw(st.integers(0, len(signed) - 1))
+    with pytest.raises(WireError):
+        wire.decode_frame(signed[:cut])
+
+
+def test_heartbeat_fits_in_200_bytes_with_a_64_byte_id():
+    body = wire.encode_heartbeat(2**32 - 1, ("255.255.255.255", 65535))
+    frame = Frame(MessageType.HEARTBEAT, "n" * 64, 2**32 - 1, 2**32 - 1, 2**32 - 1, body)
+    datagram = wire.encode_frame(frame, KEY.sign)
+    assert len(datagram) <= 200, len(datagram)
+    short = wire.encode_frame(Frame(MessageType.HEARTBEAT, "camera_001", 1, 1, 1,
+                                    wire.encode_heartbeat(3, ("", 9999))), KEY.sign)
+    assert len(short) < 64
+
+
+def test_limits():
+    with pytest.raises(ValueError, match="exceeds"):
+        wire.encode_frame(Frame(MessageType.GOSSIP, "n", 1, 1, 1, b"x" * 2000), KEY.sign)
+    with pytest.raises(WireError) as info:
+        wire.split_tag(b"x" * (wire.MAX_DATAGRAM + 1))
+    assert info.value.reason == "oversized"
+    with pytest.raises(WireError) as info:
+        wire.split_tag(b"x" * 10)
+    assert info.value.reason == "truncated"
+    with pytest.raises(ValueError):
+        wire.encode_envelope(Envelope("n" * 65, 1, {}))
+
+
+def test_unknown_version_and_type_are_named():
+    frame = wire.encode_frame(Frame(MessageType.PING, "a", 1, 1, 1, b""), KEY.sign)
+    signed, _ = wire.split_tag(frame)
+    with pytest.raises(WireError) as info:
+        wire.decode_frame(b"\x09" + signed[1:])
+    assert info.value.reason == "version"
+    with pytest.raises(WireError) as info:
+        wire.decode_frame(signed[:1] + b"\xee" + signed[2:])
+    assert info.value.reason == "malformed"
+
+
+def test_envelope_payload_must_be_a_json_object():
+    good = wire.encode_envelope(Envelope("a", 1, {"x": 1}))
+    with pytest.raises(WireError):
+        wire.decode_envelope(good[:-7] + b"[1,2,3]")
+    with pytest.raises(WireError):
+        wire.decode_envelope(good[:-7] + b"\xff\xfe")
