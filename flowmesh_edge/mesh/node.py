@@ -99,7 +99,9 @@ class AlertReport:
     acked: set[str] = field(default_factory=set)
     #: Alive members that had not acknowledged by the deadline.
     missing: set[str] = field(default_factory=set)
-    #: True when every alive member acknowledged; None for normal alerts.
+    #: Members declared dead (or gone) before acknowledging; not retried.
+    departed: set[str] = field(default_factory=set)
+    #: True when every member alive at sending acknowledged; None for normal alerts.
     complete: bool | None = None
     elapsed_s: float = 0.0
 
@@ -299,6 +301,7 @@ class MeshNode:
             return AlertReport(env.message_id, priority)
         pending = {m.node_id for m in self.members.alive()}
         acked: set[str] = set()
+        departed: set[str] = set()
         changed = asyncio.Event()
         self._critical[env.message_id] = (pending, acked, changed)
         deadline = started + self.config.critical_deadline_s
@@ -314,19 +317,20 @@ class MeshNode:
                 for node in list(pending):
                     m = self.members.get(node)
                     if m is None or m.status == DEAD:
-                        pending.discard(node)  # no longer an alive member
+                        pending.discard(node)  # no longer a member: stop retrying, report it
+                        departed.add(node)
                         continue
                     self._send_envelope(MessageType.ALERT, replace(env, destination=node))
                     self._counters["alert_retransmits"] += 1
         finally:
             del self._critical[env.message_id]
-        complete = not pending
+        complete = not pending and not departed
         self._counters["critical_alerts_complete" if complete else "critical_alerts_incomplete"] += 1
         if not complete:
             log.warning("critical alert %s: no ack from %s by the deadline",
-                        env.message_id, ", ".join(sorted(pending)))
-        return AlertReport(env.message_id, priority, set(acked), set(pending), complete,
-                           self._now() - started)
+                        env.message_id, ", ".join(sorted(pending | departed)))
+        return AlertReport(env.message_id, priority, set(acked), set(pending), set(departed),
+                           complete, self._now() - started)
 
     async def broadcast_search_query(self, query: dict, search_type: str = "search",
                                      timeout: float = 1.0) -> list[SearchResult]:
@@ -455,9 +459,11 @@ class MeshNode:
                 self._counters["routed"] += 1
                 self._send(mtype, encode_envelope(env), hop.address)
                 return
-        if target is not None and target.status != DEAD:
+        if target is not None and target.status != DEAD and self._direct_usable(dest):
             self._send(mtype, encode_envelope(env), target.address)
             return
+        # unknown, or known unreachable with no route: flood it; the path it
+        # travels teaches the destination (and everyone on the way) a route back
         self._app_queue.queue(f"{env.origin}:{env.message_id}", bytes((mtype,)) + encode_envelope(env))
 
     def _direct_usable(self, node: str) -> bool:
@@ -766,7 +772,9 @@ class MeshNode:
                 self._send(MessageType.PING_REQ,
                            encode_ping_req(probe_id, target.node_id, target.address), helper.address)
             try:
-                await asyncio.wait_for(ack, cfg.probe_interval_s - cfg.probe_timeout_s)
+                via = await asyncio.wait_for(ack, cfg.probe_interval_s - cfg.probe_timeout_s)
+                if via != target.node_id:  # reached only through a relay: remember the way
+                    self._learn_route(target.node_id, via, 2)
                 return
             except TimeoutError:
                 pass

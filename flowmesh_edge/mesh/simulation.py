@@ -53,6 +53,12 @@ def run_virtual(coro: Coroutine[object, object, T]) -> T:
     try:
         return loop.run_until_complete(coro)
     finally:
+        # a failed scenario leaves nodes running: cancel them quietly
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 

@@ -1,0 +1,187 @@
+"""Many-node meshes on the in-memory network, in virtual time (deterministic)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from flowmesh_edge.mesh import InMemoryNetwork, LinkConditions, MessageType
+from flowmesh_edge.mesh.simulation import converge, crash, run_virtual, start_mesh
+
+
+async def until(predicate, timeout: float) -> float:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        if loop.time() - start > timeout:
+            raise AssertionError(f"not within {timeout}s of loop time")
+        await asyncio.sleep(0.01)
+    return loop.time() - start
+
+
+async def stop_all(nodes) -> None:
+    for n in nodes:
+        await n.stop()
+
+
+def test_crashed_member_is_declared_dead_by_everyone_within_3s():
+    async def main():
+        net = InMemoryNetwork(seed=3)
+        nodes = await start_mesh(20, net)
+        await converge(nodes)
+        await asyncio.sleep(2)
+        victim = nodes[5]
+        await crash(victim)
+        others = [n for n in nodes if n is not victim]
+        took = await until(lambda: all(n.peers()[victim.node_id].status == "dead" for n in others), 10)
+        await stop_all(others)
+        return took
+
+    assert run_virtual(main()) < 3.0
+
+
+def test_no_false_deaths_in_ten_minutes_of_ten_percent_loss():
+    async def main():
+        net = InMemoryNetwork(seed=7, conditions=LinkConditions(loss=0.10, delay_s=0.002, jitter_s=0.003))
+        nodes = await start_mesh(20, net)
+        await converge(nodes, timeout=30)
+        deaths: list[tuple[str, str]] = []
+        for n in nodes:
+            n.on_member(lambda e, p, n=n: deaths.append((n.node_id, e.node_id)) if e.kind == "dead" else None)
+        await asyncio.sleep(600)
+        stats = [n.stats() for n in nodes]
+        await stop_all(nodes)
+        return deaths, sum(s["suspicions"] for s in stats), net.dropped
+
+    deaths, suspicions, dropped = run_virtual(main())
+    assert deaths == []
+    assert suspicions > 0 and dropped > 0  # the loss was real and the detector was tested
+
+
+def test_broadcast_reaches_everyone_once_and_fast():
+    async def main():
+        net = InMemoryNetwork(seed=11)
+        nodes = await start_mesh(100, net)
+        await converge(nodes, timeout=30)
+        got: dict[str, int] = {}
+        for n in nodes[1:]:
+            n.on(MessageType.ROUTE_BROADCAST, lambda m, n=n: got.__setitem__(n.node_id, got.get(n.node_id, 0) + 1))
+        await nodes[0].broadcast({"event": "hello"})
+        took = await until(lambda: len(got) >= 99, 5)
+        await asyncio.sleep(2)
+        await stop_all(nodes)
+        return took, got
+
+    took, got = run_virtual(main())
+    assert took < 1.0
+    assert set(got.values()) == {1}  # delivered exactly once everywhere
+
+
+def test_critical_alert_is_acknowledged_or_reported_missing():
+    async def main():
+        net = InMemoryNetwork(seed=5, conditions=LinkConditions(loss=0.2))
+        nodes = await start_mesh(6, net)
+        await converge(nodes, timeout=30)
+        received = []
+        nodes[3].on(MessageType.ALERT, lambda m: received.append(m.payload))
+        report = await nodes[0].broadcast_alert({"type": "intrusion"}, priority="critical")
+        # a member cut off from everyone cannot acknowledge: reported, not hidden
+        for other in nodes:
+            if other is not nodes[4]:
+                net.block(nodes[4].address, other.address)
+        late = await nodes[0].broadcast_alert({"type": "fire"}, priority="critical")
+        normal = await nodes[0].broadcast_alert({"type": "info"})
+        await stop_all(nodes)
+        return report, late, normal, received
+
+    report, late, normal, received = run_virtual(main())
+    assert report.complete and report.acked == {f"node-{i:03d}" for i in range(1, 6)}
+    assert received[0] == {"priority": "critical", "alert": {"type": "intrusion"}}
+    assert not late.complete and late.missing | late.departed == {"node-004"}
+    assert late.acked == {"node-001", "node-002", "node-003", "node-005"}
+    assert normal.complete is None
+
+
+def test_multi_hop_delivery_around_a_broken_link_with_the_path_recorded():
+    async def main():
+        net = InMemoryNetwork(seed=2)
+        a, b, c = await start_mesh(3, net)
+        await converge([a, b, c])
+        net.block(a.address, c.address)  # a and c cannot hear each other; b hears both
+        await asyncio.sleep(3)
+        got = []
+        c.on(MessageType.ROUTE_BROADCAST, got.append)
+        await a.send(c.node_id, {"hello": "c"})
+        await until(lambda: got, 2)
+        states = (a.peers()[c.node_id].status, c.peers()[a.node_id].status)
+        await stop_all([a, b, c])
+        return got[0], a.routes(), states
+
+    message, routes, states = run_virtual(main())
+    assert message.payload == {"hello": "c"}
+    assert message.path == ("node-001",)  # through b
+    assert routes["node-002"] == ("node-001", 2)
+    assert states == ("alive", "alive")  # indirect probes keep both alive
+
+
+def test_search_answers_come_back_to_the_asker():
+    async def main():
+        net = InMemoryNetwork(seed=4)
+        nodes = await start_mesh(8, net)
+        await converge(nodes)
+        for n in nodes[1:4]:
+            n.on(MessageType.SEARCH_QUERY,
+                 lambda m, n=n: {"seen_at": n.node_id} if m.payload["query"]["person_id"] == "p1" else None)
+        results = await nodes[0].broadcast_search_query({"person_id": "p1"}, search_type="person_search")
+        await stop_all(nodes)
+        return results
+
+    results = run_virtual(main())
+    assert sorted(r.node_id for r in results) == ["node-001", "node-002", "node-003"]
+
+
+def test_state_updates_spread_and_anti_entropy_repairs_a_miss():
+    async def main():
+        net = InMemoryNetwork(seed=6)
+        nodes = await start_mesh(5, net)
+        await converge(nodes)
+        owner, isolated = nodes[1], nodes[4]
+        for other in nodes:
+            if other is not isolated:
+                net.block(isolated.address, other.address)
+        owner.update_state({"fps": 25, "battery": 80})
+        await asyncio.sleep(1)
+        before = isolated.peers()[owner.node_id].version
+        for other in nodes:
+            net.unblock(isolated.address, other.address)
+        await until(lambda: isolated.peers()[owner.node_id].node_state == {"fps": 25, "battery": 80}, 30)
+        seen = nodes[2].peers()[owner.node_id]
+        await stop_all(nodes)
+        return before, seen
+
+    before, seen = run_virtual(main())
+    assert before == 0  # it missed the gossip...
+    assert seen.version == 1 and seen.node_state["fps"] == 25  # ...and others had it at once
+
+
+def test_graceful_leave_and_restart_with_higher_incarnation():
+    async def main():
+        net = InMemoryNetwork(seed=8)
+        nodes = await start_mesh(4, net)
+        await converge(nodes)
+        events = []
+        nodes[0].on_member(lambda e, p: events.append((e.kind, e.node_id)))
+        await nodes[3].stop()  # leaves
+        await until(lambda: nodes[0].peers()["node-003"].status == "dead", 2)
+        from flowmesh_edge.mesh import MeshNode
+        t = net.transport()
+        again = MeshNode("node-003", port=t.address[1], bind=t.address[0], transport=t,
+                         mesh_key=b"simulation-mesh-key!", peers=[nodes[0].address])
+        again.incarnation = nodes[0].peers()["node-003"].incarnation + 1
+        await again.start()
+        await until(lambda: nodes[0].peers()["node-003"].status == "alive", 5)
+        await stop_all(nodes[:3] + [again])
+        return events
+
+    events = run_virtual(main())
+    assert ("left", "node-003") in events
+    assert ("recovered", "node-003") in events
