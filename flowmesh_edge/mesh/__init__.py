@@ -3,11 +3,14 @@
 from .config import DEFAULT_PORT, MeshConfig
 from .membership import MemberEvent, PeerInfo
 from .node import AlertReport, MeshMessage, MeshNode, SearchResult
-from .transport import InMemoryNetwork, InMemoryTransport, LinkConditions, Transport, UdpTransport
+from .transport import (
+    InMemoryNetwork, InMemoryTransport, LinkConditions, LossyTransport, Transport, UdpTransport,
+)
 from .wire import MessageType
 
 __all__ = [
     "DEFAULT_PORT", "AlertReport", "InMemoryNetwork", "InMemoryTransport", "LinkConditions",
-    "MemberEvent", "MeshConfig", "MeshMessage", "MeshNode", "MessageType", "PeerInfo",
+    "LossyTransport", "MemberEvent", "MeshConfig", "MeshMessage", "MeshNode", "MessageType",
+    "PeerInfo",
     "SearchResult", "Transport", "UdpTransport",
 ]

@@ -552,8 +552,8 @@ class MeshNode:
                 self._request_state(frame.sender)
         elif t == MessageType.GOSSIP:
             for raw in decode_gossip(frame.body):
-                if not raw:
-                    raise WireError("malformed", "empty gossip entry")
+                if not raw or raw[0] not in ENVELOPE_TYPES:
+                    raise WireError("malformed", "gossip entry of no envelope type")
                 self._on_envelope(MessageType(raw[0]), decode_envelope(raw[1:]), frame.sender)
         elif t in ENVELOPE_TYPES:
             self._on_envelope(t, decode_envelope(frame.body), frame.sender)
