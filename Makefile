@@ -31,6 +31,7 @@ db-stop: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/agent_footprint.py
+	$(PY) bench/mesh.py
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet 'ruff>=0.5'

@@ -124,7 +124,7 @@ async def spread(members: int, trials: int) -> list[float]:
             got: set[str] = set()
             for n in nodes:
                 n._handlers.pop(MessageType.ROUTE_BROADCAST, None)
-                n.on(MessageType.ROUTE_BROADCAST, lambda m, n=n: got.add(n.node_id))
+                n.on(MessageType.ROUTE_BROADCAST, lambda m, n=n, got=got: got.add(n.node_id))
             need = int(0.99 * (members - 1) + 0.999)
             origin = nodes[trial % members]
             t0 = time.monotonic()

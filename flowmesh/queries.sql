@@ -11,6 +11,11 @@ select public.register_node(%(tetrahedron)s, %(node_id)s, %(role)s) as tetrahedr
 select received, inserted, duplicates
   from public.record_mesh_heartbeats(%(tetrahedron_id)s, %(batch)s);
 
+-- name: record_events
+-- Ship mesh events (membership changes, alerts) from the outbox; idempotent by (observer, seq).
+select received, inserted, duplicates
+  from public.record_mesh_events(%(tetrahedron_id)s, %(batch)s);
+
 -- name: check_all
 -- Open/resolve mesh-degrading alerts for every tetrahedron; returns those opened.
 select id, tetrahedron_id, alert_type, message, created_at

@@ -19,9 +19,16 @@ from dataclasses import dataclass, field
 from flowmesh import __version__
 
 from .config import AgentConfig
+from .mesh import MeshMessage, MeshNode, MessageType
+from .mesh.membership import MemberEvent, PeerInfo
 from .metrics import MetricsSampler
-from .outbox import Outbox
+from .outbox import EVENT, Outbox
 from .shipper import Rejected, Shipper, ShipReport, Unreachable
+
+#: Membership events worth a row in mesh_events (``removed`` is bookkeeping).
+RECORDED_EVENTS = frozenset({"joined", "suspect", "dead", "left", "recovered"})
+#: Metrics shared with mesh peers as this node's versioned state.
+SHARED_METRICS = ("cpu_percent", "memory_percent", "battery_percent", "temperature_c")
 
 log = logging.getLogger("flowmesh_edge.agent")
 
@@ -29,6 +36,7 @@ log = logging.getLogger("flowmesh_edge.agent")
 @dataclass
 class AgentStats:
     sampled: int = 0
+    events: int = 0
     shipped: ShipReport = field(default_factory=ShipReport)
     failures: int = 0
     last_error: str | None = None
@@ -41,19 +49,55 @@ class Agent:
         outbox: Outbox,
         shipper: Shipper,
         sample: Callable[[], dict] | None = None,
+        mesh: MeshNode | None = None,
     ):
         self.config = config
         self.outbox = outbox
         self.shipper = shipper
+        self.mesh = mesh
+        self._pending_events: set[asyncio.Task] = set()
         self._sample = sample or MetricsSampler().sample
         self._wake = asyncio.Event()
         self.stats = AgentStats()
 
     def heartbeat_payload(self) -> dict:
-        payload: dict = {"metrics": self._sample(), "agent": {"version": __version__}}
+        metrics = self._sample()
+        payload: dict = {"metrics": metrics, "agent": {"version": __version__}}
         if self.config.role:
             payload["role"] = self.config.role
+        if self.mesh is not None:
+            counts = self.mesh.stats()["members"]
+            payload["mesh"] = {**counts, "incarnation": self.mesh.incarnation}
+            self.mesh.update_state({k: metrics[k] for k in SHARED_METRICS if k in metrics})
         return payload
+
+    # -- mesh observations -> outbox ----------------------------------------------
+    def _record_event(self, event: dict) -> None:
+        """Queue a mesh event durably (in a worker thread) and wake the shipper."""
+
+        async def put() -> None:
+            await asyncio.to_thread(self.outbox.put, self.config.tetrahedron, self.config.node_id,
+                                    event, role=self.config.role, kind=EVENT)
+            self.stats.events += 1
+            self._wake.set()
+
+        task = asyncio.get_running_loop().create_task(put())
+        self._pending_events.add(task)
+        task.add_done_callback(self._pending_events.discard)
+
+    def _on_member(self, event: MemberEvent, peer: PeerInfo | None) -> None:
+        if event.kind in RECORDED_EVENTS:
+            details = {"address": list(peer.address), "meta": peer.meta} if peer else {}
+            self._record_event({"kind": event.kind, "subject": event.node_id,
+                                "incarnation": event.incarnation, "details": details})
+
+    def _on_alert(self, message: MeshMessage) -> None:
+        self._record_event({
+            "kind": "alert", "subject": message.origin,
+            "details": {"priority": message.payload.get("priority", "normal"),
+                        "alert": message.payload.get("alert", {}),
+                        "message_id": message.message_id, "hops": message.hops},
+        })
 
     async def beat(self) -> int:
         """Sample and queue one heartbeat; wake the shipper."""
@@ -71,12 +115,19 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> AgentStats:
         """Run until ``stop`` is set, then try to ship what is queued."""
+        if self.mesh is not None:
+            self.mesh.on_member(self._on_member)
+            self.mesh.on(MessageType.ALERT, self._on_alert)
+            await self.mesh.start()
         sampler = asyncio.create_task(self._sample_loop(stop), name="flowmesh-sampler")
         shipper = asyncio.create_task(self._ship_loop(stop), name="flowmesh-shipper")
         try:
             await stop.wait()
         finally:
             sampler.cancel()
+            if self.mesh is not None:
+                await self.mesh.stop()  # says goodbye, so peers record "left" at once
+            await asyncio.gather(*self._pending_events, return_exceptions=True)
             self._wake.set()
             await asyncio.gather(sampler, return_exceptions=True)
             await asyncio.gather(shipper, return_exceptions=True)

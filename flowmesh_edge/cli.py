@@ -17,6 +17,7 @@ from flowmesh.errors import DatabaseUnreachable
 
 from .agent import Agent
 from .config import AgentConfig, default_node_id
+from .mesh import DEFAULT_PORT, MeshNode
 from .outbox import Outbox
 from .shipper import Rejected, Shipper, Unreachable
 
@@ -83,11 +84,27 @@ def main() -> None:
               default=_defaults.flush_timeout_s, show_default=True,
               help="On SIGINT/SIGTERM, seconds spent shipping what is queued.")
 @outbox_option
+@click.option("--mesh-key", envvar="FLOWMESH_MESH_KEY", show_envvar=True, metavar="SECRET",
+              help="Join the peer mesh, authenticating every datagram with this shared secret "
+              "(16+ bytes). Without it the agent does not join a mesh.")
+@click.option("--mesh-port", type=click.IntRange(0, 65535), default=DEFAULT_PORT,
+              show_default=True, envvar="FLOWMESH_MESH_PORT", show_envvar=True,
+              help="UDP port of the mesh (discovery broadcasts go to it).")
+@click.option("--mesh-bind", default="0.0.0.0", show_default=True, envvar="FLOWMESH_MESH_BIND",
+              show_envvar=True,
+              help="Address to listen on; 0.0.0.0 also enables LAN broadcast discovery.")
+@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT",
+              help="A member to join through (repeatable); not needed on one LAN.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backoff_max_s,
-        flush_timeout_s, outbox, log_level) -> None:
-    """Sample local metrics and send heartbeats until stopped (SIGINT/SIGTERM)."""
+        flush_timeout_s, outbox, mesh_key, mesh_port, mesh_bind, peers, log_level) -> None:
+    """Sample local metrics and send heartbeats until stopped (SIGINT/SIGTERM).
+
+    With --mesh-key the agent also joins the peer mesh: it finds the other
+    members of its tetrahedron, watches them, and records what it sees
+    (joined, suspect, dead, left, recovered, alerts) in Postgres.
+    """
     _setup_logging(log_level)
     config = AgentConfig(
         node_id=node_id or default_node_id(), tetrahedron=tetrahedron, role=role,
@@ -95,16 +112,35 @@ def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backof
         backoff_max_s=max(backoff_max_s, _defaults.backoff_initial_s),
         flush_timeout_s=flush_timeout_s, database_url=database_url, outbox_path=outbox,
     )
+    mesh_options = None
+    if mesh_key:
+        if len(mesh_key.encode()) < 16:
+            raise click.BadParameter("must be at least 16 bytes", param_hint="--mesh-key")
+        mesh_options = {"mesh_key": mesh_key, "port": mesh_port, "bind": mesh_bind,
+                        "peers": [_host_port(p) for p in peers]}
+    elif peers:
+        raise click.UsageError("--peer needs --mesh-key (the mesh is authenticated)")
     url = database.resolve_url(config.database_url)
-    asyncio.run(_run(config, url))
+    asyncio.run(_run(config, url, mesh_options))
 
 
-async def _run(config: AgentConfig, url: str) -> None:
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint="--peer")
+    return host, int(port)
+
+
+async def _run(config: AgentConfig, url: str, mesh_options: dict | None = None) -> None:
     log = logging.getLogger("flowmesh_edge")
     path = config.resolved_outbox_path()
     with Outbox(path) as outbox:
         shipper = Shipper(outbox, url, batch_size=config.batch_size)
-        agent = Agent(config, outbox, shipper)
+        mesh = None
+        if mesh_options is not None:
+            meta = {"tetrahedron": config.tetrahedron, **({"role": config.role} if config.role else {})}
+            mesh = MeshNode(config.node_id[:64], meta=meta, **mesh_options)
+        agent = Agent(config, outbox, shipper, mesh=mesh)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -115,9 +151,11 @@ async def _run(config: AgentConfig, url: str) -> None:
             outbox.pending(),
         )
         stats = await agent.run(stop)
+        if mesh is not None:
+            log.info("mesh: %s", mesh.stats())
         log.info(
-            "stopped: %d heartbeats sampled, %d shipped, %d in the outbox",
-            stats.sampled, stats.shipped.shipped, outbox.pending(),
+            "stopped: %d heartbeats sampled, %d mesh events, %d shipped, %d in the outbox",
+            stats.sampled, stats.events, stats.shipped.shipped, outbox.pending(),
         )
 
 

@@ -13,6 +13,10 @@ deleted keeps issuing numbers above the ones the database has already seen
 Heartbeats that the database rejects as bad data (SQLSTATE classes 22, 23,
 54) are moved to a dead-letter table with the error, so one bad row never
 blocks the rest.
+
+Besides heartbeats the outbox carries mesh events (membership changes and
+alerts this node observed), with the same guarantees; ``kind`` tells them
+apart and the shipper sends each kind through its own RPC.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ create table if not exists heartbeats (
   src         text    not null,
   role        text,
   at          real    not null,
-  payload     text    not null
+  payload     text    not null,
+  kind        text    not null default 'heartbeat'
 );
 create table if not exists dead_letters (
   seq         integer primary key,
@@ -42,11 +47,16 @@ create table if not exists dead_letters (
   role        text,
   at          real    not null,
   payload     text    not null,
+  kind        text    not null default 'heartbeat',
   sqlstate    text,
   error       text    not null,
   failed_at   real    not null
 );
 """
+
+
+HEARTBEAT = "heartbeat"
+EVENT = "event"
 
 
 @dataclass(frozen=True)
@@ -59,9 +69,14 @@ class Entry:
     role: str | None
     at: float
     payload: str  # JSON text of an object
+    kind: str = HEARTBEAT
 
     def batch_item(self) -> str:
-        """This entry as one element of a record_mesh_heartbeats batch (JSON text)."""
+        """This entry as one element of a record_mesh_heartbeats (or _events) batch."""
+        if self.kind == EVENT:
+            event = json.loads(self.payload)
+            return json.dumps({"observer": self.src, "seq": self.seq, "at": self.at, **event},
+                              separators=(",", ":"))
         return (
             f'{{"src":{json.dumps(self.src)},"seq":{self.seq},'
             f'"at":{self.at!r},"payload":{self.payload}}}'
@@ -85,6 +100,11 @@ class Outbox:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            for table in ("heartbeats", "dead_letters"):  # outboxes written before events existed
+                columns = {row[1] for row in self._db.execute(f"pragma table_info({table})")}
+                if "kind" not in columns:
+                    self._db.execute(
+                        f"alter table {table} add column kind text not null default 'heartbeat'")
             self._db.execute(
                 "insert or ignore into meta (key, value) values ('next_seq', ?)",
                 (int(time.time() * 1_000_000),),
@@ -112,8 +132,10 @@ class Outbox:
         *,
         role: str | None = None,
         at: float | None = None,
+        kind: str = HEARTBEAT,
     ) -> int:
-        """Queue a heartbeat durably and return its sequence number."""
+        """Queue a heartbeat (or, with ``kind=EVENT``, a mesh event) durably;
+        return its sequence number."""
         if not isinstance(payload, dict):
             raise TypeError("payload must be a dict (a JSON object)")
         text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
@@ -123,9 +145,9 @@ class Outbox:
         with self._lock, self._transaction():
             (seq,) = self._db.execute("select value from meta where key = 'next_seq'").fetchone()
             self._db.execute(
-                "insert into heartbeats (seq, tetrahedron, src, role, at, payload) "
-                "values (?, ?, ?, ?, ?, ?)",
-                (seq, tetrahedron, src, role, at, text),
+                "insert into heartbeats (seq, tetrahedron, src, role, at, payload, kind) "
+                "values (?, ?, ?, ?, ?, ?, ?)",
+                (seq, tetrahedron, src, role, at, text, kind),
             )
             self._db.execute("update meta set value = ? where key = 'next_seq'", (seq + 1,))
         return seq
@@ -134,7 +156,7 @@ class Outbox:
         """The oldest ``limit`` queued heartbeats, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "select seq, tetrahedron, src, role, at, payload from heartbeats "
+                "select seq, tetrahedron, src, role, at, payload, kind from heartbeats "
                 "order by seq limit ?",
                 (limit,),
             ).fetchall()
@@ -152,10 +174,10 @@ class Outbox:
         with self._lock, self._transaction():
             self._db.execute(
                 "insert or replace into dead_letters "
-                "(seq, tetrahedron, src, role, at, payload, sqlstate, error, failed_at) "
-                "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(seq, tetrahedron, src, role, at, payload, kind, sqlstate, error, failed_at) "
+                "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (entry.seq, entry.tetrahedron, entry.src, entry.role, entry.at,
-                 entry.payload, sqlstate, error, time.time()),
+                 entry.payload, entry.kind, sqlstate, error, time.time()),
             )
             self._db.execute("delete from heartbeats where seq = ?", (entry.seq,))
 

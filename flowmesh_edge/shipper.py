@@ -25,7 +25,7 @@ from flowmesh import settings
 from flowmesh.database import one_line
 from flowmesh.queries import query
 
-from .outbox import Entry, Outbox
+from .outbox import EVENT, Entry, Outbox
 
 log = logging.getLogger("flowmesh_edge.shipper")
 
@@ -143,15 +143,16 @@ class Shipper:
 
     def _ship(self, tetrahedron_id: str, entries: list[Entry]) -> ShipReport:
         batch = "[" + ",".join(e.batch_item() for e in entries) + "]"
+        sql = query("record_events") if entries[0].kind == EVENT else query("record_heartbeats")
         try:
             received, inserted, duplicates = self._call(
-                query("record_heartbeats"), {"tetrahedron_id": tetrahedron_id, "batch": batch}
+                sql, {"tetrahedron_id": tetrahedron_id, "batch": batch}
             )
         except _DataError as exc:
             if len(entries) == 1:
                 log.error(
-                    "heartbeat seq %s of %s rejected by the database [%s]: %s; moved to dead letters",
-                    entries[0].seq, entries[0].src, exc.sqlstate, exc,
+                    "%s seq %s of %s rejected by the database [%s]: %s; moved to dead letters",
+                    entries[0].kind, entries[0].seq, entries[0].src, exc.sqlstate, exc,
                 )
                 self.outbox.dead_letter(entries[0], str(exc), exc.sqlstate)
                 return ShipReport(dead_lettered=1, batches=1)
@@ -184,8 +185,8 @@ class _DataError(Rejected):
 
 
 def _by_destination(entries: list[Entry]) -> list[list[Entry]]:
-    """Entries grouped by (tetrahedron, src), in order of first appearance, order kept."""
-    groups: OrderedDict[tuple[str, str], list[Entry]] = OrderedDict()
+    """Entries grouped by (tetrahedron, src, kind), in order of first appearance, order kept."""
+    groups: OrderedDict[tuple[str, str, str], list[Entry]] = OrderedDict()
     for entry in entries:
-        groups.setdefault((entry.tetrahedron, entry.src), []).append(entry)
+        groups.setdefault((entry.tetrahedron, entry.src, entry.kind), []).append(entry)
     return list(groups.values())

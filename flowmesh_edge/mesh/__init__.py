@@ -4,7 +4,12 @@ from .config import DEFAULT_PORT, MeshConfig
 from .membership import MemberEvent, PeerInfo
 from .node import AlertReport, MeshMessage, MeshNode, SearchResult
 from .transport import (
-    InMemoryNetwork, InMemoryTransport, LinkConditions, LossyTransport, Transport, UdpTransport,
+    InMemoryNetwork,
+    InMemoryTransport,
+    LinkConditions,
+    LossyTransport,
+    Transport,
+    UdpTransport,
 )
 from .wire import MessageType
 

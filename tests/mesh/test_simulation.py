@@ -63,8 +63,12 @@ def test_broadcast_reaches_everyone_once_and_fast():
         nodes = await start_mesh(100, net)
         await converge(nodes, timeout=30)
         got: dict[str, int] = {}
+
+        def count(node_id: str) -> None:
+            got[node_id] = got.get(node_id, 0) + 1
+
         for n in nodes[1:]:
-            n.on(MessageType.ROUTE_BROADCAST, lambda m, n=n: got.__setitem__(n.node_id, got.get(n.node_id, 0) + 1))
+            n.on(MessageType.ROUTE_BROADCAST, lambda m, n=n: count(n.node_id))
         await nodes[0].broadcast({"event": "hello"})
         took = await until(lambda: len(got) >= 99, 5)
         await asyncio.sleep(2)
