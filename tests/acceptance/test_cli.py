@@ -246,3 +246,57 @@ def test_embedded_default_end_to_end(tmp_path):
     assert "stopped" in stop.stdout
     time.sleep(0.1)
     assert run([*script("flowmesh"), "db", "url"], env=env).returncode == 3
+
+
+def free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_agents_on_the_mesh_record_a_death(db_url, tmp_path):
+    key = "cli-mesh-key-0123456789abcdef"
+    ports = [free_udp_port(), free_udp_port()]
+    env = {k: v for k, v in os.environ.items() if k != "FLOWMESH_DATABASE_URL"}
+    env["FLOWMESH_MESH_KEY"] = key
+    procs = []
+    for i, name in enumerate(("pi", "cam")):
+        args = [*script("flowmesh-edge"), "run", "--database-url", db_url, "--node-id", name,
+                "--tetrahedron", "home", "--interval", "0.5", "--outbox", str(tmp_path / f"{name}.db"),
+                "--mesh-bind", "127.0.0.1", "--mesh-port", str(ports[i])]
+        if i:
+            args += ["--peer", f"127.0.0.1:{ports[0]}"]
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=env))
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            def rows(sql):
+                return conn.execute(sql).fetchall()
+            wait_for(lambda: len(rows("select 1 from mesh_events where kind = 'joined'")) >= 2, 30)
+            procs[1].kill()  # cam loses power
+            procs[1].communicate(timeout=10)
+            wait_for(lambda: rows("select 1 from nodes where node_id = 'cam' and mesh_status = 'dead'"),
+                     30)
+            assert rows("select observer from mesh_events where kind = 'dead'") == [("pi",)]
+        procs[0].send_signal(signal.SIGTERM)
+        _, err = procs[0].communicate(timeout=20)
+        assert procs[0].returncode == 0, err
+        assert "mesh: {" in err and "Traceback" not in err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--peer", "127.0.0.1:9"], "--peer needs --mesh-key"),
+    (["--mesh-key", "short"], "at least 16 bytes"),
+    (["--mesh-key", "0123456789abcdef0", "--peer", "nonsense"], "is not HOST:PORT"),
+])
+def test_mesh_flags_are_checked(args, message):
+    result = run([*script("flowmesh-edge"), "run", "--database-url", UNREACHABLE, *args])
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
