@@ -1,5 +1,6 @@
 """The peer mesh: discovery, SWIM failure detection, gossip, routing, state, alerts."""
 
+from .blocking import BlockingMeshNode
 from .config import DEFAULT_PORT, MeshConfig
 from .membership import MemberEvent, PeerInfo
 from .node import AlertReport, MeshMessage, MeshNode, SearchResult
@@ -14,7 +15,7 @@ from .transport import (
 from .wire import MessageType
 
 __all__ = [
-    "DEFAULT_PORT", "AlertReport", "InMemoryNetwork", "InMemoryTransport", "LinkConditions",
+    "DEFAULT_PORT", "AlertReport", "BlockingMeshNode", "InMemoryNetwork", "InMemoryTransport", "LinkConditions",
     "LossyTransport", "MemberEvent", "MeshConfig", "MeshMessage", "MeshNode", "MessageType",
     "PeerInfo",
     "SearchResult", "Transport", "UdpTransport",

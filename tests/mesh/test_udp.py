@@ -145,3 +145,21 @@ def test_node_requires_a_key_and_a_sane_id():
         MeshNode("a", port=0, bind="127.0.0.1")
     with pytest.raises(ValueError, match="node_id"):
         MeshNode("x" * 65, port=0, mesh_key=KEY, bind="127.0.0.1")
+
+
+def test_blocking_facade_for_scripts_without_asyncio():
+    from flowmesh_edge.mesh import BlockingMeshNode
+
+    with BlockingMeshNode("sync-a", port=0, mesh_key=KEY, bind="127.0.0.1") as a, \
+            BlockingMeshNode("sync-b", port=0, mesh_key=KEY, bind="127.0.0.1") as b:
+        a.start({"fps": 30})
+        b.node.bootstrap = [a.address]
+        b.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "sync-b" not in a.peers():
+            time.sleep(0.05)
+        got = []
+        b.on(MessageType.ALERT, got.append)
+        report = a.broadcast_alert({"type": "smoke"}, priority="critical")
+        assert report.complete and report.acked == {"sync-b"}
+        assert a.stats()["members"]["alive"] == 1
