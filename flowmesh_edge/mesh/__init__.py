@@ -15,8 +15,7 @@ from .transport import (
 from .wire import MessageType
 
 __all__ = [
-    "DEFAULT_PORT", "AlertReport", "BlockingMeshNode", "InMemoryNetwork", "InMemoryTransport", "LinkConditions",
-    "LossyTransport", "MemberEvent", "MeshConfig", "MeshMessage", "MeshNode", "MessageType",
-    "PeerInfo",
-    "SearchResult", "Transport", "UdpTransport",
+    "DEFAULT_PORT", "AlertReport", "BlockingMeshNode", "InMemoryNetwork", "InMemoryTransport",
+    "LinkConditions", "LossyTransport", "MemberEvent", "MeshConfig", "MeshMessage", "MeshNode",
+    "MessageType", "PeerInfo", "SearchResult", "Transport", "UdpTransport",
 ]
