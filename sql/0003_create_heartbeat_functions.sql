@@ -127,6 +127,28 @@ $$;
 comment on function flowmesh.raise_problem(text, text) is
   'Raises the error described by a heartbeat_problem result, prefixed by context; does nothing for null.';
 
+create or replace function flowmesh.batch_length(batch jsonb, noun text) returns integer
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  if batch is null then
+    raise exception 'batch must not be null' using errcode = '22004';
+  end if;
+  if pg_catalog.jsonb_typeof(batch) <> 'array' then
+    raise exception 'batch must be a JSON array of %, got %', noun, pg_catalog.jsonb_typeof(batch)
+      using errcode = '22023';
+  end if;
+  if pg_catalog.jsonb_array_length(batch) > 10000 then
+    raise exception 'batch has % %; the limit is 10000', pg_catalog.jsonb_array_length(batch), noun
+      using errcode = '54000', hint = 'Split the batch.';
+  end if;
+  return pg_catalog.jsonb_array_length(batch);
+end
+$$;
+comment on function flowmesh.batch_length(jsonb, text) is
+  'The number of elements of a batch RPC''s batch; raises 22004/22023/54000 unless it is a JSON array of at most 10,000 (noun names them in messages).';
+
 -- derived state: one statement-level trigger for every write path -----------
 create or replace function flowmesh.apply_heartbeats() returns trigger
 language plpgsql security definer
@@ -203,18 +225,7 @@ declare
   v_bad record;
 begin
   perform flowmesh.authorize_writer(t_uuid);
-  if batch is null then
-    raise exception 'batch must not be null' using errcode = '22004';
-  end if;
-  if pg_catalog.jsonb_typeof(batch) <> 'array' then
-    raise exception 'batch must be a JSON array of heartbeats, got %', pg_catalog.jsonb_typeof(batch)
-      using errcode = '22023';
-  end if;
-  v_received := pg_catalog.jsonb_array_length(batch);
-  if v_received > 10000 then
-    raise exception 'batch has % heartbeats; the limit is 10000', v_received
-      using errcode = '54000', hint = 'Split the batch.';
-  end if;
+  v_received := flowmesh.batch_length(batch, 'heartbeats');
 
   select i.ord - 1 as idx, flowmesh.batch_item_problem(i.item) as problem
     into v_bad
@@ -305,11 +316,12 @@ comment on function public.register_node(text, text, text) is
 -- privileges -----------------------------------------------------------------
 revoke all on function flowmesh.caller(), flowmesh.caller_is_privileged(),
   flowmesh.authorize_writer(uuid), flowmesh.heartbeat_problem(text, jsonb),
-  flowmesh.batch_item_problem(jsonb), flowmesh.raise_problem(text, text) from public, anon;
+  flowmesh.batch_item_problem(jsonb), flowmesh.raise_problem(text, text),
+  flowmesh.batch_length(jsonb, text) from public, anon;
 grant execute on function flowmesh.caller(), flowmesh.caller_is_privileged(),
   flowmesh.authorize_writer(uuid), flowmesh.heartbeat_problem(text, jsonb),
-  flowmesh.batch_item_problem(jsonb), flowmesh.raise_problem(text, text)
-  to authenticated, service_role;
+  flowmesh.batch_item_problem(jsonb), flowmesh.raise_problem(text, text),
+  flowmesh.batch_length(jsonb, text) to authenticated, service_role;
 
 revoke all on function public.record_mesh_heartbeat(uuid, text, jsonb),
   public.record_mesh_heartbeats(uuid, jsonb),

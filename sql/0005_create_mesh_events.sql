@@ -141,17 +141,7 @@ declare
   v_bad record;
 begin
   perform flowmesh.authorize_writer(t_uuid);
-  if batch is null then
-    raise exception 'batch must not be null' using errcode = '22004';
-  end if;
-  if pg_catalog.jsonb_typeof(batch) <> 'array' then
-    raise exception 'batch must be a JSON array of events, got %', pg_catalog.jsonb_typeof(batch)
-      using errcode = '22023';
-  end if;
-  v_received := pg_catalog.jsonb_array_length(batch);
-  if v_received > 10000 then
-    raise exception 'batch has % events; the limit is 10000', v_received using errcode = '54000';
-  end if;
+  v_received := flowmesh.batch_length(batch, 'events');
   select i.ord - 1 as idx, flowmesh.mesh_event_problem(i.item) as problem
     into v_bad
     from pg_catalog.jsonb_array_elements(batch) with ordinality as i(item, ord)

@@ -124,3 +124,16 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def until(predicate, timeout: float = 15.0, interval: float = 0.02) -> float:
+    """Await ``predicate`` becoming truthy, in loop time (real or virtual); return the wait."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        if loop.time() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+    return loop.time() - start

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import psycopg
 
 from flowmesh_edge import Agent, AgentConfig, MeshNode, Outbox, Shipper
+from tests.conftest import until
 
 KEY = "agent-mesh-test-key-0123456789"
 
 
-async def until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 def query(url: str, sql: str):

@@ -4,20 +4,11 @@ outbox while the link is cut, then ships everything exactly once."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import psycopg
 
 from flowmesh_edge import Agent, AgentConfig, Outbox, Shipper
-from tests.conftest import db_name
-
-
-async def until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
+from tests.conftest import db_name, until
 
 
 async def test_outage_loses_and_duplicates_nothing(db_url, proxy, tmp_path):

@@ -6,16 +6,7 @@ import asyncio
 
 from flowmesh_edge.mesh import InMemoryNetwork, LinkConditions, MessageType
 from flowmesh_edge.mesh.simulation import converge, crash, run_virtual, start_mesh
-
-
-async def until(predicate, timeout: float) -> float:
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not predicate():
-        if loop.time() - start > timeout:
-            raise AssertionError(f"not within {timeout}s of loop time")
-        await asyncio.sleep(0.01)
-    return loop.time() - start
+from tests.conftest import until
 
 
 async def stop_all(nodes) -> None:

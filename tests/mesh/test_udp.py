@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -17,16 +16,11 @@ from flowmesh_edge import MeshNode, MessageType
 from flowmesh_edge.mesh import wire
 from flowmesh_edge.mesh.security import MacKey
 from flowmesh_edge.mesh.wire import Frame
+from tests.conftest import until
 
 KEY = b"udp-test-mesh-key-0123456789"
 
 
-async def until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
 
 
 async def mesh(n: int) -> list[MeshNode]:
