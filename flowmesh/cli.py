@@ -13,7 +13,7 @@ from . import database, migrations
 from .clisupport import FriendlyGroup, database_url_option
 from .errors import FlowMeshError
 from .queries import query
-from .table import render
+from .table import json_default, render
 
 
 @click.group(cls=FriendlyGroup, prog="flowmesh")
@@ -157,9 +157,55 @@ def register(
     click.echo(tetra_id)
 
 
+@main.command("predict")
+@database_url_option
+@click.option("--window", "window_size", type=click.IntRange(min=2), default=30, show_default=True,
+              help="Heartbeats per node the trend model looks at.")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Riskiest nodes to list afterwards (0: none).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def predict(database_url: str | None, window_size: int, top: int, as_json: bool) -> None:
+    """Run the prediction pass: score every node's failure risk in SQL, open
+    node-failure-predicted alerts for risky nodes, resolve recovered ones."""
+    with database.connect(database.resolve_url(database_url)) as conn:
+        cur = conn.execute(query("prediction_pass"), {"window_size": window_size})
+        summary = dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
+        cur = conn.execute(query("nodes_by_risk"), {"tetrahedron": None, "limit": top})
+        rows, names = cur.fetchall(), [c.name for c in cur.description]
+    if as_json:
+        click.echo(json.dumps({**summary, "nodes": [dict(zip(names, r, strict=True)) for r in rows]},
+                              default=json_default, indent=2))
+        return
+    click.echo(f"{summary['nodes_scored']} nodes scored, {summary['alerts_opened']} alerts opened, "
+               f"{summary['alerts_resolved']} resolved, {summary['marked_offline']} marked offline")
+    if top and rows:
+        click.echo(render(names, rows))
+
+
+@main.command("status")
+@database_url_option
+@click.option("--tetrahedron", metavar="NAME", help="Only this tetrahedron.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (seed 000's mesh_summary shape).")
+def status(database_url: str | None, tetrahedron: str | None, as_json: bool) -> None:
+    """Mesh summary per tetrahedron: nodes online, degraded and offline, average
+    health, last prediction."""
+    with database.connect(database.resolve_url(database_url)) as conn:
+        cur = conn.execute(query("mesh_summary"), {"tetrahedron": tetrahedron})
+        rows, names = cur.fetchall(), [c.name for c in cur.description]
+    if tetrahedron and not rows:
+        raise FlowMeshError(f"no tetrahedron named {tetrahedron!r}")
+    if as_json:
+        summaries = {r[0]: dict(zip(names[1:], r[1:], strict=True)) for r in rows}
+        click.echo(json.dumps(summaries[tetrahedron] if tetrahedron else summaries,
+                              default=json_default, indent=2))
+    else:
+        click.echo(render(names, rows))
+
+
 def _emit(names: list[str], rows: list[tuple], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([dict(zip(names, r, strict=True)) for r in rows], default=str, indent=2))
+        records = [dict(zip(names, r, strict=True)) for r in rows]
+        click.echo(json.dumps(records, default=json_default, indent=2))
     else:
         click.echo(render(names, rows))
 

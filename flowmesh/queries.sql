@@ -74,3 +74,27 @@ returning tetrahedron_id;
 -- name: server_version
 select current_setting('server_version_num')::int as version_num,
        current_setting('server_version') as version;
+
+-- name: prediction_pass
+-- Mark silent nodes offline, score every node's failure risk, open/resolve alerts.
+select nodes_scored, alerts_opened, alerts_resolved, marked_offline
+  from public.run_prediction_pass(%(window_size)s);
+
+-- name: nodes_by_risk
+-- Nodes with a predicted risk, riskiest first, optionally of one tetrahedron.
+select t.name as tetrahedron, n.node_id, n.status, n.health_score, n.predicted_risk,
+       n.predicted_at
+  from public.nodes n
+  join public.tetrahedrons t on t.id = n.tetrahedron_id
+ where n.predicted_risk is not null
+   and (%(tetrahedron)s::text is null or t.name = %(tetrahedron)s::text)
+ order by n.predicted_risk desc, t.name, n.node_id
+ limit %(limit)s;
+
+-- name: mesh_summary
+-- Seed 000's mesh_summary per tetrahedron, optionally one.
+select name as tetrahedron, online, degraded, offline, average_health, last_prediction,
+       highest_risk, last_heartbeat_at
+  from public.mesh_summary
+ where %(tetrahedron)s::text is null or name = %(tetrahedron)s::text
+ order by name;

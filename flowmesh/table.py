@@ -28,3 +28,10 @@ def render(names: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in text]
     return "\n".join(lines)
+
+
+def json_default(value: object) -> str:
+    """For json.dumps: ISO 8601 for datetimes, str() for the rest (UUIDs, decimals)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)

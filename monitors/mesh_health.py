@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from datetime import datetime
 
 import click
 import psycopg
@@ -26,7 +25,7 @@ from flowmesh import database
 from flowmesh.clisupport import database_url_option
 from flowmesh.errors import FlowMeshError
 from flowmesh.queries import query
-from flowmesh.table import render
+from flowmesh.table import json_default, render
 
 OK, CRITICAL, UNKNOWN = 0, 2, 3
 
@@ -55,12 +54,6 @@ def _rows(conn: psycopg.Connection, name: str, params: dict) -> list[dict]:
     cur = conn.execute(query(name), params)
     names = [c.name for c in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
 
 
 def _silence(seconds: float | None) -> str:
@@ -131,7 +124,7 @@ def main(threshold_minutes: int, tetrahedron_id: str | None, as_json: bool,
     except psycopg.Error as exc:
         _unknown(f"database error [{exc.sqlstate}]: {database.one_line(exc)}")
     if as_json:
-        click.echo(json.dumps(result, default=_json_default, indent=2))
+        click.echo(json.dumps(result, default=json_default, indent=2))
     else:
         click.echo(render_text(result))
     sys.exit(CRITICAL if result["stale"] else OK)

@@ -300,3 +300,23 @@ def test_mesh_flags_are_checked(args, message):
     result = run([*script("flowmesh-edge"), "run", "--database-url", UNREACHABLE, *args])
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predict_and_status_commands(conn, db_url):
+    tid = register(conn, "home", "pi")
+    conn.execute("select record_mesh_heartbeat(%s, 'pi', %s)",
+                 (tid, json.dumps({"metrics": {"cpu_percent": 20, "battery_percent": 90}})))
+    pred = run([*script("flowmesh"), "predict", "--json", "--database-url", db_url])
+    assert pred.returncode == 0, pred.stderr
+    report = json.loads(pred.stdout)
+    assert report["nodes_scored"] == 1 and report["nodes"][0]["node_id"] == "pi"
+    status = run([*script("flowmesh"), "status", "--tetrahedron", "home", "--json",
+                  "--database-url", db_url])
+    summary = json.loads(status.stdout)
+    assert {k: summary[k] for k in ("online", "degraded", "offline")} == \
+        {"online": 1, "degraded": 0, "offline": 0}
+    assert summary["average_health"] == 1.0 and summary["last_prediction"].startswith("20")
+    table = run([*script("flowmesh"), "status", "--database-url", db_url])
+    assert "home" in table.stdout and "average_health" in table.stdout
+    missing = run([*script("flowmesh"), "status", "--tetrahedron", "nope", "--database-url", db_url])
+    assert missing.returncode == 1 and "no tetrahedron named 'nope'" in missing.stderr
