@@ -4,7 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test db-up db-stop bench lint clean supabase-migrations
+#: Debian packages the tests use: PostgreSQL 15 with pg_cron (the schedule tests).
+SYSTEM_PACKAGES := postgresql-15 postgresql-15-cron
+
+.PHONY: run test system-deps db-up db-stop bench lint clean supabase-migrations
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +21,17 @@ run: $(STAMP)
 	$(VENV)/bin/flowmesh-edge run
 
 ## test: install what the tests need and run them
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## system-deps: Debian's PostgreSQL 15 and pg_cron, through apt-get (as root)
+system-deps:
+	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(SYSTEM_PACKAGES) with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "not installing $(SYSTEM_PACKAGES) (needs root and apt-get): the pg_cron tests will be skipped"; fi
 
 db-up: $(STAMP)
 	$(VENV)/bin/flowmesh db up

@@ -10,6 +10,7 @@ import sys
 import click
 
 from . import database, migrations
+from . import schedule as schedules
 from .clisupport import FriendlyGroup, database_url_option
 from .errors import FlowMeshError
 from .queries import query
@@ -200,6 +201,49 @@ def status(database_url: str | None, tetrahedron: str | None, as_json: bool) -> 
                               default=json_default, indent=2))
     else:
         click.echo(render(names, rows))
+
+
+@main.group("schedule")
+def schedule() -> None:
+    """Run the heartbeat check and the prediction pass on a cadence, in the
+    database (pg_cron)."""
+
+
+@schedule.command("install")
+@database_url_option
+@click.option("--every", default="5m", show_default=True, metavar="PERIOD",
+              help="How often: 1m, 5m, 15m, 1h... (pg_cron before 1.5 schedules by the minute).")
+@click.option("--threshold-minutes", type=click.IntRange(min=0), default=60, show_default=True,
+              help="Silence after which a tetrahedron gets a mesh-degrading alert.")
+def schedule_install(database_url: str | None, every: str, threshold_minutes: int) -> None:
+    """Install (or replace) the pg_cron jobs flowmesh-check and flowmesh-predict."""
+    schedules.parse_every(every)  # a bad period fails before touching the database
+    with database.connect(database.resolve_url(database_url)) as conn:
+        try:
+            installed = schedules.install(conn, every, threshold_minutes)
+        except FlowMeshError as exc:
+            raise FlowMeshError(
+                f"{exc}; run the same SQL on the same cadence with: "
+                f"{schedules.fallback_hint(every, threshold_minutes)}") from None
+    click.echo(render(["job", "schedule", "command"], installed))
+
+
+@schedule.command("list")
+@database_url_option
+def schedule_list(database_url: str | None) -> None:
+    """List FlowMesh's pg_cron jobs and their last run."""
+    with database.connect(database.resolve_url(database_url)) as conn:
+        names, rows = schedules.listing(conn)
+    click.echo(render(names, rows))
+
+
+@schedule.command("remove")
+@database_url_option
+def schedule_remove(database_url: str | None) -> None:
+    """Remove FlowMesh's pg_cron jobs."""
+    with database.connect(database.resolve_url(database_url)) as conn:
+        removed = schedules.remove(conn)
+    click.echo(f"removed {len(removed)} jobs" + (f": {', '.join(removed)}" if removed else ""))
 
 
 def _emit(names: list[str], rows: list[tuple], as_json: bool) -> None:

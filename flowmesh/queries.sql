@@ -98,3 +98,35 @@ select name as tetrahedron, online, degraded, offline, average_health, last_pred
   from public.mesh_summary
  where %(tetrahedron)s::text is null or name = %(tetrahedron)s::text
  order by name;
+
+-- name: close_expired_decisions
+-- Expire guardian decisions past their closing time.
+select public.close_expired_decisions() as closed;
+
+-- name: cron_version
+-- The installed pg_cron version, or nothing.
+select extversion from pg_extension where extname = 'pg_cron';
+
+-- name: cron_available
+-- Whether pg_cron could be created here (preloaded, and this is its database).
+select exists (select 1 from pg_available_extensions where name = 'pg_cron') as available,
+       coalesce(current_setting('cron.database_name', true), '') as cron_database,
+       current_database() as database,
+       position('pg_cron' in current_setting('shared_preload_libraries')) > 0 as preloaded;
+
+-- name: cron_schedule
+-- Create or replace a named job (pg_cron replaces a job of the same name).
+select cron.schedule(%(name)s, %(schedule)s, %(command)s) as jobid;
+
+-- name: cron_jobs
+-- FlowMesh's jobs, with their last run.
+select j.jobname, j.schedule, j.command, j.active,
+       (select max(d.end_time) from cron.job_run_details d where d.jobid = j.jobid) as last_run,
+       (select d.status from cron.job_run_details d where d.jobid = j.jobid
+         order by d.end_time desc nulls last limit 1) as last_status
+  from cron.job j
+ where j.jobname like 'flowmesh-%%'
+ order by j.jobname;
+
+-- name: cron_unschedule
+select cron.unschedule(%(name)s) as removed;

@@ -1,6 +1,13 @@
 """Mesh health check, shaped like a monitoring plugin.
 
     python -m monitors.mesh_health --threshold-minutes 60 [--tetrahedron-id ID] [--json]
+    python -m monitors.mesh_health --threshold-minutes 60 --every 5m
+
+With ``--every`` it runs as a loop, the fallback where pg_cron is not
+installed: each cycle runs the same SQL as the ``flowmesh schedule`` jobs (the
+heartbeat check, the prediction pass, closing expired guardian decisions)
+and prints one line (or one JSON object); a database outage is reported and
+the loop goes on; SIGINT or SIGTERM stops it cleanly (exit 0).
 
 Runs ``check_mesh_heartbeats_and_alert`` (which opens a mesh-degrading
 guardian alert for each silent tetrahedron, at most once, and resolves alerts
@@ -15,7 +22,10 @@ alerts. Exit status, as Nagios/Icinga plugins use it:
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+import time
 import uuid
 
 import click
@@ -25,6 +35,7 @@ from flowmesh import database
 from flowmesh.clisupport import database_url_option
 from flowmesh.errors import FlowMeshError
 from flowmesh.queries import query
+from flowmesh.schedule import parse_every
 from flowmesh.table import json_default, render
 
 OK, CRITICAL, UNKNOWN = 0, 2, 3
@@ -96,18 +107,74 @@ def render_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run_scheduled(conn: psycopg.Connection, threshold_minutes: int) -> dict:
+    """One cycle of what the pg_cron jobs run: check, prediction pass, expired decisions."""
+    result = run_check(conn, threshold_minutes, None)
+    cur = conn.execute(query("prediction_pass"), {"window_size": 30})
+    result["prediction"] = dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
+    (result["decisions_closed"],) = conn.execute(query("close_expired_decisions")).fetchone()
+    return result
+
+
+def loop(url: str, threshold_minutes: int, period_s: float, as_json: bool,
+         stop: threading.Event) -> None:
+    """Run a cycle every ``period_s`` seconds until ``stop`` is set."""
+    next_at = time.monotonic()
+    conn = None
+    while not stop.is_set():
+        started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        try:
+            if conn is None or conn.closed or conn.broken:
+                conn = database.connect(url)
+            r = run_scheduled(conn, threshold_minutes)
+            if as_json:
+                click.echo(json.dumps({"at": started, **r}, default=json_default))
+            else:
+                p = r["prediction"]
+                click.echo(f"{started} {'CRITICAL' if r['stale'] else 'OK'}: {len(r['stale'])} of "
+                           f"{r['checked']} stale, {len(r['alerts_created'])} alerts opened; "
+                           f"{p['nodes_scored']} nodes scored, {p['alerts_opened']} risk alerts opened, "
+                           f"{p['alerts_resolved']} resolved; {r['decisions_closed']} decisions closed")
+        except (FlowMeshError, psycopg.Error) as exc:
+            reason = exc if isinstance(exc, FlowMeshError) else database.one_line(exc)
+            click.echo(f"{started} UNKNOWN: {reason}", err=True)
+            if conn is not None:
+                conn.close()
+            conn = None
+        next_at += period_s
+        stop.wait(max(0.0, next_at - time.monotonic()))
+    if conn is not None:
+        conn.close()
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--threshold-minutes", type=click.IntRange(min=0), default=60, show_default=True,
               help="A tetrahedron with no heartbeat for longer than this is stale.")
 @click.option("--tetrahedron-id", metavar="UUID", help="Check only this tetrahedron.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--every", metavar="PERIOD",
+              help="Run as a loop every PERIOD (30s, 5m, 1h): the scheduled checks where pg_cron "
+              "is not installed. Stops on SIGINT/SIGTERM.")
 @database_url_option
-def main(threshold_minutes: int, tetrahedron_id: str | None, as_json: bool,
+def main(threshold_minutes: int, tetrahedron_id: str | None, as_json: bool, every: str | None,
          database_url: str | None) -> None:
     """Check mesh heartbeats, open guardian alerts for silent tetrahedrons.
 
     Exit status: 0 all well, 2 a tetrahedron is stale, 3 the check could not run.
     """
+    if every is not None:
+        try:
+            period = parse_every(every)
+            if tetrahedron_id is not None:
+                raise FlowMeshError("--every runs the checks for every tetrahedron; drop --tetrahedron-id")
+            url = database.resolve_url(database_url)
+        except FlowMeshError as exc:
+            _unknown(str(exc))
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        loop(url, threshold_minutes, period, as_json, stop)
+        sys.exit(OK)
     try:
         if tetrahedron_id is not None:
             try:
