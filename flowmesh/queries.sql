@@ -130,3 +130,27 @@ select j.jobname, j.schedule, j.command, j.active,
 
 -- name: cron_unschedule
 select cron.unschedule(%(name)s) as removed;
+
+-- name: metrics_heartbeats
+-- Heartbeats received in the last minute, per tetrahedron (the exporter).
+select t.name, count(h.id) as heartbeats
+  from public.tetrahedrons t
+  left join public.mesh_heartbeats h
+    on h.tetrahedron_id = t.id and h.created_at >= now() - interval '1 minute'
+ group by t.name;
+
+-- name: metrics_nodes_by_status
+select tetrahedron, status, nodes from public.nodes_by_status;
+
+-- name: metrics_open_alerts
+select alert_type, severity, count(*) as alerts
+  from public.guardian_alerts where resolved_at is null group by 1, 2;
+
+-- name: metrics_node_health
+select t.name as tetrahedron, n.node_id, n.health_score, n.predicted_risk
+  from public.nodes n join public.tetrahedrons t on t.id = n.tetrahedron_id;
+
+-- name: metrics_last_check
+select duration_ms, started_at, alerts_opened
+  from public.check_runs where tetrahedron_id is null
+ order by started_at desc limit 1;
