@@ -80,8 +80,15 @@ comment on table public.mesh_heartbeats is
   'Append-only log of heartbeats. source is the sending node; seq its sequence number (null for single record_mesh_heartbeat calls), unique per tetrahedron and source so that replayed batches insert nothing.';
 create index if not exists mesh_heartbeats_tetrahedron_id_created_at_idx
   on public.mesh_heartbeats (tetrahedron_id, created_at desc);
-create unique index if not exists mesh_heartbeats_tetrahedron_id_source_seq_idx
-  on public.mesh_heartbeats (tetrahedron_id, source, seq);
+-- (once 0010 has partitioned the table, its unique key includes created_at)
+do $$
+begin
+  if (select c.relkind from pg_catalog.pg_class c where c.oid = 'public.mesh_heartbeats'::regclass) = 'r' then
+    create unique index if not exists mesh_heartbeats_tetrahedron_id_source_seq_idx
+      on public.mesh_heartbeats (tetrahedron_id, source, seq);
+  end if;
+end
+$$;
 
 create table if not exists public.guardian_alerts (
   id             bigint generated always as identity primary key,

@@ -62,8 +62,13 @@ def test_seed_queries_run_verbatim(conn):
     conn.execute("SELECT public.check_mesh_heartbeats_and_alert(60);")
 
 
+BASE = time.time() - 3600
+
+
 def batch(src, seqs, **extra):
-    return json.dumps([{"src": src, "seq": s, "payload": {"n": s}, **extra} for s in seqs])
+    """Items whose "at" derives from seq, so that a replay is byte for byte the same."""
+    return json.dumps([{"src": src, "seq": s, "at": BASE + s, "payload": {"n": s}, **extra}
+                       for s in seqs])
 
 
 def test_batch_is_idempotent(conn):
@@ -84,21 +89,37 @@ def test_batch_is_idempotent(conn):
     assert last_seq == 5
 
 
-def test_batch_keeps_sample_time_and_caps_future(conn):
+def test_batch_keeps_sample_time_and_refuses_a_clock_far_ahead(conn):
     tid = register(conn, "home", "pi")
-    past = time.time() - 3600
-    future = time.time() + 86400
-    items = [
-        {"src": "pi", "seq": 1, "at": past, "payload": {}},
-        {"src": "pi", "seq": 2, "at": future, "payload": {}},
-    ]
+    past, soon = time.time() - 3600, time.time() + 60
+    items = [{"src": "pi", "seq": 1, "at": past, "payload": {}},
+             {"src": "pi", "seq": 2, "at": soon, "payload": {}}]  # a clock slightly ahead: kept
     conn.execute("select record_mesh_heartbeats(%s, %s)", (tid, json.dumps(items)))
-    rows = conn.execute(
-        "select seq, extract(epoch from created_at)::float8, "
-        "extract(epoch from now())::float8 from mesh_heartbeats order by seq"
-    ).fetchall()
-    assert abs(rows[0][1] - past) < 0.001
-    assert rows[1][1] <= rows[1][2] + 0.001  # a clock running ahead is capped at now
+    rows = conn.execute("select extract(epoch from created_at)::float8 from mesh_heartbeats "
+                        "order by seq").fetchall()
+    assert abs(rows[0][0] - past) < 0.001 and abs(rows[1][0] - soon) < 0.001
+    (last,) = conn.execute("select last_heartbeat_at <= now() from tetrahedrons").fetchone()
+    assert last  # derived state never runs ahead of the server
+    far = [{"src": "pi", "seq": 3, "at": time.time() + 3600, "payload": {}}]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="ahead of the server clock"):
+        conn.execute("select record_mesh_heartbeats(%s, %s)", (tid, json.dumps(far)))
+
+
+def test_batches_land_in_daily_partitions_created_on_demand(conn):
+    tid = register(conn, "home", "pi")
+    days = [time.time() - 86400 * k for k in (40, 3, 0)]
+    items = [{"src": "pi", "seq": i + 1, "at": at, "payload": {}} for i, at in enumerate(days)]
+    conn.execute("select record_mesh_heartbeats(%s, %s)", (tid, json.dumps(items)))
+    parts = conn.execute(
+        "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+        "join mesh_heartbeats h on h.tableoid = c.oid order by 1").fetchall()
+    assert len({p[0] for p in parts}) == 3
+    assert conn.execute("select * from record_mesh_heartbeats(%s, %s)", (tid, json.dumps(items))
+                        ).fetchone() == (3, 0, 3)  # replays dedupe across partitions
+    created, dropped, oldest, _ = conn.execute("select * from maintain_heartbeat_partitions('30 days')"
+                                               ).fetchone()
+    assert dropped >= 1 and conn.execute("select count(*) from mesh_heartbeats").fetchone() == (2,)
+    assert (oldest - __import__("datetime").date.today()).days >= -31
 
 
 def test_direct_insert_and_copy_maintain_derived_state(conn):
@@ -119,12 +140,17 @@ def test_future_timestamps_never_make_a_tetrahedron_look_alive(conn):
     tid = register(conn, "home", "pi")
     conn.execute(
         "insert into mesh_heartbeats (tetrahedron_id, source, created_at) "
-        "values (%s, 'pi', now() + interval '1 year')", (tid,))
+        "values (%s, 'pi', now() + interval '1 day')", (tid,))
     capped = conn.execute(
         "select t.last_heartbeat_at <= now(), n.last_heartbeat_at <= now() "
         "from tetrahedrons t join nodes n on n.tetrahedron_id = t.id where t.id = %s", (tid,)
     ).fetchone()
     assert capped == (True, True)
+
+
+def test_retention_arguments_are_checked(conn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="retention"):
+        conn.execute("select maintain_heartbeat_partitions('1 hour')")
 
 
 def test_older_heartbeat_does_not_move_state_back(conn):
@@ -140,6 +166,7 @@ def test_older_heartbeat_does_not_move_state_back(conn):
 
 
 BIG = {"blob": "x" * 40000}
+MISSING = object()
 
 
 @pytest.mark.parametrize(
@@ -172,6 +199,8 @@ BIG = {"blob": "x" * 40000}
          "src must be a string"),
         ("batch", ("home", [{"src": "pi", "seq": 1, "payload": {}, "at": "yesterday"}]),
          "22023", "at must be a Unix time"),
+        ("batch", ("home", [{"src": "pi", "seq": 1, "payload": {}, "at": MISSING}]),
+         "22023", "at must be a Unix time in seconds, got nothing"),
         ("batch", ("home", [{"src": "pi", "seq": i + 1, "payload": {}} for i in range(10001)]),
          "54000", "the limit is 10000"),
     ],
@@ -187,9 +216,15 @@ def test_bad_input_is_rejected_and_writes_nothing(conn, call, args, sqlstate, me
                 (target, args[1], None if args[2] is None else json.dumps(args[2])),
             )
         else:
+            items = args[1]
+            if isinstance(items, list):  # every item gets a time unless the case is about time
+                items = [dict(i, at=time.time()) if isinstance(i, dict) and "at" not in i else i
+                         for i in items]
+                items = [{k: v for k, v in i.items() if v is not MISSING} if isinstance(i, dict) else i
+                         for i in items]
             conn.execute(
                 "select record_mesh_heartbeats(%s, %s::jsonb)",
-                (target, None if args[1] is None else json.dumps(args[1])),
+                (target, None if items is None else json.dumps(items)),
             )
     assert info.value.sqlstate == sqlstate
     assert message in str(info.value)

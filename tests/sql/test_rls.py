@@ -4,6 +4,7 @@ setting JWT claims the way PostgREST does."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import psycopg
@@ -45,7 +46,7 @@ def test_vertex_inserts_heartbeats_into_its_own_tetrahedron_only(conn, two_meshe
         conn.execute("select record_mesh_heartbeat(%s, 'alice-pi', '{}')", (home,))
         conn.execute(
             "select record_mesh_heartbeats(%s, %s)",
-            (home, json.dumps([{"src": "alice-pi", "seq": 1, "payload": {}}])),
+            (home, json.dumps([{"src": "alice-pi", "seq": 1, "at": time.time(), "payload": {}}])),
         )
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
             conn.execute(
@@ -54,7 +55,7 @@ def test_vertex_inserts_heartbeats_into_its_own_tetrahedron_only(conn, two_meshe
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
             conn.execute(  # a heartbeat from the future would hide staleness
                 "insert into mesh_heartbeats (tetrahedron_id, source, created_at) "
-                "values (%s, 'alice-pi', now() + interval '1 year')", (home,))
+                "values (%s, 'alice-pi', now() + interval '1 day')", (home,))
         for sql, args in (
             ("select record_mesh_heartbeat(%s, 'x', '{}')", (shop,)),
             ("select record_mesh_heartbeats(%s, '[]')", (shop,)),
