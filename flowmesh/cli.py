@@ -215,12 +215,16 @@ def schedule() -> None:
               help="How often: 1m, 5m, 15m, 1h... (pg_cron before 1.5 schedules by the minute).")
 @click.option("--threshold-minutes", type=click.IntRange(min=0), default=60, show_default=True,
               help="Silence after which a tetrahedron gets a mesh-degrading alert.")
-def schedule_install(database_url: str | None, every: str, threshold_minutes: int) -> None:
-    """Install (or replace) the pg_cron jobs flowmesh-check and flowmesh-predict."""
+@click.option("--retention-days", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Heartbeats older than this are dropped (daily job, by partition).")
+def schedule_install(database_url: str | None, every: str, threshold_minutes: int,
+                     retention_days: int) -> None:
+    """Install (or replace) the pg_cron jobs flowmesh-check, flowmesh-predict and
+    flowmesh-retention."""
     schedules.parse_every(every)  # a bad period fails before touching the database
     with database.connect(database.resolve_url(database_url)) as conn:
         try:
-            installed = schedules.install(conn, every, threshold_minutes)
+            installed = schedules.install(conn, every, threshold_minutes, retention_days)
         except FlowMeshError as exc:
             raise FlowMeshError(
                 f"{exc}; run the same SQL on the same cadence with: "

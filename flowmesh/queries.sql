@@ -154,3 +154,8 @@ select t.name as tetrahedron, n.node_id, n.health_score, n.predicted_risk
 select duration_ms, started_at, alerts_opened
   from public.check_runs where tetrahedron_id is null
  order by started_at desc limit 1;
+
+-- name: maintain_partitions
+-- Create heartbeat partitions ahead, drop those past the retention.
+select created, dropped, oldest, newest
+  from public.maintain_heartbeat_partitions(make_interval(days => %(retention_days)s));

@@ -4,6 +4,7 @@ Two jobs, named so they can be listed and removed:
 
 * ``flowmesh-check``: ``check_mesh_heartbeats_and_alert(<threshold>)``
 * ``flowmesh-predict``: ``run_prediction_pass()`` and ``close_expired_decisions()``
+* ``flowmesh-retention`` (daily, 03:15 UTC): ``maintain_heartbeat_partitions(<retention>)``
 
 Where pg_cron is missing, ``python -m monitors.mesh_health --every`` runs the
 same functions on the same cadence.
@@ -49,13 +50,20 @@ def cron_schedule(seconds: int, pg_cron_version: str) -> str:
     raise FlowMeshError("--every must divide an hour (1m, 5m, 15m...) or a day (1h, 2h, 6h...)")
 
 
+RETENTION_SCHEDULE = "15 3 * * *"
+
+
 def jobs(threshold_minutes: int) -> dict[str, str]:
-    """Job name -> SQL command."""
+    """Job name -> SQL command, for the jobs that run at the chosen cadence."""
     return {
         f"{JOB_PREFIX}check": f"select public.check_mesh_heartbeats_and_alert({int(threshold_minutes)})",
         f"{JOB_PREFIX}predict":
             "select public.run_prediction_pass(); select public.close_expired_decisions()",
     }
+
+
+def retention_command(retention_days: int) -> str:
+    return f"select public.maintain_heartbeat_partitions(interval '{int(retention_days)} days')"
 
 
 def fallback_hint(every: str, threshold_minutes: int) -> str:
@@ -81,15 +89,16 @@ def ensure_pg_cron(conn: psycopg.Connection) -> str:
     return conn.execute(query("cron_version")).fetchone()[0]
 
 
-def install(conn: psycopg.Connection, every: str, threshold_minutes: int) -> list[tuple[str, str, str]]:
+def install(conn: psycopg.Connection, every: str, threshold_minutes: int,
+            retention_days: int = 30) -> list[tuple[str, str, str]]:
     seconds = parse_every(every)
     version = ensure_pg_cron(conn)
     schedule = cron_schedule(seconds, version)
-    installed = []
-    for name, command in jobs(threshold_minutes).items():
-        conn.execute(query("cron_schedule"), {"name": name, "schedule": schedule, "command": command})
-        installed.append((name, schedule, command))
-    return installed
+    planned = [(name, schedule, command) for name, command in jobs(threshold_minutes).items()]
+    planned.append((f"{JOB_PREFIX}retention", RETENTION_SCHEDULE, retention_command(retention_days)))
+    for name, when, command in planned:
+        conn.execute(query("cron_schedule"), {"name": name, "schedule": when, "command": command})
+    return planned
 
 
 def listing(conn: psycopg.Connection) -> tuple[list[str], list[tuple]]:

@@ -5,7 +5,8 @@
 
 With ``--every`` it runs as a loop, the fallback where pg_cron is not
 installed: each cycle runs the same SQL as the ``flowmesh schedule`` jobs (the
-heartbeat check, the prediction pass, closing expired guardian decisions)
+heartbeat check, the prediction pass, closing expired guardian decisions,
+heartbeat partition maintenance with a 30-day retention)
 and prints one line (or one JSON object); a database outage is reported and
 the loop goes on; SIGINT or SIGTERM stops it cleanly (exit 0).
 
@@ -113,6 +114,8 @@ def run_scheduled(conn: psycopg.Connection, threshold_minutes: int) -> dict:
     cur = conn.execute(query("prediction_pass"), {"window_size": 30})
     result["prediction"] = dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
     (result["decisions_closed"],) = conn.execute(query("close_expired_decisions")).fetchone()
+    cur = conn.execute(query("maintain_partitions"), {"retention_days": 30})
+    result["partitions"] = dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
     return result
 
 

@@ -99,6 +99,7 @@ def test_schedule_runs_the_check_in_the_database(cron_server):
     assert "flowmesh-check" in installed.stdout and "* * * * *" in installed.stdout
     listed = flowmesh("schedule", "list", "--database-url", cron_server)
     assert "flowmesh-check" in listed.stdout and "flowmesh-predict" in listed.stdout
+    assert "flowmesh-retention" in listed.stdout and "15 3 * * *" in listed.stdout
     try:
         with psycopg.connect(cron_server, autocommit=True) as conn:
             # pg_cron 1.4 runs jobs at the top of each minute: wait for one
@@ -111,7 +112,7 @@ def test_schedule_runs_the_check_in_the_database(cron_server):
         assert all(status == "succeeded" for _, status in runs), runs
     finally:
         removed = flowmesh("schedule", "remove", "--database-url", cron_server)
-    assert removed.returncode == 0 and "removed 2 jobs" in removed.stdout
+    assert removed.returncode == 0 and "removed 3 jobs" in removed.stdout
     assert "(none)" in flowmesh("schedule", "list", "--database-url", cron_server).stdout
 
 
