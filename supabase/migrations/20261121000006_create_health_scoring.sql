@@ -77,12 +77,11 @@ create or replace function flowmesh.metric_score(value double precision, best do
                                                  worst double precision)
 returns double precision
 language sql immutable
-set search_path = ''
 as $$
   select greatest(0.0, least(1.0, (value - worst) / (best - worst)))
 $$;
 comment on function flowmesh.metric_score(double precision, double precision, double precision) is
-  'One metric''s score: 1 at best, 0 at worst, linear between, clamped to [0, 1].';
+  'One metric''s score: 1 at best, 0 at worst, linear between, clamped to [0, 1]. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified.';
 
 create or replace function public.health_score(metrics jsonb) returns double precision
 language sql stable
