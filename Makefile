@@ -39,11 +39,12 @@ db-up: $(STAMP)
 db-stop: $(STAMP)
 	$(VENV)/bin/flowmesh db stop
 
-## bench: ingest benchmark and agent footprint (prints figures and ratios)
+## bench: ingest, agent footprint, mesh and fleet-scale check benchmarks (figures and ratios)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/mesh.py
+	$(PY) bench/check.py
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet 'ruff>=0.5'
