@@ -1,7 +1,7 @@
 """Check and prediction at fleet scale.
 
     python bench/check.py [--tetrahedrons 100000] [--heartbeats 10000000] [--nodes 10000]
-                          [--stale 0.01] [--repeat 5] [--database-url URL]
+                          [--stale 0.01] [--repeat 11] [--database-url URL]
 
 Fills a fresh database with --tetrahedrons tetrahedrons (--stale of them
 silent for hours, the rest heard from in the last half hour) and --nodes nodes,
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--heartbeats", type=int, default=10_000_000)
     ap.add_argument("--nodes", type=int, default=10_000)
     ap.add_argument("--stale", type=float, default=0.01)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=11)
     ap.add_argument("--database-url", help="benchmark this server (fills it with data!)")
     args = ap.parse_args()
     small_per_node = max(1, 100_000 // args.nodes)
