@@ -169,6 +169,19 @@ class Outbox:
         with self._lock, self._transaction():
             self._db.executemany("delete from heartbeats where seq = ?", [(s,) for s in seqs])
 
+    def retime(self, new_times: dict[int, float]) -> None:
+        """Durably change the time of queued entries (seq -> new Unix time).
+
+        Used once per entry, before it is first sent, when the device clock is
+        far ahead of the database's: the corrected time is what every later
+        (re)send uses, so replays stay idempotent.
+        """
+        if not new_times:
+            return
+        with self._lock, self._transaction():
+            self._db.executemany("update heartbeats set at = ? where seq = ?",
+                                 [(at, seq) for seq, at in new_times.items()])
+
     def dead_letter(self, entry: Entry, error: str, sqlstate: str | None) -> None:
         """Move a heartbeat the database rejected as bad data out of the queue."""
         with self._lock, self._transaction():

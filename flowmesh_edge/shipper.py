@@ -16,8 +16,10 @@ Failures are sorted by what they mean:
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import psycopg
 
@@ -25,12 +27,16 @@ from flowmesh import settings
 from flowmesh.database import one_line
 from flowmesh.queries import query
 
-from .outbox import EVENT, Entry, Outbox
+from .outbox import EVENT, HEARTBEAT, Entry, Outbox
 
 log = logging.getLogger("flowmesh_edge.shipper")
 
 #: SQLSTATE classes meaning "this data is bad", as opposed to "try later".
 DATA_ERROR_CLASSES = ("22", "23", "54")
+#: The database refuses heartbeats timed more than this far ahead of its clock.
+MAX_AHEAD_S = 300
+#: Entries ahead by more than this (a margin under MAX_AHEAD_S) are retimed.
+RETIME_AHEAD_S = MAX_AHEAD_S - 30
 
 
 class Unreachable(Exception):
@@ -70,12 +76,16 @@ class Shipper:
     thread so the event loop never waits on the network.
     """
 
-    def __init__(self, outbox: Outbox, database_url: str, *, batch_size: int = 500):
+    def __init__(self, outbox: Outbox, database_url: str, *, batch_size: int = 500,
+                 clock: Callable[[], float] = time.time):
         self.outbox = outbox
+        self._clock = clock  # this device's wall clock (injectable for tests)
         self.database_url = database_url
         self.batch_size = batch_size
         self._conn: psycopg.Connection | None = None
         self._tetrahedron_ids: dict[tuple[str, str], str] = {}
+        #: This device's clock minus the database's, seconds (measured on connect).
+        self.clock_offset_s = 0.0
 
     # connection -----------------------------------------------------------
     def _connection(self) -> psycopg.Connection:
@@ -91,7 +101,38 @@ class Shipper:
             )
         except psycopg.OperationalError as exc:
             raise Unreachable(one_line(exc)) from exc
+        self._measure_clock()
         return self._conn
+
+    def _measure_clock(self) -> None:
+        """Estimate this device's clock offset from the database's (NTP-style midpoint)."""
+        assert self._conn is not None
+        before = self._clock()
+        try:
+            (server,) = self._conn.execute("select extract(epoch from clock_timestamp())::float8"
+                                           ).fetchone()
+        except psycopg.Error:
+            return  # a later call reports the problem
+        self.clock_offset_s = (before + self._clock()) / 2 - server
+        if self.clock_offset_s > RETIME_AHEAD_S:
+            log.warning("this device's clock is %.0f s ahead of the database's; heartbeat times "
+                        "too far ahead are corrected before sending (fix the clock: NTP)",
+                        self.clock_offset_s)
+
+    def _retime(self, entries: list[Entry]) -> list[Entry]:
+        """Correct heartbeats the database would refuse as too far ahead, durably, once.
+
+        Only entries more than RETIME_AHEAD_S ahead of the database are touched:
+        those can never have been stored, so changing their time cannot turn a
+        replay into a duplicate.
+        """
+        limit = self._clock() - self.clock_offset_s + RETIME_AHEAD_S
+        fixed = {e.seq: e.at - self.clock_offset_s for e in entries
+                 if e.kind == HEARTBEAT and e.at > limit and self.clock_offset_s > 0}
+        if not fixed:
+            return entries
+        self.outbox.retime(fixed)
+        return [replace(e, at=fixed[e.seq]) if e.seq in fixed else e for e in entries]
 
     def close(self) -> None:
         if self._conn is not None:
@@ -131,6 +172,7 @@ class Shipper:
     def _ship_group(self, entries: list[Entry]) -> ShipReport:
         first = entries[0]
         tetrahedron_id = self.register(first.tetrahedron, first.src, first.role)
+        entries = self._retime(entries)
         try:
             return self._ship(tetrahedron_id, entries)
         except Rejected as exc:

@@ -109,3 +109,35 @@ def test_reregisters_when_the_tetrahedron_was_deleted(conn, db_url, box):
     shipper.close()
     assert report.inserted == 1 and box.pending() == 0
     assert conn.execute("select count(*) from tetrahedrons").fetchone() == (1,)
+
+
+def test_a_clock_far_ahead_is_corrected_once_and_replays_stay_idempotent(conn, db_url, box, monkeypatch):
+    """A device an hour ahead (no RTC, no NTP yet): its heartbeats are retimed by the
+    measured offset, durably, and stored at the database's time instead of refused."""
+    import time
+
+    ahead = 3600.0
+
+    def fast_clock() -> float:
+        return time.time() + ahead
+
+    for _ in range(5):
+        box.put("home", "pi", {}, at=fast_clock())  # sampled on the fast clock
+    shipper = Shipper(box, db_url, clock=fast_clock)
+    real_remove = box.remove
+
+    def crash(seqs):
+        raise RuntimeError("power cut after the database committed")
+
+    monkeypatch.setattr(box, "remove", crash)
+    with pytest.raises(RuntimeError):
+        shipper.flush()
+    assert 3500 < shipper.clock_offset_s < 3700
+    monkeypatch.setattr(box, "remove", real_remove)
+    report = shipper.flush()  # the replay reuses the corrected, stored times
+    shipper.close()
+    assert (report.inserted, report.duplicates, report.dead_lettered) == (0, 5, 0)
+    assert box.dead_letters() == []
+    (skew,) = conn.execute("select max(abs(extract(epoch from created_at - now()))) "
+                           "from mesh_heartbeats").fetchone()
+    assert skew < 60 and count(conn) == (5, 5)
