@@ -356,11 +356,7 @@ class MeshNode:
     async def send(self, node_id: str, payload: dict) -> None:
         """Deliver ``payload`` to one member (ROUTE_BROADCAST addressed to it),
         through other members when it is not directly reachable."""
-        env = Envelope(self.node_id, next(self._ids), payload, self.config.ttl,
-                       self.config.hop_limit, node_id)
-        assert self._seen is not None
-        self._seen.add((env.origin, env.message_id))
-        self._send_envelope(MessageType.ROUTE_BROADCAST, env)
+        self._send_routed(MessageType.ROUTE_BROADCAST, node_id, payload)
 
     def routes(self) -> dict[str, tuple[str, int]]:
         """Learned routes: destination -> (next hop, hops)."""
@@ -400,15 +396,18 @@ class MeshNode:
         }
 
     # -- sending ---------------------------------------------------------------
-    def _send(self, mtype: MessageType, body: bytes, address: Address, piggyback: bool = True) -> None:
+    def _next_frame(self, mtype: MessageType, body: bytes) -> Frame:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         if self._seq == 0:  # wrapped: a new incarnation keeps replay windows sound
             self.incarnation += 1
+        return Frame(mtype, self.node_id, self.incarnation, self._seq, int(time.time()), body)
+
+    def _send(self, mtype: MessageType, body: bytes, address: Address, piggyback: bool = True) -> None:
         raw: list[bytes] = []
         if piggyback and len(self._member_queue):
             budget = MAX_DATAGRAM - frame_overhead(self.node_id, len(body))
             raw = self._member_queue.take(budget)[:255]
-        frame = Frame(mtype, self.node_id, self.incarnation, self._seq, int(time.time()), body)
+        frame = self._next_frame(mtype, body)
         try:
             datagram = encode_frame(frame, self._mac.sign, raw)
         except ValueError:
@@ -418,9 +417,7 @@ class MeshNode:
         self._transport.send(datagram, address)
 
     def _broadcast_frame(self, mtype: MessageType, body: bytes) -> bool:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        frame = Frame(mtype, self.node_id, self.incarnation, self._seq, int(time.time()), body)
-        sent = self._transport.broadcast(encode_frame(frame, self._mac.sign))
+        sent = self._transport.broadcast(encode_frame(self._next_frame(mtype, body), self._mac.sign))
         if sent:
             self._counters["sent"] += 1
         return sent
@@ -437,12 +434,23 @@ class MeshNode:
         return self._rng.sample(members, min(k, len(members)))
 
     # -- envelopes -----------------------------------------------------------------
-    def _originate(self, mtype: MessageType, payload: dict) -> Envelope:
-        env = Envelope(self.node_id, next(self._ids), payload, self.config.ttl, self.config.hop_limit)
+    def _new_envelope(self, payload: dict, destination: str = "") -> Envelope:
+        """A message of ours, already in the seen-set so it never comes back to us as news."""
+        env = Envelope(self.node_id, next(self._ids), payload, self.config.ttl, self.config.hop_limit,
+                       destination)
         assert self._seen is not None
         self._seen.add((env.origin, env.message_id))
+        return env
+
+    def _originate(self, mtype: MessageType, payload: dict) -> Envelope:
+        """Broadcast: queue a new message for the gossip rounds."""
+        env = self._new_envelope(payload)
         self._app_queue.queue(f"{env.origin}:{env.message_id}", bytes((mtype,)) + encode_envelope(env))
         return env
+
+    def _send_routed(self, mtype: MessageType, destination: str, payload: dict) -> None:
+        """Send a new message of ours to one member (see _send_envelope for how)."""
+        self._send_envelope(mtype, self._new_envelope(payload, destination))
 
     def _state_payload(self) -> dict:
         return {"state": self._state, "version": self._state_version, "inc": self._state_inc}
@@ -651,10 +659,7 @@ class MeshNode:
                                            path=env.path + (self.node_id,)))
 
     def _ack(self, env: Envelope) -> None:
-        ack = Envelope(self.node_id, next(self._ids), {"ack": env.message_id}, self.config.ttl,
-                       self.config.hop_limit, env.origin)
-        self._seen.add((ack.origin, ack.message_id))  # type: ignore[union-attr]
-        self._send_envelope(MessageType.ACK, ack)
+        self._send_routed(MessageType.ACK, env.origin, {"ack": env.message_id})
 
     def _deliver(self, mtype: MessageType, env: Envelope, sender: str) -> None:
         message = MeshMessage(mtype, env.origin, env.payload, env.message_id, env.path, sender,
@@ -699,21 +704,15 @@ class MeshNode:
                     log.exception("mesh %s: search handler failed", self.node_id)
                     continue
                 if result is not None:
-                    reply = Envelope(self.node_id, next(self._ids),
-                                     {"query_id": query_id, "result": result},
-                                     self.config.ttl, self.config.hop_limit, message.origin)
-                    self._seen.add((reply.origin, reply.message_id))  # type: ignore[union-attr]
-                    self._send_envelope(MessageType.SEARCH_RESULT, reply)
+                    self._send_routed(MessageType.SEARCH_RESULT, message.origin,
+                                      {"query_id": query_id, "result": result})
 
         self._spawn(answer())
 
     def _merge_state(self, env: Envelope) -> None:
         payload = env.payload
         if payload.get("pull"):
-            reply = Envelope(self.node_id, next(self._ids), self._state_payload(), self.config.ttl,
-                             self.config.hop_limit, env.origin)
-            self._seen.add((reply.origin, reply.message_id))  # type: ignore[union-attr]
-            self._send_envelope(MessageType.NODE_STATE_SYNC, reply)
+            self._send_routed(MessageType.NODE_STATE_SYNC, env.origin, self._state_payload())
             return
         state, version, inc = payload.get("state"), payload.get("version"), payload.get("inc", 0)
         if not isinstance(state, dict) or not isinstance(version, int) or not isinstance(inc, int):
@@ -724,10 +723,7 @@ class MeshNode:
             self._remote_state[env.origin] = candidate
 
     def _request_state(self, node: str) -> None:
-        request = Envelope(self.node_id, next(self._ids), {"pull": True}, self.config.ttl,
-                           self.config.hop_limit, node)
-        self._seen.add((request.origin, request.message_id))  # type: ignore[union-attr]
-        self._send_envelope(MessageType.NODE_STATE_SYNC, request)
+        self._send_routed(MessageType.NODE_STATE_SYNC, node, {"pull": True})
 
     # -- failure detection (SWIM) ---------------------------------------------------
     def _next_probe_target(self) -> PeerInfo | None:
