@@ -628,16 +628,21 @@ class MeshNode:
         if env.origin == self.node_id:
             self._counters["gossip_duplicates"] += 1
             return
-        if self.node_id in env.path:
-            self._drop("loop")
-            return
-        self._learn_route(env.origin, sender, len(env.path) + 1)
+        looped = self.node_id in env.path
+        if not looped:
+            self._learn_route(env.origin, sender, len(env.path) + 1)
         key = (env.origin, env.message_id)
-        if not self._seen.add(key):
+        # the seen-set first: a broadcast we forwarded that comes back round is
+        # an echo (a duplicate), not a fault
+        if key in self._seen:
             self._counters["gossip_duplicates"] += 1
             if mtype == MessageType.ALERT and env.payload.get("priority") == "critical":
                 self._ack(env)  # our first ack may have been lost
             return
+        if looped:  # lists us, yet we never handled it: refuse it
+            self._drop("loop")
+            return
+        self._seen.add(key)
         self._counters["gossip_seen"] += 1
         if env.destination and env.destination != self.node_id:
             self._forward(mtype, env)

@@ -51,7 +51,7 @@ async def test_loopback_mesh_api_end_to_end():
         assert info.last_heartbeat is not None
         stats = nodes[0].stats()
         assert stats["sent"] > 0 and stats["received"] > 0 and stats["probes"] > 0
-        assert stats["dropped_total"] == 0
+        assert stats["dropped_total"] == 0, stats["dropped"]
     finally:
         for n in nodes:
             await n.stop()
