@@ -65,28 +65,82 @@ comment on table public.nodes is
 comment on column public.nodes.last_seq is
   'Highest heartbeat sequence number received from this node through the batched RPC.';
 
+-- mesh_heartbeats grows fastest: it is partitioned by day of created_at, and
+-- the partitions live in the private schema flowmesh_partitions (readers and
+-- writers use the parent, whose row-level security and trigger apply). A
+-- unique key on a partitioned table must include the partition key, so
+-- batches are idempotent by (tetrahedron, source, seq, created_at), with
+-- created_at the sender's own time (see record_mesh_heartbeats).
+create schema if not exists flowmesh_partitions;
+comment on schema flowmesh_partitions is
+  'Daily partitions of public.mesh_heartbeats; not part of the API (use the parent table).';
+revoke all on schema flowmesh_partitions from public;
+
 create table if not exists public.mesh_heartbeats (
-  id             bigint generated always as identity primary key,
+  id             bigint generated always as identity,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
   source         text not null,
   payload        jsonb not null default '{}'::jsonb,
   seq            bigint,
   created_at     timestamptz not null default now(),
+  constraint mesh_heartbeats_pkey primary key (id, created_at),
   constraint mesh_heartbeats_source_check
     check (char_length(source) between 1 and 128 and source !~ '[[:cntrl:]]'),
   constraint mesh_heartbeats_payload_check check (jsonb_typeof(payload) = 'object')
-);
+) partition by range (created_at);
 comment on table public.mesh_heartbeats is
-  'Append-only log of heartbeats. source is the sending node; seq its sequence number (null for single record_mesh_heartbeat calls), unique per tetrahedron and source so that replayed batches insert nothing.';
+  'Append-only log of heartbeats, partitioned by day of created_at (partitions in flowmesh_partitions, dropped past the retention). source is the sending node; seq its sequence number (null for single record_mesh_heartbeat calls); (tetrahedron, source, seq, created_at) is unique, so replayed batches insert nothing.';
 create index if not exists mesh_heartbeats_tetrahedron_id_created_at_idx
   on public.mesh_heartbeats (tetrahedron_id, created_at desc);
--- (once 0010 has partitioned the table, its unique key includes created_at)
+create index if not exists mesh_heartbeats_created_at_idx
+  on public.mesh_heartbeats (created_at);
+create unique index if not exists mesh_heartbeats_tetrahedron_id_source_seq_created_at_idx
+  on public.mesh_heartbeats (tetrahedron_id, source, seq, created_at);
+
+create or replace function flowmesh.heartbeat_partition_name(day date) returns text
+language sql immutable
+set search_path = ''
+as $$
+  select 'mesh_heartbeats_' || pg_catalog.to_char(day, 'YYYYMMDD')
+$$;
+comment on function flowmesh.heartbeat_partition_name(date) is
+  'Name of the mesh_heartbeats partition holding the UTC day.';
+
+create or replace function flowmesh.ensure_heartbeat_partition(day date) returns boolean
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_name text := flowmesh.heartbeat_partition_name(day);
+begin
+  if pg_catalog.to_regclass('flowmesh_partitions.' || v_name) is not null then
+    return false;
+  end if;
+  begin
+    execute pg_catalog.format(
+      'create table flowmesh_partitions.%I partition of public.mesh_heartbeats '
+      'for values from (%L) to (%L)', v_name,
+      (day::timestamp at time zone 'UTC'), ((day + 1)::timestamp at time zone 'UTC'));
+  exception when duplicate_table then
+    return false;  -- created concurrently
+  end;
+  return true;
+end
+$$;
+comment on function flowmesh.ensure_heartbeat_partition(date) is
+  'Create the partition for a UTC day unless it exists; true when it created it.';
+
+revoke all on function flowmesh.heartbeat_partition_name(date), flowmesh.ensure_heartbeat_partition(date)
+  from public, anon, authenticated;
+grant execute on function flowmesh.heartbeat_partition_name(date), flowmesh.ensure_heartbeat_partition(date)
+  to service_role;
+
+-- today and a week ahead; the RPCs create others on demand, and
+-- maintain_heartbeat_partitions (0010) keeps a week ahead and drops the old
 do $$
 begin
-  if (select c.relkind from pg_catalog.pg_class c where c.oid = 'public.mesh_heartbeats'::regclass) = 'r' then
-    create unique index if not exists mesh_heartbeats_tetrahedron_id_source_seq_idx
-      on public.mesh_heartbeats (tetrahedron_id, source, seq);
-  end if;
+  perform flowmesh.ensure_heartbeat_partition((now() at time zone 'UTC')::date + d)
+     from pg_catalog.generate_series(0, 7) as d;
 end
 $$;
 

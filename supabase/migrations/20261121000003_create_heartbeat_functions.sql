@@ -90,28 +90,31 @@ comment on function flowmesh.heartbeat_problem(text, jsonb) is
   'Validation rule for one heartbeat: null when acceptable, else the SQLSTATE, a space and the reason.';
 
 create or replace function flowmesh.batch_item_problem(item jsonb) returns text
-language sql immutable
+language sql stable
 set search_path = ''
 as $$
   select case
     when pg_catalog.jsonb_typeof(item) is distinct from 'object'
-      then '22023 must be a JSON object with src, seq and payload, got ' || coalesce(pg_catalog.jsonb_typeof(item), 'null')
+      then '22023 must be a JSON object with src, seq, at and payload, got ' || coalesce(pg_catalog.jsonb_typeof(item), 'null')
     when pg_catalog.jsonb_typeof(item -> 'seq') is distinct from 'number'
       then '22023 seq must be a positive integer, got ' || coalesce(pg_catalog.jsonb_typeof(item -> 'seq'), 'nothing')
     when (item ->> 'seq')::numeric <= 0 or (item ->> 'seq')::numeric > 9223372036854775807
          or (item ->> 'seq')::numeric <> pg_catalog.trunc((item ->> 'seq')::numeric)
       then '22023 seq must be a positive integer, got ' || (item ->> 'seq')
-    when item ? 'at' and pg_catalog.jsonb_typeof(item -> 'at') is distinct from 'number'
-      then '22023 at must be a Unix time in seconds, got ' || pg_catalog.jsonb_typeof(item -> 'at')
-    when item ? 'at' and ((item ->> 'at')::numeric <= 0 or (item ->> 'at')::numeric >= 32503680000)
+    when pg_catalog.jsonb_typeof(item -> 'at') is distinct from 'number'
+      then '22023 at must be a Unix time in seconds, got ' || coalesce(pg_catalog.jsonb_typeof(item -> 'at'), 'nothing')
+    when (item ->> 'at')::numeric <= 0 or (item ->> 'at')::numeric >= 32503680000
       then '22023 at must be a Unix time in seconds, got ' || (item ->> 'at')
+    when (item ->> 'at')::numeric > extract(epoch from now()) + 300
+      then '22023 at is ' || pg_catalog.round((item ->> 'at')::numeric - extract(epoch from now()))
+           || ' s ahead of the server clock; the limit is 300 s (fix the device clock)'
     when item ? 'src' and pg_catalog.jsonb_typeof(item -> 'src') is distinct from 'string'
       then '22023 src must be a string, got ' || pg_catalog.jsonb_typeof(item -> 'src')
     else flowmesh.heartbeat_problem(item ->> 'src', item -> 'payload')
   end
 $$;
 comment on function flowmesh.batch_item_problem(jsonb) is
-  'Validation rule for one element of a record_mesh_heartbeats batch: {src, seq, payload, at?}.';
+  'Validation rule for one element of a record_mesh_heartbeats batch: {src, seq, at, payload}; at may be at most 300 s ahead of the server clock.';
 
 create or replace function flowmesh.raise_problem(problem text, context text default null) returns void
 language plpgsql immutable
@@ -205,6 +208,7 @@ declare
 begin
   perform flowmesh.authorize_writer(t_uuid);
   perform flowmesh.raise_problem(flowmesh.heartbeat_problem(src, record_mesh_heartbeat.payload));
+  perform flowmesh.ensure_heartbeat_partition((now() at time zone 'UTC')::date);
   insert into public.mesh_heartbeats (tetrahedron_id, source, payload)
   values (t_uuid, src, record_mesh_heartbeat.payload)
   returning * into v_row;
@@ -237,20 +241,23 @@ begin
     perform flowmesh.raise_problem(v_bad.problem, 'batch element ' || v_bad.idx);
   end if;
 
+  perform flowmesh.ensure_heartbeat_partition(d.day)
+     from (select distinct (pg_catalog.to_timestamp((i.item ->> 'at')::double precision)
+                            at time zone 'UTC')::date as day
+             from pg_catalog.jsonb_array_elements(batch) as i(item)) d;
+
   insert into public.mesh_heartbeats (tetrahedron_id, source, seq, payload, created_at)
   select t_uuid, i.item ->> 'src', (i.item ->> 'seq')::bigint, i.item -> 'payload',
-         case when i.item ? 'at'
-              then least(pg_catalog.to_timestamp((i.item ->> 'at')::double precision), now())
-              else now() end
+         pg_catalog.to_timestamp((i.item ->> 'at')::double precision)
     from pg_catalog.jsonb_array_elements(batch) as i(item)
-  on conflict (tetrahedron_id, source, seq) do nothing;
+  on conflict (tetrahedron_id, source, seq, created_at) do nothing;
   get diagnostics v_inserted = row_count;
 
   return query select v_received, v_inserted, v_received - v_inserted;
 end
 $$;
 comment on function public.record_mesh_heartbeats(uuid, jsonb) is
-  'Record a batch of heartbeats for one tetrahedron, atomically and idempotently. batch is a JSON array of {"src": text, "seq": positive integer, "payload": object, "at": Unix seconds (optional, default now, capped at now)}. A (src, seq) already recorded is skipped, so replaying a batch inserts nothing. Returns received, inserted and duplicates. One bad element rejects the whole batch with its index in the message. Example: select * from record_mesh_heartbeats(''6f1c...''::uuid, ''[{"src": "pi", "seq": 1, "payload": {}}]'') -> (1, 1, 0).';
+  'Record a batch of heartbeats for one tetrahedron, atomically and idempotently. batch is a JSON array of {"src": text, "seq": positive integer, "at": Unix seconds (at most 300 s ahead of the server), "payload": object}. A (src, seq, at) already recorded is skipped, so replaying a batch inserts nothing. Returns received, inserted and duplicates. One bad element rejects the whole batch with its index in the message. Example: select * from record_mesh_heartbeats(''6f1c...''::uuid, ''[{"src": "pi", "seq": 1, "at": 1763740000, "payload": {}}]'') -> (1, 1, 0).';
 
 create or replace function public.register_node(
   tetrahedron_name text, node_id text, node_role text default null)
