@@ -8,6 +8,7 @@ import shutil
 import sys
 
 import click
+from psycopg.rows import dict_row
 
 from . import database, migrations
 from . import schedule as schedules
@@ -169,8 +170,8 @@ def predict(database_url: str | None, window_size: int, top: int, as_json: bool)
     """Run the prediction pass: score every node's failure risk in SQL, open
     node-failure-predicted alerts for risky nodes, resolve recovered ones."""
     with database.connect(database.resolve_url(database_url)) as conn:
-        cur = conn.execute(query("prediction_pass"), {"window_size": window_size})
-        summary = dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
+        summary = conn.cursor(row_factory=dict_row).execute(
+            query("prediction_pass"), {"window_size": window_size}).fetchone()
         cur = conn.execute(query("nodes_by_risk"), {"tetrahedron": None, "limit": top})
         rows, names = cur.fetchall(), [c.name for c in cur.description]
     if as_json:

@@ -31,6 +31,7 @@ import uuid
 
 import click
 import psycopg
+from psycopg.rows import dict_row
 
 from flowmesh import database
 from flowmesh.clisupport import database_url_option
@@ -62,10 +63,8 @@ def run_check(conn: psycopg.Connection, threshold_minutes: int, tetrahedron_id: 
     }
 
 
-def _rows(conn: psycopg.Connection, name: str, params: dict) -> list[dict]:
-    cur = conn.execute(query(name), params)
-    names = [c.name for c in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+def _rows(conn: psycopg.Connection, name: str, params: dict | None = None) -> list[dict]:
+    return conn.cursor(row_factory=dict_row).execute(query(name), params).fetchall()
 
 
 def _silence(seconds: float | None) -> str:
@@ -111,11 +110,9 @@ def render_text(result: dict) -> str:
 def run_scheduled(conn: psycopg.Connection, threshold_minutes: int) -> dict:
     """One cycle of what the pg_cron jobs run: check, prediction pass, expired decisions."""
     result = run_check(conn, threshold_minutes, None)
-    cur = conn.execute(query("prediction_pass"), {"window_size": 30})
-    result["prediction"] = dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
+    result["prediction"] = _rows(conn, "prediction_pass", {"window_size": 30})[0]
     (result["decisions_closed"],) = conn.execute(query("close_expired_decisions")).fetchone()
-    cur = conn.execute(query("maintain_partitions"), {"retention_days": 30})
-    result["partitions"] = dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
+    result["partitions"] = _rows(conn, "maintain_partitions", {"retention_days": 30})[0]
     return result
 
 
