@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 
-import psycopg
 import sqlalchemy as sa
 
 from alembic import context
-from flowmesh import migrations, settings
+from flowmesh import database, migrations, settings
+from flowmesh.queries import query
 
 config = context.config
 
@@ -36,14 +36,14 @@ def run_migrations_online() -> None:
     url = _url()
     engine = sa.create_engine(
         "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(url, connect_timeout=settings.CONNECT_TIMEOUT_S),
+        creator=lambda: database.connect(url, autocommit=False, application_name="flowmesh-migrate"),
         poolclass=sa.pool.NullPool,
     )
     with engine.connect() as connection:
         # Concurrent migrators (agents starting at once) take turns; the
         # second finds the database at head and does nothing.
-        connection.exec_driver_sql(f"select pg_advisory_lock({migrations.LOCK_KEY})")
-        connection.exec_driver_sql(f"create schema if not exists {migrations.VERSION_SCHEMA}")
+        connection.exec_driver_sql(query("migration_lock"), {"key": migrations.LOCK_KEY})
+        connection.exec_driver_sql(query("migration_schema"))
         connection.commit()
         try:
             context.configure(
@@ -55,7 +55,7 @@ def run_migrations_online() -> None:
                 context.run_migrations()
             connection.commit()
         finally:
-            connection.exec_driver_sql(f"select pg_advisory_unlock({migrations.LOCK_KEY})")
+            connection.exec_driver_sql(query("migration_unlock"), {"key": migrations.LOCK_KEY})
             connection.commit()
 
 

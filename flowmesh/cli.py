@@ -10,7 +10,7 @@ import sys
 import click
 from psycopg.rows import dict_row
 
-from . import database, migrations
+from . import database, embedded, migrations
 from . import schedule as schedules
 from .clisupport import FriendlyGroup, database_url_option
 from .errors import FlowMeshError
@@ -69,8 +69,8 @@ def db_stop(database_url: str | None) -> None:
         raise FlowMeshError(
             "--database-url names a server FlowMesh did not start; only the embedded one is stopped"
         )
-    if database.stop_embedded():
-        click.echo(f"stopped the embedded PostgreSQL in {database.embedded_pgdata()}")
+    if embedded.stop():
+        click.echo(f"stopped the embedded PostgreSQL in {embedded.pgdata()}")
     else:
         click.echo("the embedded PostgreSQL is not running")
 
@@ -82,7 +82,7 @@ def db_status(database_url: str | None) -> None:
     if database_url:
         url = database_url
     else:
-        status = database.embedded_status()
+        status = embedded.status()
         click.echo(f"embedded data directory: {status.pgdata}")
         if not status.running:
             click.echo("embedded server: stopped (start it with `flowmesh db up`)")
@@ -106,7 +106,7 @@ def db_psql(database_url: str | None, psql_args: tuple[str, ...]) -> None:
     url = database.resolve_url(database_url)
     psql = shutil.which("psql")
     if psql is None:
-        psql = str(database.pg_bin("psql"))
+        psql = str(embedded.pg_bin("psql"))
     sys.stdout.flush()
     os.execv(psql, [psql, url, *psql_args])
 

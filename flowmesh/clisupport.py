@@ -8,8 +8,7 @@ import click
 import psycopg
 
 from . import settings
-from .database import one_line
-from .errors import DatabaseUnreachable, FlowMeshError
+from .errors import ERROR, FlowMeshError, describe
 
 database_url_option = click.option(
     "--database-url",
@@ -24,8 +23,8 @@ database_url_option = click.option(
 class FriendlyGroup(click.Group):
     """A click group that reports expected failures as one line, not a traceback.
 
-    Exit codes: 1 for an error, 3 when the database cannot be reached, 2 for
-    usage errors (click's own).
+    Exit codes (from ``errors.describe``): 1 for an error, 3 when the database
+    cannot be reached, 2 for usage errors (click's own).
     """
 
     def __init__(self, *args, prog: str, **kwargs):
@@ -57,16 +56,8 @@ class FriendlyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except DatabaseUnreachable as exc:
-            click.echo(f"{self.prog}: {exc}", err=True)
-            sys.exit(3)
-        except FlowMeshError as exc:
-            click.echo(f"{self.prog}: error: {exc}", err=True)
-            sys.exit(1)
-        except psycopg.OperationalError as exc:
-            click.echo(f"{self.prog}: cannot reach the database: {one_line(exc)}", err=True)
-            sys.exit(3)
-        except psycopg.Error as exc:
-            state = f" [{exc.sqlstate}]" if getattr(exc, "sqlstate", None) else ""
-            click.echo(f"{self.prog}: database error{state}: {one_line(exc)}", err=True)
-            sys.exit(1)
+        except (FlowMeshError, psycopg.Error) as exc:
+            failure = describe(exc)
+            label = "error: " if failure.kind == ERROR else ""
+            click.echo(f"{self.prog}: {label}{failure.message}", err=True)
+            sys.exit(failure.exit_code)

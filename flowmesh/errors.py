@@ -1,4 +1,29 @@
-"""Errors the CLIs turn into one clear line."""
+"""Errors, and the one place a failure becomes a message and an exit code.
+
+Every program that talks to Postgres (both CLIs, the agent's shipper, the
+monitor, the exporter) asks :func:`describe` what a failure means, so the
+same error reads the same everywhere and is retried (or not) for the same
+reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: SQLSTATE classes meaning "this data is bad" (22 data exception, 23
+#: integrity constraint, 54 program limit exceeded), as opposed to "try later".
+DATA_ERROR_CLASSES = ("22", "23", "54")
+
+#: Exit codes of the command lines: 1 for an error, 3 when the database cannot
+#: be reached (2 is click's, for usage errors).
+EXIT_ERROR = 1
+EXIT_UNREACHABLE = 3
+
+#: What a failure is, for whoever must decide what to do next.
+UNREACHABLE = "unreachable"  #: the database is not there right now: retry later
+BAD_DATA = "bad-data"        #: the database refused this data: retrying it will not help
+REFUSED = "refused"          #: refused for a reason data cannot fix (permissions, schema)
+ERROR = "error"              #: an expected failure that is not the database's
 
 
 class FlowMeshError(Exception):
@@ -7,3 +32,43 @@ class FlowMeshError(Exception):
 
 class DatabaseUnreachable(FlowMeshError):
     """The database could not be reached or started."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str
+    #: One line, meant for a person.
+    message: str
+    exit_code: int
+    sqlstate: str | None = None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message as a single line."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else exc.__class__.__name__
+    return first.removeprefix("connection failed: ").strip()
+
+
+def describe(exc: BaseException) -> Failure:
+    """What ``exc`` means: its kind, a one-line message and the exit code."""
+    import psycopg  # noqa: PLC0415 (errors.py stays importable without the driver)
+
+    if isinstance(exc, DatabaseUnreachable):
+        return Failure(UNREACHABLE, str(exc), EXIT_UNREACHABLE)
+    if isinstance(exc, FlowMeshError):
+        return Failure(ERROR, str(exc), EXIT_ERROR)
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate or None
+        # SQLSTATE first: psycopg files some data errors (class 54) under
+        # OperationalError, beside the real connection failures.
+        if state and state[:2] in DATA_ERROR_CLASSES:
+            return Failure(BAD_DATA, f"database error [{state}]: {one_line(exc)}", EXIT_ERROR, state)
+        if isinstance(exc, psycopg.OperationalError):
+            return Failure(UNREACHABLE, f"cannot reach the database: {one_line(exc)}",
+                           EXIT_UNREACHABLE, state)
+        label = f" [{state}]" if state else ""
+        return Failure(REFUSED, f"database error{label}: {one_line(exc)}", EXIT_ERROR, state)
+    if isinstance(exc, (OSError, TimeoutError)):  # a pool's wait, a socket
+        return Failure(UNREACHABLE, f"cannot reach the database: {one_line(exc)}", EXIT_UNREACHABLE)
+    return Failure(ERROR, one_line(exc), EXIT_ERROR)

@@ -13,11 +13,13 @@ from pathlib import Path
 import psycopg
 
 from .errors import FlowMeshError
+from .queries import query
 
 _PACKAGE = Path(__file__).resolve().parent
 _REPO = _PACKAGE.parent
 
-#: Schema holding Alembic's version table, so the API schema stays clean.
+#: Schema holding Alembic's version table, so the API schema stays clean
+#: (the migration_* named queries spell it out; a test keeps them in step).
 VERSION_SCHEMA = "flowmesh"
 #: Advisory lock key serialising concurrent migrators (agents starting together).
 LOCK_KEY = 0x466C6F774D657368  # "FlowMesh"
@@ -65,12 +67,10 @@ def execute_sql_file(driver_connection: psycopg.Connection, revision: str) -> No
 
 
 def current_revision(conn: psycopg.Connection) -> str | None:
-    row = conn.execute(
-        "select to_regclass(%s) is not null", (f"{VERSION_SCHEMA}.alembic_version",)
-    ).fetchone()
-    if not row or not row[0]:
+    (present,) = conn.execute(query("migration_table")).fetchone()
+    if not present:
         return None
-    row = conn.execute(f"select version_num from {VERSION_SCHEMA}.alembic_version").fetchone()
+    row = conn.execute(query("migration_revision")).fetchone()
     return row[0] if row else None
 
 
@@ -96,7 +96,9 @@ def ensure_current(url: str) -> bool:
     The version check needs only psycopg, so an agent on an up-to-date
     database never imports Alembic and SQLAlchemy.
     """
-    with psycopg.connect(url, autocommit=True) as conn:
+    from .database import connect  # noqa: PLC0415 (database imports this module lazily)
+
+    with connect(url) as conn:
         if current_revision(conn) == head_revision():
             return False
     upgrade(url)

@@ -1,4 +1,7 @@
-"""Named queries from ``queries.sql``: Python holds no inline SQL.
+"""Named queries: Python holds no inline SQL.
+
+Postgres statements live in ``queries.sql``; the agent's outbox keeps its
+SQLite statements in ``flowmesh_edge/outbox.sql``, in the same format.
 
 >>> from flowmesh.queries import query
 >>> conn.execute(query("stale_tetrahedrons"), {"threshold_minutes": 60, "tetrahedron_id": None})
@@ -29,12 +32,23 @@ def parse(text: str) -> dict[str, str]:
 
 
 @cache
+def load(path: Path) -> dict[str, str]:
+    """Every named query of a queries file."""
+    return parse(path.read_text())
+
+
 def all_queries() -> dict[str, str]:
-    return parse((Path(__file__).parent / "queries.sql").read_text())
+    return load(Path(__file__).parent / "queries.sql")
+
+
+def named(path: Path, name: str) -> str:
+    """The query ``name`` of the file at ``path``."""
+    try:
+        return load(path)[name]
+    except KeyError:
+        raise KeyError(f"no query named {name!r} in {path.name}") from None
 
 
 def query(name: str) -> str:
-    try:
-        return all_queries()[name]
-    except KeyError:
-        raise KeyError(f"no query named {name!r} in queries.sql") from None
+    """The Postgres query ``name`` of queries.sql."""
+    return named(Path(__file__).parent / "queries.sql", name)

@@ -159,3 +159,33 @@ select duration_ms, started_at, alerts_opened
 -- Create heartbeat partitions ahead, drop those past the retention.
 select created, dropped, oldest, newest
   from public.maintain_heartbeat_partitions(make_interval(days => %(retention_days)s));
+
+-- Connections, the embedded server and migrations ---------------------------
+
+-- name: server_clock
+-- The database's clock, Unix seconds (the agent measures its own clock's offset).
+select extract(epoch from clock_timestamp())::float8 as now;
+
+-- name: database_exists
+select 1 from pg_database where datname = %(name)s;
+
+-- name: create_database
+-- {database} is an identifier, composed with psycopg.sql.
+create database {database};
+
+-- name: migration_table
+-- Whether Alembic's version table exists (flowmesh.alembic_version).
+select to_regclass('flowmesh.alembic_version') is not null as present;
+
+-- name: migration_revision
+select version_num from flowmesh.alembic_version;
+
+-- name: migration_lock
+-- Concurrent migrators (agents starting at once) take turns.
+select pg_advisory_lock(%(key)s);
+
+-- name: migration_unlock
+select pg_advisory_unlock(%(key)s);
+
+-- name: migration_schema
+create schema if not exists flowmesh;

@@ -16,6 +16,9 @@ DATA_DIR_ENV = "FLOWMESH_DATA_DIR"
 EMBEDDED_DATABASE = "flowmesh"
 #: Seconds to wait for a database connection before calling it unreachable.
 CONNECT_TIMEOUT_S = 5
+#: How FlowMesh's connections name themselves in pg_stat_activity (the agent
+#: says "flowmesh-edge", the exporter "flowmesh-exporter").
+APPLICATION_NAME = "flowmesh"
 
 
 def data_dir() -> Path:

@@ -1,10 +1,10 @@
 """Ships the outbox to Postgres through the batched, idempotent RPC.
 
-Failures are sorted by what they mean:
+Failures are sorted by what they mean (``flowmesh.errors.describe``, the
+same reading the command lines give them):
 
 * the database is unreachable (connection refused, dropped, admin shutdown,
-  timeouts: psycopg's OperationalError): :class:`Unreachable`; nothing is
-  removed and the caller backs off;
+  timeouts): :class:`Unreachable`; nothing is removed and the caller backs off;
 * the database rejects the data (SQLSTATE class 22, 23 or 54): the batch is
   split in halves until the bad heartbeat is alone, and that one goes to the
   outbox's dead-letter table, so it never blocks the rest;
@@ -23,20 +23,21 @@ from dataclasses import dataclass, replace
 
 import psycopg
 
-from flowmesh import settings
-from flowmesh.database import one_line
+from flowmesh import database, errors
+from flowmesh.limits import CLOCK_AHEAD_MAX_S
 from flowmesh.queries import query
 
 from .outbox import EVENT, HEARTBEAT, Entry, Outbox
 
 log = logging.getLogger("flowmesh_edge.shipper")
 
-#: SQLSTATE classes meaning "this data is bad", as opposed to "try later".
-DATA_ERROR_CLASSES = ("22", "23", "54")
-#: The database refuses heartbeats timed more than this far ahead of its clock.
-MAX_AHEAD_S = 300
-#: Entries ahead by more than this (a margin under MAX_AHEAD_S) are retimed.
-RETIME_AHEAD_S = MAX_AHEAD_S - 30
+#: How the agent's connections name themselves in pg_stat_activity.
+APPLICATION_NAME = "flowmesh-edge"
+#: Entries ahead by more than this (a margin under the database's limit,
+#: CLOCK_AHEAD_MAX_S) are retimed before they are first sent.
+RETIME_AHEAD_S = CLOCK_AHEAD_MAX_S - 30
+#: The unknown-tetrahedron error: the tetrahedron was deleted since we registered.
+UNKNOWN_TETRAHEDRON = "23503"
 
 
 class Unreachable(Exception):
@@ -93,14 +94,9 @@ class Shipper:
             return self._conn
         self.close()
         try:
-            self._conn = psycopg.connect(
-                self.database_url,
-                autocommit=True,
-                connect_timeout=settings.CONNECT_TIMEOUT_S,
-                application_name="flowmesh-edge",
-            )
-        except psycopg.OperationalError as exc:
-            raise Unreachable(one_line(exc)) from exc
+            self._conn = database.connect(self.database_url, application_name=APPLICATION_NAME)
+        except errors.DatabaseUnreachable as exc:
+            raise Unreachable(str(exc).removeprefix("cannot reach the database: ")) from exc
         self._measure_clock()
         return self._conn
 
@@ -109,8 +105,7 @@ class Shipper:
         assert self._conn is not None
         before = self._clock()
         try:
-            (server,) = self._conn.execute("select extract(epoch from clock_timestamp())::float8"
-                                           ).fetchone()
+            (server,) = self._conn.execute(query("server_clock")).fetchone()
         except psycopg.Error:
             return  # a later call reports the problem
         self.clock_offset_s = (before + self._clock()) / 2 - server
@@ -176,7 +171,7 @@ class Shipper:
         try:
             return self._ship(tetrahedron_id, entries)
         except Rejected as exc:
-            if exc.sqlstate != "23503":
+            if exc.sqlstate != UNKNOWN_TETRAHEDRON:
                 raise
             # the tetrahedron was deleted since we registered: register again once
             self._tetrahedron_ids.pop((first.tetrahedron, first.src), None)
@@ -211,15 +206,14 @@ class Shipper:
         try:
             return conn.execute(sql, params).fetchone()
         except psycopg.Error as exc:
-            # SQLSTATE first: psycopg files some data errors (class 54) under
-            # OperationalError, beside the real connection failures.
-            state = exc.sqlstate or ""
-            if state[:2] in DATA_ERROR_CLASSES and state != "23503":
-                raise _DataError(one_line(exc), state) from exc
-            if isinstance(exc, psycopg.OperationalError):
+            failure = errors.describe(exc)
+            reason = errors.one_line(exc)
+            if failure.kind == errors.BAD_DATA and failure.sqlstate != UNKNOWN_TETRAHEDRON:
+                raise _DataError(reason, failure.sqlstate) from exc
+            if failure.kind == errors.UNREACHABLE:
                 self.close()
-                raise Unreachable(one_line(exc)) from exc
-            raise Rejected(one_line(exc), exc.sqlstate) from exc
+                raise Unreachable(reason) from exc
+            raise Rejected(reason, failure.sqlstate) from exc
 
 
 class _DataError(Rejected):

