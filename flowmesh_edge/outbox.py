@@ -15,8 +15,9 @@ Heartbeats that the database rejects as bad data (SQLSTATE classes 22, 23,
 blocks the rest.
 
 Besides heartbeats the outbox carries mesh events (membership changes and
-alerts this node observed), with the same guarantees; ``kind`` tells them
-apart and the shipper sends each kind through its own RPC.
+alerts this node observed), with the same guarantees: both wait in the
+``entries`` table, ``kind`` tells them apart and the shipper sends each kind
+through its own RPC. The statements are named queries in ``outbox.sql``.
 """
 
 from __future__ import annotations
@@ -29,31 +30,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_SCHEMA = """
-create table if not exists meta (key text primary key, value integer not null);
-create table if not exists heartbeats (
-  seq         integer primary key,
-  tetrahedron text    not null,
-  src         text    not null,
-  role        text,
-  at          real    not null,
-  payload     text    not null,
-  kind        text    not null default 'heartbeat'
-);
-create table if not exists dead_letters (
-  seq         integer primary key,
-  tetrahedron text    not null,
-  src         text    not null,
-  role        text,
-  at          real    not null,
-  payload     text    not null,
-  kind        text    not null default 'heartbeat',
-  sqlstate    text,
-  error       text    not null,
-  failed_at   real    not null
-);
-"""
+from flowmesh.queries import named
 
+_QUERIES = Path(__file__).with_name("outbox.sql")
+
+
+def q(name: str) -> str:
+    """One of the outbox's named statements (outbox.sql)."""
+    return named(_QUERIES, name)
 
 HEARTBEAT = "heartbeat"
 EVENT = "event"
@@ -84,7 +68,8 @@ class Entry:
 
 
 class Outbox:
-    """A SQLite-backed FIFO of heartbeats, safe to use from several threads."""
+    """A SQLite-backed FIFO of heartbeats and mesh events (the ``entries``
+    table), safe to use from several threads."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -94,21 +79,25 @@ class Outbox:
         self._db = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=False, timeout=30
         )
-        self._db.execute("pragma journal_mode = wal")
-        self._db.execute("pragma synchronous = full")
+        self._db.execute(q("journal_wal"))
+        self._db.execute(q("synchronous_full"))
         with self._lock, self._transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            for table in ("heartbeats", "dead_letters"):  # outboxes written before events existed
-                columns = {row[1] for row in self._db.execute(f"pragma table_info({table})")}
-                if "kind" not in columns:
-                    self._db.execute(
-                        f"alter table {table} add column kind text not null default 'heartbeat'")
-            self._db.execute(
-                "insert or ignore into meta (key, value) values ('next_seq', ?)",
-                (int(time.time() * 1_000_000),),
-            )
+            self._upgrade()
+            self._db.execute(q("init_next_seq"), {"start": int(time.time() * 1_000_000)})
+
+    def _upgrade(self) -> None:
+        """Create the tables, and bring an outbox written by an older agent up to date."""
+        if self._has("heartbeats") and not self._has("entries"):
+            self._db.execute(q("rename_heartbeats_to_entries"))
+        for table in ("create_meta", "create_entries", "create_dead_letters"):
+            self._db.execute(q(table))
+        for table, add_kind in (("entries", "add_entries_kind"), ("dead_letters", "add_dead_letters_kind")):
+            columns = {row[0] for row in self._db.execute(q("table_columns"), {"name": table})}
+            if "kind" not in columns:  # written before mesh events existed
+                self._db.execute(q(add_kind))
+
+    def _has(self, table: str) -> bool:
+        return self._db.execute(q("table_exists"), {"name": table}).fetchone() is not None
 
     def _transaction(self):
         db = self._db
@@ -117,10 +106,10 @@ class Outbox:
             def __enter__(self):
                 # immediate: a concurrent `flowmesh-edge beat` on the same
                 # outbox waits instead of racing for a sequence number
-                db.execute("begin immediate")
+                db.execute(q("begin_immediate"))
 
             def __exit__(self, exc_type, exc, tb):
-                db.execute("rollback" if exc_type else "commit")
+                db.execute(q("rollback" if exc_type else "commit"))
 
         return _Tx()
 
@@ -143,31 +132,24 @@ class Outbox:
         if not math.isfinite(at) or at <= 0:
             raise ValueError(f"at must be a positive Unix time, got {at!r}")
         with self._lock, self._transaction():
-            (seq,) = self._db.execute("select value from meta where key = 'next_seq'").fetchone()
-            self._db.execute(
-                "insert into heartbeats (seq, tetrahedron, src, role, at, payload, kind) "
-                "values (?, ?, ?, ?, ?, ?, ?)",
-                (seq, tetrahedron, src, role, at, text, kind),
-            )
-            self._db.execute("update meta set value = ? where key = 'next_seq'", (seq + 1,))
+            (seq,) = self._db.execute(q("next_seq")).fetchone()
+            self._db.execute(q("insert_entry"), {"seq": seq, "tetrahedron": tetrahedron, "src": src,
+                                                 "role": role, "at": at, "payload": text, "kind": kind})
+            self._db.execute(q("set_next_seq"), {"value": seq + 1})
         return seq
 
     def peek(self, limit: int) -> list[Entry]:
-        """The oldest ``limit`` queued heartbeats, oldest first."""
+        """The oldest ``limit`` queued entries, oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                "select seq, tetrahedron, src, role, at, payload, kind from heartbeats "
-                "order by seq limit ?",
-                (limit,),
-            ).fetchall()
+            rows = self._db.execute(q("oldest_entries"), {"limit": limit}).fetchall()
         return [Entry(*row) for row in rows]
 
     def remove(self, seqs: list[int]) -> None:
-        """Forget heartbeats the database has committed."""
+        """Forget entries the database has committed."""
         if not seqs:
             return
         with self._lock, self._transaction():
-            self._db.executemany("delete from heartbeats where seq = ?", [(s,) for s in seqs])
+            self._db.executemany(q("delete_entry"), [{"seq": s} for s in seqs])
 
     def retime(self, new_times: dict[int, float]) -> None:
         """Durably change the time of queued entries (seq -> new Unix time).
@@ -179,31 +161,26 @@ class Outbox:
         if not new_times:
             return
         with self._lock, self._transaction():
-            self._db.executemany("update heartbeats set at = ? where seq = ?",
-                                 [(at, seq) for seq, at in new_times.items()])
+            self._db.executemany(q("retime_entry"),
+                                 [{"at": at, "seq": seq} for seq, at in new_times.items()])
 
     def dead_letter(self, entry: Entry, error: str, sqlstate: str | None) -> None:
         """Move a heartbeat the database rejected as bad data out of the queue."""
         with self._lock, self._transaction():
-            self._db.execute(
-                "insert or replace into dead_letters "
-                "(seq, tetrahedron, src, role, at, payload, kind, sqlstate, error, failed_at) "
-                "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (entry.seq, entry.tetrahedron, entry.src, entry.role, entry.at,
-                 entry.payload, entry.kind, sqlstate, error, time.time()),
-            )
-            self._db.execute("delete from heartbeats where seq = ?", (entry.seq,))
+            self._db.execute(q("insert_dead_letter"), {
+                "seq": entry.seq, "tetrahedron": entry.tetrahedron, "src": entry.src,
+                "role": entry.role, "at": entry.at, "payload": entry.payload, "kind": entry.kind,
+                "sqlstate": sqlstate, "error": error, "failed_at": time.time()})
+            self._db.execute(q("delete_entry"), {"seq": entry.seq})
 
     def pending(self) -> int:
         with self._lock:
-            return self._db.execute("select count(*) from heartbeats").fetchone()[0]
+            return self._db.execute(q("count_entries")).fetchone()[0]
 
     def dead_letters(self) -> list[tuple[int, str, str | None, str]]:
         """(seq, src, sqlstate, error) of every dead-lettered heartbeat."""
         with self._lock:
-            return self._db.execute(
-                "select seq, src, sqlstate, error from dead_letters order by seq"
-            ).fetchall()
+            return self._db.execute(q("dead_letters")).fetchall()
 
     def close(self) -> None:
         with self._lock:

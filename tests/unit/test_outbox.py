@@ -106,3 +106,41 @@ def test_batch_item_is_valid_json_that_round_trips(payload, src, at):
         seq = box.put("home", src, payload, at=at)
         item = json.loads(box.peek(1)[0].batch_item())
     assert item == {"src": src, "seq": seq, "at": at, "payload": payload}
+
+
+def test_an_outbox_written_by_an_older_agent_keeps_its_queue(tmp_path):
+    """Older agents queued in a table called heartbeats, without a kind column."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        create table meta (key text primary key, value integer not null);
+        insert into meta values ('next_seq', 100);
+        create table heartbeats (seq integer primary key, tetrahedron text not null, src text not null,
+                                 role text, at real not null, payload text not null);
+        insert into heartbeats values (98, 'home', 'pi', null, 1795276000.0, '{"n": 1}');
+        insert into heartbeats values (99, 'home', 'pi', null, 1795276010.0, '{"n": 2}');
+        create table dead_letters (seq integer primary key, tetrahedron text not null, src text not null,
+                                   role text, at real not null, payload text not null, sqlstate text,
+                                   error text not null, failed_at real not null);
+    """)
+    db.close()
+    with Outbox(path) as box:
+        assert box.pending() == 2
+        assert [(e.seq, e.kind, json.loads(e.payload)) for e in box.peek(10)] == \
+            [(98, "heartbeat", {"n": 1}), (99, "heartbeat", {"n": 2})]
+        assert box.put("home", "pi", {"n": 3}) == 100
+    with Outbox(path) as box:  # opening again changes nothing
+        assert box.pending() == 3
+
+
+def test_every_outbox_statement_is_used():
+    import re
+    from pathlib import Path
+
+    import flowmesh_edge.outbox as module
+    from flowmesh.queries import load
+
+    literals = set(re.findall(r'"([a-z_]+)"', Path(module.__file__).read_text()))
+    assert set(load(module._QUERIES)) <= literals
