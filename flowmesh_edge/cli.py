@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from flowmesh import database
+from flowmesh import database, limits
 from flowmesh.clisupport import FriendlyGroup, database_url_option
 from flowmesh.errors import DatabaseUnreachable
 
@@ -75,7 +75,7 @@ def main() -> None:
 @click.option("--interval", "interval_s", type=click.FloatRange(min=0, min_open=True),
               default=_defaults.interval_s, show_default=True, envvar="FLOWMESH_INTERVAL",
               show_envvar=True, help="Seconds between heartbeats.")
-@click.option("--batch-size", type=click.IntRange(1, 10_000), default=_defaults.batch_size,
+@click.option("--batch-size", type=click.IntRange(1, limits.BATCH_MAX_ITEMS), default=_defaults.batch_size,
               show_default=True, help="Most heartbeats per RPC call.")
 @click.option("--backoff-max", "backoff_max_s", type=click.FloatRange(min=1),
               default=_defaults.backoff_max_s, show_default=True,
@@ -106,7 +106,7 @@ def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backof
     (joined, suspect, dead, left, recovered, alerts) in Postgres.
     """
     _setup_logging(log_level)
-    config = AgentConfig(
+    config = _config(
         node_id=node_id or default_node_id(), tetrahedron=tetrahedron, role=role,
         interval_s=interval_s, batch_size=batch_size,
         backoff_max_s=max(backoff_max_s, _defaults.backoff_initial_s),
@@ -122,6 +122,14 @@ def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backof
         raise click.UsageError("--peer needs --mesh-key (the mesh is authenticated)")
     url = database.resolve_url(config.database_url)
     asyncio.run(_run(config, url, mesh_options))
+
+
+def _config(**values) -> AgentConfig:
+    """The agent's configuration; a value out of bounds is a usage error, in one line."""
+    try:
+        return AgentConfig(**values)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -188,8 +196,8 @@ def beat(database_url, node, tetrahedron, role, latency_ms, packet_loss, cpu_per
         }.items()
         if value is not None
     }
-    config = AgentConfig(node_id=node, tetrahedron=tetrahedron, role=role,
-                         database_url=database_url, outbox_path=outbox)
+    config = _config(node_id=node, tetrahedron=tetrahedron, role=role,
+                     database_url=database_url, outbox_path=outbox)
     payload: dict = {"metrics": metrics}
     if role:
         payload["role"] = role

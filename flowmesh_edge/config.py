@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flowmesh import settings
+from flowmesh import limits, settings
 
 
 def default_node_id() -> str:
@@ -27,7 +27,8 @@ class AgentConfig:
     #: Seconds between heartbeats. Each heartbeat is one outbox row and one
     #: mesh_heartbeats row; 10 s keeps a 1,000-device fleet at 100 rows/s.
     interval_s: float = 10.0
-    #: Most heartbeats shipped in one RPC call (the RPC accepts up to 10,000).
+    #: Most heartbeats shipped in one RPC call (the RPC accepts up to
+    #: limits.BATCH_MAX_ITEMS).
     batch_size: int = 500
     #: First wait after a failed shipment; doubles on each failure ...
     backoff_initial_s: float = 1.0
@@ -41,15 +42,14 @@ class AgentConfig:
     outbox_path: Path | None = None
 
     def __post_init__(self) -> None:
-        problems = []
-        if not self.node_id or len(self.node_id) > 128 or not self.node_id.isprintable():
-            problems.append("node id must be 1 to 128 printable characters")
-        if not self.tetrahedron or len(self.tetrahedron) > 128 or not self.tetrahedron.isprintable():
-            problems.append("tetrahedron name must be 1 to 128 printable characters")
+        problems = [p for p in [limits.node_id_problem(self.node_id)] if p]
+        name_max = limits.TETRAHEDRON_NAME_MAX_CHARS
+        if not self.tetrahedron or len(self.tetrahedron) > name_max or not self.tetrahedron.isprintable():
+            problems.append(f"tetrahedron name must be 1 to {name_max} printable characters")
         if not self.interval_s > 0:
             problems.append("interval must be greater than 0 seconds")
-        if not 1 <= self.batch_size <= 10_000:
-            problems.append("batch size must be between 1 and 10000")
+        if not 1 <= self.batch_size <= limits.BATCH_MAX_ITEMS:
+            problems.append(f"batch size must be between 1 and {limits.BATCH_MAX_ITEMS}")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             problems.append("backoff must satisfy 0 < initial <= max")
         if problems:
