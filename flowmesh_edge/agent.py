@@ -32,6 +32,18 @@ SHARED_METRICS = ("cpu_percent", "memory_percent", "battery_percent", "temperatu
 
 log = logging.getLogger("flowmesh_edge.agent")
 
+#: Each wait is its nominal value times a factor drawn from this range, so a
+#: fleet cut off together does not retry in step.
+BACKOFF_JITTER = (0.8, 1.2)
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float,
+                  uniform: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds to wait after ``attempt + 1`` failures in a row: ``initial_s``
+    doubled per failure, capped at ``max_s``, with +-20% jitter (never above ``max_s``)."""
+    nominal = min(initial_s * 2 ** min(attempt, 62), max_s)
+    return min(nominal * uniform(*BACKOFF_JITTER), max_s)
+
 
 @dataclass
 class AgentStats:
@@ -155,6 +167,7 @@ class Agent:
 
     async def _ship_loop(self, stop: asyncio.Event) -> None:
         backoff = 0.0
+        attempt = 0  # failures in a row
         while not stop.is_set():
             await self._wake.wait()
             self._wake.clear()
@@ -163,7 +176,8 @@ class Agent:
             try:
                 report = await asyncio.to_thread(self.shipper.flush)
             except (Unreachable, Rejected) as exc:
-                backoff = self._next_backoff(backoff)
+                backoff = self._backoff(attempt)
+                attempt += 1
                 self._report_failure(exc, backoff)
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
@@ -171,7 +185,8 @@ class Agent:
                     self._wake.set()  # retry even when nothing new was sampled
                 continue
             except Exception:
-                backoff = self._next_backoff(backoff)
+                backoff = self._backoff(attempt)
+                attempt += 1
                 log.exception("unexpected error while shipping; retrying in %.1fs", backoff)
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
@@ -183,14 +198,12 @@ class Agent:
             elif report.shipped or report.dead_lettered:
                 log.debug("shipped %d heartbeats (%d duplicates)", report.shipped, report.duplicates)
             backoff = 0.0
+            attempt = 0
             self.stats.shipped.add(report)
             self.stats.last_error = None
 
-    def _next_backoff(self, current: float) -> float:
-        base = self.config.backoff_initial_s if current == 0 else min(
-            current * 2, self.config.backoff_max_s
-        )
-        return min(base * random.uniform(0.8, 1.2), self.config.backoff_max_s)
+    def _backoff(self, attempt: int) -> float:
+        return backoff_delay(attempt, self.config.backoff_initial_s, self.config.backoff_max_s)
 
     def _report_failure(self, exc: Exception, backoff: float) -> None:
         self.stats.failures += 1
