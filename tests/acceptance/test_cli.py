@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from flowmesh_edge.outbox import Outbox
-from tests.conftest import register, wait_for
+from tests.conftest import acting_as, register, wait_for
+from tests.support.lines import Lines
 
 BIN = Path(sys.executable).parent
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=2"
@@ -248,47 +251,51 @@ def test_embedded_default_end_to_end(tmp_path):
     assert run([*script("flowmesh"), "db", "url"], env=env).returncode == 3
 
 
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LISTENING = re.compile(r"mesh node (\S+) listening on (?:udp:)?127\.0\.0\.1:(\d+)")
 
 
 def test_two_agents_on_the_mesh_record_a_death(db_url, tmp_path):
     key = "cli-mesh-key-0123456789abcdef"
-    ports = [free_udp_port(), free_udp_port()]
     env = {k: v for k, v in os.environ.items() if k != "FLOWMESH_DATABASE_URL"}
     env["FLOWMESH_MESH_KEY"] = key
-    procs = []
-    for i, name in enumerate(("pi", "cam")):
+    procs, logs = [], []
+
+    def start(name: str, *extra: str) -> int:
+        """Start an agent on a port the kernel picks; return that port, as it logs it."""
         args = [*script("flowmesh-edge"), "run", "--database-url", db_url, "--node-id", name,
                 "--tetrahedron", "home", "--interval", "0.5", "--outbox", str(tmp_path / f"{name}.db"),
-                "--mesh-bind", "127.0.0.1", "--mesh-port", str(ports[i])]
-        if i:
-            args += ["--peer", f"127.0.0.1:{ports[0]}"]
-        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                "--mesh-bind", "127.0.0.1", "--mesh-port", "0", *extra]
+        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       text=True, env=env))
+        logs.append(Lines(procs[-1].stderr))
+        listening = LISTENING.search(logs[-1].wait_for(LISTENING.search, 30))
+        assert listening.group(1) == name
+        return int(listening.group(2))
+
     try:
+        pi_port = start("pi")
+        start("cam", "--peer", f"127.0.0.1:{pi_port}")
         with psycopg.connect(db_url, autocommit=True) as conn:
             def rows(sql):
                 return conn.execute(sql).fetchall()
-            wait_for(lambda: len(rows("select 1 from mesh_events where kind = 'joined'")) >= 2, 30)
+            wait_for(lambda: sorted(rows("select observer, subject from mesh_events where kind = 'joined'"))
+                     == [("cam", "pi"), ("pi", "cam")], 30)
             procs[1].kill()  # cam loses power
-            procs[1].communicate(timeout=10)
+            procs[1].wait(timeout=10)
             wait_for(lambda: rows("select 1 from nodes where node_id = 'cam' and mesh_status = 'dead'"),
                      30)
-            assert rows("select observer from mesh_events where kind = 'dead'") == [("pi",)]
+            assert rows("select observer, subject from mesh_events where kind = 'dead'") == [("pi", "cam")]
         procs[0].send_signal(signal.SIGTERM)
-        _, err = procs[0].communicate(timeout=20)
-        assert procs[0].returncode == 0, err
-        assert "mesh: {" in err and "Traceback" not in err
+        assert procs[0].wait(timeout=20) == 0, logs[0].close()
+        err = logs[0].close()
+        assert "mesh: " in err and "Traceback" not in err
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-                p.communicate()
+            p.wait(timeout=10)
+        for log in logs:
+            log.close()
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -320,3 +327,24 @@ def test_predict_and_status_commands(conn, db_url):
     assert "home" in table.stdout and "average_health" in table.stdout
     missing = run([*script("flowmesh"), "status", "--tetrahedron", "nope", "--database-url", db_url])
     assert missing.returncode == 1 and "no tetrahedron named 'nope'" in missing.stderr
+
+
+def test_register_with_user_id_lets_that_user_see_their_device(conn, db_url):
+    owner, stranger = uuid.uuid4(), uuid.uuid4()
+    reg = run([*script("flowmesh"), "register", "home", "pi", "--user-id", str(owner),
+               "--database-url", db_url])
+    assert reg.returncode == 0, reg.stderr
+    (tid,) = conn.execute("select id from tetrahedrons where name = 'home'").fetchone()
+    assert reg.stdout.strip() == str(tid)
+    assert conn.execute("select user_id from tetrahedron_vertices where node_id = 'pi'"
+                        ).fetchone() == (owner,)
+    with acting_as(conn, "authenticated", owner):
+        assert conn.execute("select name from tetrahedrons").fetchall() == [("home",)]
+        assert conn.execute("select node_id from nodes").fetchall() == [("pi",)]
+    with acting_as(conn, "authenticated", stranger):
+        assert conn.execute("select count(*) from tetrahedrons").fetchone() == (0,)
+    bad = run([*script("flowmesh"), "register", "home", "cam", "--user-id", "not-a-uuid",
+               "--database-url", db_url])
+    assert bad.returncode == 1 and "[22P02]" in bad.stderr and bad.stderr.count("\n") == 1
+    # nothing half-written: the refused call registered no cam
+    assert conn.execute("select count(*) from tetrahedron_vertices where node_id = 'cam'").fetchone() == (0,)
