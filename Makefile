@@ -4,8 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-#: Debian packages the tests use: PostgreSQL 15 with pg_cron (the schedule tests).
-SYSTEM_PACKAGES := postgresql-15 postgresql-15-cron
+#: Debian packages the tests use: PostgreSQL 15 with pg_cron (the schedule tests),
+#: iproute2 (network namespaces for the LAN discovery test).
+SYSTEM_PACKAGES := postgresql-15 postgresql-15-cron iproute2
 
 .PHONY: run test system-deps db-up db-stop bench lint clean supabase-migrations
 
@@ -24,14 +25,14 @@ run: $(STAMP)
 test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## system-deps: Debian's PostgreSQL 15 and pg_cron, through apt-get (as root)
+## system-deps: Debian's PostgreSQL 15, pg_cron and iproute2, through apt-get (as root)
 system-deps:
 	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing $(SYSTEM_PACKAGES) with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
-	else echo "not installing $(SYSTEM_PACKAGES) (needs root and apt-get): the pg_cron tests will be skipped"; fi
+	else echo "not installing $(SYSTEM_PACKAGES) (needs root and apt-get): the pg_cron and network namespace tests will be skipped"; fi
 
 db-up: $(STAMP)
 	$(VENV)/bin/flowmesh db up

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -138,3 +139,18 @@ async def until(predicate, timeout: float = 15.0, interval: float = 0.02) -> flo
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
     return loop.time() - start
+
+
+#: With this set (CI sets it), a skipped test fails instead: CI's machine can
+#: run every test, so a skip there means a missing package or privilege.
+STRICT_SKIPS_ENV = "FLOWMESH_NO_SKIP"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(STRICT_SKIPS_ENV) and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped where {STRICT_SKIPS_ENV} forbids skips: {reason}"
