@@ -128,13 +128,18 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-async def until(predicate, timeout: float = 15.0, interval: float = 0.02) -> float:
-    """Await ``predicate`` becoming truthy, in loop time (real or virtual); return the wait."""
+async def until(predicate, timeout: float = 15.0, interval: float = 0.02, *, blocking: bool = False
+                ) -> float:
+    """Await ``predicate`` becoming truthy, in loop time (real or virtual); return the wait.
+
+    A predicate that does I/O (a database query, the outbox) says ``blocking=True``
+    and runs in a worker thread, so the event loop under test never waits on it.
+    """
     import asyncio
 
     loop = asyncio.get_running_loop()
     start = loop.time()
-    while not predicate():
+    while not (await asyncio.to_thread(predicate) if blocking else predicate()):
         if loop.time() - start > timeout:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)

@@ -25,13 +25,13 @@ async def test_outage_loses_and_duplicates_nothing(db_url, proxy, tmp_path):
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
-            await until(lambda: stored() >= 5)
+            await until(lambda: stored() >= 5, blocking=True)
             proxy.down()
             during = agent.stats.sampled
             await until(lambda: agent.stats.sampled >= during + 20 and agent.stats.failures >= 2)
-            assert box.pending() >= 10  # queued, not lost
+            assert await asyncio.to_thread(box.pending) >= 10  # queued, not lost
             proxy.up()
-            await until(lambda: box.pending() == 0 and agent.stats.last_error is None)
+            await until(lambda: box.pending() == 0 and agent.stats.last_error is None, blocking=True)
         finally:
             stop.set()
             stats = await asyncio.wait_for(task, timeout=15)
