@@ -110,6 +110,17 @@ class Application:
         """The node stops."""
 
 
+def run_handler(spawn: Callable[[Coroutine[Any, Any, object]], None], handler: Callable, *args) -> None:
+    """Call a user handler on the receive path: a sync one at once, an async one as a
+    task (``spawn``); an error is logged, never raised into the engine."""
+    try:
+        result = handler(*args)
+        if inspect.isawaitable(result):
+            spawn(call_handler(lambda: result))
+    except Exception:
+        log.exception("mesh: handler %r failed", handler)
+
+
 async def call_handler(handler: Callable, *args) -> object:
     """Call a sync or async handler; its error is logged and gives None."""
     try:

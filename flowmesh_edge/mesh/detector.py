@@ -27,7 +27,7 @@ import asyncio
 import itertools
 import logging
 import random
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -171,6 +171,11 @@ class FailureDetector:
         return min(0.05, host.config.probe_interval_s / 4)
 
     # -- handlers (the node's dispatch table points here) ----------------------------------
+    def frame_handlers(self) -> dict[MessageType, Callable[[Frame, Address], None]]:
+        return {MessageType.PING: self.on_ping, MessageType.PING_REQ: self.on_ping_req,
+                MessageType.PROBE_ACK: self.on_probe_ack, MessageType.ALIVE: self.on_update,
+                MessageType.SUSPECT: self.on_update, MessageType.DEAD: self.on_update}
+
     def on_ping(self, frame: Frame, addr: Address) -> None:
         probe_id, target = decode_ping(frame.body)
         if target != self.host.node_id:

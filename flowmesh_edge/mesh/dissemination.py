@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .address import Address
@@ -162,6 +163,10 @@ class Dissemination:
                         piggyback=False)
 
     # -- handlers (the node's dispatch table points here) --------------------------------------
+    def frame_handlers(self) -> dict[MessageType, Callable[[Frame, Address], None]]:
+        return {MessageType.PEER_DISCOVERY: self.on_discovery, MessageType.MEMBERSHIP: self.on_membership,
+                MessageType.HEARTBEAT: self.on_heartbeat, MessageType.GOSSIP: self.on_gossip}
+
     def on_discovery(self, frame: Frame, addr: Address) -> None:
         address, meta = decode_discovery(frame.body)
         self.host.apply(Update(MessageType.ALIVE, frame.sender, frame.incarnation, address, frame.sender,

@@ -19,7 +19,7 @@ The concerns live beside it, one module each:
 from __future__ import annotations
 
 import asyncio
-import inspect
+import functools
 import json
 import logging
 import random
@@ -32,7 +32,7 @@ from flowmesh.limits import check_node_id
 
 from .address import Address
 from .alerts import AlertReport, Alerts
-from .application import Application, Handler, MeshMessage
+from .application import Application, Handler, MeshMessage, run_handler
 from .config import DEFAULT_PORT, MeshConfig
 from .detector import FailureDetector
 from .dissemination import Dissemination
@@ -112,21 +112,17 @@ class MeshNode:
         self._replay = ReplayGuard(cfg.replay_window, cfg.max_skew_s)
         self.detector = FailureDetector(self, self._rng)
         self.dissemination = Dissemination(self, self._rng)
+        self._call = functools.partial(run_handler, self.spawn)
         self.messaging = Messaging(self, self.envelopes, self._call)
         self._handlers = self.messaging.handlers  # type -> user handlers
         self._member_handlers: list[MemberHandler] = []
         self.alerts, self.search, self.state_sync = Alerts(), Search(), StateSync()
         for app in (self.alerts, self.search, self.state_sync):
             self.register(app)
-        d, f = self.dissemination, self.detector
+        #: The dispatch table: each frame type to the one handler its module declares.
         self._dispatch: dict[MessageType, Callable[[Frame, Address], None]] = {
-            MessageType.PING: f.on_ping, MessageType.PING_REQ: f.on_ping_req,
-            MessageType.PROBE_ACK: f.on_probe_ack, MessageType.ALIVE: f.on_update,
-            MessageType.SUSPECT: f.on_update, MessageType.DEAD: f.on_update,
-            MessageType.PEER_DISCOVERY: d.on_discovery, MessageType.MEMBERSHIP: d.on_membership,
-            MessageType.HEARTBEAT: d.on_heartbeat, MessageType.GOSSIP: d.on_gossip,
-            **dict.fromkeys(ENVELOPE_TYPES, self.messaging.on_frame),
-        }
+            **self.detector.frame_handlers(), **self.dissemination.frame_handlers(),
+            **dict.fromkeys(ENVELOPE_TYPES, self.messaging.on_frame)}
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._running = False
@@ -306,15 +302,6 @@ class MeshNode:
         for handler in self._member_handlers:
             self._call(handler, event, peer)
 
-    def _call(self, handler: Callable, *args) -> None:
-        """Call a user handler; an async one runs as a task; errors are logged."""
-        try:
-            result = handler(*args)
-            if inspect.isawaitable(result):
-                self.spawn(_logged(result, self.node_id))
-        except Exception:
-            log.exception("mesh %s: handler %r failed", self.node_id, handler)
-
     # -- framing and sending ---------------------------------------------------------------
     def _next_frame(self, mtype: MessageType, body: bytes) -> Frame:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -400,9 +387,3 @@ class MeshNode:
             return
         handler(frame, addr)
 
-
-async def _logged(awaitable, node_id: str) -> None:
-    try:
-        await awaitable
-    except Exception:
-        log.exception("mesh %s: handler failed", node_id)
