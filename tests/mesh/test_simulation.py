@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from flowmesh.limits import NODE_ID_MAX_BYTES
 from flowmesh_edge.mesh import InMemoryNetwork, LinkConditions, MessageType
 from flowmesh_edge.mesh.simulation import (
     converge,
@@ -221,3 +222,36 @@ def test_restart_with_a_clock_behind_is_told_and_refutes():
 
     before, started_at, after, refutations = run_virtual(main())
     assert started_at < before < after and refutations >= 1
+
+
+def test_members_with_the_longest_ids_gossip_heartbeat_route_and_alert(caplog):
+    """Node ids of NODE_ID_MAX_BYTES (the limit Postgres shares) fit every frame."""
+
+    async def main():
+        net = InMemoryNetwork(seed=14)
+        prefix = "n" * (NODE_ID_MAX_BYTES - 4)
+        nodes = await start_mesh(5, net, prefix=prefix)
+        assert {len(n.node_id.encode()) for n in nodes} == {NODE_ID_MAX_BYTES}
+        await converge(nodes)
+        a, c = nodes[0], nodes[2]
+        net.block(a.address, c.address)  # routed messages must carry a path
+        got = []
+        c.on(MessageType.DIRECT, got.append)
+        nodes[1].update_state({"fps": 25, "note": "x" * 200})
+        report = await nodes[3].broadcast_alert({"type": "intrusion"}, priority="critical")
+        await asyncio.sleep(2 * nodes[0].config.heartbeat_interval_s + 1)
+        await a.send(c.node_id, {"hello": "c"})
+        await until(lambda: got, 2)
+        stats = [n.stats() for n in nodes]
+        states = [n.peers()[nodes[1].node_id].node_state for n in nodes if n is not nodes[1]]
+        await stop_all(nodes)
+        return report, got, stats, states
+
+    report, got, stats, states = run_virtual(main())
+    assert report.complete and len(report.acked) == 4
+    assert got[0].payload == {"hello": "c"} and len(got[0].path) == 1
+    assert all(s == {"fps": 25, "note": "x" * 200} for s in states)
+    for s in stats:
+        assert s["dropped_total"] == 0, s["dropped"]
+        assert s["received_by_type"]["HEARTBEAT"] > 0 and s["received_by_type"]["GOSSIP"] > 0
+    assert "too large" not in caplog.text
