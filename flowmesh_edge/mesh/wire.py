@@ -14,7 +14,7 @@ Every datagram is one frame (all integers big-endian)::
     16   tag: HMAC-SHA256 of everything before it, under the mesh key, truncated
 
 A frame is at most MAX_DATAGRAM bytes (below a 1500-byte Ethernet MTU with
-IPv6 and UDP headers). A heartbeat with a 16-character node id is 64 bytes,
+IPv6 and UDP headers). A heartbeat with a 16-character node id is 62 bytes,
 under 200 with a 128-byte one.
 
 Membership update (piggybacked, or the body of SUSPECT/ALIVE/DEAD)::
