@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from flowmesh.limits import NODE_ID_MAX_BYTES
 from flowmesh_edge import MeshNode, MessageType
 from flowmesh_edge.mesh import wire
 from flowmesh_edge.mesh.security import MacKey
@@ -140,8 +141,10 @@ async def test_member_killed_with_sigkill_is_declared_dead():
 def test_node_requires_a_key_and_a_sane_id():
     with pytest.raises(ValueError, match="mesh key"):
         MeshNode("a", port=0, bind="127.0.0.1")
-    with pytest.raises(ValueError, match="node id"):
-        MeshNode("x" * 129, port=0, mesh_key=KEY, bind="127.0.0.1")
+    with pytest.raises(ValueError, match="node id") as info:
+        MeshNode("x" * (NODE_ID_MAX_BYTES + 1), port=0, mesh_key=KEY, bind="127.0.0.1")
+    assert "\n" not in str(info.value) and f"limit is {NODE_ID_MAX_BYTES}" in str(info.value)
+    MeshNode("x" * NODE_ID_MAX_BYTES, port=0, mesh_key=KEY, bind="127.0.0.1")  # the limit itself is fine
 
 
 def test_blocking_facade_for_scripts_without_asyncio():

@@ -107,3 +107,21 @@ def test_envelope_payload_must_be_a_json_object():
         wire.decode_envelope(good[:-7] + b"[1,2,3]")
     with pytest.raises(WireError):
         wire.decode_envelope(good[:-7] + b"\xff\xfe")
+
+
+def test_addresses_carry_their_transport_and_a_bad_transport_name_is_malformed():
+    update = Update(MessageType.ALIVE, "a", 1, Address("ws", "relay.example", 443), "a")
+    raw = wire.encode_update(update)
+    assert wire.decode_update(raw).address == Address("ws", "relay.example", 443)
+    bad = raw.replace(b"\x02ws", b"\x02W!")
+    with pytest.raises(WireError) as info:
+        wire.decode_update(bad)
+    assert info.value.reason == "malformed"
+
+
+def test_ids_up_to_the_shared_limit_pass_and_longer_ones_do_not():
+    longest = "n" * NODE_ID_MAX_BYTES
+    frame = Frame(MessageType.PING, longest, 1, 1, 1, wire.encode_ping(1, longest))
+    assert roundtrip(frame) == frame
+    with pytest.raises(ValueError):
+        wire.encode_frame(Frame(MessageType.PING, longest + "n", 1, 1, 1, b""), KEY.sign)
