@@ -157,7 +157,8 @@ class FailureDetector:
             self._acks.pop(probe_id, None)
 
     async def tick(self) -> float:
-        """Suspicions that ran out become deaths; the dead are reaped (a periodic task)."""
+        """Suspicions that ran out become deaths; the dead are reaped; stale relays and
+        routes are dropped (a periodic task)."""
         host = self.host
         for m in host.members.expired_suspicions():
             self.stats.deaths += 1
@@ -168,6 +169,7 @@ class FailureDetector:
         now = host.now()
         for probe_id in [p for p, r in self._relays.items() if r.expires < now]:
             del self._relays[probe_id]
+        host.route_table.expire()  # routes learned from probes go stale like the probes
         return min(0.05, host.config.probe_interval_s / 4)
 
     # -- handlers (the node's dispatch table points here) ----------------------------------

@@ -148,20 +148,23 @@ def test_a_member_bound_to_every_interface_is_taken_at_the_address_it_speaks_fro
     assert host.members.get("n").address == Address.udp("192.0.2.7", 9999)
 
 
-def test_suspicions_run_out_into_death_and_the_dead_are_reaped():
+def test_suspicions_run_out_into_death_the_dead_are_reaped_and_stale_routes_dropped():
     async def main():
         host, det = setup("b", "c")
+        host.route_table.direct_failed("c")
+        host.route_table.learn("c", "b", 2)
         b = host.members.get("b")
         det.apply(Update(MessageType.SUSPECT, "b", 1, b.address, "c"), "c", b.address)
         host.clock.t += CFG.suspicion_max_s(3) + 0.01
         await det.tick()
         status = host.members.get("b").status
-        host.clock.t += CFG.dead_reap_s + 0.01
+        host.clock.t += max(CFG.dead_reap_s, CFG.route_ttl_s) + 0.01
         await det.tick()
         return host, det, status
 
     host, det, status = run_virtual(main())
     assert status == "dead" and det.stats.deaths == 1
+    assert host.route_table._routes == {}
     assert [(e.kind, e.node_id) for e in host.events] == [("suspect", "b"), ("dead", "b"), ("removed", "b")]
 
 
