@@ -99,7 +99,7 @@ class Agent:
 
     def _on_member(self, event: MemberEvent, peer: PeerInfo | None) -> None:
         if event.kind in RECORDED_EVENTS:
-            details = {"address": list(peer.address), "meta": peer.meta} if peer else {}
+            details = {"address": str(peer.address), "meta": peer.meta} if peer else {}
             self._record_event({"kind": event.kind, "subject": event.node_id,
                                 "incarnation": event.incarnation, "details": details})
 

@@ -147,7 +147,7 @@ async def _run(config: AgentConfig, url: str, mesh_options: dict | None = None) 
         mesh = None
         if mesh_options is not None:
             meta = {"tetrahedron": config.tetrahedron, **({"role": config.role} if config.role else {})}
-            mesh = MeshNode(config.node_id[:64], meta=meta, **mesh_options)
+            mesh = MeshNode(config.node_id, meta=meta, **mesh_options)
         agent = Agent(config, outbox, shipper, mesh=mesh)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -160,7 +160,7 @@ async def _run(config: AgentConfig, url: str, mesh_options: dict | None = None) 
         )
         stats = await agent.run(stop)
         if mesh is not None:
-            log.info("mesh: %s", mesh.stats())
+            log.info("mesh: %s", mesh.stats().as_dict())
         log.info(
             "stopped: %d heartbeats sampled, %d mesh events, %d shipped, %d in the outbox",
             stats.sampled, stats.events, stats.shipped.shipped, outbox.pending(),

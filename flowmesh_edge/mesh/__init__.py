@@ -1,9 +1,14 @@
 """The peer mesh: discovery, SWIM failure detection, gossip, routing, state, alerts."""
 
+from .address import Address
+from .alerts import AlertReport
+from .application import Application, MeshMessage
 from .blocking import BlockingMeshNode
 from .config import DEFAULT_PORT, MeshConfig
 from .membership import MemberEvent, PeerInfo
-from .node import AlertReport, MeshMessage, MeshNode, SearchResult
+from .node import MeshNode
+from .search import SearchResult
+from .stats import MeshStats
 from .transport import (
     InMemoryNetwork,
     InMemoryTransport,
@@ -15,7 +20,7 @@ from .transport import (
 from .wire import MessageType
 
 __all__ = [
-    "DEFAULT_PORT", "AlertReport", "BlockingMeshNode", "InMemoryNetwork", "InMemoryTransport",
-    "LinkConditions", "LossyTransport", "MemberEvent", "MeshConfig", "MeshMessage", "MeshNode",
-    "MessageType", "PeerInfo", "SearchResult", "Transport", "UdpTransport",
+    "DEFAULT_PORT", "Address", "AlertReport", "Application", "BlockingMeshNode", "InMemoryNetwork",
+    "InMemoryTransport", "LinkConditions", "LossyTransport", "MemberEvent", "MeshConfig", "MeshMessage",
+    "MeshNode", "MeshStats", "MessageType", "PeerInfo", "SearchResult", "Transport", "UdpTransport",
 ]

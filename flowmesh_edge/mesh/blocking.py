@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from .alerts import AlertReport
 from .membership import PeerInfo
-from .node import AlertReport, MeshNode, SearchResult
+from .node import MeshNode
+from .search import SearchResult
+from .stats import MeshStats
 from .wire import MessageType
 
 
@@ -56,7 +59,7 @@ class BlockingMeshNode:
     def peers(self) -> dict[str, PeerInfo]:
         return self._run(self.node.peers)
 
-    def stats(self) -> dict:
+    def stats(self) -> MeshStats:
         return self._run(self.node.stats)
 
     def on(self, message_type: MessageType, handler) -> None:

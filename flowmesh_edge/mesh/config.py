@@ -1,7 +1,7 @@
 """Mesh configuration: every default in one place, with its unit and trade-off.
 
 The defaults are tuned for a LAN (Wi-Fi or Ethernet, round trips well under
-100 ms) and for seed 002's failover budget: a crashed member is declared dead
+100 ms) and for FlowMesh's failover budget: a crashed member is declared dead
 by everyone within 3 s. ``MeshConfig.low_power()`` trades detection speed for
 radio time on battery devices; ``MeshConfig.wan()`` tolerates slower links.
 Both are derived from the LAN defaults, never restated.
@@ -73,7 +73,7 @@ class MeshConfig:
     push_pull_interval_s: float = 10.0
     #: Seconds between discovery broadcasts while no member is known (x6 afterwards).
     discovery_interval_s: float = 5.0
-    #: Seconds between application heartbeats (seed 001), sent to ``fanout`` members;
+    #: Seconds between application heartbeats, sent to ``fanout`` members;
     #: they carry the state version so that peers pull newer state.
     heartbeat_interval_s: float = 5.0
 

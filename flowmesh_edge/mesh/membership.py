@@ -20,9 +20,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .address import Address
 from .config import MeshConfig
 from .suspicion import Suspicion
-from .wire import Address, MessageType, Update
+from .wire import MessageType, Update
 
 ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
 
@@ -37,28 +38,28 @@ class PeerInfo:
     incarnation: int
     status_since: float  #: loop time of the last status change
     meta: dict = field(default_factory=dict)
-    #: Wall-clock time of the last datagram received from the peer itself.
-    last_heartbeat: float | None = None
-    #: The peer's versioned state (seed 001's local state) and its version.
+    #: Wall-clock time of the last datagram (of any type) received from the peer itself.
+    last_heard: float | None = None
+    #: The peer's versioned state (fps, battery...; see state_sync.py) and its version.
     node_state: dict = field(default_factory=dict)
     version: int = 0
 
     @property
     def ip_address(self) -> str:
-        return self.address[0]
+        return self.address.host
 
     @property
     def port(self) -> int:
-        return self.address[1]
+        return self.address.port
 
     def is_alive(self) -> bool:
         return self.status == ALIVE
 
     def to_dict(self) -> dict:
         return {
-            "node_id": self.node_id, "address": list(self.address), "status": self.status,
+            "node_id": self.node_id, "address": str(self.address), "status": self.status,
             "incarnation": self.incarnation, "meta": self.meta,
-            "last_heartbeat": self.last_heartbeat, "node_state": self.node_state,
+            "last_heard": self.last_heard, "node_state": self.node_state,
             "version": self.version,
         }
 
@@ -106,7 +107,8 @@ class MemberList:
     def get(self, node_id: str) -> PeerInfo | None:
         return self.members.get(node_id)
 
-    def live(self) -> list[PeerInfo]:
+    def alive_or_suspect(self) -> list[PeerInfo]:
+        """Members not known dead: the ones worth probing and gossiping to."""
         return [m for m in self.members.values() if m.status != DEAD]
 
     def alive(self) -> list[PeerInfo]:
@@ -143,7 +145,7 @@ class MemberList:
             return Outcome()
         previous = m.status
         self._set(m, ALIVE, u.incarnation)
-        if u.address[0]:
+        if u.address.host:
             m.address = u.address
         if u.meta:
             m.meta = decode_meta(u.meta)

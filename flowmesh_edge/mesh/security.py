@@ -65,7 +65,8 @@ class ReplayGuard:
             return "replayed"
         if seq > highest:
             shift = seq - highest
-            bitmap = ((bitmap << shift) | (1 << (shift - 1))) if shift < self.window else 0
+            # the old highest is now ``shift`` behind: still in the window when shift <= window
+            bitmap = ((bitmap << shift) | (1 << (shift - 1))) if shift <= self.window else 0
             state[1], state[2] = seq, bitmap & ((1 << self.window) - 1)
             self._state.move_to_end(sender)
             return None

@@ -6,6 +6,11 @@ in-memory network takes seconds and, with seeded randomness, gives the same
 result every run. Only in-memory transports belong there: real sockets would
 see no time pass.
 
+Nodes started by ``start_mesh`` read the wall clock from the loop too
+(``virtual_wall_clock``), so what hangs on it (a node's start incarnation,
+frame timestamps) follows virtual time: a node restarted a virtual minute
+later starts a minute's worth of incarnations higher, as a real one would.
+
 ``start_mesh`` starts n nodes on a network and joins them through the first.
 """
 
@@ -13,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TypeVar
 
+from .address import Address
 from .config import MeshConfig
 from .node import MeshNode
 from .transport import InMemoryNetwork
@@ -48,6 +54,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return self.virtual_now
 
 
+#: Wall-clock time (Unix seconds) at virtual loop time 0.
+VIRTUAL_EPOCH = 1_700_000_000.0
+
+
+def virtual_wall_clock() -> float:
+    """Wall-clock seconds on the running loop: the epoch plus its (virtual) time."""
+    return VIRTUAL_EPOCH + asyncio.get_running_loop().time()
+
+
 def run_virtual(coro: Coroutine[object, object, T]) -> T:
     loop = VirtualTimeLoop()
     try:
@@ -69,13 +84,26 @@ async def start_mesh(n: int, network: InMemoryNetwork, *, mesh_key: bytes = b"si
     """Start ``n`` nodes on ``network``, each joining through the first."""
     nodes: list[MeshNode] = []
     for i in range(n):
-        transport = network.transport()
-        node = MeshNode(f"{prefix}-{i:03d}", port=transport.address[1], mesh_key=mesh_key,
-                        bind=transport.address[0], config=config, transport=transport,
-                        peers=[nodes[0].address] if nodes else [], seed=seed + i)
-        await node.start()
-        nodes.append(node)
+        nodes.append(await start_node(f"{prefix}-{i:03d}", network, mesh_key=mesh_key, config=config,
+                                      peers=[nodes[0].address] if nodes else [], seed=seed + i))
     return nodes
+
+
+async def start_node(node_id: str, network: InMemoryNetwork, *, mesh_key: bytes = b"simulation-mesh-key!",
+                     config: MeshConfig | None = None, peers: list[Address] | None = None,
+                     seed: int | None = None, wall_clock: Callable[[], float] | None = None) -> MeshNode:
+    """Start one node on ``network`` (a new process, as far as the mesh can tell).
+
+    Its wall clock is ``virtual_wall_clock`` on a virtual-time loop, unless given.
+    """
+    transport = network.transport()
+    wall = wall_clock
+    if wall is None and isinstance(asyncio.get_running_loop(), VirtualTimeLoop):
+        wall = virtual_wall_clock
+    node = MeshNode(node_id, mesh_key=mesh_key, config=config, transport=transport, peers=peers or [],
+                    seed=seed, wall_clock=wall)
+    await node.start()
+    return node
 
 
 async def converge(nodes: list[MeshNode], timeout: float = 10.0) -> float:

@@ -1,4 +1,4 @@
-"""Versioned node state (seed 001's local state: fps, battery, location...).
+"""Versioned node state (a member's own facts: fps, battery, location...): the merge rule.
 
 Each node owns its state. A local update bumps the version; remote copies
 merge by (incarnation, version): a restarted node (higher incarnation) wins

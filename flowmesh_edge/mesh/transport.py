@@ -6,7 +6,10 @@
   tests are fast and reproducible (run them on a fast-forwarding loop clock).
 
 A transport never interprets bytes: it hands every datagram to the receiver
-callback, which must not raise.
+callback, which must not raise. Addresses name their transport
+(:class:`~flowmesh_edge.mesh.address.Address`): a transport reports where a
+datagram came from as one of its own addresses, and refuses (counts as an
+error) a send to another transport's address.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .wire import Address
+from .address import UDP, Address
 
 Receiver = Callable[[bytes, Address], None]
 
 
 class Transport(ABC):
+    #: The transport's name, as addresses carry it (``udp``).
+    name: str
     #: The address peers reach this transport at.
     address: Address
 
@@ -48,16 +53,20 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.errors = errors
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self.receiver(data, (addr[0], addr[1]))
+        self.receiver(data, Address(UDP, addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:  # ICMP unreachable etc.
         self.errors[0] += 1
 
 
 class UdpTransport(Transport):
+    """UDP on one socket. Port 0 binds a free port: ``address`` then has the real one."""
+
+    name = UDP
+
     def __init__(self, bind: str, port: int, broadcast_address: str | None = None):
         self.bind = bind
-        self.address = (bind, port)
+        self.address = Address(UDP, bind, port)
         self.broadcast_address = broadcast_address
         self.errors = [0]
         self._transport: asyncio.DatagramTransport | None = None
@@ -70,26 +79,29 @@ class UdpTransport(Transport):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.setblocking(False)
         try:
-            sock.bind(self.address)
+            sock.bind((self.address.host, self.address.port))
         except OSError:
             sock.close()
             raise
         self._transport, _ = await loop.create_datagram_endpoint(
             lambda: _UdpProtocol(receiver, self.errors), sock=sock)
-        self.address = (self.bind, sock.getsockname()[1])
+        self.address = Address(UDP, self.bind, sock.getsockname()[1])
 
     def send(self, data: bytes, address: Address) -> None:
         if self._transport is None or self._transport.is_closing():
             return
+        if address.transport != UDP:
+            self.errors[0] += 1
+            return
         try:
-            self._transport.sendto(data, address)
+            self._transport.sendto(data, (address.host, address.port))
         except OSError:
             self.errors[0] += 1
 
     def broadcast(self, data: bytes) -> bool:
         if not self.broadcast_address:
             return False
-        self.send(data, (self.broadcast_address, self.address[1]))
+        self.send(data, Address(UDP, self.broadcast_address, self.address.port))
         return True
 
     async def close(self) -> None:
@@ -111,8 +123,8 @@ class InMemoryNetwork:
     def __init__(self, seed: int = 0, conditions: LinkConditions | None = None):
         self.rng = random.Random(seed)
         self.default = conditions or LinkConditions()
-        self.links: dict[tuple[str, str], LinkConditions] = {}
-        self.blocked: set[tuple[str, str]] = set()
+        self.links: dict[tuple[Address, Address], LinkConditions] = {}
+        self.blocked: set[tuple[Address, Address]] = set()
         self.nodes: dict[Address, InMemoryTransport] = {}
         self.delivered = 0
         self.dropped = 0
@@ -120,7 +132,7 @@ class InMemoryNetwork:
 
     def transport(self, host: str = "mem") -> InMemoryTransport:
         self._next_port += 1
-        return InMemoryTransport(self, (host, self._next_port))
+        return InMemoryTransport(self, Address(InMemoryTransport.name, host, self._next_port))
 
     def block(self, a: Address, b: Address) -> None:
         """Cut the link between two addresses, both ways."""
@@ -144,6 +156,8 @@ class InMemoryNetwork:
 
 
 class InMemoryTransport(Transport):
+    name = "mem"
+
     def __init__(self, network: InMemoryNetwork, address: Address):
         self.network = network
         self.address = address
@@ -186,6 +200,10 @@ class LossyTransport(Transport):
         self.loss = loss
         self.rng = random.Random(seed)
         self.dropped = 0
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.inner.name
 
     @property
     def address(self) -> Address:  # type: ignore[override]

@@ -2,10 +2,10 @@
 
 Every datagram is one frame (all integers big-endian)::
 
-    u8   version (1)
+    u8   version (2)
     u8   type (MessageType)
     u8   flags (reserved, 0)
-    u8   L, then L bytes: sender node id, UTF-8, 1..64 bytes
+    u8   L, then L bytes: sender node id, UTF-8, 1..NODE_ID_MAX_BYTES (128) bytes
     u32  sender incarnation        } replay protection: per-sender window over
     u32  sender datagram sequence  } (incarnation, sequence), and a bounded
     u32  sender clock, Unix seconds} clock skew
@@ -14,21 +14,25 @@ Every datagram is one frame (all integers big-endian)::
     16   tag: HMAC-SHA256 of everything before it, under the mesh key, truncated
 
 A frame is at most MAX_DATAGRAM bytes (below a 1500-byte Ethernet MTU with
-IPv6 and UDP headers). A heartbeat with a 16-character node id is 60 bytes.
+IPv6 and UDP headers). A heartbeat with a 16-character node id is 62 bytes,
+under 200 with a 128-byte one.
 
 Membership update (piggybacked, or the body of SUSPECT/ALIVE/DEAD)::
 
     u8 kind (ALIVE/SUSPECT/DEAD)  str node  u32 incarnation  addr  str from  bytes meta
 
 Application messages (state sync, search, alerts, hash registry, route
-broadcasts, acks, search results) share one envelope::
+broadcasts, direct messages, acks, search results) share one envelope::
 
     str origin  u32 message id  u8 ttl  u8 hop limit  str destination ("" = everyone)
     u8 path length, then that many str (the nodes it went through)
     rest: payload, compact JSON
 
-``str`` is u8 length + UTF-8; ``addr`` is str host + u16 port; ``bytes`` is
-u16 length + bytes.
+``str`` is u8 length + UTF-8; ``addr`` is str transport + str host + u16 port
+(``udp``, ``192.0.2.7``, 9999: 18 bytes); ``bytes`` is u16 length + bytes.
+
+Version 2 added the transport name to every address (version 1 had host and
+port only) and the DIRECT type; a version 1 frame is dropped as ``version``.
 """
 
 from __future__ import annotations
@@ -38,14 +42,21 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-WIRE_VERSION = 1
+from flowmesh.limits import NODE_ID_MAX_BYTES
+
+from .address import NOWHERE, Address
+
+WIRE_VERSION = 2
 MAX_DATAGRAM = 1400
 TAG_LEN = 16
-MAX_ID_LEN = 64
+#: Node ids on the wire: the one limit the database and the agent use too.
+MAX_ID_LEN = NODE_ID_MAX_BYTES
+#: Transport names on the wire (see address.py).
+MAX_TRANSPORT_LEN = 16
 
 
 class MessageType(IntEnum):
-    # application messages (seed 001's numbering)
+    # application messages; these numbers are the protocol's, never reuse one
     HEARTBEAT = 1
     PEER_DISCOVERY = 2
     NODE_STATE_SYNC = 3
@@ -55,6 +66,8 @@ class MessageType(IntEnum):
     ROUTE_BROADCAST = 7
     ACK = 8
     SEARCH_RESULT = 9
+    #: A message to one member (send()); ROUTE_BROADCAST is for everyone.
+    DIRECT = 10
     # failure detector (SWIM)
     PING = 16
     PING_REQ = 17
@@ -71,7 +84,7 @@ class MessageType(IntEnum):
 ENVELOPE_TYPES = frozenset({
     MessageType.NODE_STATE_SYNC, MessageType.SEARCH_QUERY, MessageType.ALERT,
     MessageType.HASH_REGISTRY, MessageType.ROUTE_BROADCAST, MessageType.ACK,
-    MessageType.SEARCH_RESULT,
+    MessageType.SEARCH_RESULT, MessageType.DIRECT,
 })
 #: Kinds a membership update can have.
 UPDATE_KINDS = (MessageType.ALIVE, MessageType.SUSPECT, MessageType.DEAD)
@@ -85,9 +98,6 @@ class WireError(ValueError):
         self.reason = reason
 
 
-Address = tuple[str, int]
-
-
 @dataclass(frozen=True)
 class Update:
     """A membership fact: node is ALIVE/SUSPECT/DEAD at this incarnation."""
@@ -95,7 +105,7 @@ class Update:
     kind: MessageType
     node: str
     incarnation: int
-    address: Address = ("", 0)
+    address: Address = NOWHERE
     origin: str = ""  # who says so (suspicion confirmations count distinct origins)
     meta: bytes = b""
 
@@ -164,7 +174,11 @@ class _Reader:
         return self.take(self.u16())
 
     def addr(self) -> Address:
-        return (self.str(), self.u16())
+        transport, host, port = self.str(max_len=MAX_TRANSPORT_LEN), self.str(), self.u16()
+        try:
+            return Address(transport, host, port)
+        except ValueError as exc:
+            raise WireError("malformed", str(exc)) from None
 
     def rest(self) -> bytes:
         chunk = self.buf[self.pos:]
@@ -184,7 +198,8 @@ def _str(value: str, *, max_len: int = 255) -> bytes:
 
 
 def _addr(address: Address) -> bytes:
-    return _str(address[0]) + struct.pack(">H", address[1])
+    return (_str(address.transport, max_len=MAX_TRANSPORT_LEN) + _str(address.host)
+            + struct.pack(">H", address.port))
 
 
 def _bytes16(value: bytes) -> bytes:

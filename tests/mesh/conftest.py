@@ -1,4 +1,10 @@
-"""Mesh tests must clean up after themselves: no leaked threads or tasks."""
+"""Mesh tests must clean up after themselves: no leaked threads or tasks.
+
+Hypothesis runs under the ``mesh`` profile: no per-example deadline (a busy
+two-core machine shared with other work makes timing flaky, and speed is the
+benchmarks' business), and a fixed number of examples so that a run costs
+the same every time. Tests that need more or fewer say so with ``@settings``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,10 @@ import asyncio
 import threading
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("mesh", deadline=None, max_examples=100, print_blob=True)
+settings.load_profile("mesh")
 
 
 @pytest.fixture(autouse=True)

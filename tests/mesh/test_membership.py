@@ -7,6 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flowmesh_edge.mesh.address import Address
 from flowmesh_edge.mesh.broadcast import SeenSet, TransmitLimitedQueue
 from flowmesh_edge.mesh.config import MeshConfig
 from flowmesh_edge.mesh.membership import MemberList
@@ -30,7 +31,7 @@ def members(clock=None, **cfg):
 
 
 def up(kind, node, inc, origin="x"):
-    return Update(kind, node, inc, ("h", 1), origin)
+    return Update(kind, node, inc, Address.udp("h", 1), origin)
 
 
 def test_join_suspect_refute_and_recover():

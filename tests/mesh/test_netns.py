@@ -28,7 +28,7 @@ MEMBER = textwrap.dedent("""
         await node.start({"role": sys.argv[1]})
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            alive = {k: list(p.address) for k, p in node.peers().items() if p.status == "alive"}
+            alive = {k: str(p.address) for k, p in node.peers().items() if p.status == "alive"}
             if alive:
                 await asyncio.sleep(1)  # let the other side see us too
                 print(json.dumps(alive), flush=True)
@@ -86,5 +86,5 @@ def test_members_on_one_lan_find_each_other_by_broadcast(two_hosts):
             out, err = p.communicate()
         assert p.returncode == 0, err
         outputs.append(json.loads(out.strip().splitlines()[-1]))
-    assert outputs[0] == {"pi-b": ["10.231.7.2", 9999]}
-    assert outputs[1] == {"pi-a": ["10.231.7.1", 9999]}
+    assert outputs[0] == {"pi-b": "udp:10.231.7.2:9999"}
+    assert outputs[1] == {"pi-a": "udp:10.231.7.1:9999"}

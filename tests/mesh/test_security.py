@@ -35,6 +35,43 @@ def test_replay_window():
     assert g.check("b", 1, 1, 100, 200) == "skew"
 
 
+def test_replay_window_accepts_every_fresh_sequence_and_refuses_every_replay():
+    g = ReplayGuard(window=8, max_skew_s=0)
+    fresh = list(range(1, 21))
+    assert [g.check("a", 1, s, 0, 0) for s in fresh] == [None] * 20  # in order: all new
+    assert [g.check("a", 1, s, 0, 0) for s in fresh] == ["replayed"] * 20
+    g = ReplayGuard(window=8, max_skew_s=0)
+    assert g.check("a", 1, 100, 0, 0) is None
+    late = list(range(99, 91, -1))  # 1 to 8 behind the highest: inside the window
+    assert [g.check("a", 1, s, 0, 0) for s in late] == [None] * 8
+    assert [g.check("a", 1, s, 0, 0) for s in late] == ["replayed"] * 8
+    assert g.check("a", 1, 91, 0, 0) == "replayed"  # 9 behind: outside, refused though never seen
+
+
+def test_replay_window_edge_after_a_jump_of_exactly_the_window():
+    g = ReplayGuard(window=8, max_skew_s=0)
+    assert g.check("a", 1, 100, 0, 0) is None
+    assert g.check("a", 1, 108, 0, 0) is None
+    assert g.check("a", 1, 100, 0, 0) == "replayed"  # 8 behind, inside the window, seen
+    assert g.check("a", 1, 101, 0, 0) is None  # 7 behind, never seen
+    assert g.check("a", 1, 117, 0, 0) is None  # a jump past the window forgets everything...
+    assert g.check("a", 1, 108, 0, 0) == "replayed"  # ...which is then too old anyway
+
+
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=60), st.integers(1, 8))
+def test_replay_window_matches_its_definition(seqs, window):
+    """Accepted exactly when never seen and no more than ``window`` behind the highest."""
+    g = ReplayGuard(window=window, max_skew_s=0)
+    seen: set[int] = set()
+    highest = None
+    for s in seqs:
+        fresh = s not in seen and (highest is None or s >= highest - window)
+        assert (g.check("n", 7, s, 0, 0) is None) == fresh, (s, sorted(seen), highest)
+        if fresh:
+            seen.add(s)
+            highest = s if highest is None else max(highest, s)
+
+
 @given(st.permutations(list(range(1, 65))))
 def test_each_sequence_accepted_exactly_once_in_any_order(order):
     g = ReplayGuard(window=64, max_skew_s=0)

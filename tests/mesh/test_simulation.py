@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from flowmesh.limits import NODE_ID_MAX_BYTES
 from flowmesh_edge.mesh import InMemoryNetwork, LinkConditions, MessageType
-from flowmesh_edge.mesh.simulation import converge, crash, run_virtual, start_mesh
+from flowmesh_edge.mesh.simulation import (
+    converge,
+    crash,
+    run_virtual,
+    start_mesh,
+    start_node,
+    virtual_wall_clock,
+)
 from tests.conftest import until
 
 
@@ -104,7 +114,7 @@ def test_multi_hop_delivery_around_a_broken_link_with_the_path_recorded():
         net.block(a.address, c.address)  # a and c cannot hear each other; b hears both
         await asyncio.sleep(3)
         got = []
-        c.on(MessageType.ROUTE_BROADCAST, got.append)
+        c.on(MessageType.DIRECT, got.append)
         await a.send(c.node_id, {"hello": "c"})
         await until(lambda: got, 2)
         states = (a.peers()[c.node_id].status, c.peers()[a.node_id].status)
@@ -159,24 +169,89 @@ def test_state_updates_spread_and_anti_entropy_repairs_a_miss():
 
 
 def test_graceful_leave_and_restart_with_higher_incarnation():
+    """A restarted process rejoins because it starts later: its incarnation is its
+    start time in seconds (virtual time here), above everything its past self used."""
+
     async def main():
         net = InMemoryNetwork(seed=8)
         nodes = await start_mesh(4, net)
         await converge(nodes)
         events = []
         nodes[0].on_member(lambda e, p: events.append((e.kind, e.node_id)))
-        await nodes[3].stop()  # leaves
+        gone = nodes[3]
+        await gone.stop()  # leaves
         await until(lambda: nodes[0].peers()["node-003"].status == "dead", 2)
-        from flowmesh_edge.mesh import MeshNode
-        t = net.transport()
-        again = MeshNode("node-003", port=t.address[1], bind=t.address[0], transport=t,
-                         mesh_key=b"simulation-mesh-key!", peers=[nodes[0].address])
-        again.incarnation = nodes[0].peers()["node-003"].incarnation + 1
-        await again.start()
+        await asyncio.sleep(5)  # the process is restarted a little later
+        again = await start_node("node-003", net, peers=[nodes[0].address])
         await until(lambda: nodes[0].peers()["node-003"].status == "alive", 5)
+        got = []
+        nodes[1].on(MessageType.ROUTE_BROADCAST, got.append)
+        await again.broadcast({"back": True})  # its message ids are not taken for old ones
+        await until(lambda: got, 2)
         await stop_all(nodes[:3] + [again])
-        return events
+        return events, gone.incarnation, again.incarnation, again.stats()["refutations"]
 
-    events = run_virtual(main())
+    events, before, after, refutations = run_virtual(main())
     assert ("left", "node-003") in events
     assert ("recovered", "node-003") in events
+    assert after >= before + 5 and refutations == 0  # outranked by the clock alone
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect: members' replay windows refuse every frame below the past self's "
+    "incarnation as replayed, so the restarted node is never told it is dead"))
+def test_restart_with_a_clock_behind_is_told_and_refutes():
+    """A device whose clock went back (no real-time clock, corrected later), or one that
+    refuted a few times and restarted within as many seconds, restarts below its past
+    self's incarnation: members holding it dead should tell it so, and it refute with a
+    higher one instead of staying dead."""
+
+    async def main():
+        net = InMemoryNetwork(seed=9)
+        nodes = await start_mesh(3, net)
+        await converge(nodes)
+        old = nodes[2]
+        await crash(old)
+        await until(lambda: all(n.peers()["node-002"].status == "dead" for n in nodes[:2]), 5)
+        again = await start_node("node-002", net, peers=[nodes[0].address],
+                                 wall_clock=lambda: virtual_wall_clock() - 30)  # within the skew bound
+        started_at = again.incarnation
+        await until(lambda: all(n.peers()["node-002"].status == "alive" for n in nodes[:2]), 5)
+        await stop_all(nodes[:2] + [again])
+        return old.incarnation, started_at, again.incarnation, again.stats()["refutations"]
+
+    before, started_at, after, refutations = run_virtual(main())
+    assert started_at < before < after and refutations >= 1
+
+
+def test_members_with_the_longest_ids_gossip_heartbeat_route_and_alert(caplog):
+    """Node ids of NODE_ID_MAX_BYTES (the limit Postgres shares) fit every frame."""
+
+    async def main():
+        net = InMemoryNetwork(seed=14)
+        prefix = "n" * (NODE_ID_MAX_BYTES - 4)
+        nodes = await start_mesh(5, net, prefix=prefix)
+        assert {len(n.node_id.encode()) for n in nodes} == {NODE_ID_MAX_BYTES}
+        await converge(nodes)
+        a, c = nodes[0], nodes[2]
+        net.block(a.address, c.address)  # routed messages must carry a path
+        got = []
+        c.on(MessageType.DIRECT, got.append)
+        nodes[1].update_state({"fps": 25, "note": "x" * 200})
+        report = await nodes[3].broadcast_alert({"type": "intrusion"}, priority="critical")
+        await asyncio.sleep(2 * nodes[0].config.heartbeat_interval_s + 1)
+        await a.send(c.node_id, {"hello": "c"})
+        await until(lambda: got, 2)
+        stats = [n.stats() for n in nodes]
+        states = [n.peers()[nodes[1].node_id].node_state for n in nodes if n is not nodes[1]]
+        await stop_all(nodes)
+        return report, got, stats, states
+
+    report, got, stats, states = run_virtual(main())
+    assert report.complete and len(report.acked) == 4
+    assert got[0].payload == {"hello": "c"} and len(got[0].path) == 1
+    assert all(s == {"fps": 25, "note": "x" * 200} for s in states)
+    for s in stats:
+        assert s["dropped_total"] == 0, s["dropped"]
+        assert s["received_by_type"]["HEARTBEAT"] > 0 and s["received_by_type"]["GOSSIP"] > 0
+    assert "too large" not in caplog.text

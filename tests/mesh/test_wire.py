@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flowmesh.limits import NODE_ID_MAX_BYTES
 from flowmesh_edge.mesh import wire
+from flowmesh_edge.mesh.address import Address
 from flowmesh_edge.mesh.security import MacKey
 from flowmesh_edge.mesh.wire import Envelope, Frame, MessageType, Update, WireError
 
@@ -14,7 +16,8 @@ KEY = MacKey(b"0123456789abcdef0123456789abcdef")
 
 ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=16)
 u32 = st.integers(0, 2**32 - 1)
-addresses = st.tuples(st.text(max_size=20), st.integers(0, 65535))
+addresses = st.builds(Address, st.sampled_from(["udp", "mem", "ws", "ble-gatt"]), st.text(max_size=20),
+                      st.integers(0, 65535))
 updates = st.builds(Update, st.sampled_from(wire.UPDATE_KINDS), ids, u32, addresses,
                     st.one_of(st.just(""), ids), st.binary(max_size=40))
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
@@ -64,13 +67,13 @@ def test_every_truncation_is_refused(ups, data):
         wire.decode_frame(signed[:cut])
 
 
-def test_heartbeat_fits_in_200_bytes_with_a_64_byte_id():
-    body = wire.encode_heartbeat(2**32 - 1, ("255.255.255.255", 65535))
-    frame = Frame(MessageType.HEARTBEAT, "n" * 64, 2**32 - 1, 2**32 - 1, 2**32 - 1, body)
+def test_heartbeat_fits_in_200_bytes_with_the_longest_id():
+    body = wire.encode_heartbeat(2**32 - 1, Address.udp("255.255.255.255", 65535))
+    frame = Frame(MessageType.HEARTBEAT, "n" * NODE_ID_MAX_BYTES, 2**32 - 1, 2**32 - 1, 2**32 - 1, body)
     datagram = wire.encode_frame(frame, KEY.sign)
     assert len(datagram) <= 200, len(datagram)
     short = wire.encode_frame(Frame(MessageType.HEARTBEAT, "camera_001", 1, 1, 1,
-                                    wire.encode_heartbeat(3, ("", 9999))), KEY.sign)
+                                    wire.encode_heartbeat(3, Address.udp("", 9999))), KEY.sign)
     assert len(short) < 64
 
 
@@ -84,7 +87,7 @@ def test_limits():
         wire.split_tag(b"x" * 10)
     assert info.value.reason == "truncated"
     with pytest.raises(ValueError):
-        wire.encode_envelope(Envelope("n" * 65, 1, {}))
+        wire.encode_envelope(Envelope("n" * (NODE_ID_MAX_BYTES + 1), 1, {}))
 
 
 def test_unknown_version_and_type_are_named():
@@ -104,3 +107,21 @@ def test_envelope_payload_must_be_a_json_object():
         wire.decode_envelope(good[:-7] + b"[1,2,3]")
     with pytest.raises(WireError):
         wire.decode_envelope(good[:-7] + b"\xff\xfe")
+
+
+def test_addresses_carry_their_transport_and_a_bad_transport_name_is_malformed():
+    update = Update(MessageType.ALIVE, "a", 1, Address("ws", "relay.example", 443), "a")
+    raw = wire.encode_update(update)
+    assert wire.decode_update(raw).address == Address("ws", "relay.example", 443)
+    bad = raw.replace(b"\x02ws", b"\x02W!")
+    with pytest.raises(WireError) as info:
+        wire.decode_update(bad)
+    assert info.value.reason == "malformed"
+
+
+def test_ids_up_to_the_shared_limit_pass_and_longer_ones_do_not():
+    longest = "n" * NODE_ID_MAX_BYTES
+    frame = Frame(MessageType.PING, longest, 1, 1, 1, wire.encode_ping(1, longest))
+    assert roundtrip(frame) == frame
+    with pytest.raises(ValueError):
+        wire.encode_frame(Frame(MessageType.PING, longest + "n", 1, 1, 1, b""), KEY.sign)

@@ -1,0 +1,191 @@
+"""Dissemination: how facts and messages spread, and how members find each other.
+
+Two gossip queues (``broadcast.TransmitLimitedQueue``): membership updates,
+piggybacked on every datagram with room left, and application envelopes.
+Four periodic tasks:
+
+* **gossip** every ``gossip_interval_s`` while anything is queued: a GOSSIP
+  frame to ``fanout`` random members, envelopes taking up to two thirds of
+  the datagram so that updates still ride along;
+* **push-pull** every ``push_pull_interval_s`` (+-10% jitter): our whole
+  membership to one random member, which answers with its own (anti-entropy);
+* **discovery** every ``discovery_interval_s`` while alone (6x that once
+  anyone is known): PEER_DISCOVERY to each bootstrap peer and to the LAN
+  broadcast address; the receiver adds us and answers with its membership;
+* **heartbeats** every ``heartbeat_interval_s``: a HEARTBEAT with our state
+  version to ``fanout`` alive members, which pull our state when theirs is older.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from .address import Address
+from .broadcast import TransmitLimitedQueue
+from .wire import (
+    ENVELOPE_TYPES,
+    MAX_DATAGRAM,
+    Envelope,
+    Frame,
+    MessageType,
+    Update,
+    WireError,
+    decode_discovery,
+    decode_envelope,
+    decode_gossip,
+    decode_heartbeat,
+    decode_update,
+    encode_discovery,
+    encode_envelope,
+    encode_gossip,
+    encode_heartbeat,
+    encode_update,
+    frame_overhead,
+)
+
+if TYPE_CHECKING:
+    from .config import MeshConfig
+    from .membership import MemberList, PeerInfo
+    from .state_sync import StateSync
+
+#: Bytes a gossip body spends per entry (its u16 length).
+_ENTRY_OVERHEAD = 2
+
+
+class Host(Protocol):
+    """The engine, as dissemination sees it."""
+
+    node_id: str
+    config: MeshConfig
+    members: MemberList
+    bootstrap: list[Address]
+    meta: dict
+    state_sync: StateSync
+
+    @property
+    def address(self) -> Address: ...
+    def send_frame(self, mtype: MessageType, body: bytes, address: Address,
+                   piggyback: bool = True) -> None: ...
+    def broadcast_frame(self, mtype: MessageType, body: bytes) -> bool: ...
+    def apply(self, update: Update, sender: str, addr: Address) -> None: ...
+    def on_envelope(self, mtype: MessageType, env: Envelope, sender: str) -> None: ...
+    def self_update(self) -> Update: ...
+
+
+class Dissemination:
+    def __init__(self, host: Host, rng: random.Random):
+        self.host = host
+        self.rng = rng
+
+        def limit() -> int:
+            return host.config.retransmit_limit(host.members.size())
+
+        self.updates = TransmitLimitedQueue(limit)
+        self.messages = TransmitLimitedQueue(limit)
+        # envelopes take up to two thirds of a gossip datagram; updates ride in the rest
+        self.message_budget = (MAX_DATAGRAM - frame_overhead(host.node_id, 1)) * 2 // 3
+
+    def _sample(self, members: list[PeerInfo], k: int) -> list[PeerInfo]:
+        return self.rng.sample(members, min(k, len(members)))
+
+    # -- queues ------------------------------------------------------------------------
+    def queue_update(self, update: Update) -> None:
+        """Gossip a membership fact; it replaces any queued fact about the same member."""
+        self.updates.queue(update.node, encode_update(update))
+
+    def piggyback(self, body_len: int) -> list[bytes]:
+        """Queued updates that fit beside a body of ``body_len`` bytes."""
+        if not len(self.updates):
+            return []
+        return self.updates.take(MAX_DATAGRAM - frame_overhead(self.host.node_id, body_len))[:255]
+
+    def entry(self, mtype: MessageType, env: Envelope) -> bytes | None:
+        """``env`` as a gossip entry, or None when it cannot fit in a gossip datagram."""
+        raw = bytes((mtype,)) + encode_envelope(env)
+        return raw if len(raw) + _ENTRY_OVERHEAD <= self.message_budget else None
+
+    def queue_message(self, env: Envelope, raw_entry: bytes) -> None:
+        self.messages.queue(f"{env.origin}:{env.message_id}", raw_entry)
+
+    # -- periodic tasks (each returns the delay until its next run) ---------------------------
+    async def gossip_round(self) -> float:
+        host = self.host
+        if len(self.updates) or len(self.messages):
+            for target in self._sample(host.members.alive_or_suspect(), host.config.fanout):
+                entries = self.messages.take(self.message_budget, overhead=_ENTRY_OVERHEAD)[:255]
+                host.send_frame(MessageType.GOSSIP, encode_gossip(entries), target.address)
+        return host.config.gossip_interval_s
+
+    async def push_pull_round(self) -> float:
+        candidates = self.host.members.alive_or_suspect()
+        if candidates:
+            self.send_membership(self.rng.choice(candidates).address, reply_wanted=True)
+        jitter = 1 + (self.rng.random() - 0.5) * 0.2
+        return self.host.config.push_pull_interval_s * jitter
+
+    async def discovery_round(self) -> float:
+        host = self.host
+        meta = json.dumps(host.meta, separators=(",", ":")).encode() if host.meta else b""
+        body = encode_discovery(host.self_update().address, meta)
+        for peer in host.bootstrap:
+            if peer != host.address:
+                host.send_frame(MessageType.PEER_DISCOVERY, body, peer)
+        host.broadcast_frame(MessageType.PEER_DISCOVERY, body)
+        alone = not host.members.alive_or_suspect()
+        return host.config.discovery_interval_s * (1 if alone else 6)
+
+    async def heartbeat_round(self) -> float:
+        host = self.host
+        body = encode_heartbeat(host.state_sync.version, host.self_update().address)
+        for m in self._sample(host.members.alive(), host.config.fanout):
+            host.send_frame(MessageType.HEARTBEAT, body, m.address)
+        return host.config.heartbeat_interval_s
+
+    def send_membership(self, address: Address, reply_wanted: bool) -> None:
+        """Our whole membership view, ourselves first, in as many frames as it takes."""
+        host = self.host
+        entries = [encode_update(host.self_update())] + [encode_update(u) for u in host.members.snapshot()]
+        room = MAX_DATAGRAM - frame_overhead(host.node_id, 2) - 64
+        chunk: list[bytes] = []
+        size = 0
+        for raw in entries:
+            if chunk and (size + len(raw) + _ENTRY_OVERHEAD > room or len(chunk) == 255):
+                host.send_frame(MessageType.MEMBERSHIP, bytes((reply_wanted,)) + encode_gossip(chunk),
+                                address, piggyback=False)
+                chunk, size = [], 0
+                reply_wanted = False  # one reply is enough
+            chunk.append(raw)
+            size += len(raw) + _ENTRY_OVERHEAD
+        host.send_frame(MessageType.MEMBERSHIP, bytes((reply_wanted,)) + encode_gossip(chunk), address,
+                        piggyback=False)
+
+    # -- handlers (the node's dispatch table points here) --------------------------------------
+    def frame_handlers(self) -> dict[MessageType, Callable[[Frame, Address], None]]:
+        return {MessageType.PEER_DISCOVERY: self.on_discovery, MessageType.MEMBERSHIP: self.on_membership,
+                MessageType.HEARTBEAT: self.on_heartbeat, MessageType.GOSSIP: self.on_gossip}
+
+    def on_discovery(self, frame: Frame, addr: Address) -> None:
+        address, meta = decode_discovery(frame.body)
+        self.host.apply(Update(MessageType.ALIVE, frame.sender, frame.incarnation, address, frame.sender,
+                               meta), frame.sender, addr)
+        self.send_membership(addr, reply_wanted=False)
+
+    def on_membership(self, frame: Frame, addr: Address) -> None:
+        reply_wanted = frame.body[:1] == b"\x01"
+        for raw in decode_gossip(frame.body[1:]):
+            self.host.apply(decode_update(raw), frame.sender, addr)
+        if reply_wanted:
+            self.send_membership(addr, reply_wanted=False)
+
+    def on_heartbeat(self, frame: Frame, addr: Address) -> None:
+        version, _ = decode_heartbeat(frame.body)
+        self.host.state_sync.heartbeat(frame.sender, frame.incarnation, version)
+
+    def on_gossip(self, frame: Frame, addr: Address) -> None:
+        for raw in decode_gossip(frame.body):
+            if not raw or raw[0] not in ENVELOPE_TYPES:
+                raise WireError("malformed", "gossip entry of no envelope type")
+            self.host.on_envelope(MessageType(raw[0]), decode_envelope(raw[1:]), frame.sender)

@@ -1,0 +1,194 @@
+"""The failure detector against a fake engine, in virtual time: probes, indirect
+probes, suspicion, death, refutation, relaying for others."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from flowmesh_edge.mesh.address import Address
+from flowmesh_edge.mesh.config import MeshConfig
+from flowmesh_edge.mesh.detector import FailureDetector
+from flowmesh_edge.mesh.simulation import run_virtual
+from flowmesh_edge.mesh.wire import (
+    Frame,
+    MessageType,
+    Update,
+    decode_ping,
+    decode_ping_req,
+    decode_probe_ack,
+    decode_update,
+    encode_ping,
+    encode_ping_req,
+    encode_probe_ack,
+)
+from tests.mesh.fakes import FakeHost
+
+CFG = MeshConfig()  # probe every 0.2 s, direct timeout 0.1 s, 3 indirect checks
+
+
+def setup(*members: str) -> tuple[FakeHost, FailureDetector]:
+    host = FakeHost(config=CFG)
+    host.join(*members)
+    return host, FailureDetector(host, random.Random(1))
+
+
+def frame(mtype: MessageType, sender: str, body: bytes, incarnation: int = 1) -> Frame:
+    return Frame(mtype, sender, incarnation, 1, 0, body)
+
+
+def test_a_member_that_answers_is_not_suspected():
+    async def main():
+        host, det = setup("b", "c")
+        probe = asyncio.create_task(det.probe(host.members.get("b")))
+        await asyncio.sleep(0.01)
+        (ping,) = host.sent_of(MessageType.PING)
+        probe_id, target = decode_ping(ping.body)
+        assert target == "b" and ping.address == host.members.get("b").address
+        det.on_probe_ack(frame(MessageType.PROBE_ACK, "b", encode_probe_ack(probe_id)), ping.address)
+        await probe
+        return host, det
+
+    host, det = run_virtual(main())
+    assert det.stats.probes == 1 and det.stats.probe_failures == 0 and det.stats.suspicions == 0
+    assert host.members.get("b").status == "alive" and host.sent_of(MessageType.PING_REQ) == []
+
+
+def test_a_silent_member_is_pinged_again_asked_about_and_then_suspected():
+    async def main():
+        host, det = setup("b", "c", "d", "e", "f")
+        await det.probe(host.members.get("b"))
+        return host, det
+
+    host, det = run_virtual(main())
+    assert len(host.sent_of(MessageType.PING)) == 2  # the probe, and one more try
+    reqs = host.sent_of(MessageType.PING_REQ)
+    assert len(reqs) == CFG.indirect_checks
+    assert {decode_ping_req(r.body)[1] for r in reqs} == {"b"}
+    helpers = {r.address for r in reqs}
+    assert host.members.get("b").address not in helpers and len(helpers) == 3
+    assert not host.route_table.direct_usable("b")
+    assert host.members.get("b").status == "suspect"
+    assert [(e.kind, e.node_id) for e in host.events] == [("suspect", "b")]
+    assert [(u.kind, u.node, u.origin) for u in host.queued] == [(MessageType.SUSPECT, "b", "me")]
+    s = det.stats
+    assert (s.probes, s.probe_failures, s.indirect_probes, s.suspicions) == (1, 1, 3, 1)
+
+
+def test_an_ack_through_a_helper_keeps_the_member_alive_and_teaches_a_route():
+    async def main():
+        host, det = setup("b", "c", "d")
+        probe = asyncio.create_task(det.probe(host.members.get("b")))
+        await asyncio.sleep(CFG.probe_timeout_s + 0.01)
+        probe_id = decode_ping_req(host.sent_of(MessageType.PING_REQ)[0].body)[0]
+        det.on_probe_ack(frame(MessageType.PROBE_ACK, "c", encode_probe_ack(probe_id)),
+                         host.members.get("c").address)
+        await probe
+        return host, det
+
+    host, det = run_virtual(main())
+    assert host.members.get("b").status == "alive" and det.stats.suspicions == 0
+    assert host.route_table.routes() == {"b": ("c", 2)}
+
+
+def test_pings_are_answered_and_misrouted_ones_counted():
+    host, det = setup("b")
+    src = Address.udp("10.0.0.9", 4000)
+    det.on_ping(frame(MessageType.PING, "b", encode_ping(77, "me")), src)
+    (ack,) = host.sent
+    assert ack.type == MessageType.PROBE_ACK and decode_probe_ack(ack.body) == 77 and ack.address == src
+    det.on_ping(frame(MessageType.PING, "b", encode_ping(78, "someone-else")), src)
+    assert len(host.sent) == 1 and host.dropped == {"misrouted": 1}
+
+
+def test_probing_for_another_member_passes_the_ack_back():
+    host, det = setup("b", "c")
+    asker = Address.udp("10.0.0.2", 9999)
+    target = Address.udp("10.0.0.3", 9999)
+    det.on_ping_req(frame(MessageType.PING_REQ, "b", encode_ping_req(555, "c", target)), asker)
+    (ping,) = host.sent
+    our_id, name = decode_ping(ping.body)
+    assert ping.address == target and name == "c"
+    det.on_probe_ack(frame(MessageType.PROBE_ACK, "c", encode_probe_ack(our_id)), target)
+    relayed = host.sent[-1]
+    assert relayed.type == MessageType.PROBE_ACK and relayed.address == asker
+    assert decode_probe_ack(relayed.body) == 555
+    det.on_probe_ack(frame(MessageType.PROBE_ACK, "c", encode_probe_ack(our_id)), target)
+    assert len(host.sent) == 2  # a second ack is not relayed again
+
+
+def test_an_accusation_is_refuted_with_a_higher_incarnation_once():
+    host, det = setup("b")
+    det.apply(Update(MessageType.SUSPECT, "me", 100, origin="b"), "b", Address.udp("10.0.0.2", 9999))
+    assert host.incarnation == 101 and det.stats.refutations == 1
+    assert host.queued[-1].kind == MessageType.ALIVE and host.queued[-1].incarnation == 101
+    det.apply(Update(MessageType.DEAD, "me", 100, origin="c"), "c", Address.udp("10.0.0.3", 9999))
+    assert host.incarnation == 101 and det.stats.refutations == 1  # already refuted
+    det.apply(Update(MessageType.DEAD, "me", 105, origin="c"), "c", Address.udp("10.0.0.3", 9999))
+    assert host.incarnation == 106 and det.stats.refutations == 2
+
+
+def test_a_member_held_suspect_is_told_so_when_it_talks_to_us():
+    host, det = setup("b")
+    b = host.members.get("b")
+    det.apply(Update(MessageType.SUSPECT, "b", 1, b.address, "c"), "c", b.address)
+    src = Address.udp("10.0.0.2", 9999)
+    det.check_accused(b, 1, src)
+    (told,) = host.sent
+    assert told.type == MessageType.SUSPECT and told.address == src and not told.piggyback
+    assert decode_update(told.body).node == "b"
+    det.check_accused(b, 2, src)  # it already speaks at a higher incarnation: it refuted
+    assert len(host.sent) == 1
+
+
+def test_a_member_bound_to_every_interface_is_taken_at_the_address_it_speaks_from():
+    host, det = setup()
+    det.apply(Update(MessageType.ALIVE, "n", 1, Address.udp("", 9999), "n"), "n",
+              Address.udp("192.0.2.7", 9999))
+    assert host.members.get("n").address == Address.udp("192.0.2.7", 9999)
+
+
+def test_suspicions_run_out_into_death_the_dead_are_reaped_and_stale_routes_dropped():
+    async def main():
+        host, det = setup("b", "c")
+        host.route_table.direct_failed("c")
+        host.route_table.learn("c", "b", 2)
+        b = host.members.get("b")
+        det.apply(Update(MessageType.SUSPECT, "b", 1, b.address, "c"), "c", b.address)
+        host.clock.t += CFG.suspicion_max_s(3) + 0.01
+        await det.tick()
+        status = host.members.get("b").status
+        host.clock.t += max(CFG.dead_reap_s, CFG.route_ttl_s) + 0.01
+        await det.tick()
+        return host, det, status
+
+    host, det, status = run_virtual(main())
+    assert status == "dead" and det.stats.deaths == 1
+    assert host.route_table._routes == {}
+    assert [(e.kind, e.node_id) for e in host.events] == [("suspect", "b"), ("dead", "b"), ("removed", "b")]
+
+
+def test_every_member_is_probed_once_per_round_in_a_shuffled_order():
+    async def main():
+        host, det = setup("b", "c", "d", "e")
+        targets = []
+        det.probe = lambda m: _record(targets, m)  # type: ignore[method-assign]
+        for _ in range(8):
+            await det.probe_round()
+        await asyncio.sleep(0)
+        return targets
+
+    async def _record(targets, member):
+        targets.append(member.node_id)
+
+    targets = run_virtual(main())
+    assert sorted(targets[:4]) == sorted(targets[4:]) == ["b", "c", "d", "e"]
+
+
+def test_leaving_tells_a_few_members_we_are_dead_by_our_own_word():
+    host, det = setup("b", "c", "d", "e", "f")
+    det.leave()
+    assert len(host.sent) == CFG.fanout
+    for s in host.sent:
+        bye = decode_update(s.body)
+        assert s.type == MessageType.DEAD and bye.node == bye.origin == "me" and not s.piggyback

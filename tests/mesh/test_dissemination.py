@@ -1,0 +1,154 @@
+"""Dissemination against a fake engine: what each periodic task sends, the
+membership exchange in frames that fit, and what the handlers do with frames."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from flowmesh.limits import NODE_ID_MAX_BYTES
+from flowmesh_edge.mesh.address import Address
+from flowmesh_edge.mesh.config import MeshConfig
+from flowmesh_edge.mesh.dissemination import Dissemination
+from flowmesh_edge.mesh.wire import (
+    MAX_DATAGRAM,
+    Envelope,
+    Frame,
+    MessageType,
+    Update,
+    WireError,
+    decode_discovery,
+    decode_gossip,
+    decode_heartbeat,
+    decode_update,
+    encode_discovery,
+    encode_envelope,
+    encode_gossip,
+    encode_heartbeat,
+    encode_update,
+    frame_overhead,
+)
+from tests.mesh.fakes import FakeHost
+
+CFG = MeshConfig()
+
+
+def setup(*members: str, node_id: str = "me", **host_args) -> tuple[FakeHost, Dissemination]:
+    host = FakeHost(node_id=node_id, config=CFG, **host_args)
+    host.join(*members)
+    return host, Dissemination(host, random.Random(3))
+
+
+def frame(mtype: MessageType, sender: str, body: bytes, incarnation: int = 1) -> Frame:
+    return Frame(mtype, sender, incarnation, 1, 0, body)
+
+
+def test_gossip_rounds_go_to_fanout_members_only_while_something_is_queued():
+    host, d = setup("b", "c", "d", "e")
+    asyncio.run(d.gossip_round())
+    assert host.sent == []
+    env = Envelope("me", 1, {"x": 1})
+    d.queue_message(env, d.entry(MessageType.ROUTE_BROADCAST, env))
+    assert asyncio.run(d.gossip_round()) == CFG.gossip_interval_s
+    gossip = host.sent_of(MessageType.GOSSIP)
+    assert len(gossip) == CFG.fanout and len({s.address for s in gossip}) == CFG.fanout
+    assert decode_gossip(gossip[0].body) == [bytes((MessageType.ROUTE_BROADCAST,)) + encode_envelope(env)]
+
+
+def test_an_envelope_too_big_for_a_gossip_datagram_is_refused():
+    host, d = setup()
+    fits = Envelope("me", 1, {"x": "y" * (d.message_budget - 100)})
+    too_big = Envelope("me", 2, {"x": "y" * d.message_budget})
+    assert d.entry(MessageType.ROUTE_BROADCAST, fits) is not None
+    assert d.entry(MessageType.ROUTE_BROADCAST, too_big) is None
+
+
+def test_piggybacked_updates_fit_beside_the_body():
+    host, d = setup()
+    for i in range(40):
+        d.queue_update(Update(MessageType.ALIVE, f"n{i:02d}-" + "x" * 100, 1, Address.udp("10.1.1.1", 9)))
+    body_len = 900
+    ride = d.piggyback(body_len)
+    assert ride and sum(len(r) for r in ride) <= MAX_DATAGRAM - frame_overhead("me", body_len)
+
+
+def test_push_pull_sends_our_whole_view_and_asks_for_a_reply():
+    host, d = setup("b", "c")
+    delay = asyncio.run(d.push_pull_round())
+    assert 0.9 * CFG.push_pull_interval_s <= delay <= 1.1 * CFG.push_pull_interval_s
+    (sent,) = host.sent
+    assert sent.type == MessageType.MEMBERSHIP and sent.body[0] == 1 and not sent.piggyback
+    nodes = [decode_update(raw).node for raw in decode_gossip(sent.body[1:])]
+    assert nodes == ["me", "b", "c"]
+
+
+def test_a_large_membership_goes_in_several_frames_that_fit_with_one_reply_asked():
+    long_ids = [f"{i:03d}-" + "n" * (NODE_ID_MAX_BYTES - 4) for i in range(30)]
+    host, d = setup(*long_ids, node_id="m" * NODE_ID_MAX_BYTES)
+    d.send_membership(Address.udp("10.0.0.9", 9999), reply_wanted=True)
+    frames = host.sent_of(MessageType.MEMBERSHIP)
+    assert len(frames) > 1
+    assert [f.body[0] for f in frames] == [1] + [0] * (len(frames) - 1)
+    assert all(frame_overhead(host.node_id, len(f.body)) <= MAX_DATAGRAM for f in frames)
+    carried = [decode_update(raw).node for f in frames for raw in decode_gossip(f.body[1:])]
+    assert sorted(carried) == sorted([host.node_id, *long_ids])
+
+
+def test_discovery_goes_to_bootstrap_peers_and_the_lan_and_slows_down_once_joined():
+    peer = Address.udp("192.0.2.1", 9999)
+    host, d = setup(bootstrap=[peer, Address.udp("10.0.0.1", 9999)], meta={"role": "cam"})
+    assert asyncio.run(d.discovery_round()) == CFG.discovery_interval_s
+    (sent,) = host.sent  # not to our own address
+    assert sent.address == peer and decode_discovery(sent.body)[1] == b'{"role":"cam"}'
+    assert [t for t, _ in host.broadcasts] == [MessageType.PEER_DISCOVERY]
+    host.join("b")
+    assert asyncio.run(d.discovery_round()) == CFG.discovery_interval_s * 6
+
+
+def test_heartbeats_carry_the_state_version_to_fanout_alive_members():
+    host, d = setup("b", "c", "d", "e")
+    host.state_sync.set_initial({"fps": 30})
+    assert asyncio.run(d.heartbeat_round()) == CFG.heartbeat_interval_s
+    beats = host.sent_of(MessageType.HEARTBEAT)
+    assert len(beats) == CFG.fanout
+    assert decode_heartbeat(beats[0].body)[0] == 1
+
+
+def test_a_discovery_adds_the_member_and_answers_with_our_view():
+    host, d = setup("b")
+    src = Address.udp("10.9.9.9", 9999)
+    d.on_discovery(frame(MessageType.PEER_DISCOVERY, "new", encode_discovery(Address.udp("", 9999), b""),
+                         incarnation=7), src)
+    assert host.members.get("new").incarnation == 7
+    (reply,) = host.sent
+    assert reply.type == MessageType.MEMBERSHIP and reply.address == src and reply.body[0] == 0
+
+
+def test_a_membership_exchange_is_merged_and_answered_only_when_asked():
+    host, d = setup()
+    body = encode_gossip([encode_update(Update(MessageType.ALIVE, "x", 1, Address.udp("10.0.0.5", 1)))])
+    src = Address.udp("10.0.0.5", 1)
+    d.on_membership(frame(MessageType.MEMBERSHIP, "x", b"\x00" + body), src)
+    assert host.members.get("x") is not None and host.sent == []
+    d.on_membership(frame(MessageType.MEMBERSHIP, "x", b"\x01" + body), src)
+    assert [s.type for s in host.sent] == [MessageType.MEMBERSHIP]
+
+
+def test_a_heartbeat_with_a_newer_state_version_pulls_the_state():
+    host, d = setup("b")
+    d.on_heartbeat(frame(MessageType.HEARTBEAT, "b", encode_heartbeat(3, Address.udp("", 1))),
+                   Address.udp("10.0.0.2", 9999))
+    assert host.routed == [(MessageType.NODE_STATE_SYNC, "b", {"pull": True})]
+
+
+def test_gossip_entries_are_handed_on_and_a_non_envelope_entry_is_malformed():
+    host, d = setup("b")
+    env = Envelope("b", 9, {"k": 1})
+    entry = bytes((MessageType.ALERT,)) + encode_envelope(env)
+    d.on_gossip(frame(MessageType.GOSSIP, "b", encode_gossip([entry])), Address.udp("10.0.0.2", 9999))
+    assert host.envelopes == [(MessageType.ALERT, env, "b")]
+    with pytest.raises(WireError):
+        d.on_gossip(frame(MessageType.GOSSIP, "b", encode_gossip([bytes((MessageType.PING,)) + b"x"])),
+                    Address.udp("10.0.0.2", 9999))
