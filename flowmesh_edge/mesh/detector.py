@@ -10,8 +10,10 @@ and acts on the outcomes:
   the ack back. No ack by the end of the interval: SUSPECT it.
 * **Relaying.** A PING_REQ makes us ping the target under a probe id of our
   own, and pass its ack to the asker.
-* **Suspicion and death.** Suspicions run out on the tick (``tick``) into DEAD;
-  dead members are reaped there too.
+* **Suspicion and death.** One timer, set for the membership's next deadline
+  (a suspicion running out, a dead member to reap, a tombstone to forget),
+  turns suspicions into DEAD and reaps; it is moved whenever a fact changes
+  the deadlines (a confirmation shortens a suspicion, a refutation ends it).
 * **Refutation.** A SUSPECT or DEAD about this node makes it take a higher
   incarnation and gossip ALIVE. A member we hold suspect or dead that talks
   to us (at an incarnation not above the verdict's) is told, so that it can
@@ -19,6 +21,10 @@ and acts on the outcomes:
 
 Every accepted fact is queued for gossip, and every membership change becomes
 a member event on the node.
+
+Nothing here polls: a probe is a PING and two timers (the direct ack's
+timeout, then the indirect probes' deadline), cancelled when the ack comes;
+the deadline timer sleeps until something is due.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class Host(Protocol):
     incarnation: int
 
     def now(self) -> float: ...
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle: ...
     def send_frame(self, mtype: MessageType, body: bytes, address: Address,
                    piggyback: bool = True) -> None: ...
     def spawn(self, coro: Coroutine[Any, Any, object]) -> None: ...
@@ -84,15 +91,40 @@ class _Relay:
     expires: float
 
 
+@dataclass
+class _Probe:
+    """A probe of ours in flight: its target and the timer of its next step."""
+
+    target: str
+    address: Address
+    ping: bytes
+    timer: asyncio.TimerHandle | None = None
+
+
 class FailureDetector:
     def __init__(self, host: Host, rng: random.Random):
         self.host = host
         self.rng = rng
         self.stats = DetectorStats()
         self._probe_ids = itertools.count(1)
-        self._acks: dict[int, asyncio.Future[str]] = {}
+        self._probes: dict[int, _Probe] = {}
         self._relays: dict[int, _Relay] = {}
         self._probe_order: list[str] = []
+        self._round: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_at: float | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        self._round = self.host.call_later(self.host.config.probe_interval_s, self.probe_round)
+
+    def stop(self) -> None:
+        for handle in [self._round, self._deadline, *(p.timer for p in self._probes.values())]:
+            if handle is not None:
+                handle.cancel()
+        self._round = self._deadline = self._deadline_at = None
+        self._probes.clear()
+        self._relays.clear()
 
     # -- probing ------------------------------------------------------------------------
     def _next_probe_target(self) -> PeerInfo | None:
@@ -107,70 +139,81 @@ class FailureDetector:
             self._probe_order = order
         return None
 
-    async def probe_round(self) -> float:
-        """Start one probe; return the delay until the next (a periodic task)."""
+    def probe_round(self) -> None:
+        """Probe the next member; the next round is due ``probe_interval_s`` later."""
+        host = self.host
+        self._round = host.call_later(host.config.probe_interval_s, self.probe_round)
+        host.route_table.expire()  # routes learned from probes go stale like the probes
         target = self._next_probe_target()
         if target is not None:
-            self.host.spawn(self.probe(target))
-        return self.host.config.probe_interval_s
+            self.probe(target)
 
     def _new_probe_id(self) -> int:
         return next(self._probe_ids) & 0xFFFFFFFF
 
-    async def probe(self, target: PeerInfo) -> None:
-        host, cfg = self.host, self.host.config
-        probe_id = self._new_probe_id()
-        ack: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._acks[probe_id] = ack
-        self.stats.probes += 1
-        ping = encode_ping(probe_id, target.node_id)
-        try:
-            host.send_frame(MessageType.PING, ping, target.address)
-            try:
-                await asyncio.wait_for(asyncio.shield(ack), cfg.probe_timeout_s)
-                return
-            except TimeoutError:
-                pass
-            # no direct answer: ask k others, and try once more ourselves
-            self.stats.probe_failures += 1
-            host.route_table.direct_failed(target.node_id)
-            host.send_frame(MessageType.PING, ping, target.address)
-            helpers = [m for m in host.members.alive() if m.node_id != target.node_id]
-            for helper in self.rng.sample(helpers, min(cfg.indirect_checks, len(helpers))):
-                self.stats.indirect_probes += 1
-                req = encode_ping_req(probe_id, target.node_id, target.address)
-                host.send_frame(MessageType.PING_REQ, req, helper.address)
-            try:
-                via = await asyncio.wait_for(ack, cfg.probe_interval_s - cfg.probe_timeout_s)
-                if via != target.node_id:  # reached only through a relay: remember the way
-                    host.route_table.learn(target.node_id, via, 2)
-                return
-            except TimeoutError:
-                pass
-            current = host.members.get(target.node_id)
-            if current is None or current.status == DEAD:
-                return
-            self.stats.suspicions += 1
-            self.apply(Update(MessageType.SUSPECT, current.node_id, current.incarnation, current.address,
-                              host.node_id), host.node_id, current.address)
-        finally:
-            self._acks.pop(probe_id, None)
-
-    async def tick(self) -> float:
-        """Suspicions that ran out become deaths; the dead are reaped; stale relays and
-        routes are dropped (a periodic task)."""
+    def probe(self, target: PeerInfo) -> None:
+        """PING ``target``; without an ack in ``probe_timeout_s``, go indirect."""
         host = self.host
+        probe_id = self._new_probe_id()
+        probe = _Probe(target.node_id, target.address, encode_ping(probe_id, target.node_id))
+        self._probes[probe_id] = probe
+        self.stats.probes += 1
+        host.send_frame(MessageType.PING, probe.ping, probe.address)
+        probe.timer = host.call_later(host.config.probe_timeout_s, self._no_direct_ack, probe_id)
+
+    def _no_direct_ack(self, probe_id: int) -> None:
+        """No direct answer: ask k others, and try once more ourselves."""
+        probe = self._probes.get(probe_id)
+        if probe is None:
+            return
+        host, cfg = self.host, self.host.config
+        self.stats.probe_failures += 1
+        host.route_table.direct_failed(probe.target)
+        host.send_frame(MessageType.PING, probe.ping, probe.address)
+        helpers = [m for m in host.members.alive() if m.node_id != probe.target]
+        req = encode_ping_req(probe_id, probe.target, probe.address)
+        for helper in self.rng.sample(helpers, min(cfg.indirect_checks, len(helpers))):
+            self.stats.indirect_probes += 1
+            host.send_frame(MessageType.PING_REQ, req, helper.address)
+        probe.timer = host.call_later(cfg.probe_interval_s - cfg.probe_timeout_s, self._probe_failed,
+                                      probe_id)
+
+    def _probe_failed(self, probe_id: int) -> None:
+        """No ack by the end of the probe, not even through a helper: suspect the target."""
+        probe = self._probes.pop(probe_id, None)
+        if probe is None:
+            return
+        host = self.host
+        current = host.members.get(probe.target)
+        if current is None or current.status == DEAD:
+            return
+        self.stats.suspicions += 1
+        self.apply(Update(MessageType.SUSPECT, current.node_id, current.incarnation, current.address,
+                          host.node_id), host.node_id, current.address)
+
+    def _on_deadline(self) -> None:
+        """Suspicions that ran out become deaths; the dead are reaped."""
+        host = self.host
+        self._deadline = self._deadline_at = None
         for m in host.members.expired_suspicions():
             self.stats.deaths += 1
             self.apply(Update(MessageType.DEAD, m.node_id, m.incarnation, m.address, host.node_id),
                        host.node_id, m.address)
         for event in host.members.reap():
             host.member_event(event)
-        now = host.now()
-        for probe_id in [p for p, r in self._relays.items() if r.expires < now]:
-            del self._relays[probe_id]
-        host.route_table.expire()  # routes learned from probes go stale like the probes
-        return min(0.05, host.config.probe_interval_s / 4)
+        self._arm()
+
+    def _arm(self) -> None:
+        """Set the one deadline timer for the membership's next deadline."""
+        at = self.host.members.next_deadline()
+        if at == self._deadline_at:
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._deadline_at = at
+        if at is not None:
+            self._deadline = self.host.call_later(max(at - self.host.now(), 0.0), self._on_deadline)
 
     # -- handlers (the node's dispatch table points here) ----------------------------------
     def frame_handlers(self) -> dict[MessageType, Callable[[Frame, Address], None]]:
@@ -187,8 +230,11 @@ class FailureDetector:
 
     def on_ping_req(self, frame: Frame, addr: Address) -> None:
         their_id, target, target_addr = decode_ping_req(frame.body)
+        now = self.host.now()
+        for stale in [p for p, r in self._relays.items() if r.expires < now]:
+            del self._relays[stale]
         probe_id = self._new_probe_id()
-        self._relays[probe_id] = _Relay(addr, their_id, self.host.now() + self.host.config.probe_interval_s)
+        self._relays[probe_id] = _Relay(addr, their_id, now + self.host.config.probe_interval_s)
         self.host.send_frame(MessageType.PING, encode_ping(probe_id, target), target_addr)
 
     def on_probe_ack(self, frame: Frame, addr: Address) -> None:
@@ -198,9 +244,13 @@ class FailureDetector:
             ack = encode_probe_ack(relay.their_probe_id)
             self.host.send_frame(MessageType.PROBE_ACK, ack, relay.requester)
             return
-        ack = self._acks.get(probe_id)
-        if ack is not None and not ack.done():
-            ack.set_result(frame.sender)
+        probe = self._probes.pop(probe_id, None)
+        if probe is None:
+            return  # late (the probe is over) or not ours
+        if probe.timer is not None:
+            probe.timer.cancel()
+        if frame.sender != probe.target:  # reached only through a relay: remember the way
+            self.host.route_table.learn(probe.target, frame.sender, 2)
 
     def on_update(self, frame: Frame, addr: Address) -> None:
         self.apply(decode_update(frame.body), frame.sender, addr)
@@ -217,6 +267,7 @@ class FailureDetector:
             return
         if outcome.accepted:
             self.host.queue_update(update)
+            self._arm()
         if outcome.event is not None:
             self.host.member_event(outcome.event)
 
@@ -251,7 +302,3 @@ class FailureDetector:
         alive = host.members.alive()
         for m in self.rng.sample(alive, min(host.config.fanout, len(alive))):
             host.send_frame(MessageType.DEAD, bye, m.address, piggyback=False)
-
-    def stop(self) -> None:
-        for ack in self._acks.values():
-            ack.cancel()

@@ -2,11 +2,13 @@
 
 Two gossip queues (``broadcast.TransmitLimitedQueue``): membership updates,
 piggybacked on every datagram with room left, and application envelopes.
-Four periodic tasks:
 
-* **gossip** every ``gossip_interval_s`` while anything is queued: a GOSSIP
-  frame to ``fanout`` random members, envelopes taking up to two thirds of
-  the datagram so that updates still ride along;
+* **gossip** rounds run only while something is queued: queuing an item
+  when no round is pending schedules one (at once, or ``gossip_interval_s``
+  after the previous round), and a round that leaves items queued schedules
+  the next. Each round sends a GOSSIP frame to ``fanout`` random members,
+  envelopes taking up to two thirds of the datagram so that updates still
+  ride along. An idle node never wakes up for gossip.
 * **push-pull** every ``push_pull_interval_s`` (+-10% jitter): our whole
   membership to one random member, which answers with its own (anti-entropy);
 * **discovery** every ``discovery_interval_s`` while alone (6x that once
@@ -14,14 +16,17 @@ Four periodic tasks:
   broadcast address; the receiver adds us and answers with its membership;
 * **heartbeats** every ``heartbeat_interval_s``: a HEARTBEAT with our state
   version to ``fanout`` alive members, which pull our state when theirs is older.
+
+The periodic ones are loop timers, not tasks: each run sets the next.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .address import Address
 from .broadcast import TransmitLimitedQueue
@@ -48,7 +53,7 @@ from .wire import (
 
 if TYPE_CHECKING:
     from .config import MeshConfig
-    from .membership import MemberList, PeerInfo
+    from .membership import MemberEvent, MemberList, PeerInfo
     from .state_sync import StateSync
 
 #: Bytes a gossip body spends per entry (its u16 length).
@@ -67,6 +72,10 @@ class Host(Protocol):
 
     @property
     def address(self) -> Address: ...
+    @property
+    def running(self) -> bool: ...
+    def now(self) -> float: ...
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle: ...
     def send_frame(self, mtype: MessageType, body: bytes, address: Address,
                    piggyback: bool = True) -> None: ...
     def broadcast_frame(self, mtype: MessageType, body: bytes) -> bool: ...
@@ -87,6 +96,33 @@ class Dissemination:
         self.messages = TransmitLimitedQueue(limit)
         # envelopes take up to two thirds of a gossip datagram; updates ride in the rest
         self.message_budget = (MAX_DATAGRAM - frame_overhead(host.node_id, 1)) * 2 // 3
+        self._round: asyncio.TimerHandle | None = None  #: the next gossip round, when one is due
+        self._last_round = float("-inf")
+        self._timers: list[asyncio.TimerHandle] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the periodic exchanges (discovery at once) and gossip what is queued."""
+        self._timers = [self.host.call_later(0, self._every, self.discovery_round, 0),
+                        self.host.call_later(self.host.config.push_pull_interval_s, self._every,
+                                             self.push_pull_round, 1),
+                        self.host.call_later(self.host.config.heartbeat_interval_s, self._every,
+                                             self.heartbeat_round, 2)]
+        self.wake()
+
+    def stop(self) -> None:
+        for handle in [self._round, *self._timers]:
+            if handle is not None:
+                handle.cancel()
+        self._round = None
+        self._timers = []
+
+    def _every(self, step: Callable[[], float], slot: int) -> None:
+        """Run one periodic step and set its timer for the delay it returns."""
+        self._timers[slot] = self.host.call_later(1.0, self._every, step, slot)  # if step() fails
+        delay = step()
+        self._timers[slot].cancel()
+        self._timers[slot] = self.host.call_later(delay, self._every, step, slot)
 
     def _sample(self, members: list[PeerInfo], k: int) -> list[PeerInfo]:
         return self.rng.sample(members, min(k, len(members)))
@@ -95,6 +131,7 @@ class Dissemination:
     def queue_update(self, update: Update) -> None:
         """Gossip a membership fact; it replaces any queued fact about the same member."""
         self.updates.queue(update.node, encode_update(update))
+        self.wake()
 
     def piggyback(self, body_len: int) -> list[bytes]:
         """Queued updates that fit beside a body of ``body_len`` bytes."""
@@ -109,24 +146,46 @@ class Dissemination:
 
     def queue_message(self, env: Envelope, raw_entry: bytes) -> None:
         self.messages.queue(f"{env.origin}:{env.message_id}", raw_entry)
+        self.wake()
 
-    # -- periodic tasks (each returns the delay until its next run) ---------------------------
-    async def gossip_round(self) -> float:
+    # -- gossip rounds, while something is queued -------------------------------------------
+    def wake(self) -> None:
+        """Schedule a gossip round if something is queued and none is pending: at once,
+        or ``gossip_interval_s`` after the previous round."""
+        if self._round is not None or not self.host.running or not (len(self.updates) or len(self.messages)):
+            return
+        delay = max(self._last_round + self.host.config.gossip_interval_s - self.host.now(), 0.0)
+        self._round = self.host.call_later(delay, self.gossip_round)
+
+    def gossip_round(self) -> None:
+        """One GOSSIP frame to each of ``fanout`` members; then the next round, if still
+        anything is queued. With nobody to send to, rounds resume when a member joins."""
         host = self.host
-        if len(self.updates) or len(self.messages):
-            for target in self._sample(host.members.alive_or_suspect(), host.config.fanout):
-                entries = self.messages.take(self.message_budget, overhead=_ENTRY_OVERHEAD)[:255]
-                host.send_frame(MessageType.GOSSIP, encode_gossip(entries), target.address)
-        return host.config.gossip_interval_s
+        self._round = None
+        self._last_round = host.now()
+        targets = self._sample(host.members.alive_or_suspect(), host.config.fanout)
+        if not targets:
+            return
+        for target in targets:
+            if not (len(self.updates) or len(self.messages)):
+                break
+            entries = self.messages.take(self.message_budget, overhead=_ENTRY_OVERHEAD)[:255]
+            host.send_frame(MessageType.GOSSIP, encode_gossip(entries), target.address)
+        self.wake()
 
-    async def push_pull_round(self) -> float:
+    def member_event(self, event: MemberEvent) -> None:
+        if event.kind == "joined":
+            self.wake()  # someone to gossip to, perhaps for the first time
+
+    # -- periodic exchanges (each returns the delay until its next run) ----------------------
+    def push_pull_round(self) -> float:
         candidates = self.host.members.alive_or_suspect()
         if candidates:
             self.send_membership(self.rng.choice(candidates).address, reply_wanted=True)
         jitter = 1 + (self.rng.random() - 0.5) * 0.2
         return self.host.config.push_pull_interval_s * jitter
 
-    async def discovery_round(self) -> float:
+    def discovery_round(self) -> float:
         host = self.host
         meta = json.dumps(host.meta, separators=(",", ":")).encode() if host.meta else b""
         body = encode_discovery(host.self_update().address, meta)
@@ -137,7 +196,7 @@ class Dissemination:
         alone = not host.members.alive_or_suspect()
         return host.config.discovery_interval_s * (1 if alone else 6)
 
-    async def heartbeat_round(self) -> float:
+    def heartbeat_round(self) -> float:
         host = self.host
         body = encode_heartbeat(host.state_sync.version, host.self_update().address)
         for m in self._sample(host.members.alive(), host.config.fanout):

@@ -96,6 +96,7 @@ class MemberList:
         self.members: dict[str, PeerInfo] = {}
         self.suspicions: dict[str, Suspicion] = {}
         self.tombstones: dict[str, tuple[int, float]] = {}  # node -> (incarnation, until)
+        self._dead_since: dict[str, float] = {}  # the dead members, and since when
 
     def __len__(self) -> int:
         return len(self.members)
@@ -126,6 +127,10 @@ class MemberList:
         m.status = status
         m.incarnation = incarnation
         m.status_since = self.clock()
+        if status == DEAD:
+            self._dead_since[m.node_id] = m.status_since
+        else:
+            self._dead_since.pop(m.node_id, None)
 
     def _alive(self, u: Update) -> Outcome:
         if u.node == self.self_id:
@@ -189,22 +194,32 @@ class MemberList:
     def expired_suspicions(self) -> list[PeerInfo]:
         """Suspects whose suspicion ran out (the caller declares them dead)."""
         now = self.clock()
-        return [self.members[node] for node, s in self.suspicions.items()
-                if now >= s.deadline() and node in self.members]
+        for node in [n for n in self.suspicions if n not in self.members]:
+            del self.suspicions[node]
+        return [self.members[node] for node, s in self.suspicions.items() if now >= s.deadline()]
 
     def reap(self) -> list[MemberEvent]:
         """Remove members dead for longer than dead_reap_s; keep tombstones."""
         now = self.clock()
         events = []
-        for node, m in list(self.members.items()):
-            if m.status == DEAD and now - m.status_since >= self.config.dead_reap_s:
-                del self.members[node]
+        for node, since in list(self._dead_since.items()):
+            if now - since >= self.config.dead_reap_s:
+                m = self.members.pop(node)
+                del self._dead_since[node]
                 self.tombstones[node] = (m.incarnation, now + self.config.tombstone_s)
                 events.append(MemberEvent("removed", node, m.incarnation))
         for node, (_, until) in list(self.tombstones.items()):
             if now >= until:
                 del self.tombstones[node]
         return events
+
+    def next_deadline(self) -> float | None:
+        """The clock time something is next due (a suspicion running out, a dead member
+        to reap, a tombstone to forget), or None when nothing is."""
+        due = [s.deadline() for s in self.suspicions.values()]
+        due += [since + self.config.dead_reap_s for since in self._dead_since.values()]
+        due += [until for _, until in self.tombstones.values()]
+        return min(due, default=None)
 
     def snapshot(self) -> list[Update]:
         """Every member as an update (membership anti-entropy)."""

@@ -1,6 +1,6 @@
 """MeshNode: a member of the peer mesh. Lifecycle, framing, dispatch, public API.
 
-The node owns the transport and the periodic tasks, frames and authenticates
+The node owns the transport and the loop timers, frames and authenticates
 what it sends, and on receipt authenticates every datagram before decoding
 it, refuses replays, then hands the frame to the handler its type maps to in
 the dispatch table. Anything forged, replayed, truncated, oversized or
@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from flowmesh.limits import check_node_id
@@ -123,7 +123,6 @@ class MeshNode:
         self._dispatch: dict[MessageType, Callable[[Frame, Address], None]] = {
             **self.detector.frame_handlers(), **self.dissemination.frame_handlers(),
             **dict.fromkeys(ENVELOPE_TYPES, self.messaging.on_frame)}
-        self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._running = False
         self._sent: Counter[str] = Counter()
@@ -144,11 +143,8 @@ class MeshNode:
         await self._transport.start(self._on_datagram)
         self._running = True
         self.queue_update(self.self_update())
-        d, f = self.dissemination, self.detector
-        loops = [f.probe_round, d.gossip_round, f.tick, d.discovery_round, d.heartbeat_round,
-                 d.push_pull_round]
-        self._tasks = [asyncio.create_task(self._forever(step), name=f"mesh-{self.node_id}-{step.__name__}")
-                       for step in loops]
+        self.detector.start()
+        self.dissemination.start()
         log.info("mesh node %s listening on %s", self.node_id, self.address)
 
     async def stop(self, leave: bool = True) -> None:
@@ -158,12 +154,12 @@ class MeshNode:
         if leave:
             self.detector.leave()
         self._running = False
-        for t in self._tasks + list(self._background):
-            t.cancel()
-        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
-        self._tasks.clear()
-        self._background.clear()
         self.detector.stop()
+        self.dissemination.stop()
+        for t in self._background:
+            t.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
         for app in self.messaging.applications():
             app.close()
         await self._transport.close()
@@ -174,17 +170,6 @@ class MeshNode:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
-    async def _forever(self, step: Callable[[], Awaitable[float]]) -> None:
-        """Run one periodic task; an error is logged and the task goes on."""
-        while self._running:
-            try:
-                delay = await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("mesh %s: %s failed", self.node_id, step.__name__)
-                delay = 1.0
-            await asyncio.sleep(delay)
 
     # -- public API ----------------------------------------------------------------------
     def peers(self) -> dict[str, PeerInfo]:
@@ -263,6 +248,24 @@ class MeshNode:
     def wall(self) -> float:
         return self._wall()
 
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args) -> asyncio.TimerHandle:
+        """Call ``callback(*args)`` in ``delay`` seconds of loop time, unless the node
+        stopped meanwhile; an error is logged, never raised into the loop."""
+        assert self._loop is not None, "the node is not started"
+        return self._loop.call_later(delay, self._timer_fired, callback, args)
+
+    def _timer_fired(self, callback: Callable[..., object], args: tuple) -> None:
+        if not self._running:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("mesh %s: %s failed", self.node_id, getattr(callback, "__qualname__", callback))
+
     def spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
@@ -291,6 +294,7 @@ class MeshNode:
 
     def member_event(self, event: MemberEvent) -> None:
         self.detector.member_event(event)
+        self.dissemination.member_event(event)
         if event.kind in ("dead", "left", "removed"):
             self.route_table.forget(event.node_id)
         level = logging.INFO if event.kind in ("joined", "dead", "left", "recovered") else logging.DEBUG

@@ -1,6 +1,7 @@
 """A fake engine for testing one mesh module at a time: it records what the
 module sends, originates and drops, and keeps real membership and routes on a
-clock the test moves."""
+clock the test moves (on top of the loop's clock, when a loop runs, so that
+the module's timers and its membership agree on the time)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,23 @@ class Clock:
         self.t = t
 
     def __call__(self) -> float:
-        return self.t
+        try:
+            return asyncio.get_running_loop().time() + self.t
+        except RuntimeError:
+            return self.t
+
+
+@dataclass
+class Timer:
+    """A timer set outside any loop: the test fires it, or looks at it."""
+
+    delay: float
+    callback: object
+    args: tuple
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 @dataclass
@@ -59,6 +76,8 @@ class FakeHost:
         self.queued: list[Update] = []
         self.user_handlers: dict[MessageType, list[Handler]] = {}
         self.tasks: list[asyncio.Task] = []
+        self.running = True
+        self.timers: list[Timer] = []
         self._ids = 0
 
     @property
@@ -74,6 +93,15 @@ class FakeHost:
     def broadcast_frame(self, mtype, body) -> bool:
         self.broadcasts.append((mtype, body))
         return True
+
+    def call_later(self, delay, callback, *args):
+        """On the running loop; with none (a synchronous test), recorded in ``timers``."""
+        try:
+            return asyncio.get_running_loop().call_later(delay, callback, *args)
+        except RuntimeError:
+            timer = Timer(delay, callback, args)
+            self.timers.append(timer)
+            return timer
 
     def spawn(self, coro) -> None:
         self.tasks.append(asyncio.get_running_loop().create_task(coro))

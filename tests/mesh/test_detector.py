@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from flowmesh_edge.mesh.address import Address
 from flowmesh_edge.mesh.config import MeshConfig
 from flowmesh_edge.mesh.detector import FailureDetector
@@ -22,6 +24,7 @@ from flowmesh_edge.mesh.wire import (
     encode_ping_req,
     encode_probe_ack,
 )
+from tests.conftest import until
 from tests.mesh.fakes import FakeHost
 
 CFG = MeshConfig()  # probe every 0.2 s, direct timeout 0.1 s, 3 indirect checks
@@ -40,13 +43,14 @@ def frame(mtype: MessageType, sender: str, body: bytes, incarnation: int = 1) ->
 def test_a_member_that_answers_is_not_suspected():
     async def main():
         host, det = setup("b", "c")
-        probe = asyncio.create_task(det.probe(host.members.get("b")))
+        det.probe(host.members.get("b"))
         await asyncio.sleep(0.01)
         (ping,) = host.sent_of(MessageType.PING)
         probe_id, target = decode_ping(ping.body)
         assert target == "b" and ping.address == host.members.get("b").address
         det.on_probe_ack(frame(MessageType.PROBE_ACK, "b", encode_probe_ack(probe_id)), ping.address)
-        await probe
+        assert det._probes == {}  # over: its timer cancelled
+        await asyncio.sleep(CFG.probe_interval_s)
         return host, det
 
     host, det = run_virtual(main())
@@ -57,7 +61,9 @@ def test_a_member_that_answers_is_not_suspected():
 def test_a_silent_member_is_pinged_again_asked_about_and_then_suspected():
     async def main():
         host, det = setup("b", "c", "d", "e", "f")
-        await det.probe(host.members.get("b"))
+        det.probe(host.members.get("b"))
+        await asyncio.sleep(CFG.probe_interval_s)
+        det.stop()
         return host, det
 
     host, det = run_virtual(main())
@@ -78,12 +84,12 @@ def test_a_silent_member_is_pinged_again_asked_about_and_then_suspected():
 def test_an_ack_through_a_helper_keeps_the_member_alive_and_teaches_a_route():
     async def main():
         host, det = setup("b", "c", "d")
-        probe = asyncio.create_task(det.probe(host.members.get("b")))
+        det.probe(host.members.get("b"))
         await asyncio.sleep(CFG.probe_timeout_s + 0.01)
         probe_id = decode_ping_req(host.sent_of(MessageType.PING_REQ)[0].body)[0]
         det.on_probe_ack(frame(MessageType.PROBE_ACK, "c", encode_probe_ack(probe_id)),
                          host.members.get("c").address)
-        await probe
+        await asyncio.sleep(CFG.probe_interval_s)
         return host, det
 
     host, det = run_virtual(main())
@@ -148,38 +154,71 @@ def test_a_member_bound_to_every_interface_is_taken_at_the_address_it_speaks_fro
     assert host.members.get("n").address == Address.udp("192.0.2.7", 9999)
 
 
-def test_suspicions_run_out_into_death_the_dead_are_reaped_and_stale_routes_dropped():
+def test_suspicions_run_out_into_death_on_their_timer_and_the_dead_are_reaped():
+    async def main():
+        loop = asyncio.get_running_loop()
+        host, det = setup("b", "c")
+        b = host.members.get("b")
+        det.apply(Update(MessageType.SUSPECT, "b", 1, b.address, "c"), "c", b.address)
+        suspected = loop.time()
+        await until(lambda: host.members.get("b").status == "dead", 60)
+        died = loop.time()
+        await until(lambda: host.members.get("b") is None, 60)
+        removed = loop.time()
+        timers = det._deadline
+        det.stop()
+        return host, det, died - suspected, removed - died, timers
+
+    host, det, dying, reaping, timers = run_virtual(main())
+    assert dying == pytest.approx(CFG.suspicion_max_s(3), abs=0.03)  # alone: nobody confirmed it
+    assert reaping == pytest.approx(CFG.dead_reap_s, abs=0.03)
+    assert det.stats.deaths == 1
+    assert [(e.kind, e.node_id) for e in host.events] == [("suspect", "b"), ("dead", "b"), ("removed", "b")]
+    assert timers is not None  # the tombstone's end is still due
+
+
+def test_a_confirmation_brings_the_death_forward_and_a_refutation_cancels_it():
+    async def main():
+        loop = asyncio.get_running_loop()
+        host, det = setup("b", "c", "d", "e", "f", "g")
+        b = host.members.get("b")
+        det.apply(Update(MessageType.SUSPECT, "b", 1, b.address, "c"), "c", b.address)
+        lone = det._deadline_at
+        for confirmer in ("d", "e", "f"):
+            det.apply(Update(MessageType.SUSPECT, "b", 1, b.address, confirmer), confirmer, b.address)
+        confirmed = det._deadline_at
+        det.apply(Update(MessageType.ALIVE, "b", 2, b.address, "b"), "b", b.address)
+        refuted = det._deadline_at
+        await asyncio.sleep(CFG.suspicion_max_s(7) + 1)
+        return host, lone, confirmed, refuted, loop.time()
+
+    host, lone, confirmed, refuted, now = run_virtual(main())
+    assert confirmed < lone and refuted is None
+    assert host.members.get("b").status == "alive"
+
+
+def test_stale_routes_are_dropped_by_the_probe_rounds():
     async def main():
         host, det = setup("b", "c")
         host.route_table.direct_failed("c")
         host.route_table.learn("c", "b", 2)
-        b = host.members.get("b")
-        det.apply(Update(MessageType.SUSPECT, "b", 1, b.address, "c"), "c", b.address)
-        host.clock.t += CFG.suspicion_max_s(3) + 0.01
-        await det.tick()
-        status = host.members.get("b").status
-        host.clock.t += max(CFG.dead_reap_s, CFG.route_ttl_s) + 0.01
-        await det.tick()
-        return host, det, status
+        det.start()
+        await asyncio.sleep(CFG.route_ttl_s + 1)
+        det.stop()
+        return host
 
-    host, det, status = run_virtual(main())
-    assert status == "dead" and det.stats.deaths == 1
-    assert host.route_table._routes == {}
-    assert [(e.kind, e.node_id) for e in host.events] == [("suspect", "b"), ("dead", "b"), ("removed", "b")]
+    assert run_virtual(main()).route_table._routes == {}
 
 
 def test_every_member_is_probed_once_per_round_in_a_shuffled_order():
     async def main():
         host, det = setup("b", "c", "d", "e")
         targets = []
-        det.probe = lambda m: _record(targets, m)  # type: ignore[method-assign]
+        det.probe = lambda m: targets.append(m.node_id)  # type: ignore[method-assign]
         for _ in range(8):
-            await det.probe_round()
-        await asyncio.sleep(0)
+            det.probe_round()
+        det.stop()
         return targets
-
-    async def _record(targets, member):
-        targets.append(member.node_id)
 
     targets = run_virtual(main())
     assert sorted(targets[:4]) == sorted(targets[4:]) == ["b", "c", "d", "e"]

@@ -1,5 +1,6 @@
-"""Dissemination against a fake engine: what each periodic task sends, the
-membership exchange in frames that fit, and what the handlers do with frames."""
+"""Dissemination against a fake engine: gossip rounds only while something is
+queued, what each periodic exchange sends, the membership exchange in frames
+that fit, and what the handlers do with frames."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from flowmesh.limits import NODE_ID_MAX_BYTES
 from flowmesh_edge.mesh.address import Address
 from flowmesh_edge.mesh.config import MeshConfig
 from flowmesh_edge.mesh.dissemination import Dissemination
+from flowmesh_edge.mesh.membership import MemberEvent
+from flowmesh_edge.mesh.simulation import run_virtual
 from flowmesh_edge.mesh.wire import (
     MAX_DATAGRAM,
     Envelope,
@@ -46,15 +49,48 @@ def frame(mtype: MessageType, sender: str, body: bytes, incarnation: int = 1) ->
 
 
 def test_gossip_rounds_go_to_fanout_members_only_while_something_is_queued():
-    host, d = setup("b", "c", "d", "e")
-    asyncio.run(d.gossip_round())
-    assert host.sent == []
-    env = Envelope("me", 1, {"x": 1})
-    d.queue_message(env, d.entry(MessageType.ROUTE_BROADCAST, env))
-    assert asyncio.run(d.gossip_round()) == CFG.gossip_interval_s
-    gossip = host.sent_of(MessageType.GOSSIP)
-    assert len(gossip) == CFG.fanout and len({s.address for s in gossip}) == CFG.fanout
-    assert decode_gossip(gossip[0].body) == [bytes((MessageType.ROUTE_BROADCAST,)) + encode_envelope(env)]
+    async def main():
+        loop = asyncio.get_running_loop()
+        host, d = setup("b", "c", "d", "e")
+        await asyncio.sleep(5)
+        assert host.sent == [] and d._round is None  # idle: no round, no timer
+        env = Envelope("me", 1, {"x": 1})
+        queued = loop.time()
+        d.queue_message(env, d.entry(MessageType.ROUTE_BROADCAST, env))
+        rounds = []
+        while d._round is not None:
+            before = len(host.sent)
+            await asyncio.sleep(0.001)
+            if len(host.sent) > before:
+                rounds.append((loop.time() - queued, host.sent[before:]))
+        await asyncio.sleep(5)
+        return host, d, env, rounds
+
+    host, d, env, rounds = run_virtual(main())
+    first_at, first = rounds[0]
+    assert first_at < 0.01  # at once
+    assert len(first) == CFG.fanout and len({s.address for s in first}) == CFG.fanout
+    assert decode_gossip(first[0].body) == [bytes((MessageType.ROUTE_BROADCAST,)) + encode_envelope(env)]
+    gaps = [b[0] - a[0] for a, b in zip(rounds, rounds[1:], strict=False)]
+    assert all(g == pytest.approx(CFG.gossip_interval_s, abs=0.002) for g in gaps)
+    sent = sum(len(r) for _, r in rounds)
+    assert sent == CFG.retransmit_limit(5)  # each of its transmissions, then silence
+    assert len(host.sent) == sent and len(d.messages) == 0
+
+
+def test_gossip_waits_for_someone_to_send_to():
+    async def main():
+        host, d = setup()
+        d.queue_update(Update(MessageType.ALIVE, "me", 1, Address.udp("10.0.0.1", 9999), "me"))
+        await asyncio.sleep(1)
+        alone = list(host.sent)
+        host.join("b")
+        d.member_event(MemberEvent("joined", "b", 1))
+        await asyncio.sleep(0.01)
+        return alone, host.sent_of(MessageType.GOSSIP)
+
+    alone, gossip = run_virtual(main())
+    assert alone == [] and len(gossip) == 1
 
 
 def test_an_envelope_too_big_for_a_gossip_datagram_is_refused():
@@ -76,7 +112,7 @@ def test_piggybacked_updates_fit_beside_the_body():
 
 def test_push_pull_sends_our_whole_view_and_asks_for_a_reply():
     host, d = setup("b", "c")
-    delay = asyncio.run(d.push_pull_round())
+    delay = d.push_pull_round()
     assert 0.9 * CFG.push_pull_interval_s <= delay <= 1.1 * CFG.push_pull_interval_s
     (sent,) = host.sent
     assert sent.type == MessageType.MEMBERSHIP and sent.body[0] == 1 and not sent.piggyback
@@ -99,18 +135,18 @@ def test_a_large_membership_goes_in_several_frames_that_fit_with_one_reply_asked
 def test_discovery_goes_to_bootstrap_peers_and_the_lan_and_slows_down_once_joined():
     peer = Address.udp("192.0.2.1", 9999)
     host, d = setup(bootstrap=[peer, Address.udp("10.0.0.1", 9999)], meta={"role": "cam"})
-    assert asyncio.run(d.discovery_round()) == CFG.discovery_interval_s
+    assert d.discovery_round() == CFG.discovery_interval_s
     (sent,) = host.sent  # not to our own address
     assert sent.address == peer and decode_discovery(sent.body)[1] == b'{"role":"cam"}'
     assert [t for t, _ in host.broadcasts] == [MessageType.PEER_DISCOVERY]
     host.join("b")
-    assert asyncio.run(d.discovery_round()) == CFG.discovery_interval_s * 6
+    assert d.discovery_round() == CFG.discovery_interval_s * 6
 
 
 def test_heartbeats_carry_the_state_version_to_fanout_alive_members():
     host, d = setup("b", "c", "d", "e")
     host.state_sync.set_initial({"fps": 30})
-    assert asyncio.run(d.heartbeat_round()) == CFG.heartbeat_interval_s
+    assert d.heartbeat_round() == CFG.heartbeat_interval_s
     beats = host.sent_of(MessageType.HEARTBEAT)
     assert len(beats) == CFG.fanout
     assert decode_heartbeat(beats[0].body)[0] == 1
