@@ -73,9 +73,6 @@ class MeshConfig:
     push_pull_interval_s: float = 10.0
     #: Seconds between discovery broadcasts while no member is known (x6 afterwards).
     discovery_interval_s: float = 5.0
-    #: Seconds between application heartbeats, sent to ``fanout`` members;
-    #: they carry the state version so that peers pull newer state.
-    heartbeat_interval_s: float = 5.0
 
     # -- priority alerts --
     #: Seconds a critical alert is retransmitted while members have not acked it.

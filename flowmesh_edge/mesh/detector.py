@@ -10,6 +10,9 @@ and acts on the outcomes:
   the ack back. No ack by the end of the interval: SUSPECT it.
 * **Relaying.** A PING_REQ makes us ping the target under a probe id of our
   own, and pass its ack to the asker.
+* **State stamps.** Every PING and PROBE_ACK carries its sender's state stamp
+  (``state_sync.py``), handed to the host on receipt: members learn of newer
+  state from the probes they exchange anyway, with no heartbeat of their own.
 * **Suspicion and death.** One timer, set for the membership's next deadline
   (a suspicion running out, a dead member to reap, a tombstone to forget),
   turns suspicions into DEAD and reaps; it is moved whenever a fact changes
@@ -43,6 +46,7 @@ from .stats import DetectorStats
 from .wire import (
     Frame,
     MessageType,
+    Stamp,
     Update,
     decode_ping,
     decode_ping_req,
@@ -72,6 +76,8 @@ class Host(Protocol):
     incarnation: int
 
     def now(self) -> float: ...
+    def state_stamp(self) -> Stamp: ...
+    def heard_state(self, sender: str, stamp: Stamp) -> None: ...
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle: ...
     def send_frame(self, mtype: MessageType, body: bytes, address: Address,
                    piggyback: bool = True) -> None: ...
@@ -155,7 +161,8 @@ class FailureDetector:
         """PING ``target``; without an ack in ``probe_timeout_s``, go indirect."""
         host = self.host
         probe_id = self._new_probe_id()
-        probe = _Probe(target.node_id, target.address, encode_ping(probe_id, target.node_id))
+        probe = _Probe(target.node_id, target.address,
+                       encode_ping(probe_id, target.node_id, host.state_stamp()))
         self._probes[probe_id] = probe
         self.stats.probes += 1
         host.send_frame(MessageType.PING, probe.ping, probe.address)
@@ -222,11 +229,13 @@ class FailureDetector:
                 MessageType.SUSPECT: self.on_update, MessageType.DEAD: self.on_update}
 
     def on_ping(self, frame: Frame, addr: Address) -> None:
-        probe_id, target = decode_ping(frame.body)
-        if target != self.host.node_id:
-            self.host.drop("misrouted")
+        probe_id, target, stamp = decode_ping(frame.body)
+        host = self.host
+        if target != host.node_id:
+            host.drop("misrouted")
             return
-        self.host.send_frame(MessageType.PROBE_ACK, encode_probe_ack(probe_id), addr)
+        host.send_frame(MessageType.PROBE_ACK, encode_probe_ack(probe_id, host.state_stamp()), addr)
+        host.heard_state(frame.sender, stamp)
 
     def on_ping_req(self, frame: Frame, addr: Address) -> None:
         their_id, target, target_addr = decode_ping_req(frame.body)
@@ -235,13 +244,15 @@ class FailureDetector:
             del self._relays[stale]
         probe_id = self._new_probe_id()
         self._relays[probe_id] = _Relay(addr, their_id, now + self.host.config.probe_interval_s)
-        self.host.send_frame(MessageType.PING, encode_ping(probe_id, target), target_addr)
+        self.host.send_frame(MessageType.PING, encode_ping(probe_id, target, self.host.state_stamp()),
+                             target_addr)
 
     def on_probe_ack(self, frame: Frame, addr: Address) -> None:
-        probe_id = decode_probe_ack(frame.body)
+        probe_id, stamp = decode_probe_ack(frame.body)
+        self.host.heard_state(frame.sender, stamp)
         relay = self._relays.pop(probe_id, None)
         if relay is not None:  # we probed for someone else: pass the ack on
-            ack = encode_probe_ack(relay.their_probe_id)
+            ack = encode_probe_ack(relay.their_probe_id, self.host.state_stamp())
             self.host.send_frame(MessageType.PROBE_ACK, ack, relay.requester)
             return
         probe = self._probes.pop(probe_id, None)

@@ -13,9 +13,9 @@ piggybacked on every datagram with room left, and application envelopes.
   membership to one random member, which answers with its own (anti-entropy);
 * **discovery** every ``discovery_interval_s`` while alone (6x that once
   anyone is known): PEER_DISCOVERY to each bootstrap peer and to the LAN
-  broadcast address; the receiver adds us and answers with its membership;
-* **heartbeats** every ``heartbeat_interval_s``: a HEARTBEAT with our state
-  version to ``fanout`` alive members, which pull our state when theirs is older.
+  broadcast address; the receiver adds us and answers with its membership.
+
+There is no application heartbeat: probes carry the state stamp it carried.
 
 The periodic ones are loop timers, not tasks: each run sets the next.
 """
@@ -41,12 +41,10 @@ from .wire import (
     decode_discovery,
     decode_envelope,
     decode_gossip,
-    decode_heartbeat,
     decode_update,
     encode_discovery,
     encode_envelope,
     encode_gossip,
-    encode_heartbeat,
     encode_update,
     frame_overhead,
 )
@@ -54,7 +52,6 @@ from .wire import (
 if TYPE_CHECKING:
     from .config import MeshConfig
     from .membership import MemberEvent, MemberList, PeerInfo
-    from .state_sync import StateSync
 
 #: Bytes a gossip body spends per entry (its u16 length).
 _ENTRY_OVERHEAD = 2
@@ -68,7 +65,6 @@ class Host(Protocol):
     members: MemberList
     bootstrap: list[Address]
     meta: dict
-    state_sync: StateSync
 
     @property
     def address(self) -> Address: ...
@@ -105,9 +101,7 @@ class Dissemination:
         """Start the periodic exchanges (discovery at once) and gossip what is queued."""
         self._timers = [self.host.call_later(0, self._every, self.discovery_round, 0),
                         self.host.call_later(self.host.config.push_pull_interval_s, self._every,
-                                             self.push_pull_round, 1),
-                        self.host.call_later(self.host.config.heartbeat_interval_s, self._every,
-                                             self.heartbeat_round, 2)]
+                                             self.push_pull_round, 1)]
         self.wake()
 
     def stop(self) -> None:
@@ -196,13 +190,6 @@ class Dissemination:
         alone = not host.members.alive_or_suspect()
         return host.config.discovery_interval_s * (1 if alone else 6)
 
-    def heartbeat_round(self) -> float:
-        host = self.host
-        body = encode_heartbeat(host.state_sync.version, host.self_update().address)
-        for m in self._sample(host.members.alive(), host.config.fanout):
-            host.send_frame(MessageType.HEARTBEAT, body, m.address)
-        return host.config.heartbeat_interval_s
-
     def send_membership(self, address: Address, reply_wanted: bool) -> None:
         """Our whole membership view, ourselves first, in as many frames as it takes."""
         host = self.host
@@ -224,7 +211,7 @@ class Dissemination:
     # -- handlers (the node's dispatch table points here) --------------------------------------
     def frame_handlers(self) -> dict[MessageType, Callable[[Frame, Address], None]]:
         return {MessageType.PEER_DISCOVERY: self.on_discovery, MessageType.MEMBERSHIP: self.on_membership,
-                MessageType.HEARTBEAT: self.on_heartbeat, MessageType.GOSSIP: self.on_gossip}
+                MessageType.GOSSIP: self.on_gossip}
 
     def on_discovery(self, frame: Frame, addr: Address) -> None:
         address, meta = decode_discovery(frame.body)
@@ -238,10 +225,6 @@ class Dissemination:
             self.host.apply(decode_update(raw), frame.sender, addr)
         if reply_wanted:
             self.send_membership(addr, reply_wanted=False)
-
-    def on_heartbeat(self, frame: Frame, addr: Address) -> None:
-        version, _ = decode_heartbeat(frame.body)
-        self.host.state_sync.heartbeat(frame.sender, frame.incarnation, version)
 
     def on_gossip(self, frame: Frame, addr: Address) -> None:
         for raw in decode_gossip(frame.body):

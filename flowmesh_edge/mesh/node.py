@@ -9,7 +9,7 @@ malformed is dropped and counted; the receive path never raises.
 The concerns live beside it, one module each:
 
 * ``detector.py``: probes, indirect probes, suspicion, refutation (SWIM);
-* ``dissemination.py``: gossip rounds, push-pull, discovery, heartbeats;
+* ``dissemination.py``: gossip rounds, push-pull, discovery;
 * ``envelopes.py``: seen-set, TTL, loop refusal, hop limit (pure);
 * ``routing.py``: next hops and direct-path health (pure);
 * ``alerts.py``, ``search.py``, ``state_sync.py``: the application protocols,
@@ -50,6 +50,7 @@ from .wire import (
     Envelope,
     Frame,
     MessageType,
+    Stamp,
     Update,
     WireError,
     decode_frame,
@@ -79,7 +80,6 @@ class MeshNode:
         mesh_key: bytes | str | None = None,
         bind: str = "0.0.0.0",
         peers: Iterable[Address | tuple[str, int] | str] = (),
-        heartbeat_interval: float | None = None,
         *,
         config: MeshConfig | None = None,
         transport: Transport | None = None,
@@ -90,10 +90,7 @@ class MeshNode:
         if mesh_key is None:
             raise ValueError("a mesh key is required: every datagram is authenticated with it")
         self.node_id = check_node_id(node_id)
-        overrides: dict = {"port": port, "bind": bind}
-        if heartbeat_interval is not None:
-            overrides["heartbeat_interval_s"] = heartbeat_interval
-        self.config = cfg = replace(config or MeshConfig(), **overrides)
+        self.config = cfg = replace(config or MeshConfig(), port=port, bind=bind)
         self.meta = dict(meta or {})
         self.bootstrap = [Address.of(p) for p in peers]
         self._mac = MacKey(mesh_key)
@@ -273,6 +270,12 @@ class MeshNode:
 
     def drop(self, reason: str) -> None:
         self._dropped[reason] += 1
+
+    def state_stamp(self) -> Stamp:
+        return self.state_sync.stamp()
+
+    def heard_state(self, sender: str, stamp: Stamp) -> None:
+        self.state_sync.heard(sender, stamp)
 
     def handlers(self, mtype: MessageType) -> list[Handler]:
         return list(self._handlers.get(mtype, ()))

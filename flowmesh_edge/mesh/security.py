@@ -2,7 +2,7 @@
 
 Every datagram carries a 16-byte HMAC-SHA256 tag under a key derived from the
 mesh key (the standard library's ``hmac``; truncation to 128 bits follows RFC
-2104 section 5 and keeps heartbeats small). Anyone without the mesh key can
+2104 section 5 and keeps probes small). Anyone without the mesh key can
 neither forge nor alter a datagram.
 
 A captured datagram replayed later is refused by the ReplayGuard: each

@@ -3,9 +3,11 @@
 Each node owns its state (fps, battery, location...). ``update`` merges into
 it, bumps its version and broadcasts the whole state. Every member keeps the
 newest copy of every other member's state, by the rule in ``state.py``.
-Anti-entropy: application heartbeats carry the sender's state version; a
-member that sees a version newer than its copy (or has no copy) pulls the
-state with a routed ``{"pull": true}``, answered with the state.
+Anti-entropy: every probe and probe ack carries its sender's state stamp,
+(incarnation, version) (``wire.py``); a member that sees a stamp newer than
+its copy's pulls the state with a routed ``{"pull": true}``, answered with
+the state. Members probe each other all the time, so a missed update is
+repaired within a probe cycle, with no datagram of its own until then.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from collections.abc import Mapping
 from .application import Application, Host, MeshMessage
 from .membership import MemberEvent, PeerInfo
 from .state import newer
-from .wire import MessageType
+from .wire import MessageType, Stamp
 
 #: (incarnation, version, state) of a member's state copy.
 Stamped = tuple[int, int, dict]
+#: Seconds before the same state is pulled again (the first pull or its answer was lost).
+PULL_RETRY_S = 1.0
 
 
 class StateSync(Application):
@@ -29,6 +33,7 @@ class StateSync(Application):
         self.version = 0
         self._incarnation = 0  #: this node's incarnation when its state last changed
         self.remote: dict[str, Stamped] = {}
+        self._pulls: dict[str, tuple[Stamp, float]] = {}  #: member -> (stamp asked for, when)
 
     def attach(self, host: Host) -> None:
         super().attach(host)
@@ -46,6 +51,10 @@ class StateSync(Application):
         self.host.originate(MessageType.NODE_STATE_SYNC, self._payload())
         return self.version
 
+    def stamp(self) -> Stamp:
+        """This node's state stamp, as probes carry it."""
+        return self._incarnation, self.version
+
     def _payload(self) -> dict:
         return {"state": self.state, "version": self.version, "inc": self._incarnation}
 
@@ -61,17 +70,30 @@ class StateSync(Application):
         candidate = (inc, version, state)
         if newer(candidate, self.remote.get(message.origin)):
             self.remote[message.origin] = candidate
+        pull = self._pulls.get(message.origin)
+        if pull is not None and pull[0] <= (inc, version):
+            del self._pulls[message.origin]
         return True
 
-    def heartbeat(self, sender: str, incarnation: int, version: int) -> None:
-        """``sender`` (at ``incarnation``) says its state is at ``version``: pull it if newer."""
+    def heard(self, sender: str, stamp: Stamp) -> None:
+        """``sender``'s state is at ``stamp``: pull it when newer than our copy (a stamp of
+        version 0 is a member with no state: nothing to pull)."""
+        if stamp[1] == 0:
+            return
         known = self.remote.get(sender)
-        if known is None or (incarnation, version) > known[:2] and version > 0:
-            self.host.send_routed(MessageType.NODE_STATE_SYNC, sender, {"pull": True})
+        if known is not None and stamp <= known[:2]:
+            return
+        now = self.host.now()
+        asked = self._pulls.get(sender)
+        if asked is not None and stamp <= asked[0] and now - asked[1] < PULL_RETRY_S:
+            return  # asked already; the answer is on its way
+        self._pulls[sender] = (stamp, now)
+        self.host.send_routed(MessageType.NODE_STATE_SYNC, sender, {"pull": True})
 
     def member_event(self, event: MemberEvent) -> None:
         if event.kind == "removed":
             self.remote.pop(event.node_id, None)
+            self._pulls.pop(event.node_id, None)
 
     def annotate(self, peers: Mapping[str, PeerInfo]) -> None:
         """Copy each member's newest known state onto its PeerInfo."""

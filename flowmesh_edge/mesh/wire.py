@@ -2,7 +2,7 @@
 
 Every datagram is one frame (all integers big-endian)::
 
-    u8   version (2)
+    u8   version (3)
     u8   type (MessageType)
     u8   flags (reserved, 0)
     u8   L, then L bytes: sender node id, UTF-8, 1..NODE_ID_MAX_BYTES (128) bytes
@@ -14,8 +14,20 @@ Every datagram is one frame (all integers big-endian)::
     16   tag: HMAC-SHA256 of everything before it, under the mesh key, truncated
 
 A frame is at most MAX_DATAGRAM bytes (below a 1500-byte Ethernet MTU with
-IPv6 and UDP headers). A heartbeat with a 16-character node id is 62 bytes,
-under 200 with a 128-byte one.
+IPv6 and UDP headers). A probe (PING) between 16-character node ids is 80
+bytes, 304 between 128-byte ones.
+
+The failure detector's own bodies::
+
+    PING       u32 probe id  str target  stamp
+    PING_REQ   u32 probe id  str target  addr
+    PROBE_ACK  u32 probe id  stamp
+
+``stamp`` is the sender's state stamp, u32 incarnation + u32 version (see
+``state_sync.py``): every probe and ack tells its receiver how new the
+sender's state is, so a member that missed an update pulls it. That is all
+an application heartbeat used to say, so there is none any more (HEARTBEAT
+keeps its number, unused).
 
 Membership update (piggybacked, or the body of SUSPECT/ALIVE/DEAD)::
 
@@ -32,7 +44,8 @@ broadcasts, direct messages, acks, search results) share one envelope::
 (``udp``, ``192.0.2.7``, 9999: 18 bytes); ``bytes`` is u16 length + bytes.
 
 Version 2 added the transport name to every address (version 1 had host and
-port only) and the DIRECT type; a version 1 frame is dropped as ``version``.
+port only) and the DIRECT type. Version 3 put the state stamp in PING and
+PROBE_ACK. A frame of another version is dropped as ``version``.
 """
 
 from __future__ import annotations
@@ -46,7 +59,7 @@ from flowmesh.limits import NODE_ID_MAX_BYTES
 
 from .address import NOWHERE, Address
 
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 MAX_DATAGRAM = 1400
 TAG_LEN = 16
 #: Node ids on the wire: the one limit the database and the agent use too.
@@ -57,6 +70,7 @@ MAX_TRANSPORT_LEN = 16
 
 class MessageType(IntEnum):
     # application messages; these numbers are the protocol's, never reuse one
+    #: Retired in version 3: PING and PROBE_ACK carry what it said (the state stamp).
     HEARTBEAT = 1
     PEER_DISCOVERY = 2
     NODE_STATE_SYNC = 3
@@ -321,20 +335,26 @@ def decode_frame(signed: bytes) -> Frame:
 
 # -- bodies of the failure detector's own messages ------------------------------
 
+#: A member's state stamp: (incarnation its state was stamped at, state version).
+Stamp = tuple[int, int]
+_STAMP = struct.Struct(">II")
+_U32 = struct.Struct(">I")
 
-def encode_ping(probe_id: int, target: str) -> bytes:
-    return struct.pack(">I", probe_id) + _str(target, max_len=MAX_ID_LEN)
+
+def encode_ping(probe_id: int, target: str, stamp: Stamp) -> bytes:
+    return _U32.pack(probe_id) + _str(target, max_len=MAX_ID_LEN) + _STAMP.pack(*stamp)
 
 
-def decode_ping(body: bytes) -> tuple[int, str]:
+def decode_ping(body: bytes) -> tuple[int, str, Stamp]:
     r = _Reader(body)
-    out = (r.u32(), r.str(max_len=MAX_ID_LEN))
+    probe_id, target = r.u32(), r.str(max_len=MAX_ID_LEN)
+    stamp = _STAMP.unpack(r.take(_STAMP.size))
     r.done()
-    return out
+    return probe_id, target, stamp
 
 
 def encode_ping_req(probe_id: int, target: str, address: Address) -> bytes:
-    return encode_ping(probe_id, target) + _addr(address)
+    return _U32.pack(probe_id) + _str(target, max_len=MAX_ID_LEN) + _addr(address)
 
 
 def decode_ping_req(body: bytes) -> tuple[int, str, Address]:
@@ -344,26 +364,16 @@ def decode_ping_req(body: bytes) -> tuple[int, str, Address]:
     return out
 
 
-def encode_probe_ack(probe_id: int) -> bytes:
-    return struct.pack(">I", probe_id)
+def encode_probe_ack(probe_id: int, stamp: Stamp) -> bytes:
+    return _U32.pack(probe_id) + _STAMP.pack(*stamp)
 
 
-def decode_probe_ack(body: bytes) -> int:
-    r = _Reader(body)
-    out = r.u32()
-    r.done()
-    return out
-
-
-def encode_heartbeat(state_version: int, address: Address) -> bytes:
-    return struct.pack(">I", state_version) + _addr(address)
-
-
-def decode_heartbeat(body: bytes) -> tuple[int, Address]:
-    r = _Reader(body)
-    out = (r.u32(), r.addr())
-    r.done()
-    return out
+def decode_probe_ack(body: bytes) -> tuple[int, Stamp]:
+    if len(body) != 4 + _STAMP.size:
+        raise WireError("truncated" if len(body) < 4 + _STAMP.size else "malformed",
+                        f"probe ack of {len(body)} bytes")
+    probe_id, inc, version = struct.unpack(">III", body)
+    return probe_id, (inc, version)
 
 
 def encode_discovery(address: Address, meta: bytes) -> bytes:

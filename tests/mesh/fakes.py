@@ -103,6 +103,12 @@ class FakeHost:
             self.timers.append(timer)
             return timer
 
+    def state_stamp(self):
+        return self.state_sync.stamp()
+
+    def heard_state(self, sender, stamp) -> None:
+        self.state_sync.heard(sender, stamp)
+
     def spawn(self, coro) -> None:
         self.tasks.append(asyncio.get_running_loop().create_task(coro))
 

@@ -139,14 +139,27 @@ def test_a_pull_is_answered_and_a_malformed_state_counted():
     assert host.dropped == {"malformed": 1} and "b" not in sync.remote
 
 
-def test_heartbeats_pull_only_newer_states():
+def test_stamps_heard_in_probes_pull_only_newer_states_once():
     host, sync = attached(StateSync())
-    sync.heartbeat("b", 5, 0)  # nothing known about b yet: pull
-    sync.remote["b"] = (5, 3, {})
-    sync.heartbeat("b", 5, 3)  # same: no pull
-    sync.heartbeat("b", 5, 4)  # newer: pull
-    sync.heartbeat("b", 6, 0)  # restarted, no state yet: nothing to pull
-    assert [r[1] for r in host.routed] == ["b", "b"]
+    sync.heard("b", (5, 0))  # no state at all: nothing to pull
+    sync.heard("b", (5, 2))  # nothing known about b yet: pull
+    sync.heard("b", (5, 2))  # asked already, the answer is on its way: not again
+    sync.receive(message(MessageType.NODE_STATE_SYNC, "b", {"state": {"v": 3}, "version": 3, "inc": 5}))
+    sync.heard("b", (5, 3))  # what we hold: no pull
+    sync.heard("b", (5, 4))  # newer: pull
+    host.clock.t += 2  # its answer was lost: the next probe asks again
+    sync.heard("b", (5, 4))
+    sync.heard("b", (6, 0))  # restarted, no state yet: nothing to pull
+    assert [r[1] for r in host.routed] == ["b", "b", "b"]
+
+
+def test_the_stamp_is_the_incarnation_at_the_last_update_and_the_version():
+    host, sync = attached(StateSync())
+    assert sync.stamp() == (host.incarnation, 0)
+    host.originate = lambda mtype, payload: None
+    host.incarnation += 3
+    sync.update({"fps": 1})
+    assert sync.stamp() == (host.incarnation, 1)
 
 
 def test_a_removed_member_state_is_forgotten():

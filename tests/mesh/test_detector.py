@@ -46,9 +46,10 @@ def test_a_member_that_answers_is_not_suspected():
         det.probe(host.members.get("b"))
         await asyncio.sleep(0.01)
         (ping,) = host.sent_of(MessageType.PING)
-        probe_id, target = decode_ping(ping.body)
+        probe_id, target, stamp = decode_ping(ping.body)
         assert target == "b" and ping.address == host.members.get("b").address
-        det.on_probe_ack(frame(MessageType.PROBE_ACK, "b", encode_probe_ack(probe_id)), ping.address)
+        assert stamp == host.state_sync.stamp()
+        det.on_probe_ack(frame(MessageType.PROBE_ACK, "b", encode_probe_ack(probe_id, (1, 0))), ping.address)
         assert det._probes == {}  # over: its timer cancelled
         await asyncio.sleep(CFG.probe_interval_s)
         return host, det
@@ -87,7 +88,7 @@ def test_an_ack_through_a_helper_keeps_the_member_alive_and_teaches_a_route():
         det.probe(host.members.get("b"))
         await asyncio.sleep(CFG.probe_timeout_s + 0.01)
         probe_id = decode_ping_req(host.sent_of(MessageType.PING_REQ)[0].body)[0]
-        det.on_probe_ack(frame(MessageType.PROBE_ACK, "c", encode_probe_ack(probe_id)),
+        det.on_probe_ack(frame(MessageType.PROBE_ACK, "c", encode_probe_ack(probe_id, (1, 0))),
                          host.members.get("c").address)
         await asyncio.sleep(CFG.probe_interval_s)
         return host, det
@@ -97,13 +98,16 @@ def test_an_ack_through_a_helper_keeps_the_member_alive_and_teaches_a_route():
     assert host.route_table.routes() == {"b": ("c", 2)}
 
 
-def test_pings_are_answered_and_misrouted_ones_counted():
+def test_pings_are_answered_with_our_state_stamp_and_misrouted_ones_counted():
     host, det = setup("b")
+    host.state_sync.set_initial({"fps": 30})
     src = Address.udp("10.0.0.9", 4000)
-    det.on_ping(frame(MessageType.PING, "b", encode_ping(77, "me")), src)
+    det.on_ping(frame(MessageType.PING, "b", encode_ping(77, "me", (1, 4))), src)
     (ack,) = host.sent
-    assert ack.type == MessageType.PROBE_ACK and decode_probe_ack(ack.body) == 77 and ack.address == src
-    det.on_ping(frame(MessageType.PING, "b", encode_ping(78, "someone-else")), src)
+    assert ack.type == MessageType.PROBE_ACK and ack.address == src
+    assert decode_probe_ack(ack.body) == (77, (host.incarnation, 1))
+    assert host.routed == [(MessageType.NODE_STATE_SYNC, "b", {"pull": True})]  # b's state is news
+    det.on_ping(frame(MessageType.PING, "b", encode_ping(78, "someone-else", (1, 4))), src)
     assert len(host.sent) == 1 and host.dropped == {"misrouted": 1}
 
 
@@ -113,13 +117,13 @@ def test_probing_for_another_member_passes_the_ack_back():
     target = Address.udp("10.0.0.3", 9999)
     det.on_ping_req(frame(MessageType.PING_REQ, "b", encode_ping_req(555, "c", target)), asker)
     (ping,) = host.sent
-    our_id, name = decode_ping(ping.body)
+    our_id, name, _ = decode_ping(ping.body)
     assert ping.address == target and name == "c"
-    det.on_probe_ack(frame(MessageType.PROBE_ACK, "c", encode_probe_ack(our_id)), target)
+    det.on_probe_ack(frame(MessageType.PROBE_ACK, "c", encode_probe_ack(our_id, (1, 0))), target)
     relayed = host.sent[-1]
     assert relayed.type == MessageType.PROBE_ACK and relayed.address == asker
-    assert decode_probe_ack(relayed.body) == 555
-    det.on_probe_ack(frame(MessageType.PROBE_ACK, "c", encode_probe_ack(our_id)), target)
+    assert decode_probe_ack(relayed.body) == (555, host.state_sync.stamp())
+    det.on_probe_ack(frame(MessageType.PROBE_ACK, "c", encode_probe_ack(our_id, (1, 0))), target)
     assert len(host.sent) == 2  # a second ack is not relayed again
 
 

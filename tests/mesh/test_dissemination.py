@@ -24,12 +24,10 @@ from flowmesh_edge.mesh.wire import (
     WireError,
     decode_discovery,
     decode_gossip,
-    decode_heartbeat,
     decode_update,
     encode_discovery,
     encode_envelope,
     encode_gossip,
-    encode_heartbeat,
     encode_update,
     frame_overhead,
 )
@@ -143,15 +141,6 @@ def test_discovery_goes_to_bootstrap_peers_and_the_lan_and_slows_down_once_joine
     assert d.discovery_round() == CFG.discovery_interval_s * 6
 
 
-def test_heartbeats_carry_the_state_version_to_fanout_alive_members():
-    host, d = setup("b", "c", "d", "e")
-    host.state_sync.set_initial({"fps": 30})
-    assert d.heartbeat_round() == CFG.heartbeat_interval_s
-    beats = host.sent_of(MessageType.HEARTBEAT)
-    assert len(beats) == CFG.fanout
-    assert decode_heartbeat(beats[0].body)[0] == 1
-
-
 def test_a_discovery_adds_the_member_and_answers_with_our_view():
     host, d = setup("b")
     src = Address.udp("10.9.9.9", 9999)
@@ -170,13 +159,6 @@ def test_a_membership_exchange_is_merged_and_answered_only_when_asked():
     assert host.members.get("x") is not None and host.sent == []
     d.on_membership(frame(MessageType.MEMBERSHIP, "x", b"\x01" + body), src)
     assert [s.type for s in host.sent] == [MessageType.MEMBERSHIP]
-
-
-def test_a_heartbeat_with_a_newer_state_version_pulls_the_state():
-    host, d = setup("b")
-    d.on_heartbeat(frame(MessageType.HEARTBEAT, "b", encode_heartbeat(3, Address.udp("", 1))),
-                   Address.udp("10.0.0.2", 9999))
-    assert host.routed == [(MessageType.NODE_STATE_SYNC, "b", {"pull": True})]
 
 
 def test_gossip_entries_are_handed_on_and_a_non_envelope_entry_is_malformed():

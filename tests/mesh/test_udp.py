@@ -65,7 +65,7 @@ async def test_forged_replayed_and_malformed_datagrams_are_dropped_and_counted()
     try:
         good_key, bad_key = MacKey(KEY), MacKey(b"an attacker's own key, long")
         ping = Frame(wire.MessageType.PING, "mallory", 5, 1, int(time.time()),
-                     wire.encode_ping(1, "victim"))
+                     wire.encode_ping(1, "victim", (5, 0)))
         valid = wire.encode_frame(ping, good_key.sign)
         bogus = [
             wire.encode_frame(ping, bad_key.sign),            # forged
@@ -75,7 +75,7 @@ async def test_forged_replayed_and_malformed_datagrams_are_dropped_and_counted()
             valid[:12],                                       # truncated
             b"\x00" * 2000,                                   # oversized
             wire.encode_frame(Frame(wire.MessageType.PING, "mallory", 5, 2, int(time.time()) - 3600,
-                                    wire.encode_ping(2, "victim")), good_key.sign),  # stale clock
+                                    wire.encode_ping(2, "victim", (5, 0))), good_key.sign),  # stale clock
             wire.encode_frame(Frame(wire.MessageType.GOSSIP, "mallory", 5, 3, int(time.time()),
                                     b"\x01\x00\x05junk!"), good_key.sign),          # malformed body
         ]

@@ -50,7 +50,7 @@ def test_envelopes_round_trip(env):
 @given(st.binary(max_size=300))
 def test_decoders_only_raise_wire_errors(data):
     for decode in (wire.decode_frame, wire.decode_envelope, wire.decode_update, wire.decode_ping,
-                   wire.decode_ping_req, wire.decode_gossip, wire.decode_heartbeat):
+                   wire.decode_ping_req, wire.decode_probe_ack, wire.decode_gossip):
         try:
             decode(data)
         except WireError:
@@ -67,14 +67,19 @@ def test_every_truncation_is_refused(ups, data):
         wire.decode_frame(signed[:cut])
 
 
-def test_heartbeat_fits_in_200_bytes_with_the_longest_id():
-    body = wire.encode_heartbeat(2**32 - 1, Address.udp("255.255.255.255", 65535))
-    frame = Frame(MessageType.HEARTBEAT, "n" * NODE_ID_MAX_BYTES, 2**32 - 1, 2**32 - 1, 2**32 - 1, body)
-    datagram = wire.encode_frame(frame, KEY.sign)
-    assert len(datagram) <= 200, len(datagram)
-    short = wire.encode_frame(Frame(MessageType.HEARTBEAT, "camera_001", 1, 1, 1,
-                                    wire.encode_heartbeat(3, Address.udp("", 9999))), KEY.sign)
-    assert len(short) < 64
+def test_probes_and_acks_are_small_and_carry_the_state_stamp():
+    top = 2**32 - 1
+    longest = "n" * NODE_ID_MAX_BYTES
+    ping = Frame(MessageType.PING, longest, top, top, top, wire.encode_ping(top, longest, (top, top)))
+    assert len(wire.encode_frame(ping, KEY.sign)) == 304
+    assert wire.decode_ping(ping.body) == (top, longest, (top, top))
+    short = Frame(MessageType.PING, "camera_001_abcde", 1, 1, 1, wire.encode_ping(1, "camera_002_abcde", (7, 3)))
+    assert len(wire.encode_frame(short, KEY.sign)) == 80  # as wire.py says
+    ack = wire.encode_probe_ack(9, (7, 3))
+    assert wire.decode_probe_ack(ack) == (9, (7, 3))
+    for bad in (ack[:-1], ack + b"x"):
+        with pytest.raises(WireError):
+            wire.decode_probe_ack(bad)
 
 
 def test_limits():
@@ -121,7 +126,7 @@ def test_addresses_carry_their_transport_and_a_bad_transport_name_is_malformed()
 
 def test_ids_up_to_the_shared_limit_pass_and_longer_ones_do_not():
     longest = "n" * NODE_ID_MAX_BYTES
-    frame = Frame(MessageType.PING, longest, 1, 1, 1, wire.encode_ping(1, longest))
+    frame = Frame(MessageType.PING, longest, 1, 1, 1, wire.encode_ping(1, longest, (1, 0)))
     assert roundtrip(frame) == frame
     with pytest.raises(ValueError):
         wire.encode_frame(Frame(MessageType.PING, longest + "n", 1, 1, 1, b""), KEY.sign)
