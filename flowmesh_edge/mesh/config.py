@@ -69,7 +69,8 @@ class MeshConfig:
     seen_set_size: int = 16384
     #: Seconds a message id is remembered.
     seen_ttl_s: float = 300.0
-    #: Seconds between membership and state anti-entropy exchanges with one random member.
+    #: Seconds between membership anti-entropy exchanges with one random member, in
+    #: meshes up to 32 members; stretched beyond (see ``push_pull_s``).
     push_pull_interval_s: float = 10.0
     #: Seconds between discovery broadcasts while no member is known (x6 afterwards).
     discovery_interval_s: float = 5.0
@@ -111,6 +112,14 @@ class MeshConfig:
 
     def suspicion_max_s(self, n: int) -> float:
         return self.suspicion_max_timeout_mult * self.suspicion_min_s(n)
+
+    def push_pull_s(self, n: int) -> float:
+        """Push-pull period with n members: the snapshot exchanged grows with n, so
+        beyond 32 members the period grows by one interval per doubling (memberlist's
+        pushPullScale): ``push_pull_interval_s * (ceil(log2(n / 32)) + 1)``."""
+        if n <= 32:
+            return self.push_pull_interval_s
+        return self.push_pull_interval_s * (math.ceil(math.log2(n / 32)) + 1)
 
     def effective_broadcast_address(self) -> str | None:
         if self.broadcast_address is not None:

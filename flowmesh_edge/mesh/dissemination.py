@@ -9,11 +9,20 @@ piggybacked on every datagram with room left, and application envelopes.
   the next. Each round sends a GOSSIP frame to ``fanout`` random members,
   envelopes taking up to two thirds of the datagram so that updates still
   ride along. An idle node never wakes up for gossip.
-* **push-pull** every ``push_pull_interval_s`` (+-10% jitter): our whole
-  membership to one random member, which answers with its own (anti-entropy);
-* **discovery** every ``discovery_interval_s`` while alone (6x that once
-  anyone is known): PEER_DISCOVERY to each bootstrap peer and to the LAN
-  broadcast address; the receiver adds us and answers with its membership.
+* **push-pull** with one random member, which answers with its own
+  (anti-entropy), every ``push_pull_interval_s`` (+-10% jitter), stretched
+  in meshes above 32 members as memberlist does
+  (``config.push_pull_s(n)``): a snapshot grows with n, so its rate falls;
+* **discovery** every ``discovery_interval_s`` while alone: PEER_DISCOVERY
+  to each bootstrap peer and to the LAN broadcast address. Once anyone is
+  known, every 6x that, and only where it can find something: to the
+  bootstrap peers not known alive, and to the LAN with probability 1/n
+  (about one broadcast per mesh per round, enough to merge two meshes that
+  lost each other). The receiver adds the sender and answers with its
+  membership only when the sender is new to it (unknown, not alive, or at a
+  new incarnation: a joiner or a restart); a member it already knows alive
+  gets no answer. Answering every discovery with a snapshot made LAN
+  discovery cost n snapshots per member per round: quadratic.
 
 There is no application heartbeat: probes carry the state stamp it carried.
 
@@ -30,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .address import Address
 from .broadcast import TransmitLimitedQueue
+from .membership import ALIVE
 from .wire import (
     ENVELOPE_TYPES,
     MAX_DATAGRAM,
@@ -173,22 +183,27 @@ class Dissemination:
 
     # -- periodic exchanges (each returns the delay until its next run) ----------------------
     def push_pull_round(self) -> float:
-        candidates = self.host.members.alive_or_suspect()
+        host = self.host
+        candidates = host.members.alive_or_suspect()
         if candidates:
             self.send_membership(self.rng.choice(candidates).address, reply_wanted=True)
         jitter = 1 + (self.rng.random() - 0.5) * 0.2
-        return self.host.config.push_pull_interval_s * jitter
+        return host.config.push_pull_s(host.members.size()) * jitter
 
     def discovery_round(self) -> float:
         host = self.host
-        meta = json.dumps(host.meta, separators=(",", ":")).encode() if host.meta else b""
-        body = encode_discovery(host.self_update().address, meta)
-        for peer in host.bootstrap:
-            if peer != host.address:
+        alive = host.members.alive()
+        known = {m.address for m in alive}
+        peers = [p for p in host.bootstrap if p != host.address and p not in known]
+        lan = not alive or self.rng.random() < 1 / host.members.size()
+        if peers or lan:
+            meta = json.dumps(host.meta, separators=(",", ":")).encode() if host.meta else b""
+            body = encode_discovery(host.self_update().address, meta)
+            for peer in peers:
                 host.send_frame(MessageType.PEER_DISCOVERY, body, peer)
-        host.broadcast_frame(MessageType.PEER_DISCOVERY, body)
-        alone = not host.members.alive_or_suspect()
-        return host.config.discovery_interval_s * (1 if alone else 6)
+            if lan:
+                host.broadcast_frame(MessageType.PEER_DISCOVERY, body)
+        return host.config.discovery_interval_s * (6 if alive else 1)
 
     def send_membership(self, address: Address, reply_wanted: bool) -> None:
         """Our whole membership view, ourselves first, in as many frames as it takes."""
@@ -215,9 +230,12 @@ class Dissemination:
 
     def on_discovery(self, frame: Frame, addr: Address) -> None:
         address, meta = decode_discovery(frame.body)
+        known = self.host.members.get(frame.sender)
+        new = known is None or known.status != ALIVE or frame.incarnation > known.incarnation
         self.host.apply(Update(MessageType.ALIVE, frame.sender, frame.incarnation, address, frame.sender,
                                meta), frame.sender, addr)
-        self.send_membership(addr, reply_wanted=False)
+        if new:
+            self.send_membership(addr, reply_wanted=False)
 
     def on_membership(self, frame: Frame, addr: Address) -> None:
         reply_wanted = frame.body[:1] == b"\x01"

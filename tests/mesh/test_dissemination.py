@@ -151,6 +151,30 @@ def test_a_discovery_adds_the_member_and_answers_with_our_view():
     assert reply.type == MessageType.MEMBERSHIP and reply.address == src and reply.body[0] == 0
 
 
+def test_only_a_joiner_or_a_restart_gets_our_view_in_answer_to_a_discovery():
+    host, d = setup("b", "c")
+    body = encode_discovery(Address.udp("", 9999), b"")
+    b_at = host.members.get("b").address
+    d.on_discovery(frame(MessageType.PEER_DISCOVERY, "b", body, incarnation=1), b_at)
+    assert host.sent == []  # b is alive at that incarnation: it knows the mesh
+    d.on_discovery(frame(MessageType.PEER_DISCOVERY, "b", body, incarnation=2), b_at)
+    assert [s.type for s in host.sent] == [MessageType.MEMBERSHIP]  # restarted: it knows nothing
+    host.members.apply(Update(MessageType.DEAD, "c", 1, origin="b"))
+    d.on_discovery(frame(MessageType.PEER_DISCOVERY, "c", body, incarnation=1), b_at)
+    assert len(host.sent_of(MessageType.MEMBERSHIP)) == 2  # held dead: it may not know it
+
+
+def test_once_joined_discovery_goes_only_where_it_can_find_something():
+    known, unknown = Address.udp("10.0.0.2", 9999), Address.udp("192.0.2.1", 9999)
+    host, d = setup(*[f"m{i}" for i in range(9)], bootstrap=[known, unknown])
+    rounds = 2000
+    for _ in range(rounds):
+        assert d.discovery_round() == CFG.discovery_interval_s * 6
+    assert {s.address for s in host.sent} == {unknown}  # the known-alive bootstrap peer is skipped
+    assert len(host.sent) == rounds
+    assert 0.07 < len(host.broadcasts) / rounds < 0.13  # 1/n of the rounds, n = 10
+
+
 def test_a_membership_exchange_is_merged_and_answered_only_when_asked():
     host, d = setup()
     body = encode_gossip([encode_update(Update(MessageType.ALIVE, "x", 1, Address.udp("10.0.0.5", 1)))])

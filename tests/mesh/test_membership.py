@@ -100,6 +100,9 @@ def test_config_formulas():
     assert cfg.retransmit_limit(100) == 4 * 3
     assert cfg.suspicion_min_s(20) < cfg.suspicion_max_s(20)
     assert MeshConfig.low_power().probe_interval_s > cfg.probe_interval_s
+    assert cfg.push_pull_s(32) == cfg.push_pull_interval_s
+    assert cfg.push_pull_s(33) == cfg.push_pull_s(64) == 2 * cfg.push_pull_interval_s
+    assert cfg.push_pull_s(100) == 3 * cfg.push_pull_interval_s
     assert MeshConfig(bind="127.0.0.1").effective_broadcast_address() is None
     assert MeshConfig().effective_broadcast_address() == "255.255.255.255"
 
