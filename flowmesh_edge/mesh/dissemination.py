@@ -19,10 +19,14 @@ piggybacked on every datagram with room left, and application envelopes.
   bootstrap peers not known alive, and to the LAN with probability 1/n
   (about one broadcast per mesh per round, enough to merge two meshes that
   lost each other). The receiver adds the sender and answers with its
-  membership only when the sender is new to it (unknown, not alive, or at a
-  new incarnation: a joiner or a restart); a member it already knows alive
-  gets no answer. Answering every discovery with a snapshot made LAN
-  discovery cost n snapshots per member per round: quadratic.
+  membership only when the sender says it is alone (knows no member) or is
+  new to the receiver (unknown, not alive, or at a new incarnation: a joiner
+  or a restart, whose view may lack the receiver's side); a member it
+  already knows alive gets no answer. Answering every discovery with a
+  snapshot made LAN discovery cost n snapshots per member per round:
+  quadratic. A discovery carries no piggybacked updates: its body says all
+  the receiver needs about the sender, and its "new" test must see the
+  receiver's view as it was before this frame.
 
 There is no application heartbeat: probes carry the state stamp it carried.
 
@@ -81,7 +85,8 @@ class Host(Protocol):
     @property
     def running(self) -> bool: ...
     def now(self) -> float: ...
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle: ...
+    def call_later(self, delay: float, callback: Callable[..., object],
+                   *args: Any) -> asyncio.TimerHandle: ...
     def send_frame(self, mtype: MessageType, body: bytes, address: Address,
                    piggyback: bool = True) -> None: ...
     def broadcast_frame(self, mtype: MessageType, body: bytes) -> bool: ...
@@ -198,9 +203,9 @@ class Dissemination:
         lan = not alive or self.rng.random() < 1 / host.members.size()
         if peers or lan:
             meta = json.dumps(host.meta, separators=(",", ":")).encode() if host.meta else b""
-            body = encode_discovery(host.self_update().address, meta)
+            body = encode_discovery(host.self_update().address, meta, alone=not alive)
             for peer in peers:
-                host.send_frame(MessageType.PEER_DISCOVERY, body, peer)
+                host.send_frame(MessageType.PEER_DISCOVERY, body, peer, piggyback=False)
             if lan:
                 host.broadcast_frame(MessageType.PEER_DISCOVERY, body)
         return host.config.discovery_interval_s * (6 if alive else 1)
@@ -229,12 +234,12 @@ class Dissemination:
                 MessageType.GOSSIP: self.on_gossip}
 
     def on_discovery(self, frame: Frame, addr: Address) -> None:
-        address, meta = decode_discovery(frame.body)
+        address, meta, alone = decode_discovery(frame.body)
         known = self.host.members.get(frame.sender)
         new = known is None or known.status != ALIVE or frame.incarnation > known.incarnation
         self.host.apply(Update(MessageType.ALIVE, frame.sender, frame.incarnation, address, frame.sender,
                                meta), frame.sender, addr)
-        if new:
+        if alone or new:
             self.send_membership(addr, reply_wanted=False)
 
     def on_membership(self, frame: Frame, addr: Address) -> None:

@@ -118,10 +118,15 @@ class LinkConditions:
 
 
 class InMemoryNetwork:
-    """A segment of in-memory transports with injectable link conditions."""
+    """A segment of in-memory transports with injectable link conditions.
 
-    def __init__(self, seed: int = 0, conditions: LinkConditions | None = None):
+    ``broadcast=False`` makes a segment without broadcast, as UDP bound to one
+    address is: members then find each other through their bootstrap peers only.
+    """
+
+    def __init__(self, seed: int = 0, conditions: LinkConditions | None = None, broadcast: bool = True):
         self.rng = random.Random(seed)
+        self.broadcast = broadcast
         self.default = conditions or LinkConditions()
         self.links: dict[tuple[Address, Address], LinkConditions] = {}
         self.blocked: set[tuple[Address, Address]] = set()
@@ -176,7 +181,7 @@ class InMemoryTransport(Transport):
             self.network._deliver(data, self.address, address)
 
     def broadcast(self, data: bytes) -> bool:
-        if self._receiver is None:
+        if self._receiver is None or not self.network.broadcast:
             return False
         for address in list(self.network.nodes):
             if address != self.address:

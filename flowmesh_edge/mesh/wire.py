@@ -23,6 +23,10 @@ The failure detector's own bodies::
     PING_REQ   u32 probe id  str target  addr
     PROBE_ACK  u32 probe id  stamp
 
+Discovery (PEER_DISCOVERY), to bootstrap peers and the LAN::
+
+    u8 alone (1: the sender knows no member and wants the membership)  addr  bytes meta
+
 ``stamp`` is the sender's state stamp, u32 incarnation + u32 version (see
 ``state_sync.py``): every probe and ack tells its receiver how new the
 sender's state is, so a member that missed an update pulls it. That is all
@@ -45,7 +49,7 @@ broadcasts, direct messages, acks, search results) share one envelope::
 
 Version 2 added the transport name to every address (version 1 had host and
 port only) and the DIRECT type. Version 3 put the state stamp in PING and
-PROBE_ACK. A frame of another version is dropped as ``version``.
+PROBE_ACK, and the ``alone`` flag in PEER_DISCOVERY. A frame of another version is dropped as ``version``.
 """
 
 from __future__ import annotations
@@ -376,13 +380,16 @@ def decode_probe_ack(body: bytes) -> tuple[int, Stamp]:
     return probe_id, (inc, version)
 
 
-def encode_discovery(address: Address, meta: bytes) -> bytes:
-    return _addr(address) + _bytes16(meta)
+def encode_discovery(address: Address, meta: bytes, alone: bool) -> bytes:
+    return bytes((alone,)) + _addr(address) + _bytes16(meta)
 
 
-def decode_discovery(body: bytes) -> tuple[Address, bytes]:
+def decode_discovery(body: bytes) -> tuple[Address, bytes, bool]:
     r = _Reader(body)
-    out = (r.addr(), r.bytes16())
+    alone = r.u8()
+    if alone > 1:
+        raise WireError("malformed", f"discovery flag {alone}")
+    out = (r.addr(), r.bytes16(), bool(alone))
     r.done()
     return out
 

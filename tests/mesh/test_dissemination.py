@@ -135,7 +135,8 @@ def test_discovery_goes_to_bootstrap_peers_and_the_lan_and_slows_down_once_joine
     host, d = setup(bootstrap=[peer, Address.udp("10.0.0.1", 9999)], meta={"role": "cam"})
     assert d.discovery_round() == CFG.discovery_interval_s
     (sent,) = host.sent  # not to our own address
-    assert sent.address == peer and decode_discovery(sent.body)[1] == b'{"role":"cam"}'
+    assert sent.address == peer and decode_discovery(sent.body) == (host.my_address, b'{"role":"cam"}', True)
+    assert not sent.piggyback  # the body says what it must; the receiver judges it on its own view
     assert [t for t, _ in host.broadcasts] == [MessageType.PEER_DISCOVERY]
     host.join("b")
     assert d.discovery_round() == CFG.discovery_interval_s * 6
@@ -144,8 +145,8 @@ def test_discovery_goes_to_bootstrap_peers_and_the_lan_and_slows_down_once_joine
 def test_a_discovery_adds_the_member_and_answers_with_our_view():
     host, d = setup("b")
     src = Address.udp("10.9.9.9", 9999)
-    d.on_discovery(frame(MessageType.PEER_DISCOVERY, "new", encode_discovery(Address.udp("", 9999), b""),
-                         incarnation=7), src)
+    body = encode_discovery(Address.udp("", 9999), b"", alone=True)
+    d.on_discovery(frame(MessageType.PEER_DISCOVERY, "new", body, incarnation=7), src)
     assert host.members.get("new").incarnation == 7
     (reply,) = host.sent
     assert reply.type == MessageType.MEMBERSHIP and reply.address == src and reply.body[0] == 0
@@ -153,10 +154,14 @@ def test_a_discovery_adds_the_member_and_answers_with_our_view():
 
 def test_only_a_joiner_or_a_restart_gets_our_view_in_answer_to_a_discovery():
     host, d = setup("b", "c")
-    body = encode_discovery(Address.udp("", 9999), b"")
+    body = encode_discovery(Address.udp("", 9999), b"", alone=False)
     b_at = host.members.get("b").address
     d.on_discovery(frame(MessageType.PEER_DISCOVERY, "b", body, incarnation=1), b_at)
     assert host.sent == []  # b is alive at that incarnation: it knows the mesh
+    alone = encode_discovery(Address.udp("", 9999), b"", alone=True)
+    d.on_discovery(frame(MessageType.PEER_DISCOVERY, "b", alone, incarnation=1), b_at)
+    assert [s.type for s in host.sent] == [MessageType.MEMBERSHIP]  # ...unless it says it knows nobody
+    host.sent.clear()
     d.on_discovery(frame(MessageType.PEER_DISCOVERY, "b", body, incarnation=2), b_at)
     assert [s.type for s in host.sent] == [MessageType.MEMBERSHIP]  # restarted: it knows nothing
     host.members.apply(Update(MessageType.DEAD, "c", 1, origin="b"))

@@ -197,6 +197,28 @@ def test_graceful_leave_and_restart_with_higher_incarnation():
     assert after >= before + 5 and refutations == 0  # outranked by the clock alone
 
 
+def test_a_restarted_member_learns_the_mesh_from_its_bootstrap_peer_alone():
+    """No LAN broadcast (as on UDP bound to one address): the restarted member's
+    discovery reaches its bootstrap peer only, which must answer with the membership
+    even though it already took the member back from that very frame."""
+
+    async def main():
+        net = InMemoryNetwork(seed=15, broadcast=False)
+        nodes = await start_mesh(6, net)
+        await converge(nodes)
+        await crash(nodes[4])
+        await until(lambda: all(n.peers()["node-004"].status == "dead" for n in nodes[:4] + nodes[5:]), 5)
+        loop = asyncio.get_running_loop()
+        restarted = loop.time()
+        nodes[4] = await start_node("node-004", net, peers=[nodes[0].address])
+        took = await converge(nodes, timeout=10)
+        await stop_all(nodes)
+        return loop.time() - restarted, took
+
+    since_restart, _ = run_virtual(main())
+    assert since_restart < 0.5
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "known defect: members' replay windows refuse every frame below the past self's "
     "incarnation as replayed, so the restarted node is never told it is dead"))
