@@ -2,18 +2,36 @@
 
 The defaults are tuned for a LAN (Wi-Fi or Ethernet, round trips well under
 100 ms) and for FlowMesh's failover budget: a crashed member is declared dead
-by everyone within 3 s. ``MeshConfig.low_power()`` trades detection speed for
+by every other within 2 s (p99), while an idle member sends about 4
+datagrams a second. ``MeshConfig.low_power()`` trades detection speed for
 radio time on battery devices; ``MeshConfig.wan()`` tolerates slower links.
 Both are derived from the LAN defaults, never restated.
 
-Formulas (n = members known, including this node):
+Formulas (n = members known, including this node; T = ``probe_interval_s``):
 
-* retransmit limit of a gossiped update: ``retransmit_mult * ceil(log10(n + 1))``
-* suspicion timeout, min: ``suspicion_mult * max(1, log10(max(n, 1))) * probe_interval_s``
+* probe deadline (an unanswered probe becomes a suspicion):
+  ``D = probe_deadline_s() = 3 * probe_timeout_s`` (the direct round trip,
+  then two through a helper)
+* suspicion timeout, min: ``suspicion_mult * max(1, log10(max(n, 1))) * T``
 * suspicion timeout, max: ``suspicion_max_timeout_mult * min``; a suspicion starts at
   the max and shrinks toward the min as independent confirmations arrive
-  (Lifeguard), so a member suspected by many is declared dead fast while a
-  lone, possibly mistaken suspicion leaves time for refutation.
+  (Lifeguard; ``suspicion_confirmations`` of them reach the min), so a member
+  suspected by many is declared dead fast while a lone, possibly mistaken
+  suspicion leaves time for refutation
+* out-of-turn confirmation probes: each member that learns of a suspicion
+  probes the suspect with probability ``min(1, confirm_probes / (n - 2))``
+* detection of a crash, every member: the first probe of the crashed member
+  comes within one round (each member is probed once per round), then
+  ``D`` to suspect it, confirmations within about another ``D``, the min
+  timeout counted from the suspicion, and the DEAD gossip:
+  ``<= T + D + max(min, D) + gossip``; at the defaults and n = 20:
+  0.5 + 0.3 + 0.65 + ~0.05 = 1.5 s.
+* datagrams sent by an idle member: ``2 / T`` (its PING, and the PROBE_ACK to
+  the member probing it) plus push-pull, ``~2 * frames(n) / push_pull_s(n)``;
+  at the defaults and n = 20: 4 + 0.2 per second.
+* retransmit limit of a gossiped update: ``retransmit_mult * ceil(log10(n + 1))``
+* push-pull period: ``push_pull_interval_s * (ceil(log2(n / 32)) + 1)`` above 32
+  members, ``push_pull_interval_s`` up to 32.
 """
 
 from __future__ import annotations
@@ -36,18 +54,31 @@ class MeshConfig:
     broadcast_address: str | None = None
 
     # -- failure detection (SWIM) --
-    #: Seconds between probes of one member. Lower detects faster and costs
-    #: ~2 datagrams per node per interval. 0.2 s keeps the 3 s failover budget.
-    probe_interval_s: float = 0.2
+    #: Seconds per probe round: each node sends one probe per round, and each member
+    #: is probed about once per round (detector.py's schedule). Each node sends ~2
+    #: datagrams per round (its PING, and the PROBE_ACK to the one probing it).
+    #: Lower detects faster: a crash waits up to one round for its first probe.
+    probe_interval_s: float = 0.5
     #: Seconds to wait for a direct ack before asking others (indirect probe).
     #: Must exceed the link's round trip; Wi-Fi power save can add 100 ms+.
+    #: A probe fails (suspect) at ``probe_deadline_s()``, 3x this.
     probe_timeout_s: float = 0.1
-    #: Members asked to probe on our behalf when a direct probe fails (k).
+    #: Members asked to probe on our behalf when a direct probe fails.
     indirect_checks: int = 3
     #: Scales the suspicion timeout (see module doc). Higher: fewer false deaths, slower detection.
-    suspicion_mult: int = 3
+    suspicion_mult: float = 1.0
     #: The lone-suspicion timeout as a multiple of the minimum.
     suspicion_max_timeout_mult: int = 6
+    #: Independent confirmations (Lifeguard's K) that bring a suspicion's timeout
+    #: down to its minimum. Higher: a crash needs more witnesses, one bad link
+    #: alone cannot kill a member quickly.
+    suspicion_confirmations: int = 2
+    #: Members that, on average, probe a newly suspected member out of turn: each
+    #: member that learns of a suspicion does with probability
+    #: ``min(1, confirm_probes / (n - 2))``. Brings the confirmations of a crash
+    #: within one probe deadline, and tells a live suspect at once so that it
+    #: refutes. Costs ~2 datagrams each for a live suspect, ~6 for a dead one.
+    confirm_probes: float = 4.0
     #: Seconds a dead member is still listed (and gossiped to) before it is removed.
     dead_reap_s: float = 30.0
     #: Seconds a removed member's last incarnation is remembered, so stale
@@ -96,16 +127,23 @@ class MeshConfig:
             raise ValueError("port must be 0..65535")
         if not 0 < self.probe_timeout_s < self.probe_interval_s:
             raise ValueError("need 0 < probe_timeout_s < probe_interval_s")
-        for name in ("indirect_checks", "fanout", "retransmit_mult", "suspicion_mult", "ttl",
-                     "hop_limit", "suspicion_max_timeout_mult"):
+        for name in ("indirect_checks", "fanout", "retransmit_mult", "ttl", "hop_limit",
+                     "suspicion_max_timeout_mult", "suspicion_confirmations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.suspicion_mult <= 0 or self.confirm_probes < 0:
+            raise ValueError("suspicion_mult must be above 0, confirm_probes at least 0")
         if self.ttl > 255 or self.hop_limit > 255:
             raise ValueError("ttl and hop_limit must be at most 255")
 
     # derived values ---------------------------------------------------------
     def retransmit_limit(self, n: int) -> int:
         return self.retransmit_mult * math.ceil(math.log10(max(n, 1) + 1))
+
+    def probe_deadline_s(self) -> float:
+        """Seconds after which an unanswered probe fails: the direct ack's timeout, then
+        two more for the indirect path, two round trips through a helper."""
+        return 3 * self.probe_timeout_s
 
     def suspicion_min_s(self, n: int) -> float:
         return self.suspicion_mult * max(1.0, math.log10(max(n, 1))) * self.probe_interval_s
@@ -133,7 +171,8 @@ class MeshConfig:
 
     @classmethod
     def low_power(cls, **overrides) -> MeshConfig:
-        """Probe 5x less often: detection in ~15 s, a fifth of the radio time."""
+        """Probe 5x less often: a fifth of the radio time; detection by the formula
+        above within ~7 s at 20 members (2.5 + 0.9 + 3.25 + gossip)."""
         base = cls()
         return replace(base, probe_interval_s=base.probe_interval_s * 5,
                        probe_timeout_s=base.probe_timeout_s * 3,
@@ -141,9 +180,10 @@ class MeshConfig:
 
     @classmethod
     def wan(cls, **overrides) -> MeshConfig:
-        """Round trips up to ~400 ms: longer timeouts, more suspicion patience."""
+        """Round trips up to ~400 ms: longer timeouts, twice the suspicion patience;
+        detection within ~11 s at 20 members (2.5 + 1.5 + 6.5 + gossip)."""
         base = cls()
         return replace(base, probe_interval_s=base.probe_interval_s * 5,
                        probe_timeout_s=base.probe_timeout_s * 5,
-                       suspicion_mult=base.suspicion_mult + 3,
+                       suspicion_mult=base.suspicion_mult * 2,
                        gossip_interval_s=base.gossip_interval_s * 3, **overrides)

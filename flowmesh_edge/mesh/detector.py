@@ -3,11 +3,19 @@
 ``membership.py`` decides what a fact means; this module produces the facts
 and acts on the outcomes:
 
-* **Probing.** Every ``probe_interval_s`` one member, taken round-robin in a
-  shuffled order (new members inserted at random places), gets a PING. No
-  PROBE_ACK within ``probe_timeout_s``: ping it once more and send a PING_REQ
-  to ``indirect_checks`` other alive members, which ping it for us and pass
-  the ack back. No ack by the end of the interval: SUSPECT it.
+* **Probing.** Once per ``probe_interval_s`` (T) round, a node probes one
+  member, chosen so that every member is probed by someone about once per
+  round (see *The schedule*). No PROBE_ACK within ``probe_timeout_s``: ping
+  it once more and send a PING_REQ to ``indirect_checks`` other alive
+  members, which ping it for us and pass the ack back. No ack by
+  ``config.probe_deadline_s()`` (3 x the timeout: the direct round trip,
+  then two more through a helper): SUSPECT it.
+* **Confirmation.** A node that learns of a suspicion from another probes
+  the suspect at once, out of turn, with probability
+  ``min(1, confirm_probes / (n - 2))``: a crashed member collects Lifeguard's
+  confirmations within about one probe deadline, so its suspicion shrinks to
+  the minimum; a live one is told (by the probe's piggybacked suspicion, or
+  by ``check_accused`` when it answers) and refutes at once.
 * **Relaying.** A PING_REQ makes us ping the target under a probe id of our
   own, and pass its ack to the asker.
 * **State stamps.** Every PING and PROBE_ACK carries its sender's state stamp
@@ -28,6 +36,22 @@ a member event on the node.
 Nothing here polls: a probe is a PING and two timers (the direct ack's
 timeout, then the indirect probes' deadline), cancelled when the ack comes;
 the deadline timer sleeps until something is due.
+
+The schedule. SWIM's per-node random round-robin probes each member once
+per n-1 rounds *per prober*, so the first probe of a crashed member comes
+after the minimum, over n-1 probers, of a uniform position in each one's
+cycle: well under a round on average, but up to several rounds at
+the tail (p99 ~2 s at 20 members and T = 0.5 s). Instead, rounds are numbered
+on the wall clock, r = floor(wall / T), and in round r the node at index i
+of the sorted live ring (itself included, n members) probes the one at
+``(i + 1 + r mod (n - 1)) mod n``: a permutation of the ring with no fixed
+point, so every member is probed exactly once per round, and over n - 1
+rounds each node probes every other once. The probe of the member at index
+t goes out at ``(r + t / n) * T``, so that each member is probed every T
+exactly and the probes of a round are spread over it. Members whose views
+(or clocks) disagree only lose the "exactly once" for the rounds they
+disagree on: each still probes every member it knows once per n - 1
+rounds, which is the round-robin guarantee.
 """
 
 from __future__ import annotations
@@ -35,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import random
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -76,9 +101,11 @@ class Host(Protocol):
     incarnation: int
 
     def now(self) -> float: ...
+    def wall(self) -> float: ...
     def state_stamp(self) -> Stamp: ...
     def heard_state(self, sender: str, stamp: Stamp) -> None: ...
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> asyncio.TimerHandle: ...
+    def call_later(self, delay: float, callback: Callable[..., object],
+                   *args: Any) -> asyncio.TimerHandle: ...
     def send_frame(self, mtype: MessageType, body: bytes, address: Address,
                    piggyback: bool = True) -> None: ...
     def spawn(self, coro: Coroutine[Any, Any, object]) -> None: ...
@@ -115,14 +142,14 @@ class FailureDetector:
         self._probe_ids = itertools.count(1)
         self._probes: dict[int, _Probe] = {}
         self._relays: dict[int, _Relay] = {}
-        self._probe_order: list[str] = []
+        self._last_round = -1
         self._round: asyncio.TimerHandle | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        self._round = self.host.call_later(self.host.config.probe_interval_s, self.probe_round)
+        self._schedule_round()
 
     def stop(self) -> None:
         for handle in [self._round, self._deadline, *(p.timer for p in self._probes.values())]:
@@ -133,26 +160,59 @@ class FailureDetector:
         self._relays.clear()
 
     # -- probing ------------------------------------------------------------------------
-    def _next_probe_target(self) -> PeerInfo | None:
-        members = self.host.members
-        for _ in range(2):
-            while self._probe_order:
-                m = members.get(self._probe_order.pop())
-                if m is not None and m.status != DEAD:
-                    return m
-            order = [m.node_id for m in members.alive_or_suspect()]
-            self.rng.shuffle(order)
-            self._probe_order = order
-        return None
+    def _ring(self) -> list[str]:
+        """The live members, this node included, sorted: every node's same list."""
+        return sorted([self.host.node_id, *(m.node_id for m in self.host.members.alive_or_suspect())])
 
-    def probe_round(self) -> None:
-        """Probe the next member; the next round is due ``probe_interval_s`` later."""
+    def target(self, ring: list[str], round_no: int) -> int | None:
+        """Index in ``ring`` of the member this node probes in round ``round_no``."""
+        n = len(ring)
+        if n < 2:
+            return None
+        return (ring.index(self.host.node_id) + 1 + round_no % (n - 1)) % n
+
+    def _schedule_round(self) -> None:
+        """Set the timer for our next probe: the first slot after now, in a round we
+        have not probed in yet (see the module doc)."""
+        host, period = self.host, self.host.config.probe_interval_s
+        wall = host.wall()
+        now_round = math.floor(wall / period)
+        if self._last_round > now_round + 2:
+            self._last_round = now_round - 1  # the wall clock went back: start over
+        ring = self._ring()
+        for round_no in range(max(now_round, self._last_round + 1), now_round + 3):
+            t = self.target(ring, round_no)
+            at = (round_no + (t / len(ring) if t is not None else 0.0)) * period
+            if at > wall:
+                break
+        delay = min(max(at - wall, 0.0), 2 * period)
+        self._round = host.call_later(delay, self.probe_round, round_no)
+
+    def probe_round(self, round_no: int) -> None:
+        """Probe this round's member, and set the timer for the next round."""
         host = self.host
-        self._round = host.call_later(host.config.probe_interval_s, self.probe_round)
+        self._last_round = round_no
+        ring = self._ring()
+        t = self.target(ring, round_no)
+        self._schedule_round()
         host.route_table.expire()  # routes learned from probes go stale like the probes
-        target = self._next_probe_target()
-        if target is not None:
-            self.probe(target)
+        if t is not None:
+            self._probe_unless_probing(ring[t])
+
+    def _probe_unless_probing(self, node_id: str) -> bool:
+        member = self.host.members.get(node_id)
+        if member is None or member.status == DEAD or any(p.target == node_id for p in self._probes.values()):
+            return False
+        self.probe(member)
+        return True
+
+    def _confirm(self, node_id: str) -> None:
+        """Someone else suspects ``node_id``: probe it out of turn, with probability
+        ``min(1, confirm_probes / (n - 2))`` (n live members, this node included)."""
+        others = len(self.host.members.alive_or_suspect()) - 1  # n - 2: neither us nor the suspect
+        if others > 0 and self.rng.random() < self.host.config.confirm_probes / others \
+                and self._probe_unless_probing(node_id):
+            self.stats.confirm_probes += 1
 
     def _new_probe_id(self) -> int:
         return next(self._probe_ids) & 0xFFFFFFFF
@@ -182,7 +242,7 @@ class FailureDetector:
         for helper in self.rng.sample(helpers, min(cfg.indirect_checks, len(helpers))):
             self.stats.indirect_probes += 1
             host.send_frame(MessageType.PING_REQ, req, helper.address)
-        probe.timer = host.call_later(cfg.probe_interval_s - cfg.probe_timeout_s, self._probe_failed,
+        probe.timer = host.call_later(cfg.probe_deadline_s() - cfg.probe_timeout_s, self._probe_failed,
                                       probe_id)
 
     def _probe_failed(self, probe_id: int) -> None:
@@ -199,13 +259,22 @@ class FailureDetector:
                           host.node_id), host.node_id, current.address)
 
     def _on_deadline(self) -> None:
-        """Suspicions that ran out become deaths; the dead are reaped."""
+        """Suspicions that ran out become deaths, if we failed to reach the suspect
+        ourselves lately; if not, we probe it first (suspicion.py). The dead are reaped."""
         host = self.host
+        members = host.members
         self._deadline = self._deadline_at = None
-        for m in host.members.expired_suspicions():
-            self.stats.deaths += 1
-            self.apply(Update(MessageType.DEAD, m.node_id, m.incarnation, m.address, host.node_id),
-                       host.node_id, m.address)
+        now = host.now()
+        for m in members.expired_suspicions():
+            if members.suspicions[m.node_id].witnessed_lately(now):
+                self.stats.deaths += 1
+                self.apply(Update(MessageType.DEAD, m.node_id, m.incarnation, m.address, host.node_id),
+                           host.node_id, m.address)
+                continue
+            # a little after the probe's own deadline, so that its failure comes first
+            members.postpone_suspicion(m.node_id, now + host.config.probe_deadline_s() + 0.01)
+            if self._probe_unless_probing(m.node_id):
+                self.stats.verify_probes += 1
         for event in host.members.reap():
             host.member_event(event)
         self._arm()
@@ -220,7 +289,9 @@ class FailureDetector:
             self._deadline = None
         self._deadline_at = at
         if at is not None:
-            self._deadline = self.host.call_later(max(at - self.host.now(), 0.0), self._on_deadline)
+            # a loop may run a timer up to its clock's resolution early: a millisecond
+            # late, the deadline has surely passed when the timer runs
+            self._deadline = self.host.call_later(max(at - self.host.now(), 0.0) + 0.001, self._on_deadline)
 
     # -- handlers (the node's dispatch table points here) ----------------------------------
     def frame_handlers(self) -> dict[MessageType, Callable[[Frame, Address], None]]:
@@ -243,7 +314,7 @@ class FailureDetector:
         for stale in [p for p, r in self._relays.items() if r.expires < now]:
             del self._relays[stale]
         probe_id = self._new_probe_id()
-        self._relays[probe_id] = _Relay(addr, their_id, now + self.host.config.probe_interval_s)
+        self._relays[probe_id] = _Relay(addr, their_id, now + self.host.config.probe_deadline_s())
         self.host.send_frame(MessageType.PING, encode_ping(probe_id, target, self.host.state_stamp()),
                              target_addr)
 
@@ -260,8 +331,13 @@ class FailureDetector:
             return  # late (the probe is over) or not ours
         if probe.timer is not None:
             probe.timer.cancel()
+        host = self.host
         if frame.sender != probe.target:  # reached only through a relay: remember the way
-            self.host.route_table.learn(probe.target, frame.sender, 2)
+            host.route_table.learn(probe.target, frame.sender, 2)
+        target = host.members.get(probe.target)
+        if target is not None and target.status == SUSPECT:
+            host.members.restart_suspicion(probe.target)  # alive now, whatever others say
+            self._arm()
 
     def on_update(self, frame: Frame, addr: Address) -> None:
         self.apply(decode_update(frame.body), frame.sender, addr)
@@ -281,6 +357,8 @@ class FailureDetector:
             self._arm()
         if outcome.event is not None:
             self.host.member_event(outcome.event)
+            if outcome.event.kind == "suspect" and update.origin != self.host.node_id:
+                self._confirm(update.node)
 
     def refute(self, accused_incarnation: int) -> None:
         host = self.host
@@ -292,18 +370,24 @@ class FailureDetector:
         log.info("mesh %s: refuting suspicion, incarnation now %d", host.node_id, host.incarnation)
 
     def check_accused(self, peer: PeerInfo, incarnation: int, addr: Address) -> None:
-        """``peer`` talks to us at ``incarnation``: if we hold it suspect or dead at that
-        incarnation or later, tell it, so that it can refute (otherwise a wrongly
-        declared death would never be corrected)."""
-        if peer.status == ALIVE or incarnation > peer.incarnation:
+        """``peer`` talks to us at ``incarnation`` (authenticated, its own word).
+
+        Held suspect at a lower incarnation: it refuted, and this frame says so even
+        if its gossiped ALIVE missed us, so take it as that ALIVE. Held suspect or dead
+        at that incarnation or later: tell it, so that it can refute (otherwise a
+        wrongly declared death would never be corrected). A dead member speaking at
+        a higher one restarted: its own ALIVE (with its meta) brings it back.
+        """
+        if peer.status == ALIVE:
+            return
+        if incarnation > peer.incarnation:
+            if peer.status == SUSPECT:
+                self.apply(Update(MessageType.ALIVE, peer.node_id, incarnation, peer.address, peer.node_id),
+                           peer.node_id, addr)
             return
         kind = MessageType.SUSPECT if peer.status == SUSPECT else MessageType.DEAD
         update = Update(kind, peer.node_id, peer.incarnation, peer.address, self.host.node_id)
         self.host.send_frame(kind, encode_update(update), addr, piggyback=False)
-
-    def member_event(self, event: MemberEvent) -> None:
-        if event.kind in ("joined", "recovered"):
-            self._probe_order.insert(self.rng.randint(0, len(self._probe_order)), event.node_id)
 
     def leave(self) -> None:
         """Tell a few members we are leaving, so that the mesh marks us left at once."""

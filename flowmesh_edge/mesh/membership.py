@@ -167,15 +167,22 @@ class MemberList:
             return Outcome()
         if m.status == SUSPECT and u.incarnation == m.incarnation:
             suspicion = self.suspicions.get(u.node)
-            if suspicion is not None and suspicion.confirm(u.origin or "?"):
+            if suspicion is None:
+                return Outcome()
+            if u.origin == self.self_id:
+                suspicion.witnessed = self.clock()
+            if suspicion.confirm(u.origin or "?"):
                 return Outcome(True)  # a new confirmation: worth gossiping
             return Outcome()
         self._set(m, SUSPECT, u.incarnation)
         n = self.size()
-        expected = self.config.suspicion_mult - 2 if n - 2 >= self.config.suspicion_mult - 2 else 0
-        self.suspicions[u.node] = Suspicion(
+        # confirmations can only come from live members other than the suspect and us
+        expected = min(self.config.suspicion_confirmations, len(self.alive_or_suspect()) - 1)
+        suspicion = self.suspicions[u.node] = Suspicion(
             u.origin or "?", self.clock(), self.config.suspicion_min_s(n),
             self.config.suspicion_max_s(n), expected)
+        if u.origin == self.self_id:
+            suspicion.witnessed = suspicion.started
         return Outcome(True, MemberEvent("suspect", u.node, u.incarnation))
 
     def _dead(self, u: Update) -> Outcome:
@@ -197,6 +204,18 @@ class MemberList:
         for node in [n for n in self.suspicions if n not in self.members]:
             del self.suspicions[node]
         return [self.members[node] for node, s in self.suspicions.items() if now >= s.deadline()]
+
+    def postpone_suspicion(self, node: str, until: float) -> None:
+        """No death from this suspicion before ``until`` (a probe of ours is out)."""
+        suspicion = self.suspicions.get(node)
+        if suspicion is not None:
+            suspicion.postponed = until
+
+    def restart_suspicion(self, node: str) -> None:
+        """The suspect answered a probe of ours: its suspicion starts over, alone."""
+        suspicion = self.suspicions.get(node)
+        if suspicion is not None:
+            suspicion.restart(self.clock())
 
     def reap(self) -> list[MemberEvent]:
         """Remove members dead for longer than dead_reap_s; keep tombstones."""

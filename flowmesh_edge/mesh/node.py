@@ -296,7 +296,6 @@ class MeshNode:
         self.detector.apply(update, sender, addr)
 
     def member_event(self, event: MemberEvent) -> None:
-        self.detector.member_event(event)
         self.dissemination.member_event(event)
         if event.kind in ("dead", "left", "removed"):
             self.route_table.forget(event.node_id)

@@ -18,6 +18,8 @@ class DetectorStats:
     probes: int = 0  #: direct probes sent
     probe_failures: int = 0  #: direct probes unanswered in probe_timeout_s
     indirect_probes: int = 0  #: ping-reqs sent to helpers
+    confirm_probes: int = 0  #: probes out of turn, of members others suspected
+    verify_probes: int = 0  #: probes of a suspect whose suspicion ran out before we tried it ourselves
     suspicions: int = 0  #: members this node suspected itself
     refutations: int = 0  #: accusations about this node it refuted
     deaths: int = 0  #: suspicions that ran out here
@@ -88,6 +90,8 @@ class MeshStats(Mapping):
             "probes": d.probes,
             "probe_failures": d.probe_failures,
             "indirect_probes": d.indirect_probes,
+            "confirm_probes": d.confirm_probes,
+            "verify_probes": d.verify_probes,
             "suspicions": d.suspicions,
             "refutations": d.refutations,
             "deaths": d.deaths,

@@ -87,6 +87,9 @@ class FakeHost:
     def now(self) -> float:
         return self.clock()
 
+    def wall(self) -> float:
+        return 1_700_000_000.0 + self.clock()
+
     def send_frame(self, mtype, body, address, piggyback=True) -> None:
         self.sent.append(Sent(mtype, body, address, piggyback))
 

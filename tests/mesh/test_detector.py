@@ -30,8 +30,8 @@ from tests.mesh.fakes import FakeHost
 CFG = MeshConfig()  # probe every 0.2 s, direct timeout 0.1 s, 3 indirect checks
 
 
-def setup(*members: str) -> tuple[FakeHost, FailureDetector]:
-    host = FakeHost(config=CFG)
+def setup(*members: str, config: MeshConfig = CFG) -> tuple[FakeHost, FailureDetector]:
+    host = FakeHost(config=config)
     host.join(*members)
     return host, FailureDetector(host, random.Random(1))
 
@@ -161,7 +161,7 @@ def test_a_member_bound_to_every_interface_is_taken_at_the_address_it_speaks_fro
 def test_suspicions_run_out_into_death_on_their_timer_and_the_dead_are_reaped():
     async def main():
         loop = asyncio.get_running_loop()
-        host, det = setup("b", "c")
+        host, det = setup("b", "c", config=MeshConfig(confirm_probes=0))  # nobody confirms
         b = host.members.get("b")
         det.apply(Update(MessageType.SUSPECT, "b", 1, b.address, "c"), "c", b.address)
         suspected = loop.time()
@@ -174,9 +174,12 @@ def test_suspicions_run_out_into_death_on_their_timer_and_the_dead_are_reaped():
         return host, det, died - suspected, removed - died, timers
 
     host, det, dying, reaping, timers = run_virtual(main())
-    assert dying == pytest.approx(CFG.suspicion_max_s(3), abs=0.03)  # alone: nobody confirmed it
+    # alone (nobody confirmed it) it runs the maximum; then, never having tried b
+    # ourselves, we probe it, and it dies when that probe fails
+    assert dying == pytest.approx(CFG.suspicion_max_s(3) + CFG.probe_deadline_s(), abs=0.04)
+    assert [decode_ping(s.body)[1] for s in host.sent_of(MessageType.PING)] == ["b", "b"]
     assert reaping == pytest.approx(CFG.dead_reap_s, abs=0.03)
-    assert det.stats.deaths == 1
+    assert det.stats.deaths == 1 and det.stats.verify_probes == 1
     assert [(e.kind, e.node_id) for e in host.events] == [("suspect", "b"), ("dead", "b"), ("removed", "b")]
     assert timers is not None  # the tombstone's end is still due
 
@@ -184,7 +187,7 @@ def test_suspicions_run_out_into_death_on_their_timer_and_the_dead_are_reaped():
 def test_a_confirmation_brings_the_death_forward_and_a_refutation_cancels_it():
     async def main():
         loop = asyncio.get_running_loop()
-        host, det = setup("b", "c", "d", "e", "f", "g")
+        host, det = setup("b", "c", "d", "e", "f", "g", config=MeshConfig(confirm_probes=0))
         b = host.members.get("b")
         det.apply(Update(MessageType.SUSPECT, "b", 1, b.address, "c"), "c", b.address)
         lone = det._deadline_at
@@ -201,6 +204,23 @@ def test_a_confirmation_brings_the_death_forward_and_a_refutation_cancels_it():
     assert host.members.get("b").status == "alive"
 
 
+def test_a_suspicion_learned_from_another_is_confirmed_by_a_probe_out_of_turn():
+    async def main():
+        loop = asyncio.get_running_loop()
+        host, det = setup("b", "c", "d")  # n - 2 = 2 <= confirm_probes: always
+        b = host.members.get("b")
+        det.apply(Update(MessageType.SUSPECT, "b", 1, b.address, "c"), "c", b.address)
+        pinged = [decode_ping(s.body)[1] for s in host.sent_of(MessageType.PING)]
+        lone = det._deadline_at
+        await asyncio.sleep(CFG.probe_deadline_s() + 0.01)  # b never answers
+        return host, det, pinged, lone, det._deadline_at, loop.time()
+
+    host, det, pinged, lone, confirmed, now = run_virtual(main())
+    assert pinged == ["b"] and det.stats.confirm_probes == 1
+    assert [(u.kind, u.node, u.origin) for u in host.queued][-1] == (MessageType.SUSPECT, "b", "me")
+    assert confirmed < lone  # our own confirmation shortened it
+
+
 def test_stale_routes_are_dropped_by_the_probe_rounds():
     async def main():
         host, det = setup("b", "c")
@@ -214,18 +234,51 @@ def test_stale_routes_are_dropped_by_the_probe_rounds():
     assert run_virtual(main()).route_table._routes == {}
 
 
-def test_every_member_is_probed_once_per_round_in_a_shuffled_order():
-    async def main():
-        host, det = setup("b", "c", "d", "e")
-        targets = []
-        det.probe = lambda m: targets.append(m.node_id)  # type: ignore[method-assign]
-        for _ in range(8):
-            det.probe_round()
-        det.stop()
-        return targets
+def ring_of(n: int) -> dict[str, FailureDetector]:
+    """A detector for each of n nodes that all know each other."""
+    names = [f"n{i:02d}" for i in range(n)]
+    detectors = {}
+    for name in names:
+        host = FakeHost(node_id=name, config=CFG)
+        host.join(*[m for m in names if m != name])
+        detectors[name] = FailureDetector(host, random.Random(1))
+    return detectors
 
-    targets = run_virtual(main())
-    assert sorted(targets[:4]) == sorted(targets[4:]) == ["b", "c", "d", "e"]
+
+@pytest.mark.parametrize("n", [2, 3, 7, 20])
+def test_each_round_every_member_is_probed_once_and_each_node_probes_all_in_n_minus_1_rounds(n):
+    detectors = ring_of(n)
+    ring = sorted(detectors)
+    by_prober: dict[str, set[str]] = {name: set() for name in ring}
+    for r in range(1000, 1000 + n - 1):
+        targets = {name: ring[d.target(ring, r)] for name, d in detectors.items()}
+        assert sorted(targets.values()) == ring  # a permutation: each member probed once
+        assert all(t != name for name, t in targets.items())  # nobody probes itself
+        for name, t in targets.items():
+            by_prober[name].add(t)
+    assert all(seen == set(ring) - {name} for name, seen in by_prober.items())
+
+
+def test_probes_of_a_member_come_every_round_from_a_different_member():
+    async def main():
+        loop = asyncio.get_running_loop()
+        detectors = ring_of(6)
+        probes: list[tuple[float, str, str]] = []
+        for name, det in detectors.items():
+            det.probe = lambda m, name=name: probes.append((loop.time(), name, m.node_id))  # type: ignore
+            det.start()
+        await asyncio.sleep(20 * CFG.probe_interval_s)
+        for det in detectors.values():
+            det.stop()
+        return probes
+
+    probes = run_virtual(main())
+    times = [t for t, _, target in probes if target == "n03"]
+    assert all(b - a == pytest.approx(CFG.probe_interval_s) for a, b in zip(times, times[1:], strict=False))
+    probers = [p for _, p, target in probes if target == "n03"]
+    assert len(probers) >= 19 and all(a != b for a, b in zip(probers, probers[1:], strict=False))
+    starts = sorted({round(t % CFG.probe_interval_s, 6) for t, _, _ in probes})
+    assert len(starts) == 6  # each member's probes at its own phase of the round: spread out
 
 
 def test_leaving_tells_a_few_members_we_are_dead_by_our_own_word():

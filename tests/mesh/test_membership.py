@@ -91,7 +91,7 @@ def test_suspicion_expires_into_death_candidates():
         ml.apply(up(A, n, 1))
     ml.apply(up(S, "b", 1, origin="c"))
     assert ml.expired_suspicions() == []
-    clock.t = MeshConfig().suspicion_max_s(5) + 0.01
+    clock.t = ml.config.suspicion_max_s(5) + 0.01
     assert [m.node_id for m in ml.expired_suspicions()] == ["b"]
 
 
@@ -103,6 +103,14 @@ def test_config_formulas():
     assert cfg.push_pull_s(32) == cfg.push_pull_interval_s
     assert cfg.push_pull_s(33) == cfg.push_pull_s(64) == 2 * cfg.push_pull_interval_s
     assert cfg.push_pull_s(100) == 3 * cfg.push_pull_interval_s
+    assert cfg.probe_deadline_s() == 3 * cfg.probe_timeout_s
+    # the budget the module doc states: first probe, deadline, min timeout, at 20 members
+    assert cfg.probe_interval_s + cfg.probe_deadline_s() + cfg.suspicion_min_s(20) <= 1.5
+    assert 2 / cfg.probe_interval_s <= 4  # idle datagrams: a PING and a PROBE_ACK per round
+    for preset in (MeshConfig.low_power(), MeshConfig.wan()):  # derived, never restated
+        assert preset.probe_interval_s == 5 * cfg.probe_interval_s
+        assert preset.suspicion_confirmations == cfg.suspicion_confirmations
+    assert MeshConfig.wan().suspicion_mult == 2 * cfg.suspicion_mult
     assert MeshConfig(bind="127.0.0.1").effective_broadcast_address() is None
     assert MeshConfig().effective_broadcast_address() == "255.255.255.255"
 

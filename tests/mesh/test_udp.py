@@ -50,6 +50,7 @@ async def test_loopback_mesh_api_end_to_end():
         info = nodes[0].peers()["udp-1"]
         assert info.status == "alive" and info.address.host == "127.0.0.1"
         assert info.last_heard is not None
+        await until(lambda: nodes[0].stats()["probes"] > 0)  # one per round: 0.5 s
         stats = nodes[0].stats()
         assert stats["sent"] > 0 and stats["received"] > 0 and stats["probes"] > 0
         assert stats["dropped_total"] == 0, stats["dropped"]

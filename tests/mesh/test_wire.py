@@ -73,7 +73,8 @@ def test_probes_and_acks_are_small_and_carry_the_state_stamp():
     ping = Frame(MessageType.PING, longest, top, top, top, wire.encode_ping(top, longest, (top, top)))
     assert len(wire.encode_frame(ping, KEY.sign)) == 304
     assert wire.decode_ping(ping.body) == (top, longest, (top, top))
-    short = Frame(MessageType.PING, "camera_001_abcde", 1, 1, 1, wire.encode_ping(1, "camera_002_abcde", (7, 3)))
+    body = wire.encode_ping(1, "camera_002_abcde", (7, 3))
+    short = Frame(MessageType.PING, "camera_001_abcde", 1, 1, 1, body)
     assert len(wire.encode_frame(short, KEY.sign)) == 80  # as wire.py says
     ack = wire.encode_probe_ack(9, (7, 3))
     assert wire.decode_probe_ack(ack) == (9, (7, 3))
