@@ -26,7 +26,10 @@ and acts on the outcomes:
   turns suspicions into DEAD and reaps; it is moved whenever a fact changes
   the deadlines (a confirmation shortens a suspicion, a refutation ends it).
 * **Refutation.** A SUSPECT or DEAD about this node makes it take a higher
-  incarnation and gossip ALIVE. A member we hold suspect or dead that talks
+  incarnation and gossip ALIVE; so does an ALIVE about it at a higher
+  incarnation than its own (a past self's, after a restart with a clock
+  behind, or within as many seconds as it refuted: members must learn the
+  new one, with its address). A member we hold suspect or dead that talks
   to us (at an incarnation not above the verdict's) is told, so that it can
   refute a wrong verdict.
 
@@ -104,6 +107,7 @@ class Host(Protocol):
     def wall(self) -> float: ...
     def state_stamp(self) -> Stamp: ...
     def heard_state(self, sender: str, stamp: Stamp) -> None: ...
+    def outranked_by_past_self(self) -> None: ...
     def call_later(self, delay: float, callback: Callable[..., object],
                    *args: Any) -> asyncio.TimerHandle: ...
     def send_frame(self, mtype: MessageType, body: bytes, address: Address,
@@ -345,6 +349,11 @@ class FailureDetector:
     # -- membership facts -------------------------------------------------------------------
     def apply(self, update: Update, sender: str, addr: Address) -> None:
         """Merge a fact heard from ``sender`` (at ``addr``); gossip it on if it is news."""
+        host = self.host
+        if update.node == host.node_id and update.kind == MessageType.ALIVE:
+            if update.incarnation > host.incarnation:
+                self.refute(update.incarnation)  # a past self of ours, as members know it
+            return
         if update.kind == MessageType.ALIVE and update.node == sender and not update.address.host:
             # a member bound to every interface: it is where its datagrams come from
             update = replace(update, address=update.address.with_host(addr.host))
@@ -364,8 +373,11 @@ class FailureDetector:
         host = self.host
         if accused_incarnation < host.incarnation:
             return  # an accusation we already refuted, still travelling
-        host.incarnation = max(host.incarnation, accused_incarnation) + 1
+        past_self = accused_incarnation > host.incarnation  # members knew a previous boot higher
+        host.incarnation = accused_incarnation + 1
         self.stats.refutations += 1
+        if past_self:
+            host.outranked_by_past_self()
         host.queue_update(host.self_update())
         log.info("mesh %s: refuting suspicion, incarnation now %d", host.node_id, host.incarnation)
 

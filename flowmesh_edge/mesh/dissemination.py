@@ -126,6 +126,12 @@ class Dissemination:
         self._round = None
         self._timers = []
 
+    def discover_now(self) -> None:
+        """Run the discovery round at once (our last one was refused: security.py's EPOCH)."""
+        if self._timers:
+            self._timers[0].cancel()
+            self._timers[0] = self.host.call_later(0, self._every, self.discovery_round, 0)
+
     def _every(self, step: Callable[[], float], slot: int) -> None:
         """Run one periodic step and set its timer for the delay it returns."""
         self._timers[slot] = self.host.call_later(1.0, self._every, step, slot)  # if step() fails

@@ -53,7 +53,9 @@ from .wire import (
     Stamp,
     Update,
     WireError,
+    decode_epoch,
     decode_frame,
+    encode_epoch,
     encode_frame,
     split_tag,
 )
@@ -70,7 +72,8 @@ class MeshNode:
 
     ``peers`` are members to join through: addresses, or ``(host, port)`` UDP
     pairs. ``wall_clock`` (default ``time.time``) gives the start incarnation
-    (its seconds) and the frames' timestamps; simulations inject their own.
+    (its seconds), the boot epoch (its microseconds), the probe rounds and the
+    frames' timestamps; simulations inject their own.
     """
 
     def __init__(
@@ -98,9 +101,13 @@ class MeshNode:
         self._rng = random.Random(seed)
         self._wall = wall_clock or time.time
         self._loop: asyncio.AbstractEventLoop | None = None
+        started = self._wall()
         #: Starts at the start time in seconds, so that a restarted node outranks its past self.
-        self.incarnation = int(self._wall()) & 0xFFFFFFFF
+        self.incarnation = int(started) & 0xFFFFFFFF
+        #: This boot, for members' replay windows (security.py): the start time in microseconds.
+        self.epoch = int(started * 1_000_000) & 0xFFFFFFFFFFFFFFFF
         self._seq = 0
+        self._epoch_notices: dict[str, float] = {}  #: sender -> when we last told it its epoch
         self.members = MemberList(node_id, cfg, self.now)
         self.route_table = RouteTable(node_id, cfg.route_ttl_s, self.now)
         # message ids differ from a previous run's, which members may still hold as seen
@@ -119,7 +126,7 @@ class MeshNode:
         #: The dispatch table: each frame type to the one handler its module declares.
         self._dispatch: dict[MessageType, Callable[[Frame, Address], None]] = {
             **self.detector.frame_handlers(), **self.dissemination.frame_handlers(),
-            **dict.fromkeys(ENVELOPE_TYPES, self.messaging.on_frame)}
+            **dict.fromkeys(ENVELOPE_TYPES, self.messaging.on_frame), MessageType.EPOCH: self._on_epoch}
         self._background: set[asyncio.Task] = set()
         self._running = False
         self._sent: Counter[str] = Counter()
@@ -277,6 +284,11 @@ class MeshNode:
     def heard_state(self, sender: str, stamp: Stamp) -> None:
         self.state_sync.heard(sender, stamp)
 
+    def outranked_by_past_self(self) -> None:
+        """Our incarnation had to jump past a previous boot's: so must our state's stamp,
+        or members would keep that boot's state copy over ours."""
+        self.state_sync.restamp()
+
     def handlers(self, mtype: MessageType) -> list[Handler]:
         return list(self._handlers.get(mtype, ()))
 
@@ -311,9 +323,10 @@ class MeshNode:
     # -- framing and sending ---------------------------------------------------------------
     def _next_frame(self, mtype: MessageType, body: bytes) -> Frame:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
-        if self._seq == 0:  # wrapped: a new incarnation keeps replay windows sound
-            self.incarnation += 1
-        return Frame(mtype, self.node_id, self.incarnation, self._seq, int(self._wall()), body)
+        if self._seq == 0:  # wrapped: a new epoch keeps replay windows sound
+            self.epoch += 1
+        return Frame(mtype, self.node_id, self.incarnation, self._seq, int(self._wall()), body, (),
+                     self.epoch)
 
     def send_frame(self, mtype: MessageType, body: bytes, address: Address, piggyback: bool = True) -> None:
         """Frame, authenticate and send one datagram, with membership updates riding along."""
@@ -366,10 +379,11 @@ class MeshNode:
         if frame.sender == self.node_id:
             self.drop("self")
             return
-        reason = self._replay.check(frame.sender, frame.incarnation, frame.seq, frame.timestamp,
-                                    self._wall())
+        reason = self._replay.check(frame.sender, frame.epoch, frame.seq, frame.timestamp, self._wall())
         if reason:
             self.drop(reason)
+            if reason == "old_epoch":
+                self._tell_epoch(frame.sender, addr)
             return
         try:
             self._handle(frame, addr)
@@ -378,6 +392,29 @@ class MeshNode:
         except Exception:
             log.exception("mesh %s: error handling %s from %s", self.node_id, frame.type.name, frame.sender)
             self.drop("error")
+
+    def _tell_epoch(self, sender: str, addr: Address) -> None:
+        """``sender`` speaks from an older boot than the one we hear: a replay, or a
+        restart whose clock is behind. Tell it (once a second at most) the epoch we
+        track, so that a genuine restart moves past it (security.py)."""
+        epoch = self._replay.epoch_of(sender)
+        now = self.now()
+        if epoch is None or now - self._epoch_notices.get(sender, float("-inf")) < 1.0:
+            return
+        if len(self._epoch_notices) > 256:
+            self._epoch_notices = {s: t for s, t in self._epoch_notices.items() if now - t < 1.0}
+        self._epoch_notices[sender] = now
+        self.send_frame(MessageType.EPOCH, encode_epoch(epoch), addr, piggyback=False)
+
+    def _on_epoch(self, frame: Frame, addr: Address) -> None:
+        """A member tracks a boot of ours at least this high: move past it."""
+        theirs = decode_epoch(frame.body)
+        if theirs >= self.epoch:
+            log.info("mesh %s: %s knows a later boot of ours; boot epoch %d -> %d", self.node_id,
+                     frame.sender, self.epoch, theirs + 1)
+            self.epoch = theirs + 1
+            if not self.members.alive():
+                self.dissemination.discover_now()  # our discovery was refused: say it again
 
     def _handle(self, frame: Frame, addr: Address) -> None:
         peer = self.members.get(frame.sender)

@@ -51,6 +51,12 @@ class StateSync(Application):
         self.host.originate(MessageType.NODE_STATE_SYNC, self._payload())
         return self.version
 
+    def restamp(self) -> None:
+        """Stamp our state at our current incarnation: after a restart below a previous
+        boot's incarnation, members hold that boot's state under a higher stamp than
+        ours; the new stamp outranks it, and probes carry it to them, who pull."""
+        self._incarnation = self.host.incarnation
+
     def stamp(self) -> Stamp:
         """This node's state stamp, as probes carry it."""
         return self._incarnation, self.version

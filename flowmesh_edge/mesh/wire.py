@@ -6,22 +6,26 @@ Every datagram is one frame (all integers big-endian)::
     u8   type (MessageType)
     u8   flags (reserved, 0)
     u8   L, then L bytes: sender node id, UTF-8, 1..NODE_ID_MAX_BYTES (128) bytes
-    u32  sender incarnation        } replay protection: per-sender window over
-    u32  sender datagram sequence  } (incarnation, sequence), and a bounded
-    u32  sender clock, Unix seconds} clock skew
+    u64  sender boot epoch, Unix microseconds at its start } replay protection
+    u32  sender datagram sequence                          } (security.py)
+    u32  sender clock, Unix seconds                        }
+    u32  sender incarnation (SWIM: its own word on how current it is)
     u16  B, then B bytes: body (layout depends on the type, see below)
     u8   N, then N membership updates piggybacked (gossip)
     16   tag: HMAC-SHA256 of everything before it, under the mesh key, truncated
 
 A frame is at most MAX_DATAGRAM bytes (below a 1500-byte Ethernet MTU with
-IPv6 and UDP headers). A probe (PING) between 16-character node ids is 80
-bytes, 304 between 128-byte ones.
+IPv6 and UDP headers). A probe (PING) between 16-character node ids is 88
+bytes, 312 between 128-byte ones.
 
 The failure detector's own bodies::
 
     PING       u32 probe id  str target  stamp
     PING_REQ   u32 probe id  str target  addr
     PROBE_ACK  u32 probe id  stamp
+
+EPOCH (u64 epoch) tells a node that a member tracks a boot epoch of its at
+least that high (its frames from a lower one are refused; see security.py).
 
 Discovery (PEER_DISCOVERY), to bootstrap peers and the LAN::
 
@@ -49,7 +53,9 @@ broadcasts, direct messages, acks, search results) share one envelope::
 
 Version 2 added the transport name to every address (version 1 had host and
 port only) and the DIRECT type. Version 3 put the state stamp in PING and
-PROBE_ACK, and the ``alone`` flag in PEER_DISCOVERY. A frame of another version is dropped as ``version``.
+PROBE_ACK, the ``alone`` flag in PEER_DISCOVERY, the boot epoch in every
+frame (replay windows no longer hang on the incarnation), and added EPOCH.
+A frame of another version is dropped as ``version``.
 """
 
 from __future__ import annotations
@@ -96,6 +102,8 @@ class MessageType(IntEnum):
     # dissemination: membership snapshot (join, anti-entropy) and gossip rounds
     MEMBERSHIP = 22
     GOSSIP = 23
+    #: "I track a boot epoch of yours this high": the replay guard's notice (security.py).
+    EPOCH = 24
 
 
 #: Types whose body is an application Envelope.
@@ -150,6 +158,7 @@ class Frame:
     timestamp: int
     body: bytes = b""
     updates: tuple[Update, ...] = field(default_factory=tuple)
+    epoch: int = 0  #: the sender's boot epoch (microseconds)
 
 
 # -- primitive codecs ------------------------------------------------------
@@ -280,7 +289,7 @@ def decode_envelope(body: bytes) -> Envelope:
 
 # -- frames -----------------------------------------------------------------
 
-_HEAD = struct.Struct(">III")
+_HEAD = struct.Struct(">QIII")  # epoch, sequence, clock, incarnation
 
 
 def frame_overhead(sender: str, body_len: int) -> int:
@@ -298,7 +307,7 @@ def encode_frame(frame: Frame, sign, raw_updates: tuple[bytes, ...] | list[bytes
     if len(updates) > 255:
         raise ValueError("too many piggybacked updates")
     data = (bytes((WIRE_VERSION, frame.type, 0)) + _str(frame.sender, max_len=MAX_ID_LEN)
-            + _HEAD.pack(frame.incarnation, frame.seq, frame.timestamp) + _bytes16(frame.body)
+            + _HEAD.pack(frame.epoch, frame.seq, frame.timestamp, frame.incarnation) + _bytes16(frame.body)
             + bytes((len(updates),)) + b"".join(updates))
     datagram = data + sign(data)
     if len(datagram) > MAX_DATAGRAM:
@@ -330,11 +339,11 @@ def decode_frame(signed: bytes) -> Frame:
     sender = r.str(max_len=MAX_ID_LEN)
     if not sender:
         raise WireError("malformed", "no sender")
-    incarnation, seq, timestamp = _HEAD.unpack(r.take(_HEAD.size))
+    epoch, seq, timestamp, incarnation = _HEAD.unpack(r.take(_HEAD.size))
     body = r.bytes16()
     updates = tuple(_read_update(r) for _ in range(r.u8()))
     r.done()
-    return Frame(mtype, sender, incarnation, seq, timestamp, body, updates)
+    return Frame(mtype, sender, incarnation, seq, timestamp, body, updates, epoch)
 
 
 # -- bodies of the failure detector's own messages ------------------------------
@@ -378,6 +387,16 @@ def decode_probe_ack(body: bytes) -> tuple[int, Stamp]:
                         f"probe ack of {len(body)} bytes")
     probe_id, inc, version = struct.unpack(">III", body)
     return probe_id, (inc, version)
+
+
+def encode_epoch(epoch: int) -> bytes:
+    return struct.pack(">Q", epoch)
+
+
+def decode_epoch(body: bytes) -> int:
+    if len(body) != 8:
+        raise WireError("truncated" if len(body) < 8 else "malformed", f"epoch of {len(body)} bytes")
+    return struct.unpack(">Q", body)[0]
 
 
 def encode_discovery(address: Address, meta: bytes, alone: bool) -> bytes:

@@ -112,6 +112,9 @@ class FakeHost:
     def heard_state(self, sender, stamp) -> None:
         self.state_sync.heard(sender, stamp)
 
+    def outranked_by_past_self(self) -> None:
+        self.state_sync.restamp()
+
     def spawn(self, coro) -> None:
         self.tasks.append(asyncio.get_running_loop().create_task(coro))
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 
-import pytest
-
 from flowmesh.limits import NODE_ID_MAX_BYTES
 from flowmesh_edge.mesh import InMemoryNetwork, LinkConditions, MessageType
 from flowmesh_edge.mesh.simulation import (
@@ -267,31 +265,68 @@ def test_a_restarted_member_learns_the_mesh_from_its_bootstrap_peer_alone():
     assert since_restart < 0.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect: members' replay windows refuse every frame below the past self's "
-    "incarnation as replayed, so the restarted node is never told it is dead"))
 def test_restart_with_a_clock_behind_is_told_and_refutes():
-    """A device whose clock went back (no real-time clock, corrected later), or one that
-    refuted a few times and restarted within as many seconds, restarts below its past
-    self's incarnation: members holding it dead should tell it so, and it refute with a
-    higher one instead of staying dead."""
+    """A device whose clock went back (no real-time clock, corrected later) restarts
+    below its past self's boot epoch and incarnation. Members refuse its frames as
+    an older boot than the one they heard, and tell it the epoch they hold (EPOCH);
+    it moves past it, is heard, is told it is dead, and refutes with a higher
+    incarnation; its new state outranks its past self's."""
 
     async def main():
+        loop = asyncio.get_running_loop()
         net = InMemoryNetwork(seed=9)
         nodes = await start_mesh(3, net)
         await converge(nodes)
         old = nodes[2]
+        old.update_state({"v": "old"})
+        old.update_state({"v": "older"})
+        await until(lambda: all(n.peers()["node-002"].version == 2 for n in nodes[:2]), 5)
         await crash(old)
         await until(lambda: all(n.peers()["node-002"].status == "dead" for n in nodes[:2]), 5)
         again = await start_node("node-002", net, peers=[nodes[0].address],
                                  wall_clock=lambda: virtual_wall_clock() - 30)  # within the skew bound
-        started_at = again.incarnation
+        started = (again.epoch, again.incarnation)
+        again.update_state({"v": "new"})
+        restarted = loop.time()
         await until(lambda: all(n.peers()["node-002"].status == "alive" for n in nodes[:2]), 5)
+        took = loop.time() - restarted
+        await until(lambda: all(n.peers()["node-002"].node_state == {"v": "new"} for n in nodes[:2]), 5)
+        notices = sum(n.stats()["sent_by_type"].get("EPOCH", 0) for n in nodes[:2])
         await stop_all(nodes[:2] + [again])
-        return old.incarnation, started_at, again.incarnation, again.stats()["refutations"]
+        return old, started, again, took, notices
 
-    before, started_at, after, refutations = run_virtual(main())
-    assert started_at < before < after and refutations >= 1
+    old, (epoch_at_start, inc_at_start), again, took, notices = run_virtual(main())
+    assert epoch_at_start < old.epoch < again.epoch  # told, it moved past its past self's boot
+    assert inc_at_start < old.incarnation < again.incarnation and again.stats()["refutations"] >= 1
+    assert 1 <= notices <= 4 and took < 1.0
+
+
+def test_restart_within_as_many_seconds_as_it_refuted_rejoins_above_its_past_self():
+    """A node that refuted k times and restarts within k seconds starts below its past
+    self's incarnation, but above its boot epoch (microseconds): its frames are heard
+    at once, and the ALIVE members hold about its past self makes it refute above it."""
+
+    async def main():
+        net = InMemoryNetwork(seed=10)
+        nodes = await start_mesh(4, net)
+        await converge(nodes)
+        old = nodes[3]
+        for _ in range(5):  # five refutations, within the second it started in
+            old.detector.refute(old.incarnation)
+        await until(lambda: all(n.peers()["node-003"].incarnation == old.incarnation for n in nodes[:3]), 5)
+        await crash(old)
+        again = await start_node("node-003", net, peers=[nodes[0].address])  # at once, on a new port
+        started = again.incarnation
+        await until(lambda: all(n.peers()["node-003"].address == again.address
+                                and n.peers()["node-003"].status == "alive" for n in nodes[:3]), 5)
+        await converge(nodes[:3] + [again], timeout=5)
+        dropped = [n.stats()["dropped"] for n in nodes[:3]]
+        await stop_all(nodes[:3] + [again])
+        return old, started, again, dropped
+
+    old, started, again, dropped = run_virtual(main())
+    assert started < old.incarnation < again.incarnation and again.epoch > old.epoch
+    assert all("replayed" not in d and "old_epoch" not in d for d in dropped), dropped
 
 
 def test_members_with_the_longest_ids_gossip_probe_route_and_alert(caplog):

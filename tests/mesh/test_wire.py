@@ -34,9 +34,9 @@ def roundtrip(frame: Frame, raw=()) -> Frame:
 
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(list(MessageType)), ids, u32, u32, u32, st.binary(max_size=200),
-       st.lists(updates, max_size=8))
-def test_frames_round_trip(mtype, sender, inc, seq, ts, body, ups):
-    frame = Frame(mtype, sender, inc, seq, ts, body, tuple(ups))
+       st.lists(updates, max_size=8), st.integers(0, 2**64 - 1))
+def test_frames_round_trip(mtype, sender, inc, seq, ts, body, ups, epoch):
+    frame = Frame(mtype, sender, inc, seq, ts, body, tuple(ups), epoch)
     assert roundtrip(frame) == frame
 
 
@@ -50,7 +50,8 @@ def test_envelopes_round_trip(env):
 @given(st.binary(max_size=300))
 def test_decoders_only_raise_wire_errors(data):
     for decode in (wire.decode_frame, wire.decode_envelope, wire.decode_update, wire.decode_ping,
-                   wire.decode_ping_req, wire.decode_probe_ack, wire.decode_gossip):
+                   wire.decode_ping_req, wire.decode_probe_ack, wire.decode_gossip, wire.decode_epoch,
+                   wire.decode_discovery):
         try:
             decode(data)
         except WireError:
@@ -71,11 +72,11 @@ def test_probes_and_acks_are_small_and_carry_the_state_stamp():
     top = 2**32 - 1
     longest = "n" * NODE_ID_MAX_BYTES
     ping = Frame(MessageType.PING, longest, top, top, top, wire.encode_ping(top, longest, (top, top)))
-    assert len(wire.encode_frame(ping, KEY.sign)) == 304
+    assert len(wire.encode_frame(ping, KEY.sign)) == 312
     assert wire.decode_ping(ping.body) == (top, longest, (top, top))
     body = wire.encode_ping(1, "camera_002_abcde", (7, 3))
     short = Frame(MessageType.PING, "camera_001_abcde", 1, 1, 1, body)
-    assert len(wire.encode_frame(short, KEY.sign)) == 80  # as wire.py says
+    assert len(wire.encode_frame(short, KEY.sign)) == 88  # as wire.py says
     ack = wire.encode_probe_ack(9, (7, 3))
     assert wire.decode_probe_ack(ack) == (9, (7, 3))
     for bad in (ack[:-1], ack + b"x"):
