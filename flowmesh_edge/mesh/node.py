@@ -129,8 +129,9 @@ class MeshNode:
             **dict.fromkeys(ENVELOPE_TYPES, self.messaging.on_frame), MessageType.EPOCH: self._on_epoch}
         self._background: set[asyncio.Task] = set()
         self._running = False
-        self._sent: Counter[str] = Counter()
-        self._received: Counter[str] = Counter()
+        # by type, named only when stats() are read: these count every datagram
+        self._sent: Counter[MessageType] = Counter()
+        self._received: Counter[MessageType | None] = Counter()  #: None: undecodable
         self._dropped: Counter[str] = Counter()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -238,7 +239,8 @@ class MeshNode:
         env, queues = self.envelopes.stats, self.dissemination
         return MeshStats(
             self.node_id, self.incarnation, sum(self._sent.values()), sum(self._received.values()),
-            dict(self._dropped), dict(self._sent), dict(self._received),
+            dict(self._dropped), {t.name: k for t, k in self._sent.items()},
+            {(t.name if t is not None else "?"): k for t, k in self._received.items()},
             GossipStats(env.seen, env.duplicates, env.propagated, len(queues.updates), len(queues.messages)),
             replace(self.detector.stats), MemberCounts(counts[ALIVE], counts[SUSPECT], counts[DEAD]),
             replace(self.alerts.stats), self.messaging.routed, env.forwarded,
@@ -337,14 +339,14 @@ class MeshNode:
             log.warning("mesh %s: %s message too large to send", self.node_id, mtype.name)
             self.drop("too_large")
             return
-        self._sent[mtype.name] += 1
+        self._sent[mtype] += 1
         self._transport.send(datagram, address)
 
     def broadcast_frame(self, mtype: MessageType, body: bytes) -> bool:
         """Send one datagram to the local segment, when the transport can."""
         sent = self._transport.broadcast(encode_frame(self._next_frame(mtype, body), self._mac.sign))
         if sent:
-            self._sent[mtype.name] += 1
+            self._sent[mtype] += 1
         return sent
 
     # -- application messages (messaging.py) -------------------------------------------------
@@ -367,15 +369,15 @@ class MeshNode:
         try:
             signed, tag = split_tag(data)
             if not self._mac.verify(signed, tag):
-                self._received["?"] += 1
+                self._received[None] += 1
                 self.drop("forged")
                 return
             frame = decode_frame(signed)
         except WireError as exc:
-            self._received["?"] += 1
+            self._received[None] += 1
             self.drop(exc.reason)
             return
-        self._received[frame.type.name] += 1
+        self._received[frame.type] += 1
         if frame.sender == self.node_id:
             self.drop("self")
             return

@@ -60,6 +60,7 @@ A frame of another version is dropped as ``version``.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass, field
@@ -290,11 +291,20 @@ def decode_envelope(body: bytes) -> Envelope:
 # -- frames -----------------------------------------------------------------
 
 _HEAD = struct.Struct(">QIII")  # epoch, sequence, clock, incarnation
+#: The fixed part after the sender, as one struct: the header, then the body's length.
+_HEAD_BODY = struct.Struct(">QIIIH")
+_TYPES = {t.value: t for t in MessageType}
 
 
 def frame_overhead(sender: str, body_len: int) -> int:
     """Bytes a frame takes before any piggybacked update."""
     return 3 + 1 + len(sender.encode("utf-8")) + _HEAD.size + 2 + body_len + 1 + TAG_LEN
+
+
+@functools.lru_cache(maxsize=64)
+def _sender_field(sender: str) -> bytes:
+    """A sender's id as the frame carries it (a node sends under one id: encode it once)."""
+    return _str(sender, max_len=MAX_ID_LEN)
 
 
 def encode_frame(frame: Frame, sign, raw_updates: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
@@ -306,9 +316,12 @@ def encode_frame(frame: Frame, sign, raw_updates: tuple[bytes, ...] | list[bytes
     updates = [encode_update(u) for u in frame.updates] + list(raw_updates)
     if len(updates) > 255:
         raise ValueError("too many piggybacked updates")
-    data = (bytes((WIRE_VERSION, frame.type, 0)) + _str(frame.sender, max_len=MAX_ID_LEN)
-            + _HEAD.pack(frame.epoch, frame.seq, frame.timestamp, frame.incarnation) + _bytes16(frame.body)
-            + bytes((len(updates),)) + b"".join(updates))
+    if len(frame.body) > 0xFFFF:
+        raise ValueError(f"body of {len(frame.body)} bytes")
+    data = b"".join((bytes((WIRE_VERSION, frame.type, 0)), _sender_field(frame.sender),
+                     _HEAD_BODY.pack(frame.epoch, frame.seq, frame.timestamp, frame.incarnation,
+                                     len(frame.body)),
+                     frame.body, bytes((len(updates),)), *updates))
     datagram = data + sign(data)
     if len(datagram) > MAX_DATAGRAM:
         raise ValueError(f"datagram of {len(datagram)} bytes exceeds {MAX_DATAGRAM}")
@@ -325,24 +338,46 @@ def split_tag(datagram: bytes) -> tuple[bytes, bytes]:
 
 
 def decode_frame(signed: bytes) -> Frame:
-    """Decode the signed part of a datagram (after the tag was verified)."""
-    r = _Reader(signed)
-    version = r.u8()
+    """Decode the signed part of a datagram (after the tag was verified).
+
+    The fixed header is read in one struct call: every datagram comes through here.
+    """
+    size = len(signed)
+    if size < 4:
+        raise WireError("truncated", f"{size} bytes")
+    version, raw_type, _flags, id_len = signed[0], signed[1], signed[2], signed[3]
     if version != WIRE_VERSION:
         raise WireError("version", f"wire version {version}")
-    raw_type = r.u8()
-    try:
-        mtype = MessageType(raw_type)
-    except ValueError:
-        raise WireError("malformed", f"unknown message type {raw_type}") from None
-    r.u8()  # flags
-    sender = r.str(max_len=MAX_ID_LEN)
-    if not sender:
+    mtype = _TYPES.get(raw_type)
+    if mtype is None:
+        raise WireError("malformed", f"unknown message type {raw_type}")
+    if id_len > MAX_ID_LEN:
+        raise WireError("malformed", f"string of {id_len} bytes, limit {MAX_ID_LEN}")
+    pos = 4 + id_len
+    if pos + _HEAD_BODY.size > size:
+        raise WireError("truncated", f"header ends past {size} bytes")
+    if not id_len:
         raise WireError("malformed", "no sender")
-    epoch, seq, timestamp, incarnation = _HEAD.unpack(r.take(_HEAD.size))
-    body = r.bytes16()
-    updates = tuple(_read_update(r) for _ in range(r.u8()))
-    r.done()
+    try:
+        sender = signed[4:pos].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError("malformed", "invalid UTF-8") from exc
+    epoch, seq, timestamp, incarnation, body_len = _HEAD_BODY.unpack_from(signed, pos)
+    pos += _HEAD_BODY.size
+    end = pos + body_len
+    if end >= size:
+        raise WireError("truncated", f"body ends past {size} bytes")
+    body = signed[pos:end]
+    count = signed[end]
+    if count:
+        r = _Reader(signed)
+        r.pos = end + 1
+        updates = tuple(_read_update(r) for _ in range(count))
+        r.done()
+    elif end + 1 != size:
+        raise WireError("malformed", f"{size - end - 1} trailing bytes")
+    else:
+        updates = ()
     return Frame(mtype, sender, incarnation, seq, timestamp, body, updates, epoch)
 
 
@@ -359,11 +394,20 @@ def encode_ping(probe_id: int, target: str, stamp: Stamp) -> bytes:
 
 
 def decode_ping(body: bytes) -> tuple[int, str, Stamp]:
-    r = _Reader(body)
-    probe_id, target = r.u32(), r.str(max_len=MAX_ID_LEN)
-    stamp = _STAMP.unpack(r.take(_STAMP.size))
-    r.done()
-    return probe_id, target, stamp
+    size = len(body)
+    if size < 5:
+        raise WireError("truncated", f"ping of {size} bytes")
+    id_len = body[4]
+    if id_len > MAX_ID_LEN:
+        raise WireError("malformed", f"string of {id_len} bytes, limit {MAX_ID_LEN}")
+    end = 5 + id_len
+    if size != end + _STAMP.size:
+        raise WireError("truncated" if size < end + _STAMP.size else "malformed", f"ping of {size} bytes")
+    try:
+        target = body[5:end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError("malformed", "invalid UTF-8") from exc
+    return _U32.unpack_from(body)[0], target, _STAMP.unpack_from(body, end)
 
 
 def encode_ping_req(probe_id: int, target: str, address: Address) -> bytes:
