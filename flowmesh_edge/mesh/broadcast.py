@@ -10,6 +10,7 @@ is delivered once and never loops.
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ class _Item:
     order: int
     key: str = field(compare=False)
     payload: bytes = field(compare=False)
+
+
+_LEAST_SENT_NEWEST_FIRST = operator.attrgetter("transmits", "order")  # C-level, not __lt__
 
 
 class TransmitLimitedQueue:
@@ -41,7 +45,7 @@ class TransmitLimitedQueue:
         """Payloads that fit in ``budget`` bytes (``overhead`` per item), least-sent first."""
         chosen: list[bytes] = []
         limit = self._limit()
-        for item in sorted(self._items.values()):
+        for item in sorted(self._items.values(), key=_LEAST_SENT_NEWEST_FIRST):
             cost = len(item.payload) + overhead
             if cost > budget:
                 continue

@@ -71,11 +71,15 @@ class MemberEvent:
     incarnation: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
     accepted: bool = False  #: news: gossip it further
     event: MemberEvent | None = None
     refute: int | None = None  #: this node must refute at an incarnation above this
+
+
+#: Most updates a node hears are not news (gossip repeats itself by design).
+NOTHING = Outcome()
 
 
 def decode_meta(raw: bytes) -> dict:
@@ -133,21 +137,19 @@ class MemberList:
             self._dead_since.pop(m.node_id, None)
 
     def _alive(self, u: Update) -> Outcome:
-        if u.node == self.self_id:
-            return Outcome()
-        now = self.clock()
-        tomb = self.tombstones.get(u.node)
-        if tomb is not None:
-            if u.incarnation <= tomb[0] and now < tomb[1]:
-                return Outcome()
-            del self.tombstones[u.node]
         m = self.members.get(u.node)
-        if m is None:
+        if m is not None and u.incarnation <= m.incarnation or u.node == self.self_id:
+            return NOTHING
+        now = self.clock()
+        if m is None:  # (a listed member has no tombstone: its rejoin removed it)
+            tomb = self.tombstones.get(u.node)
+            if tomb is not None:
+                if u.incarnation <= tomb[0] and now < tomb[1]:
+                    return NOTHING
+                del self.tombstones[u.node]
             self.members[u.node] = PeerInfo(u.node, u.address, ALIVE, u.incarnation, now,
                                             decode_meta(u.meta))
             return Outcome(True, MemberEvent("joined", u.node, u.incarnation))
-        if u.incarnation <= m.incarnation:
-            return Outcome()
         previous = m.status
         self._set(m, ALIVE, u.incarnation)
         if u.address.host:

@@ -252,11 +252,40 @@ def _read_update(r: _Reader) -> Update:
     return Update(MessageType(kind), node, r.u32(), r.addr(), r.str(max_len=MAX_ID_LEN), r.bytes16())
 
 
+def _update_end(buf: bytes, pos: int) -> int:
+    """Where the update starting at ``pos`` ends: its lengths read, nothing decoded."""
+    try:
+        p = pos + 1  # kind
+        p += 1 + buf[p] + 4  # node, incarnation
+        p += 1 + buf[p]  # transport
+        p += 1 + buf[p] + 2  # host, port
+        p += 1 + buf[p]  # origin
+        p += 2 + (buf[p] << 8 | buf[p + 1])  # meta
+    except IndexError:
+        raise WireError("truncated", f"membership update at offset {pos}") from None
+    if p > len(buf):
+        raise WireError("truncated", f"membership update at offset {pos}")
+    return p
+
+
+@functools.lru_cache(maxsize=1024)
 def decode_update(body: bytes) -> Update:
+    """One update, exactly ``body``. Remembered: gossip carries the same encoded update
+    to every member several times over, and a join or a death brings a burst of them."""
     r = _Reader(body)
     u = _read_update(r)
     r.done()
     return u
+
+
+def _updates_at(buf: bytes, pos: int, count: int) -> tuple[tuple[Update, ...], int]:
+    """``count`` updates one after another from ``pos``; and where they end."""
+    out = []
+    for _ in range(count):
+        end = _update_end(buf, pos)
+        out.append(decode_update(buf[pos:end]))
+        pos = end
+    return tuple(out), pos
 
 
 # -- envelopes --------------------------------------------------------------
@@ -368,16 +397,9 @@ def decode_frame(signed: bytes) -> Frame:
     if end >= size:
         raise WireError("truncated", f"body ends past {size} bytes")
     body = signed[pos:end]
-    count = signed[end]
-    if count:
-        r = _Reader(signed)
-        r.pos = end + 1
-        updates = tuple(_read_update(r) for _ in range(count))
-        r.done()
-    elif end + 1 != size:
-        raise WireError("malformed", f"{size - end - 1} trailing bytes")
-    else:
-        updates = ()
+    updates, pos = _updates_at(signed, end + 1, signed[end]) if signed[end] else ((), end + 1)
+    if pos != size:
+        raise WireError("malformed", f"{size - pos} trailing bytes")
     return Frame(mtype, sender, incarnation, seq, timestamp, body, updates, epoch)
 
 
