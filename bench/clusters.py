@@ -73,6 +73,9 @@ class Cluster:
         self.view: dict[str, dict[str, str]] = {}
         #: per observer: the time its view last became complete, or None
         self.complete_since: dict[str, float | None] = {}
+        #: per observer: how many of the other members it sees alive
+        self.alive_count: dict[str, int] = {}
+        self.known: set[str] = set()
         #: (time, observer, node, kind), every event seen
         self.events: list[tuple[float, str, str, str]] = []
         self.listeners: list[Callable[[float, str, str, str], None]] = []
@@ -82,8 +85,12 @@ class Cluster:
         if observer == node or observer not in self.view:
             return
         self.events.append((t, observer, node, kind))
-        self.view[observer][node] = STATUS_OF.get(kind, self.view[observer].get(node, ALIVE))
-        complete = self.sees_all_alive(observer)
+        view = self.view[observer]
+        before = view.get(node) == ALIVE
+        view[node] = STATUS_OF.get(kind, view.get(node, ALIVE))
+        if node in self.known:
+            self.alive_count[observer] += (view[node] == ALIVE) - before
+        complete = self.alive_count[observer] == len(self.names) - 1
         if complete and self.complete_since.get(observer) is None:
             self.complete_since[observer] = t
         elif not complete:
@@ -92,12 +99,17 @@ class Cluster:
             listener(t, observer, node, kind)
         self._changed.set()
 
-    def sees_all_alive(self, observer: str) -> bool:
-        v = self.view[observer]
-        return all(v.get(n) == ALIVE for n in self.names if n != observer)
 
     def converged(self) -> bool:
         return all(self.complete_since.get(n) is not None for n in self.names)
+
+    def progress(self) -> str:
+        """How far from converged: for a message when a wait ran out."""
+        alive = sorted(sum(self.view[o].get(n) == ALIVE for n in self.names if n != o)
+                       for o in self.names)
+        done = sum(self.complete_since.get(n) is not None for n in self.names)
+        return (f"{done} of {len(self.names)} members see all others alive; alive seen: "
+                f"min {alive[0]}, median {alive[len(alive) // 2]}, of {len(self.names) - 1}")
 
     def converged_at(self) -> float:
         return max(self.complete_since[n] for n in self.names)  # type: ignore[type-var]
@@ -115,7 +127,9 @@ class Cluster:
         return True
 
     def _reset_view(self, name: str) -> None:
+        self.known = set(self.names)
         self.view[name] = {}
+        self.alive_count[name] = 0
         self.complete_since[name] = None
         for other in self.names:
             if other != name and self.complete_since.get(other) is not None \

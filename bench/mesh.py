@@ -295,7 +295,8 @@ async def idle_and_detect(children, tmp, args, serf: bool, only: str | None) -> 
             out[key] = {}
             try:
                 if await cluster.start(args.members) is None:
-                    say(f"{cluster.system}: {args.members} members did not converge in 60 s")
+                    say(f"{cluster.system}: {args.members} members did not converge in 60 s "
+                        f"({cluster.progress()})")
                     continue
                 if only in (None, "idle"):
                     await asyncio.sleep(args.settle)
@@ -326,7 +327,8 @@ async def soak(children, tmp, args) -> None:
     deaths: list[tuple[str, str]] = []
     try:
         if await cluster.start(args.members, timeout=120) is None:
-            say(f"soak: {args.members} members did not converge in 120 s at {args.loss:.0%} loss")
+            say(f"soak: {args.members} members did not converge in 120 s at {args.loss:.0%} loss "
+                f"({cluster.progress()})")
             RESULTS["soak"] = {"converged": False}
             return
         cluster.listeners.append(lambda t, o, n, k: deaths.append((o, n)) if k == "dead" else None)
@@ -359,10 +361,23 @@ async def spread(children, tmp, args) -> None:
                               eager_import=args.eager_import, prefix="spr")
     times: list[float] = []
     try:
+        t0 = time.monotonic()
         startup = await cluster.start(n, timeout=120)
         if startup is None:
-            say(f"spread: {n} members did not converge in 120 s")
-            RESULTS["spread"] = {"converged": False}
+            stats = await cluster.stats()
+            churn = {k: sum(s[k] for s in stats.values()) for k in ("suspicions", "deaths",
+                                                                    "refutations")}
+            seconds = time.monotonic() - t0
+            say(f"converge {n}: FlowMesh did not converge in {seconds:.0f} s "
+                f"({len(cluster.processes())} processes of {args.spread_per_process}): "
+                f"{cluster.progress()}; meanwhile {churn['suspicions']} suspicions, "
+                f"{churn['deaths']} deaths, {churn['refutations']} refutations "
+                f"(goal <= {GOALS['converge_100_s']:.0f} s): NOT met")
+            say(f"spread: not measured, the {n}-member mesh never converged "
+                f"(goal <= {GOALS['spread_99_s']:.0f} s): NOT met")
+            RESULTS["spread"] = {"members": n, "per_process": args.spread_per_process,
+                                 "converged": False, "waited_s": seconds,
+                                 "progress": cluster.progress(), **churn}
             return
         procs = len(cluster.processes())
         say(f"converge {n}: FlowMesh {startup.from_spawn:.2f} s from start incl. process start-up, "
@@ -440,7 +455,7 @@ async def main(args) -> None:
             await idle_and_detect(children, tmpdir, args, serf, only)
         if only in (None, "spread"):
             await spread(children, tmpdir, args)
-        if only in (None, "soak"):
+        if only in (None, "soak") and args.soak_seconds > 0:
             await soak(children, tmpdir, args)
         if only == "profile":
             await profile(children, tmpdir, args)
@@ -458,7 +473,7 @@ def parse_args(argv=None):
     ap.add_argument("--trials", type=int, default=10, help="crashes in detect")
     ap.add_argument("--settle", type=float, default=10, help="quiet seconds after convergence")
     ap.add_argument("--idle-seconds", type=float, default=60)
-    ap.add_argument("--soak-seconds", type=float, default=600)
+    ap.add_argument("--soak-seconds", type=float, default=600, help="0 skips the soak")
     ap.add_argument("--loss", type=float, default=0.10)
     ap.add_argument("--spread-members", type=int, default=100)
     ap.add_argument("--spread-per-process", type=int, default=10)

@@ -32,9 +32,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+class Out:
+    """stdout without blocking the loop: a coordinator slow to read must not
+    stall the members (a stalled loop misses probe deadlines and looks dead)."""
+
+    writer: asyncio.WriteTransport | None = None
+
+
 def emit(event: dict) -> None:
-    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+    line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+    if Out.writer is None:
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+    else:
+        Out.writer.write(line)  # buffered by the loop, written when the pipe has room
 
 
 async def main() -> None:
@@ -53,6 +64,8 @@ async def main() -> None:
         import flowmesh_edge.shipper  # noqa: F401
     from flowmesh_edge.mesh import LossyTransport, MeshNode, MessageType, UdpTransport
 
+    loop = asyncio.get_running_loop()
+    Out.writer, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout)
     peers = [(h, int(p)) for h, p in (x.rsplit(":", 1) for x in args.peer)]
     nodes: dict[str, MeshNode] = {}
     lossy: dict[str, LossyTransport] = {}
@@ -72,7 +85,6 @@ async def main() -> None:
     emit({"ev": "ready", "ports": {n: node.address[1] for n, node in nodes.items()},
           "t": time.monotonic()})
 
-    loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     try:
