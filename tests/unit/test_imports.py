@@ -15,7 +15,8 @@ HEAVY = ("psycopg", "click", "alembic", "sqlalchemy")
 
 def loaded(statement: str, names: tuple[str, ...]) -> list[str]:
     """Which of ``names`` are in sys.modules after ``statement`` runs in a new interpreter."""
-    code = f"{statement}\nimport json, sys\nprint(json.dumps([n for n in {list(names)!r} if n in sys.modules]))"
+    code = (f"{statement}\nimport json, sys\n"
+            f"print(json.dumps([n for n in {list(names)!r} if n in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          check=True)
     return json.loads(out.stdout.splitlines()[-1])
