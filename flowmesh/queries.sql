@@ -56,9 +56,10 @@ select t.id, t.name, t.last_heartbeat_at,
  order by t.name;
 
 -- name: list_nodes
--- Nodes, optionally of one tetrahedron (by name).
-select t.name as tetrahedron, n.node_id, n.role, n.status, n.health_score,
-       n.last_heartbeat_at, n.last_seq, n.metrics
+-- Nodes with their status as of now and since when (public.nodes), and what
+-- the peer mesh last said of them, optionally of one tetrahedron (by name).
+select t.name as tetrahedron, n.node_id, n.role, n.status, n.status_since, n.health_score,
+       n.mesh_status, n.last_heartbeat_at, n.last_seq, n.metrics
   from public.nodes n
   join public.tetrahedrons t on t.id = n.tetrahedron_id
  where %(tetrahedron)s::text is null or t.name = %(tetrahedron)s::text
@@ -76,7 +77,7 @@ select current_setting('server_version_num')::int as version_num,
        current_setting('server_version') as version;
 
 -- name: prediction_pass
--- Mark silent nodes offline, score every node's failure risk, open/resolve alerts.
+-- Log offline periods not yet logged, score every node's failure risk, open/resolve alerts.
 select nodes_scored, alerts_opened, alerts_resolved, marked_offline
   from public.run_prediction_pass(%(window_size)s);
 
@@ -92,7 +93,8 @@ select t.name as tetrahedron, n.node_id, n.status, n.health_score, n.predicted_r
  limit %(limit)s;
 
 -- name: mesh_summary
--- Seed 000's mesh_summary per tetrahedron, optionally one.
+-- Nodes online, degraded and offline as of now, average health and last
+-- prediction per tetrahedron, optionally one.
 select name as tetrahedron, online, degraded, offline, average_health, last_prediction,
        highest_risk, last_heartbeat_at
   from public.mesh_summary
@@ -140,6 +142,7 @@ select t.name, count(h.id) as heartbeats
  group by t.name;
 
 -- name: metrics_nodes_by_status
+-- Nodes per tetrahedron and status as of now (the exporter).
 select tetrahedron, status, nodes from public.nodes_by_status;
 
 -- name: metrics_open_alerts

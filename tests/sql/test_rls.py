@@ -70,7 +70,8 @@ def test_vertex_inserts_heartbeats_into_its_own_tetrahedron_only(conn, two_meshe
             "delete from mesh_heartbeats",
             "insert into tetrahedron_vertices (tetrahedron_id, node_id, user_id) "
             f"values ('{shop}', 'mole', '{ALICE}')",
-            "update nodes set status = 'offline'",
+            "update nodes set role = 'mole'",
+            "update flowmesh.node_records set health_status = 'degraded'",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(sql)

@@ -1,10 +1,10 @@
-"""0005 create mesh events: executes sql/0005_create_mesh_events.sql."""
+"""0006 create heartbeat functions: executes sql/0006_create_heartbeat_functions.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0005'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 

@@ -1,10 +1,10 @@
-"""0007 create failure prediction: executes sql/0007_create_failure_prediction.sql."""
+"""0002 create limits: executes sql/0002_create_limits.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0007'
-down_revision = '0006'
+revision = '0002'
+down_revision = '0001'
 branch_labels = None
 depends_on = None
 

@@ -1,10 +1,10 @@
-"""0010 create heartbeat retention: executes sql/0010_create_heartbeat_retention.sql."""
+"""0011 create analyst views: executes sql/0011_create_analyst_views.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0010'
-down_revision = '0009'
+revision = '0011'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,6 @@
--- 0008_create_guardian_votes.sql
--- Guardian votes (seed 000's mesh consensus): the vertices of a tetrahedron
--- vote on a decision about one of its nodes (quarantine it, for example).
+-- 0010_create_guardian_votes.sql
+-- Guardian votes, the mesh's consensus: the vertices of a tetrahedron vote on
+-- a decision about one of its nodes (quarantine it, for example).
 -- The quorum rule is SQL (flowmesh.tally): with E voters (the vertices, less
 -- the subject itself) a decision passes once approvals > quorum * E, and is
 -- rejected once that can no longer happen; at closes_at an undecided one
@@ -19,6 +19,8 @@ create table if not exists public.guardian_decisions (
   created_at     timestamptz not null default now(),
   closes_at      timestamptz not null,
   decided_at     timestamptz,
+  constraint guardian_decisions_subject_check check (flowmesh.is_node_id(subject)),
+  constraint guardian_decisions_proposed_by_check check (flowmesh.is_node_id(proposed_by)),
   constraint guardian_decisions_quorum_check check (quorum > 0 and quorum < 1),
   constraint guardian_decisions_status_check check (status in ('open', 'passed', 'rejected', 'expired')),
   constraint guardian_decisions_action_check check (action ~ '^[a-z][a-z0-9_-]{0,63}$')
@@ -36,7 +38,8 @@ create table if not exists public.guardian_votes (
   voter          text not null,
   approve        boolean not null,
   cast_at        timestamptz not null default now(),
-  primary key (decision_id, voter)
+  primary key (decision_id, voter),
+  constraint guardian_votes_voter_check check (flowmesh.is_node_id(voter))
 );
 comment on table public.guardian_votes is 'One vote per vertex (voter) per decision.';
 create index if not exists guardian_votes_tetrahedron_id_idx on public.guardian_votes (tetrahedron_id);
@@ -148,7 +151,7 @@ begin
       using errcode = '22023';
   end if;
   perform flowmesh.authorize_vertex(t_uuid, proposer);
-  if not exists (select from public.nodes n where n.tetrahedron_id = t_uuid and n.node_id = subject)
+  if not exists (select from flowmesh.node_records n where n.tetrahedron_id = t_uuid and n.node_id = subject)
      and not exists (select from public.tetrahedron_vertices v
                       where v.tetrahedron_id = t_uuid and v.node_id = subject) then
     raise exception 'subject % is not a node of tetrahedron %', subject, t_uuid using errcode = '23503';

@@ -1,10 +1,10 @@
-"""0003 create heartbeat functions: executes sql/0003_create_heartbeat_functions.sql."""
+"""0008 create mesh events: executes sql/0008_create_mesh_events.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0003'
-down_revision = '0002'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

@@ -1,10 +1,10 @@
-"""0009 create observability: executes sql/0009_create_observability.sql."""
+"""0004 create heartbeat log: executes sql/0004_create_heartbeat_log.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0009'
-down_revision = '0008'
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
