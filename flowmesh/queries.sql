@@ -101,9 +101,10 @@ select name as tetrahedron, online, degraded, offline, average_health, last_pred
  where %(tetrahedron)s::text is null or name = %(tetrahedron)s::text
  order by name;
 
--- name: close_expired_decisions
--- Expire guardian decisions past their closing time.
-select public.close_expired_decisions() as closed;
+-- name: scheduled_checks
+-- One cycle of the scheduled work (pg_cron's flowmesh-checks job runs this very text):
+-- the heartbeat check, the prediction pass, expired guardian decisions.
+select * from public.run_scheduled_checks(threshold_minutes => %(threshold_minutes)s, window_size => %(window_size)s);
 
 -- name: cron_version
 -- The installed pg_cron version, or nothing.
@@ -159,6 +160,7 @@ select duration_ms, started_at, alerts_opened
  order by started_at desc limit 1;
 
 -- name: maintain_partitions
--- Create heartbeat partitions ahead, drop those past the retention.
+-- Create heartbeat partitions ahead, drop those past the retention (pg_cron's
+-- flowmesh-retention job runs this very text, daily).
 select created, dropped, oldest, newest
   from public.maintain_heartbeat_partitions(make_interval(days => %(retention_days)s));
