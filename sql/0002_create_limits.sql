@@ -3,9 +3,12 @@
 -- flowmesh.limits() holds the numbers under the names flowmesh/limits.py
 -- gives them (a test proves the two agree); flowmesh.limit_of(name) reads
 -- one; and the shape of a node id and of a tetrahedron name is written once on
--- top of them, for check constraints and RPC validation alike. All of these
--- are immutable and inlinable, so a limit folds to a constant when a query is
--- planned and costs nothing per row.
+-- top of them, for RPC validation and for the domains flowmesh.node_id and
+-- flowmesh.tetrahedron_name, the type of every column that stores one. All of
+-- these functions are immutable and inlinable, so a limit folds to a constant
+-- when an expression is planned. (A domain's check is planned once per
+-- session; a table's check constraint would be planned, and its limit looked
+-- up, for every statement that writes the table.)
 
 create schema if not exists flowmesh;
 comment on schema flowmesh is
@@ -64,7 +67,24 @@ $$;
 comment on function flowmesh.is_tetrahedron_name(text) is
   'The shape of a tetrahedron name: 1 to tetrahedron_name_max_chars characters, no control characters. Inlinable: no SET clause; every name schema-qualified. Example: select flowmesh.is_tetrahedron_name(''home''); -> true';
 
--- check constraints call these as the writing role, so writers need them too
+do $$
+begin
+  if pg_catalog.to_regtype('flowmesh.node_id') is null then
+    create domain flowmesh.node_id as text
+      constraint node_id_check check (flowmesh.is_node_id(value));
+  end if;
+  if pg_catalog.to_regtype('flowmesh.tetrahedron_name') is null then
+    create domain flowmesh.tetrahedron_name as text
+      constraint tetrahedron_name_check check (flowmesh.is_tetrahedron_name(value));
+  end if;
+end
+$$;
+comment on domain flowmesh.node_id is
+  'A node id, wherever one is stored (a heartbeat''s source, a vertex, an observer, a voter...): text of the shape flowmesh.is_node_id checks.';
+comment on domain flowmesh.tetrahedron_name is
+  'A tetrahedron''s name: text of the shape flowmesh.is_tetrahedron_name checks.';
+
+-- domain checks call these as the writing role, so writers need them too
 revoke all on function flowmesh.limits(), flowmesh.limit_of(text), flowmesh.is_node_id(text),
   flowmesh.node_id_problem(text, text), flowmesh.is_tetrahedron_name(text) from public, anon;
 grant execute on function flowmesh.limits(), flowmesh.limit_of(text), flowmesh.is_node_id(text),

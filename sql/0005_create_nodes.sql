@@ -107,7 +107,7 @@ comment on function flowmesh.health_status(jsonb) is
 -- nodes ---------------------------------------------------------------------------
 create table if not exists flowmesh.node_records (
   tetrahedron_id      uuid not null references public.tetrahedrons (id) on delete cascade,
-  node_id             text not null,
+  node_id             flowmesh.node_id not null,
   role                text,
   health_status       text not null default 'online',
   health_status_since timestamptz not null default now(),
@@ -120,13 +120,12 @@ create table if not exists flowmesh.node_records (
   predicted_at        timestamptz,
   mesh_status         text,
   mesh_status_at      timestamptz,
-  mesh_reported_by    text,
+  mesh_reported_by    flowmesh.node_id,
   state               jsonb not null default '{}'::jsonb,
   state_version       bigint not null default 0,
   created_at          timestamptz not null default now(),
   updated_at          timestamptz not null default now(),
   primary key (tetrahedron_id, node_id),
-  constraint node_records_node_id_check check (flowmesh.is_node_id(node_id)),
   constraint node_records_health_status_check check (health_status in ('online', 'degraded')),
   constraint node_records_health_score_check check (health_score between 0 and 1),
   constraint node_records_predicted_risk_check check (predicted_risk between 0 and 1),
@@ -159,7 +158,7 @@ grant all on table flowmesh.node_records to service_role;
 create table if not exists public.node_status_history (
   id             bigint generated always as identity primary key,
   tetrahedron_id uuid not null,
-  node_id        text not null,
+  node_id        flowmesh.node_id not null,
   status         text not null,
   previous       text,
   health_score   double precision,

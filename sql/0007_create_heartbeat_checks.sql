@@ -47,7 +47,7 @@ as $$
 begin
   perform flowmesh.check_threshold(threshold_minutes);
   return query
-    select t.id, t.name, t.last_heartbeat_at, now() - t.last_heartbeat_at
+    select t.id, t.name::text, t.last_heartbeat_at, now() - t.last_heartbeat_at
       from public.tetrahedrons t
      where flowmesh.is_stale(t.last_heartbeat_at, threshold_minutes)
      order by t.last_heartbeat_at nulls first, t.name;

@@ -9,16 +9,14 @@
 create table if not exists public.mesh_events (
   id             bigint generated always as identity primary key,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
-  observer       text not null,
+  observer       flowmesh.node_id not null,
   seq            bigint not null,
   kind           text not null,
-  subject        text not null,
+  subject        flowmesh.node_id not null,
   incarnation    bigint,
   details        jsonb not null default '{}'::jsonb,
   observed_at    timestamptz not null,
   created_at     timestamptz not null default now(),
-  constraint mesh_events_observer_check check (flowmesh.is_node_id(observer)),
-  constraint mesh_events_subject_check check (flowmesh.is_node_id(subject)),
   constraint mesh_events_kind_check
     check (kind in ('joined', 'suspect', 'dead', 'left', 'recovered', 'alert')),
   constraint mesh_events_details_check check (jsonb_typeof(details) = 'object')

@@ -11,16 +11,14 @@ create table if not exists public.guardian_decisions (
   id             bigint generated always as identity primary key,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
   action         text not null,
-  subject        text not null,
-  proposed_by    text not null,
+  subject        flowmesh.node_id not null,
+  proposed_by    flowmesh.node_id not null,
   quorum         double precision not null default 0.5,
   status         text not null default 'open',
   details        jsonb not null default '{}'::jsonb,
   created_at     timestamptz not null default now(),
   closes_at      timestamptz not null,
   decided_at     timestamptz,
-  constraint guardian_decisions_subject_check check (flowmesh.is_node_id(subject)),
-  constraint guardian_decisions_proposed_by_check check (flowmesh.is_node_id(proposed_by)),
   constraint guardian_decisions_quorum_check check (quorum > 0 and quorum < 1),
   constraint guardian_decisions_status_check check (status in ('open', 'passed', 'rejected', 'expired')),
   constraint guardian_decisions_action_check check (action ~ '^[a-z][a-z0-9_-]{0,63}$')
@@ -35,11 +33,10 @@ create index if not exists guardian_decisions_tetrahedron_id_created_at_idx
 create table if not exists public.guardian_votes (
   decision_id    bigint not null references public.guardian_decisions (id) on delete cascade,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
-  voter          text not null,
+  voter          flowmesh.node_id not null,
   approve        boolean not null,
   cast_at        timestamptz not null default now(),
-  primary key (decision_id, voter),
-  constraint guardian_votes_voter_check check (flowmesh.is_node_id(voter))
+  primary key (decision_id, voter)
 );
 comment on table public.guardian_votes is 'One vote per vertex (voter) per decision.';
 create index if not exists guardian_votes_tetrahedron_id_idx on public.guardian_votes (tetrahedron_id);

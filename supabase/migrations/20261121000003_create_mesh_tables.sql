@@ -10,11 +10,10 @@
 -- tables ---------------------------------------------------------------------
 create table if not exists public.tetrahedrons (
   id                   uuid primary key default gen_random_uuid(),
-  name                 text not null,
+  name                 flowmesh.tetrahedron_name not null,
   node_timeout_seconds integer not null default 300,
   last_heartbeat_at    timestamptz,
   created_at           timestamptz not null default now(),
-  constraint tetrahedrons_name_check check (flowmesh.is_tetrahedron_name(name)),
   constraint tetrahedrons_node_timeout_seconds_check check (node_timeout_seconds > 0)
 );
 comment on table public.tetrahedrons is
@@ -27,11 +26,10 @@ create unique index if not exists tetrahedrons_name_idx on public.tetrahedrons (
 
 create table if not exists public.tetrahedron_vertices (
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
-  node_id        text not null,
+  node_id        flowmesh.node_id not null,
   user_id        uuid,
   created_at     timestamptz not null default now(),
-  primary key (tetrahedron_id, node_id),
-  constraint tetrahedron_vertices_node_id_check check (flowmesh.is_node_id(node_id))
+  primary key (tetrahedron_id, node_id)
 );
 comment on table public.tetrahedron_vertices is
   'Membership: which device (node_id) belongs to which tetrahedron, and the user (auth.uid()) who owns it. Row-level security is written against this table.';
@@ -42,13 +40,12 @@ create table if not exists public.guardian_alerts (
   id             bigint generated always as identity primary key,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
   alert_type     text not null,
-  node_id        text,
+  node_id        flowmesh.node_id,
   severity       text not null default 'warning',
   message        text not null,
   details        jsonb not null default '{}'::jsonb,
   created_at     timestamptz not null default now(),
   resolved_at    timestamptz,
-  constraint guardian_alerts_node_id_check check (flowmesh.is_node_id(node_id)),
   constraint guardian_alerts_severity_check check (severity in ('info', 'warning', 'critical')),
   constraint guardian_alerts_resolved_at_check check (resolved_at is null or resolved_at >= created_at)
 );

@@ -18,12 +18,11 @@ revoke all on schema flowmesh_partitions from public;
 create table if not exists public.mesh_heartbeats (
   id             bigint generated always as identity,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
-  source         text not null,
+  source         flowmesh.node_id not null,
   payload        jsonb not null default '{}'::jsonb,
   seq            bigint,
   created_at     timestamptz not null default now(),
   constraint mesh_heartbeats_pkey primary key (id, created_at),
-  constraint mesh_heartbeats_source_check check (flowmesh.is_node_id(source)),
   constraint mesh_heartbeats_payload_check check (jsonb_typeof(payload) = 'object')
 ) partition by range (created_at);
 comment on table public.mesh_heartbeats is

@@ -50,6 +50,21 @@ def test_the_limit_functions_are_immutable_and_inlinable(conn):
     assert "is_node_id" not in plan and "limit_of" not in plan
 
 
+def test_every_stored_node_id_has_the_node_id_type(conn):
+    columns = conn.execute("""
+        select a.attrelid::regclass::text || '.' || a.attname, a.atttypid::regtype::text
+          from pg_attribute a join pg_class c on c.oid = a.attrelid
+         where c.relnamespace in ('public'::regnamespace, 'flowmesh'::regnamespace)
+           and c.relkind in ('r', 'p') and a.attnum > 0 and not a.attisdropped
+           and a.attname in ('node_id', 'source', 'observer', 'subject', 'voter', 'proposed_by',
+                             'mesh_reported_by')""").fetchall()
+    assert len(columns) >= 10
+    assert {name: kind for name, kind in columns if kind != "flowmesh.node_id"} == {}
+    assert conn.execute("select atttypid::regtype::text from pg_attribute "
+                        "where attrelid = 'tetrahedrons'::regclass and attname = 'name'"
+                        ).fetchone() == ("flowmesh.tetrahedron_name",)
+
+
 def call_rpc(conn, tid, rpc, node_id):
     now = time.time()
     if rpc == "record_mesh_heartbeat":

@@ -43,7 +43,7 @@ def test_sql_files_are_named_and_headed():
 
 _CREATE = re.compile(
     r"\bcreate\s+(?:or\s+replace\s+)?(?:unique\s+)?"
-    r"(function|procedure|view|table|index|trigger|policy|type|schema)\s+"
+    r"(function|procedure|view|table|index|trigger|policy|type|domain|schema)\s+"
     r"(?:if\s+not\s+exists\s+)?([\w.\"]+)", re.IGNORECASE)
 _ADD_COLUMN = re.compile(r"\badd\s+column\s+(?:if\s+not\s+exists\s+)?([\w\"]+)", re.IGNORECASE)
 _ON_TABLE = re.compile(r"\son\s+([\w.\"]+)", re.IGNORECASE)
