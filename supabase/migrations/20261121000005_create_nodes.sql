@@ -280,10 +280,14 @@ select n.tetrahedron_id, n.node_id, n.status, n.health_status as previous, n.hea
        n.status_since as changed_at
   from public.nodes n
  where n.status = 'offline'
-   and not exists (select from public.node_status_history h
-                    where h.tetrahedron_id = n.tetrahedron_id and h.node_id = n.node_id
-                      and h.status = 'offline'
-                      and h.changed_at > coalesce(n.last_heartbeat_at, n.created_at));
+   -- one index probe per offline node, whatever the statistics say: a scalar
+   -- subquery, not an anti-join the planner may turn into a nested loop over
+   -- every offline row just after a burst of nodes went offline
+   and (select h.changed_at from public.node_status_history h
+         where h.tetrahedron_id = n.tetrahedron_id and h.node_id = n.node_id
+           and h.status = 'offline'
+           and h.changed_at > coalesce(n.last_heartbeat_at, n.created_at)
+         limit 1) is null;
 comment on view flowmesh.unlogged_offline_periods is
   'Nodes offline now whose offline period node_status_history does not hold yet, shaped as the history row that would log it. record_offline_transitions logs them; node_status_timeline shows them meanwhile.';
 
