@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -63,11 +64,15 @@ def test_metrics_reflect_the_database(conn, db_url, exporter):
         conn.execute("select record_mesh_heartbeat(%s, 'pi', %s)", (home, json.dumps({"metrics": metrics})))
     conn.execute("select check_mesh_heartbeats_and_alert(60)")  # shed is silent
     conn.execute("select run_prediction_pass()")
+    # a node silent past its timeout is offline as of now, with no pass since
+    old = [{"src": "cam", "seq": 1, "at": time.time() - 600, "payload": {}}]
+    conn.execute("select record_mesh_heartbeats(%s, %s)", (home, json.dumps(old)))
     m = scrape(exporter(db_url))
     assert m[("flowmesh_up", ())] == 1
     assert m[("flowmesh_heartbeats_per_minute", (("tetrahedron", "home"),))] == 3
     assert m[("flowmesh_heartbeats_per_minute", (("tetrahedron", "shed"),))] == 0
     assert m[("flowmesh_nodes", (("status", "degraded"), ("tetrahedron", "home")))] == 1
+    assert m[("flowmesh_nodes", (("status", "offline"), ("tetrahedron", "home")))] == 1
     assert m[("flowmesh_open_alerts", (("severity", "warning"), ("type", "mesh-degrading")))] == 1
     score = m[("flowmesh_node_health_score", (("node", "pi"), ("tetrahedron", "home")))]
     assert 0 < score < 1

@@ -1,10 +1,10 @@
-"""0008 create guardian votes: executes sql/0008_create_guardian_votes.sql."""
+"""0003 create mesh tables: executes sql/0003_create_mesh_tables.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0008'
-down_revision = '0007'
+revision = '0003'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 

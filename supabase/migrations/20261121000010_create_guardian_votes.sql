@@ -1,6 +1,6 @@
--- 0008_create_guardian_votes.sql
--- Guardian votes (seed 000's mesh consensus): the vertices of a tetrahedron
--- vote on a decision about one of its nodes (quarantine it, for example).
+-- 0010_create_guardian_votes.sql
+-- Guardian votes, the mesh's consensus: the vertices of a tetrahedron vote on
+-- a decision about one of its nodes (quarantine it, for example).
 -- The quorum rule is SQL (flowmesh.tally): with E voters (the vertices, less
 -- the subject itself) a decision passes once approvals > quorum * E, and is
 -- rejected once that can no longer happen; at closes_at an undecided one
@@ -11,8 +11,8 @@ create table if not exists public.guardian_decisions (
   id             bigint generated always as identity primary key,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
   action         text not null,
-  subject        text not null,
-  proposed_by    text not null,
+  subject        flowmesh.node_id not null,
+  proposed_by    flowmesh.node_id not null,
   quorum         double precision not null default 0.5,
   status         text not null default 'open',
   details        jsonb not null default '{}'::jsonb,
@@ -33,7 +33,7 @@ create index if not exists guardian_decisions_tetrahedron_id_created_at_idx
 create table if not exists public.guardian_votes (
   decision_id    bigint not null references public.guardian_decisions (id) on delete cascade,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
-  voter          text not null,
+  voter          flowmesh.node_id not null,
   approve        boolean not null,
   cast_at        timestamptz not null default now(),
   primary key (decision_id, voter)
@@ -148,7 +148,7 @@ begin
       using errcode = '22023';
   end if;
   perform flowmesh.authorize_vertex(t_uuid, proposer);
-  if not exists (select from public.nodes n where n.tetrahedron_id = t_uuid and n.node_id = subject)
+  if not exists (select from flowmesh.node_records n where n.tetrahedron_id = t_uuid and n.node_id = subject)
      and not exists (select from public.tetrahedron_vertices v
                       where v.tetrahedron_id = t_uuid and v.node_id = subject) then
     raise exception 'subject % is not a node of tetrahedron %', subject, t_uuid using errcode = '23503';

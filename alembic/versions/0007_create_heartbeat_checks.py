@@ -1,10 +1,10 @@
-"""0006 create health scoring: executes sql/0006_create_health_scoring.sql."""
+"""0007 create heartbeat checks: executes sql/0007_create_heartbeat_checks.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0006'
-down_revision = '0005'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 

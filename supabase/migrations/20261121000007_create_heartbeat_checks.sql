@@ -1,10 +1,12 @@
--- 0004_create_heartbeat_checks.sql
+-- 0007_create_heartbeat_checks.sql
 -- Staleness and the mesh-degrading guardian alert. The rule "a tetrahedron is
 -- stale when it has had no heartbeat within the threshold, or none ever" is
 -- written once (flowmesh.is_stale) and used by the checker, the monitor and
 -- any analyst query. check_mesh_heartbeats_and_alert opens at most one alert
 -- per tetrahedron (the partial unique index on guardian_alerts guarantees it,
 -- even with concurrent checkers) and resolves it when heartbeats come back.
+-- Every run is recorded in check_runs (with its duration) whoever ran it:
+-- pg_cron, the monitor, the fallback loop.
 
 create or replace function flowmesh.is_stale(last_heartbeat_at timestamptz, threshold_minutes integer)
 returns boolean
@@ -45,7 +47,7 @@ as $$
 begin
   perform flowmesh.check_threshold(threshold_minutes);
   return query
-    select t.id, t.name, t.last_heartbeat_at, now() - t.last_heartbeat_at
+    select t.id, t.name::text, t.last_heartbeat_at, now() - t.last_heartbeat_at
       from public.tetrahedrons t
      where flowmesh.is_stale(t.last_heartbeat_at, threshold_minutes)
      order by t.last_heartbeat_at nulls first, t.name;
@@ -54,11 +56,36 @@ $$;
 comment on function public.stale_tetrahedrons(integer) is
   'Tetrahedrons with no heartbeat within threshold_minutes (or none ever), most silent first; silent_for is null when none ever arrived. Runs with the caller''s rights, so row-level security applies. Example: select name, silent_for from stale_tetrahedrons(60);';
 
+create table if not exists public.check_runs (
+  id                bigint generated always as identity primary key,
+  threshold_minutes integer not null,
+  tetrahedron_id    uuid references public.tetrahedrons (id) on delete cascade,
+  started_at        timestamptz not null,
+  duration_ms       double precision not null,
+  alerts_opened     integer not null,
+  run_by            text not null
+);
+comment on table public.check_runs is
+  'One row per run of check_mesh_heartbeats_and_alert: when, how long, how many alerts it opened, by whom (tetrahedron_id set for the one-tetrahedron form).';
+create index if not exists check_runs_started_at_idx on public.check_runs (started_at desc);
+create index if not exists check_runs_tetrahedron_id_idx on public.check_runs (tetrahedron_id);
+alter table public.check_runs enable row level security;
+drop policy if exists check_runs_select_authenticated on public.check_runs;
+create policy check_runs_select_authenticated on public.check_runs
+  for select to authenticated
+  using (tetrahedron_id in (select flowmesh.member_tetrahedron_ids()));
+revoke all on table public.check_runs from anon, authenticated, service_role;
+grant select on table public.check_runs to authenticated;
+grant all on table public.check_runs to service_role;
+
 create or replace function flowmesh.check_heartbeats(threshold_minutes integer, only_tetrahedron uuid)
 returns setof public.guardian_alerts
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_started timestamptz := pg_catalog.clock_timestamp();
+  v_opened integer;
 begin
   perform flowmesh.check_threshold(threshold_minutes);
   if only_tetrahedron is not null
@@ -95,10 +122,17 @@ begin
        and (only_tetrahedron is null or t.id = only_tetrahedron)
     on conflict (tetrahedron_id, alert_type, node_id) where resolved_at is null do nothing
     returning a.*;
+  get diagnostics v_opened = row_count;
+
+  insert into public.check_runs
+         (threshold_minutes, tetrahedron_id, started_at, duration_ms, alerts_opened, run_by)
+  values (threshold_minutes, only_tetrahedron, v_started,
+          extract(epoch from pg_catalog.clock_timestamp() - v_started) * 1000, v_opened,
+          flowmesh.caller());
 end
 $$;
 comment on function flowmesh.check_heartbeats(integer, uuid) is
-  'Implementation of check_mesh_heartbeats_and_alert: resolve open mesh-degrading alerts of fresh tetrahedrons, open one for each stale tetrahedron without one, return the opened alerts.';
+  'Implementation of check_mesh_heartbeats_and_alert: resolve open mesh-degrading alerts of fresh tetrahedrons, open one for each stale tetrahedron without one, record the run in check_runs, return the opened alerts.';
 
 create or replace function public.check_mesh_heartbeats_and_alert(threshold_minutes integer)
 returns setof public.guardian_alerts
@@ -108,7 +142,7 @@ as $$
   select * from flowmesh.check_heartbeats(threshold_minutes, null)
 $$;
 comment on function public.check_mesh_heartbeats_and_alert(integer) is
-  'Open a mesh-degrading guardian alert for every tetrahedron with no heartbeat within threshold_minutes (or none ever) unless one is already open, resolve open ones whose heartbeats came back, and return the alerts it opened. Safe to run repeatedly and concurrently. Example (pg_cron): select public.check_mesh_heartbeats_and_alert(60);';
+  'Open a mesh-degrading guardian alert for every tetrahedron with no heartbeat within threshold_minutes (or none ever) unless one is already open, resolve open ones whose heartbeats came back, record the run in check_runs, and return the alerts it opened. Safe to run repeatedly and concurrently. Example (pg_cron): select public.check_mesh_heartbeats_and_alert(60);';
 
 create or replace function public.check_mesh_heartbeats_and_alert(threshold_minutes integer, t_uuid uuid)
 returns setof public.guardian_alerts

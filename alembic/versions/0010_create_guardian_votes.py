@@ -1,10 +1,10 @@
-"""0002 create mesh tables: executes sql/0002_create_mesh_tables.sql."""
+"""0010 create guardian votes: executes sql/0010_create_guardian_votes.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0002'
-down_revision = '0001'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 

@@ -1,10 +1,10 @@
-"""0004 create heartbeat checks: executes sql/0004_create_heartbeat_checks.sql."""
+"""0005 create nodes: executes sql/0005_create_nodes.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0004'
-down_revision = '0003'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

@@ -1,10 +1,10 @@
-"""0005 create mesh events: executes sql/0005_create_mesh_events.sql."""
+"""0012 create scheduled checks: executes sql/0012_create_scheduled_checks.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0005'
-down_revision = '0004'
+revision = '0012'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 

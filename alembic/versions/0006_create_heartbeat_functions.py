@@ -1,10 +1,10 @@
-"""0007 create failure prediction: executes sql/0007_create_failure_prediction.sql."""
+"""0006 create heartbeat functions: executes sql/0006_create_heartbeat_functions.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0007'
-down_revision = '0006'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 

@@ -1,10 +1,10 @@
-"""0010 create heartbeat retention: executes sql/0010_create_heartbeat_retention.sql."""
+"""0002 create limits: executes sql/0002_create_limits.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0010'
-down_revision = '0009'
+revision = '0002'
+down_revision = '0001'
 branch_labels = None
 depends_on = None
 

@@ -1,8 +1,7 @@
--- 0007_create_failure_prediction.sql
--- Failure prediction (seed 000's trend model) over each node's most recent
--- heartbeats, the prediction pass that stores predicted_risk and opens or
--- resolves node-failure-predicted guardian alerts, and mesh_summary in seed
--- 000's shape.
+-- 0009_create_failure_prediction.sql
+-- Failure prediction: a trend model over each node's most recent heartbeats,
+-- and the prediction pass that stores predicted_risk and opens or resolves
+-- node-failure-predicted guardian alerts.
 --
 -- Each signal is a risk in [0, 1]; they combine as a noisy-OR,
 -- risk = 1 - product(1 - signal), so one strong signal is enough and
@@ -11,11 +10,9 @@
 --   loss      mean packet loss, scaled by health_rules.packet_loss.worst
 --   battery   charge projected 30 min ahead; 0 % = 1, twice the degraded threshold = 0
 --   thermal   hottest reading projected 10 min ahead, scaled best..worst of temperature_c
--- The window is a node's last window_size heartbeats of the last 24 hours.
+-- The window is a node's last window_size heartbeats of the last 24 hours
+-- (read through mesh_heartbeats_tetrahedron_id_source_created_at_idx).
 -- Slopes need at least 3 samples; with fewer, only loss and levels count.
-
-create index if not exists mesh_heartbeats_tetrahedron_id_source_created_at_idx
-  on public.mesh_heartbeats (tetrahedron_id, source, created_at desc);
 
 create or replace function flowmesh.number(value jsonb) returns double precision
 language sql immutable
@@ -82,7 +79,7 @@ as $$
     from signals g
 $$;
 comment on function public.predict_node_risk(uuid, text, integer) is
-  'Predicted failure risk in [0, 1] of one node from its last window_size heartbeats of the last 24 hours (latency trend, packet loss, battery drain, thermal trend; noisy-OR), with the signals that make it up; null risk when it has no heartbeats. Inlinable: no SET clause (a SET stops the planner inlining it into the prediction pass, 12x slower over 2,000 nodes); every name in it is schema-qualified and it runs with the callers rights. Example: select risk, signals->>''latency'' from predict_node_risk(''6f1c...''::uuid, ''cam''); -> 0.82 | 0.75';
+  'Predicted failure risk in [0, 1] of one node from its last window_size heartbeats of the last 24 hours (latency trend, packet loss, battery drain, thermal trend; noisy-OR), with the signals that make it up; null risk when it has no heartbeats. Inlinable: no SET clause (a SET stops the planner inlining it into the prediction pass, 12x slower over 2,000 nodes); every name in it is schema-qualified and it runs with the caller''s rights. Example: select risk, signals->>''latency'' from predict_node_risk(''6f1c...''::uuid, ''cam''); -> 0.82 | 0.75';
 
 create or replace function public.run_prediction_pass(window_size integer default 30)
 returns table (nodes_scored integer, alerts_opened integer, alerts_resolved integer,
@@ -100,12 +97,12 @@ begin
   if window_size is null or window_size < 2 then
     raise exception 'window_size must be at least 2, got %', window_size using errcode = '22023';
   end if;
-  v_offline := public.mark_offline_nodes();
+  v_offline := public.record_offline_transitions();
   select r.degraded_at into v_threshold from public.health_rules r where r.name = 'predicted_risk';
 
-  update public.nodes n
+  update flowmesh.node_records n
      set predicted_risk = p.risk, predicted_at = now()
-    from public.nodes m
+    from flowmesh.node_records m
    cross join lateral public.predict_node_risk(m.tetrahedron_id, m.node_id, window_size) p
    where n.tetrahedron_id = m.tetrahedron_id and n.node_id = m.node_id and p.risk is not null;
   get diagnostics v_scored = row_count;
@@ -114,7 +111,7 @@ begin
      set resolved_at = greatest(now(), a.created_at),
          details = a.details || pg_catalog.jsonb_build_object(
            'resolution', 'risk fell below threshold', 'predicted_risk', n.predicted_risk)
-    from public.nodes n
+    from flowmesh.node_records n
    where a.alert_type = 'node-failure-predicted' and a.resolved_at is null
      and n.tetrahedron_id = a.tetrahedron_id and n.node_id = a.node_id
      and (n.predicted_risk is null or n.predicted_risk < v_threshold);
@@ -127,7 +124,7 @@ begin
                            pg_catalog.round(n.predicted_risk::numeric, 2)),
          pg_catalog.jsonb_build_object('predicted_risk', n.predicted_risk, 'threshold', v_threshold,
                                        'window_size', window_size)
-    from public.nodes n
+    from flowmesh.node_records n
    where n.predicted_risk >= v_threshold
   on conflict (tetrahedron_id, alert_type, node_id) where resolved_at is null do nothing;
   get diagnostics v_opened = row_count;
@@ -136,46 +133,11 @@ begin
 end
 $$;
 comment on function public.run_prediction_pass(integer) is
-  'The prediction pass: mark silent nodes offline, compute predicted_risk for every node with heartbeats, open a node-failure-predicted alert for each node at or above health_rules.predicted_risk.degraded_at (once while open), resolve those that fell below. Example: select * from run_prediction_pass(); -> (120, 2, 1, 0)';
+  'The prediction pass: log the offline periods no pass has logged yet (record_offline_transitions; marked_offline counts them), compute predicted_risk for every node with heartbeats, open a node-failure-predicted alert for each node at or above health_rules.predicted_risk.degraded_at (once while open), resolve those that fell below. Example: select * from run_prediction_pass(); -> (120, 2, 1, 0)';
 
--- the summary -----------------------------------------------------------------------
-create or replace function flowmesh.effective_status(status text, last_heartbeat_at timestamptz,
-                                                     created_at timestamptz, timeout_seconds integer)
-returns text
-language sql stable
-set search_path = ''
-as $$
-  select case when coalesce(last_heartbeat_at, created_at)
-                   < now() - pg_catalog.make_interval(secs => timeout_seconds) then 'offline'
-              else status end
-$$;
-comment on function flowmesh.effective_status(text, timestamptz, timestamptz, integer) is
-  'A node''s status as of now: offline once silent past the timeout, even before mark_offline_nodes runs.';
-
-create or replace view public.mesh_summary with (security_invoker = true) as
-select t.id as tetrahedron_id,
-       t.name,
-       count(n.node_id) filter (where flowmesh.effective_status(n.status, n.last_heartbeat_at, n.created_at,
-                                                                t.node_timeout_seconds) = 'online') as online,
-       count(n.node_id) filter (where flowmesh.effective_status(n.status, n.last_heartbeat_at, n.created_at,
-                                                                t.node_timeout_seconds) = 'degraded') as degraded,
-       count(n.node_id) filter (where flowmesh.effective_status(n.status, n.last_heartbeat_at, n.created_at,
-                                                                t.node_timeout_seconds) = 'offline') as offline,
-       avg(n.health_score) as average_health,
-       max(n.predicted_at) as last_prediction,
-       max(n.predicted_risk) as highest_risk,
-       t.last_heartbeat_at
-  from public.tetrahedrons t
-  left join public.nodes n on n.tetrahedron_id = t.id
- group by t.id;
-comment on view public.mesh_summary is
-  'Per tetrahedron, seed 000''s mesh_summary: nodes online, degraded and offline (as of now), average health, last prediction; plus the highest predicted risk and the last heartbeat. Row-level security applies (security_invoker).';
-revoke all on public.mesh_summary from anon, authenticated, service_role;
-grant select on public.mesh_summary to authenticated, service_role;
-
-revoke all on function flowmesh.number(jsonb), public.predict_node_risk(uuid, text, integer),
-  flowmesh.effective_status(text, timestamptz, timestamptz, integer) from public, anon;
-grant execute on function flowmesh.number(jsonb), public.predict_node_risk(uuid, text, integer),
-  flowmesh.effective_status(text, timestamptz, timestamptz, integer) to authenticated, service_role;
+revoke all on function flowmesh.number(jsonb), public.predict_node_risk(uuid, text, integer)
+  from public, anon;
+grant execute on function flowmesh.number(jsonb), public.predict_node_risk(uuid, text, integer)
+  to authenticated, service_role;
 revoke all on function public.run_prediction_pass(integer) from public, anon, authenticated;
 grant execute on function public.run_prediction_pass(integer) to service_role;

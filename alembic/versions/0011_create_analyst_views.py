@@ -1,10 +1,10 @@
-"""0003 create heartbeat functions: executes sql/0003_create_heartbeat_functions.sql."""
+"""0011 create analyst views: executes sql/0011_create_analyst_views.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0003'
-down_revision = '0002'
+revision = '0011'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 

@@ -1,10 +1,10 @@
-"""0009 create observability: executes sql/0009_create_observability.sql."""
+"""0008 create mesh events: executes sql/0008_create_mesh_events.sql."""
 
 from alembic import op
 from flowmesh import migrations
 
-revision = '0009'
-down_revision = '0008'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

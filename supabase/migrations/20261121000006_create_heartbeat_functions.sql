@@ -1,8 +1,9 @@
--- 0003_create_heartbeat_functions.sql
--- The heartbeat write path: record_mesh_heartbeat (the seed's RPC),
--- record_mesh_heartbeats (idempotent batches for agents), register_node, and
--- the trigger that keeps tetrahedrons.last_heartbeat_at and nodes current
--- whichever way a heartbeat arrives (RPC, direct insert, COPY).
+-- 0006_create_heartbeat_functions.sql
+-- The heartbeat write path: record_mesh_heartbeat (one heartbeat, the public
+-- contract's signature), record_mesh_heartbeats (idempotent batches for
+-- agents), register_node, and the trigger that keeps
+-- tetrahedrons.last_heartbeat_at, the node records and their status history
+-- current whichever way a heartbeat arrives (RPC, direct insert, COPY).
 --
 -- Errors the RPCs raise (SQLSTATE):
 --   22004 a required argument is null       22023 an argument has the wrong shape
@@ -75,16 +76,14 @@ create or replace function flowmesh.heartbeat_problem(src text, payload jsonb) r
 language sql immutable
 set search_path = ''
 as $$
-  select case
-    when src is null then '22004 src must not be null'
-    when src = '' or pg_catalog.char_length(src) > 128 or src ~ '[[:cntrl:]]'
-      then '22023 src must be 1 to 128 printable characters'
+  select coalesce(flowmesh.node_id_problem(src, 'src'), case
     when payload is null then '22004 payload must not be null'
     when pg_catalog.jsonb_typeof(payload) <> 'object'
       then '22023 payload must be a JSON object, got ' || pg_catalog.jsonb_typeof(payload)
-    when pg_catalog.pg_column_size(payload) > 16384
-      then '54000 payload is ' || pg_catalog.pg_column_size(payload) || ' bytes; the limit is 16384'
-  end
+    when pg_catalog.pg_column_size(payload) > flowmesh.limit_of('payload_max_bytes')
+      then '54000 payload is ' || pg_catalog.pg_column_size(payload) || ' bytes; the limit is '
+           || flowmesh.limit_of('payload_max_bytes')
+  end)
 $$;
 comment on function flowmesh.heartbeat_problem(text, jsonb) is
   'Validation rule for one heartbeat: null when acceptable, else the SQLSTATE, a space and the reason.';
@@ -105,16 +104,17 @@ as $$
       then '22023 at must be a Unix time in seconds, got ' || coalesce(pg_catalog.jsonb_typeof(item -> 'at'), 'nothing')
     when (item ->> 'at')::numeric <= 0 or (item ->> 'at')::numeric >= 32503680000
       then '22023 at must be a Unix time in seconds, got ' || (item ->> 'at')
-    when (item ->> 'at')::numeric > extract(epoch from now()) + 300
+    when (item ->> 'at')::numeric > extract(epoch from now()) + flowmesh.limit_of('clock_ahead_max_s')
       then '22023 at is ' || pg_catalog.round((item ->> 'at')::numeric - extract(epoch from now()))
-           || ' s ahead of the server clock; the limit is 300 s (fix the device clock)'
+           || ' s ahead of the server clock; the limit is ' || flowmesh.limit_of('clock_ahead_max_s')
+           || ' s (fix the device clock)'
     when item ? 'src' and pg_catalog.jsonb_typeof(item -> 'src') is distinct from 'string'
       then '22023 src must be a string, got ' || pg_catalog.jsonb_typeof(item -> 'src')
     else flowmesh.heartbeat_problem(item ->> 'src', item -> 'payload')
   end
 $$;
 comment on function flowmesh.batch_item_problem(jsonb) is
-  'Validation rule for one element of a record_mesh_heartbeats batch: {src, seq, at, payload}; at may be at most 300 s ahead of the server clock.';
+  'Validation rule for one element of a record_mesh_heartbeats batch: {src, seq, at, payload}; at may be at most clock_ahead_max_s (flowmesh.limits()) ahead of the server clock.';
 
 create or replace function flowmesh.raise_problem(problem text, context text default null) returns void
 language plpgsql immutable
@@ -142,15 +142,16 @@ begin
     raise exception 'batch must be a JSON array of %, got %', noun, pg_catalog.jsonb_typeof(batch)
       using errcode = '22023';
   end if;
-  if pg_catalog.jsonb_array_length(batch) > 10000 then
-    raise exception 'batch has % %; the limit is 10000', pg_catalog.jsonb_array_length(batch), noun
+  if pg_catalog.jsonb_array_length(batch) > flowmesh.limit_of('batch_max_items') then
+    raise exception 'batch has % %; the limit is %', pg_catalog.jsonb_array_length(batch), noun,
+      flowmesh.limit_of('batch_max_items')
       using errcode = '54000', hint = 'Split the batch.';
   end if;
   return pg_catalog.jsonb_array_length(batch);
 end
 $$;
 comment on function flowmesh.batch_length(jsonb, text) is
-  'The number of elements of a batch RPC''s batch; raises 22004/22023/54000 unless it is a JSON array of at most 10,000 (noun names them in messages).';
+  'The number of elements of a batch RPC''s batch; raises 22004/22023/54000 unless it is a JSON array of at most batch_max_items (flowmesh.limits()) elements (noun names them in messages).';
 
 -- derived state: one statement-level trigger for every write path -----------
 create or replace function flowmesh.apply_heartbeats() returns trigger
@@ -168,28 +169,104 @@ begin
    where t.id = l.tetrahedron_id
      and (t.last_heartbeat_at is null or t.last_heartbeat_at < l.latest);
 
-  insert into public.nodes as n
-         (tetrahedron_id, node_id, role, metrics, last_seq, last_heartbeat_at)
-  select distinct on (h.tetrahedron_id, h.source)
-         h.tetrahedron_id, h.source, h.payload ->> 'role',
-         case when pg_catalog.jsonb_typeof(h.payload -> 'metrics') = 'object'
-              then h.payload -> 'metrics' else '{}'::jsonb end,
-         h.seq, least(h.created_at, now())
-    from new_heartbeats h
-   order by h.tetrahedron_id, h.source, h.created_at desc, h.seq desc nulls last
+  -- one statement, so every step reads the nodes as they were before these
+  -- heartbeats: the history it logs and the rows it writes agree
+  with beats as (
+    select h.tetrahedron_id, h.source as node_id, h.seq, h.payload ->> 'role' as role,
+           case when pg_catalog.jsonb_typeof(h.payload -> 'metrics') = 'object'
+                then h.payload -> 'metrics' else '{}'::jsonb end as metrics,
+           least(h.created_at, now()) as at
+      from new_heartbeats h
+  ), latest as (
+    -- each source's newest heartbeat sets its node's role, metrics and health
+    select distinct on (b.tetrahedron_id, b.node_id) b.*
+      from beats b
+     order by b.tetrahedron_id, b.node_id, b.at desc, b.seq desc nulls last
+  ), known as (
+    -- the existing nodes these heartbeats move forward, as they were: the first
+    -- heartbeat past their last one, and the start of their current silence if
+    -- a pass has logged it (a heartbeat older than the node's latest never
+    -- moves its state, or its history, backwards)
+    select n.tetrahedron_id, n.node_id, n.health_status, n.health_status_since, n.health_score,
+           n.metrics, n.offline_at, coalesce(n.last_heartbeat_at, n.created_at) as heard_at,
+           min(b.at) as first_at,
+           (select max(s.changed_at) from public.node_status_history s
+             where s.tetrahedron_id = n.tetrahedron_id and s.node_id = n.node_id
+               and s.status = 'offline'
+               and s.changed_at > coalesce(n.last_heartbeat_at, n.created_at)) as logged_offline_at
+      from flowmesh.node_records n
+      join beats b on b.tetrahedron_id = n.tetrahedron_id and b.node_id = n.node_id
+     where n.last_heartbeat_at is null or b.at >= n.last_heartbeat_at
+     group by n.tetrahedron_id, n.node_id
+  ), after as (
+    -- what each node becomes (a heartbeat without metrics keeps the last
+    -- ones); when the silence these heartbeats end began, if they end one (as
+    -- logged, unless they show it never happened, else by the status rule);
+    -- and when the change they make happened: the return from a silence at
+    -- its first heartbeat, a change of health at the newest; never before the
+    -- node's last change (a device clock a little behind the server's must not
+    -- put history out of order)
+    select l.tetrahedron_id, l.node_id, l.role, l.seq, l.at, m.metrics,
+           public.health_score(m.metrics) as health_score,
+           flowmesh.health_status(m.metrics) as health_status,
+           k.node_id is not null as known, k.health_status as was, k.health_score as was_score,
+           k.health_status_since as was_since, k.heard_at, k.first_at, k.logged_offline_at,
+           o.offline_start,
+           greatest(case when o.offline_start is not null then k.first_at else l.at end,
+                    k.health_status_since) as changed_at
+      from latest l
+      left join known k on k.tetrahedron_id = l.tetrahedron_id and k.node_id = l.node_id
+     cross join lateral (select case when l.metrics = '{}'::jsonb and k.node_id is not null
+                                     then k.metrics else l.metrics end as metrics) m
+     cross join lateral (select case when k.logged_offline_at < k.first_at then k.logged_offline_at
+                                     when k.offline_at < k.first_at then k.offline_at
+                                end as offline_start) o
+  ), forgotten as (
+    -- offline periods a pass logged that these heartbeats show never began
+    -- (they arrived late, from an agent's outbox)
+    delete from public.node_status_history s
+     using after a
+     where a.known and s.tetrahedron_id = a.tetrahedron_id and s.node_id = a.node_id
+       and s.status = 'offline' and s.changed_at > a.heard_at and s.changed_at >= a.first_at
+  ), logged as (
+    -- the offline period these heartbeats end (unless logged), the return
+    -- from it, and any change of health
+    insert into public.node_status_history
+           (tetrahedron_id, node_id, status, previous, health_score, changed_at)
+    select a.tetrahedron_id, a.node_id, 'offline', a.was, a.was_score, a.offline_start
+      from after a
+     where a.offline_start is distinct from a.logged_offline_at and a.offline_start is not null
+    union all
+    select a.tetrahedron_id, a.node_id, a.health_status,
+           case when a.offline_start is null then a.was else 'offline' end, a.health_score,
+           a.changed_at
+      from after a
+     where a.known and (a.offline_start is not null or a.health_status <> a.was)
+    on conflict (tetrahedron_id, node_id, changed_at) where status = 'offline' do nothing
+  )
+  insert into flowmesh.node_records as n
+         (tetrahedron_id, node_id, role, metrics, last_seq, last_heartbeat_at,
+          health_score, health_status, health_status_since)
+  select a.tetrahedron_id, a.node_id, a.role, a.metrics, a.seq, a.at, a.health_score, a.health_status,
+         case when not a.known then a.at
+              when a.offline_start is not null or a.health_status <> a.was then a.changed_at
+              else a.was_since end
+    from after a
   on conflict (tetrahedron_id, node_id) do update
      set last_heartbeat_at = excluded.last_heartbeat_at,
-         metrics = case when excluded.metrics = '{}'::jsonb then n.metrics else excluded.metrics end,
+         metrics = excluded.metrics,
          role = coalesce(excluded.role, n.role),
          last_seq = greatest(n.last_seq, excluded.last_seq),
-         status = 'online',
+         health_score = excluded.health_score,
+         health_status = excluded.health_status,
+         health_status_since = excluded.health_status_since,
          updated_at = now()
    where n.last_heartbeat_at is null or n.last_heartbeat_at <= excluded.last_heartbeat_at;
   return null;
 end
 $$;
 comment on function flowmesh.apply_heartbeats() is
-  'Trigger: after heartbeats are inserted, advance tetrahedrons.last_heartbeat_at and upsert each source''s nodes row (latest metrics, role, last_seq).';
+  'Trigger: after heartbeats are inserted, advance tetrahedrons.last_heartbeat_at and upsert each source''s node record from its newest heartbeat (metrics, role, last_seq, health score and health_status under health_rules). Logs in node_status_history each change of health, and an offline period the heartbeats end (from the last heartbeat plus the timeout to the first new one) unless a pass logged it; removes one a pass logged that late heartbeats show never began.';
 revoke all on function flowmesh.apply_heartbeats() from public, anon, authenticated;
 
 create or replace trigger mesh_heartbeats_apply
@@ -257,7 +334,7 @@ begin
 end
 $$;
 comment on function public.record_mesh_heartbeats(uuid, jsonb) is
-  'Record a batch of heartbeats for one tetrahedron, atomically and idempotently. batch is a JSON array of {"src": text, "seq": positive integer, "at": Unix seconds (at most 300 s ahead of the server), "payload": object}. A (src, seq, at) already recorded is skipped, so replaying a batch inserts nothing. Returns received, inserted and duplicates. One bad element rejects the whole batch with its index in the message. Example: select * from record_mesh_heartbeats(''6f1c...''::uuid, ''[{"src": "pi", "seq": 1, "at": 1763740000, "payload": {}}]'') -> (1, 1, 0).';
+  'Record a batch of heartbeats for one tetrahedron, atomically and idempotently. batch is a JSON array of {"src": text, "seq": positive integer, "at": Unix seconds (at most clock_ahead_max_s of flowmesh.limits() ahead of the server), "payload": object}. A (src, seq, at) already recorded is skipped, so replaying a batch inserts nothing. Returns received, inserted and duplicates. One bad element rejects the whole batch with its index in the message. Example: select * from record_mesh_heartbeats(''6f1c...''::uuid, ''[{"src": "pi", "seq": 1, "at": 1763740000, "payload": {}}]'') -> (1, 1, 0).';
 
 create or replace function public.register_node(
   tetrahedron_name text, node_id text, node_role text default null)
@@ -272,12 +349,11 @@ begin
   if tetrahedron_name is null or node_id is null then
     raise exception 'tetrahedron_name and node_id must not be null' using errcode = '22004';
   end if;
-  if pg_catalog.char_length(tetrahedron_name) not between 1 and 128 or tetrahedron_name ~ '[[:cntrl:]]' then
-    raise exception 'tetrahedron_name must be 1 to 128 printable characters' using errcode = '22023';
+  if not flowmesh.is_tetrahedron_name(tetrahedron_name) then
+    raise exception 'tetrahedron_name must be 1 to % printable characters',
+      flowmesh.limit_of('tetrahedron_name_max_chars') using errcode = '22023';
   end if;
-  if pg_catalog.char_length(node_id) not between 1 and 128 or node_id ~ '[[:cntrl:]]' then
-    raise exception 'node_id must be 1 to 128 printable characters' using errcode = '22023';
-  end if;
+  perform flowmesh.raise_problem(flowmesh.node_id_problem(register_node.node_id, 'node_id'));
 
   select t.id into v_tetrahedron from public.tetrahedrons t where t.name = tetrahedron_name;
 
@@ -309,10 +385,10 @@ begin
   on conflict on constraint tetrahedron_vertices_pkey do update
      set user_id = coalesce(public.tetrahedron_vertices.user_id, excluded.user_id);
 
-  insert into public.nodes (tetrahedron_id, node_id, role)
+  insert into flowmesh.node_records (tetrahedron_id, node_id, role)
   values (v_tetrahedron, register_node.node_id, node_role)
-  on conflict on constraint nodes_pkey do update
-     set role = coalesce(excluded.role, public.nodes.role), updated_at = now();
+  on conflict on constraint node_records_pkey do update
+     set role = coalesce(excluded.role, flowmesh.node_records.role), updated_at = now();
 
   return v_tetrahedron;
 end

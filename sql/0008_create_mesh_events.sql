@@ -1,28 +1,18 @@
--- 0005_create_mesh_events.sql
+-- 0008_create_mesh_events.sql
 -- What agents observe on the peer mesh: membership changes (joined, suspect,
 -- dead, left, recovered) and alerts received from other members. Agents ship
 -- them through their outbox with record_mesh_events, idempotently by
--- (observer, seq). A trigger keeps nodes.mesh_status current and turns mesh
--- alerts into guardian alerts, opened once however many members report them.
-
-alter table public.nodes add column if not exists mesh_status text;
-alter table public.nodes add column if not exists mesh_status_at timestamptz;
-alter table public.nodes add column if not exists mesh_reported_by text;
-alter table public.nodes drop constraint if exists nodes_mesh_status_check;
-alter table public.nodes add constraint nodes_mesh_status_check
-  check (mesh_status in ('alive', 'suspect', 'dead', 'left'));
-comment on column public.nodes.mesh_status is
-  'The node''s state as the peer mesh last reported it (alive, suspect, dead, left); null when no member has reported on it.';
-comment on column public.nodes.mesh_status_at is 'When the mesh observed mesh_status.';
-comment on column public.nodes.mesh_reported_by is 'The member whose observation set mesh_status.';
+-- (observer, seq). A trigger keeps the node records' mesh_status current and
+-- turns mesh alerts into guardian alerts, opened once however many members
+-- report them.
 
 create table if not exists public.mesh_events (
   id             bigint generated always as identity primary key,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
-  observer       text not null,
+  observer       flowmesh.node_id not null,
   seq            bigint not null,
   kind           text not null,
-  subject        text not null,
+  subject        flowmesh.node_id not null,
   incarnation    bigint,
   details        jsonb not null default '{}'::jsonb,
   observed_at    timestamptz not null,
@@ -63,11 +53,13 @@ as $$
          or item ->> 'kind' not in ('joined', 'suspect', 'dead', 'left', 'recovered', 'alert')
       then '22023 kind must be one of joined, suspect, dead, left, recovered, alert'
     when pg_catalog.jsonb_typeof(item -> 'observer') is distinct from 'string'
-         or pg_catalog.char_length(item ->> 'observer') not between 1 and 128
-      then '22023 observer must be 1 to 128 characters'
+      then '22023 observer must be a string'
+    when flowmesh.node_id_problem(item ->> 'observer', 'observer') is not null
+      then flowmesh.node_id_problem(item ->> 'observer', 'observer')
     when pg_catalog.jsonb_typeof(item -> 'subject') is distinct from 'string'
-         or pg_catalog.char_length(item ->> 'subject') not between 1 and 128
-      then '22023 subject must be 1 to 128 characters'
+      then '22023 subject must be a string'
+    when flowmesh.node_id_problem(item ->> 'subject', 'subject') is not null
+      then flowmesh.node_id_problem(item ->> 'subject', 'subject')
     when item ? 'incarnation' and pg_catalog.jsonb_typeof(item -> 'incarnation') is distinct from 'number'
       then '22023 incarnation must be a number'
     when pg_catalog.jsonb_typeof(item -> 'at') is distinct from 'number'
@@ -75,8 +67,9 @@ as $$
       then '22023 at must be a Unix time in seconds'
     when item ? 'details' and pg_catalog.jsonb_typeof(item -> 'details') is distinct from 'object'
       then '22023 details must be a JSON object'
-    when pg_catalog.pg_column_size(item) > 16384
-      then '54000 event is ' || pg_catalog.pg_column_size(item) || ' bytes; the limit is 16384'
+    when pg_catalog.pg_column_size(item) > flowmesh.limit_of('payload_max_bytes')
+      then '54000 event is ' || pg_catalog.pg_column_size(item) || ' bytes; the limit is '
+           || flowmesh.limit_of('payload_max_bytes')
   end
 $$;
 comment on function flowmesh.mesh_event_problem(jsonb) is
@@ -88,7 +81,8 @@ language plpgsql security definer
 set search_path = ''
 as $$
 begin
-  insert into public.nodes as n (tetrahedron_id, node_id, mesh_status, mesh_status_at, mesh_reported_by)
+  insert into flowmesh.node_records as n
+         (tetrahedron_id, node_id, mesh_status, mesh_status_at, mesh_reported_by)
   select distinct on (e.tetrahedron_id, e.subject)
          e.tetrahedron_id, e.subject,
          case e.kind when 'suspect' then 'suspect' when 'dead' then 'dead'
@@ -121,7 +115,7 @@ begin
 end
 $$;
 comment on function flowmesh.apply_mesh_events() is
-  'Trigger: after mesh events are inserted, set each subject''s nodes.mesh_status from the newest membership event, and open a mesh-<type> guardian alert for each alert (once while open).';
+  'Trigger: after mesh events are inserted, set each subject''s mesh_status (flowmesh.node_records, read through public.nodes) from the newest membership event, and open a mesh-<type> guardian alert for each alert (once while open).';
 revoke all on function flowmesh.apply_mesh_events() from public, anon, authenticated;
 
 create or replace trigger mesh_events_apply
@@ -165,7 +159,7 @@ begin
 end
 $$;
 comment on function public.record_mesh_events(uuid, jsonb) is
-  'Record what members observed on the mesh, atomically and idempotently by (observer, seq). batch is a JSON array of {"observer", "seq", "kind": joined|suspect|dead|left|recovered|alert, "subject", "incarnation"?, "at": Unix seconds, "details"?: object}. Updates nodes.mesh_status; alerts open mesh-<type> guardian alerts. Example: select * from record_mesh_events(''6f1c...''::uuid, ''[{"observer": "pi", "seq": 1, "kind": "dead", "subject": "cam", "at": 1763740000}]'') -> (1, 1, 0).';
+  'Record what members observed on the mesh, atomically and idempotently by (observer, seq). batch is a JSON array of {"observer", "seq", "kind": joined|suspect|dead|left|recovered|alert, "subject", "incarnation"?, "at": Unix seconds, "details"?: object}. Updates the subjects'' mesh_status (public.nodes); alerts open mesh-<type> guardian alerts. Example: select * from record_mesh_events(''6f1c...''::uuid, ''[{"observer": "pi", "seq": 1, "kind": "dead", "subject": "cam", "at": 1763740000}]'') -> (1, 1, 0).';
 
 revoke all on function flowmesh.mesh_event_problem(jsonb) from public, anon;
 grant execute on function flowmesh.mesh_event_problem(jsonb) to authenticated, service_role;
