@@ -37,6 +37,13 @@ def bench_database(url: str | None):
         yield url
 
 
+def q(name: str) -> str:
+    """One of the benchmarks' named statements (bench/queries.sql)."""
+    from flowmesh.queries import named
+
+    return named(Path(__file__).with_name("queries.sql"), name)
+
+
 # -- figures -------------------------------------------------------------------
 
 def pct(values: list[float], p: float) -> float:

@@ -187,7 +187,8 @@ def predict(database_url: str | None, window_size: int, top: int, as_json: bool)
 @main.command("status")
 @database_url_option
 @click.option("--tetrahedron", metavar="NAME", help="Only this tetrahedron.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: one object per tetrahedron, keyed by name.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: one object per tetrahedron, keyed by name.")
 def status(database_url: str | None, tetrahedron: str | None, as_json: bool) -> None:
     """Mesh summary per tetrahedron: nodes online, degraded and offline, average
     health, last prediction."""

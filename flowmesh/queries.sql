@@ -117,6 +117,9 @@ select exists (select 1 from pg_available_extensions where name = 'pg_cron') as 
        current_database() as database,
        position('pg_cron' in current_setting('shared_preload_libraries')) > 0 as preloaded;
 
+-- name: create_pg_cron
+create extension if not exists pg_cron;
+
 -- name: cron_schedule
 -- Create or replace a named job (pg_cron replaces a job of the same name).
 select cron.schedule(%(name)s, %(schedule)s, %(command)s) as jobid;

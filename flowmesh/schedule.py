@@ -103,7 +103,7 @@ def ensure_pg_cron(conn: psycopg.Connection) -> str:
     if cron_db and cron_db != database:
         raise FlowMeshError(f"pg_cron runs in database {cron_db!r}, not {database!r} (cron.database_name)")
     try:
-        conn.execute("create extension if not exists pg_cron")
+        conn.execute(query("create_pg_cron"))
     except psycopg.Error as exc:
         raise FlowMeshError(f"cannot create the pg_cron extension: {exc.diag.message_primary}") from exc
     return conn.execute(query("cron_version")).fetchone()[0]
