@@ -83,8 +83,12 @@ def command(conn: psycopg.Connection, call: tuple[str, dict]) -> str:
 
 
 def fallback_hint(every: str, threshold_minutes: int,
-                  retention_days: int = DEFAULT_RETENTION_DAYS) -> str:
+                  retention_days: int = DEFAULT_RETENTION_DAYS,
+                  window_size: int = DEFAULT_WINDOW_SIZE) -> str:
+    """The --every loop that runs the same SQL on the same cadence, where pg_cron is missing."""
     hint = f"python -m monitors.mesh_health --threshold-minutes {threshold_minutes} --every {every}"
+    if window_size != DEFAULT_WINDOW_SIZE:
+        hint += f" --window {window_size}"
     if retention_days != DEFAULT_RETENTION_DAYS:
         hint += f" --retention-days {retention_days}"
     return hint

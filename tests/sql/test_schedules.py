@@ -28,8 +28,9 @@ def test_one_set_of_defaults_in_sql_and_on_every_command_line(conn):
         f"window_size integer DEFAULT {schedule.DEFAULT_WINDOW_SIZE}")
     assert args["maintain_heartbeat_partitions"].startswith(
         f"retention interval DEFAULT '{schedule.DEFAULT_RETENTION_DAYS} days'::interval")
-    assert defaults(schedule_install)["threshold_minutes"] == schedule.DEFAULT_THRESHOLD_MINUTES
-    assert defaults(schedule_install)["retention_days"] == schedule.DEFAULT_RETENTION_DAYS
+    install = defaults(schedule_install)
+    assert (install["threshold_minutes"], install["window_size"], install["retention_days"]) == (
+        schedule.DEFAULT_THRESHOLD_MINUTES, schedule.DEFAULT_WINDOW_SIZE, schedule.DEFAULT_RETENTION_DAYS)
     loop = defaults(mesh_health_main)
     assert (loop["threshold_minutes"], loop["window_size"], loop["retention_days"]) == (
         schedule.DEFAULT_THRESHOLD_MINUTES, schedule.DEFAULT_WINDOW_SIZE, schedule.DEFAULT_RETENTION_DAYS)
@@ -58,3 +59,10 @@ def test_one_cycle_checks_predicts_logs_offline_and_closes_decisions(conn):
     again = run_scheduled(conn, threshold_minutes=5)
     assert (again["alerts_opened"], again["marked_offline"], "partitions" in again) == (0, 0, False)
     assert conn.execute("select threshold_minutes from check_runs order by id").fetchall() == [(5,), (5,)]
+
+
+def test_the_fallback_hint_names_every_non_default_argument():
+    assert schedule.fallback_hint("5m", 60) == \
+        "python -m monitors.mesh_health --threshold-minutes 60 --every 5m"
+    assert schedule.fallback_hint("1h", 15, 90, 20) == (
+        "python -m monitors.mesh_health --threshold-minutes 15 --every 1h --window 20 --retention-days 90")
