@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,9 +46,9 @@ def cron_server():
     base.chmod(0o755)
     shutil.chown(base, "postgres", "postgres")
     data = base / "data"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # no TCP at all (listen_addresses = ''): the port only names the socket file
+    # in this cluster's own directory, so the default cannot collide
+    port = 5432
     try:
         as_postgres(str(PG15 / "bin" / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
                     "--encoding=UTF8")

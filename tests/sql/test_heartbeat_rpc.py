@@ -44,7 +44,7 @@ def test_record_mesh_heartbeat_writes_row_tetrahedron_and_node(conn):
 def test_seed_queries_run_verbatim(conn):
     tid = register(conn, "home", "pi")
     conn.execute("select record_mesh_heartbeat(%s, 'device-abc', '{\"ping\": true}')", (tid,))
-    # the seed's two example queries and its checker query, as written
+    # the public contract's two example queries and its checker query, as written
     recent = conn.execute(
         f"SELECT * FROM public.mesh_heartbeats WHERE tetrahedron_id = '{tid}' "
         "ORDER BY created_at DESC LIMIT 10;"
@@ -59,7 +59,7 @@ def test_seed_queries_run_verbatim(conn):
         "WHERE last_heartbeat_at IS NULL OR last_heartbeat_at < NOW() - INTERVAL '1 hour';"
     ).fetchall()
     assert stale == []
-    # the seed's pg_cron statement
+    # the public contract's pg_cron statement
     conn.execute("SELECT public.check_mesh_heartbeats_and_alert(60);")
 
 
