@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 #: iproute2 (network namespaces for the LAN discovery test).
 SYSTEM_PACKAGES := postgresql-15 postgresql-15-cron iproute2
 
-.PHONY: run test system-deps db-up db-stop bench lint clean supabase-migrations
+.PHONY: run test system-deps db-up db-stop bench bench-deps lint clean supabase-migrations
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,12 +40,23 @@ db-up: $(STAMP)
 db-stop: $(STAMP)
 	$(VENV)/bin/flowmesh db stop
 
-## bench: ingest, agent footprint, mesh and fleet-scale check benchmarks (figures and ratios)
-bench: $(STAMP)
+## bench: ingest, agent footprint, mesh (beside Serf) and fleet-scale check benchmarks
+bench: $(STAMP) bench-deps
 	$(PY) bench/ingest.py
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/mesh.py
 	$(PY) bench/check.py
+
+## bench-deps: Debian's serf (the mesh benchmark's comparison) and nftables (its datagram
+## counters), through apt-get (as root)
+BENCH_PACKAGES := serf nftables
+bench-deps:
+	@if dpkg -s $(BENCH_PACKAGES) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(BENCH_PACKAGES) with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $(BENCH_PACKAGES) >/dev/null; \
+	else echo "not installing $(BENCH_PACKAGES) (needs root and apt-get): the mesh benchmark runs without Serf"; fi
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet 'ruff>=0.5'

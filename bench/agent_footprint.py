@@ -35,7 +35,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import bench_database  # noqa: E402
+from support import bench_database, q  # noqa: E402
 
 from flowmesh_edge.mesh import MeshNode  # noqa: E402
 
@@ -108,7 +108,7 @@ def main() -> None:
             if stop_peers is not None:
                 stop_peers()
         with psycopg.connect(url) as c:
-            (beats,) = c.execute("select count(*) from mesh_heartbeats").fetchone()
+            (beats,) = c.execute(q("heartbeat_count")).fetchone()
 
     cpu_pct = 100 * cpu / wall
     mesh = f", in a mesh of {args.mesh_peers + 1}" if args.mesh_peers else ""

@@ -28,18 +28,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import bench_database  # noqa: E402
-
-HEARTBEAT = """
-insert into mesh_heartbeats (tetrahedron_id, source, seq, created_at, payload)
-select n.tetrahedron_id, n.node_id, g,
-       now() - make_interval(secs => (%(span_s)s * (1 - g::float8 / %(per_node)s))),
-       jsonb_build_object('metrics', jsonb_build_object(
-         'latency_ms', 20 + (g %% 7), 'packet_loss', (g %% 5) / 500.0,
-         'cpu_percent', 20 + (g %% 30), 'battery_percent', 90 - (g %% 40)))
-  from (select tetrahedron_id, node_id from nodes order by node_id) n,
-       generate_series(%(first)s::int, %(last)s::int) g
-"""
+from support import bench_database, q  # noqa: E402
 
 
 def timed(conn, sql: str, params=None) -> float:
@@ -50,11 +39,11 @@ def timed(conn, sql: str, params=None) -> float:
 
 def check_times(conn, repeat: int) -> tuple[float, float]:
     # both phases start alike: no alerts, and no dead index entries left behind
-    conn.execute("delete from guardian_alerts")
-    conn.execute("vacuum analyze guardian_alerts, tetrahedrons")
-    first = timed(conn, "select * from check_mesh_heartbeats_and_alert(60)")
+    conn.execute(q("delete_alerts"))
+    conn.execute(q("vacuum_check_tables"))
+    first = timed(conn, q("check_all"))
     steady = statistics.median(
-        timed(conn, "select * from check_mesh_heartbeats_and_alert(60)") for _ in range(repeat))
+        timed(conn, q("check_all")) for _ in range(repeat))
     return first, steady
 
 
@@ -62,7 +51,8 @@ def grow(conn, total_per_node: int, have_per_node: int, span_s: float, chunk_per
     g = have_per_node + 1
     while g <= total_per_node:
         last = min(g + chunk_per_node - 1, total_per_node)
-        conn.execute(HEARTBEAT, {"first": g, "last": last, "per_node": total_per_node, "span_s": span_s})
+        conn.execute(q("fill_heartbeats"),
+                     {"first": g, "last": last, "per_node": total_per_node, "span_s": span_s})
         print(f"  heartbeats per node: {last}/{total_per_node}", flush=True)
         g = last + 1
 
@@ -80,50 +70,32 @@ def main() -> None:
     total_per_node = max(small_per_node, args.heartbeats // args.nodes)
 
     with bench_database(args.database_url) as url, psycopg.connect(url, autocommit=True) as conn:
-        version = conn.execute("show server_version").fetchone()[0]
+        version = conn.execute(q("server_version")).fetchone()[0]
         t0 = time.perf_counter()
-        conn.execute("select maintain_heartbeat_partitions('40 days')")
+        conn.execute(q("keep_forty_days"))
         for day in range(0, 32):
-            conn.execute("select flowmesh.ensure_heartbeat_partition("
-                         "(now() at time zone 'UTC')::date - %s::int)", (day,))
-        conn.execute("""
-            insert into tetrahedrons (name, last_heartbeat_at)
-            select 't' || lpad(g::text, 7, '0'),
-                   case when g %% %(every)s = 0 then now() - interval '3 hours'
-                        else now() - make_interval(mins => g %% 30) end
-              from generate_series(1, %(n)s) g""",
-                     {"n": args.tetrahedrons, "every": max(1, round(1 / args.stale))})
-        conn.execute("""
-            insert into nodes (tetrahedron_id, node_id, last_heartbeat_at)
-            select id, 'node-' || name, last_heartbeat_at from tetrahedrons order by name limit %s""",
-                     (args.nodes,))
-        conn.execute("insert into tetrahedron_vertices (tetrahedron_id, node_id) "
-                     "select tetrahedron_id, node_id from nodes")
-        # bulk history: the trigger's derived state is set above, not per row
-        conn.execute("alter table mesh_heartbeats disable trigger mesh_heartbeats_apply")
+            conn.execute(q("ensure_partition_days_ago"), (day,))
+        conn.execute(q("fill_tetrahedrons"), {"n": args.tetrahedrons, "every": max(1, round(1 / args.stale))})
+        conn.execute(q("fill_nodes"), (args.nodes,))
+        conn.execute(q("fill_vertices"))
+        conn.execute(q("heartbeat_trigger_off"))
         grow(conn, small_per_node, 0, 1800, small_per_node)
-        conn.execute("vacuum analyze")
-        (stale,) = conn.execute("select count(*) from stale_tetrahedrons(60)").fetchone()
-        small_rows = conn.execute("select count(*) from mesh_heartbeats").fetchone()[0]
+        conn.execute(q("vacuum_all"))
+        (stale,) = conn.execute(q("stale_count")).fetchone()
+        small_rows = conn.execute(q("heartbeat_count")).fetchone()[0]
         small = check_times(conn, args.repeat)
         print(f"filled {args.tetrahedrons} tetrahedrons, {args.nodes} nodes, {small_rows} heartbeats "
               f"in {time.perf_counter() - t0:.0f} s; {stale} stale", flush=True)
 
         grow(conn, total_per_node, small_per_node, 30 * 86400, 100)
-        conn.execute("alter table mesh_heartbeats enable trigger mesh_heartbeats_apply")
-        conn.execute("vacuum analyze")
-        big_rows = conn.execute("select count(*) from mesh_heartbeats").fetchone()[0]
+        conn.execute(q("heartbeat_trigger_on"))
+        conn.execute(q("vacuum_all"))
+        big_rows = conn.execute(q("heartbeat_count")).fetchone()[0]
         big = check_times(conn, args.repeat)
-        predict = [timed(conn, "select * from run_prediction_pass()") for _ in range(3)]
-        plan_check = "\n".join(r[0] for r in conn.execute(
-            "explain (analyze, buffers, costs off) "
-            "select t.id from tetrahedrons t where flowmesh.is_stale(t.last_heartbeat_at, 60)"))
-        node = conn.execute("select tetrahedron_id, node_id from nodes limit 1").fetchone()
-        plan_predict = "\n".join(r[0] for r in conn.execute(
-            "explain (analyze, buffers, costs off) select * from mesh_heartbeats h "
-            "where h.tetrahedron_id = %s and h.source = %s "
-            "and h.created_at >= now() - interval '24 hours' "  # as predict_node_risk bounds it
-            "order by h.created_at desc limit 30", node))
+        predict = [timed(conn, q("prediction_pass")) for _ in range(3)]
+        plan_check = "\n".join(r[0] for r in conn.execute(q("plan_check")))
+        node = conn.execute(q("any_node")).fetchone()
+        plan_predict = "\n".join(r[0] for r in conn.execute(q("plan_predict"), node))
 
     print(f"\nPostgreSQL {version}: {args.tetrahedrons} tetrahedrons ({stale} stale), {args.nodes} nodes")
     print(f"{'check_mesh_heartbeats_and_alert(60)':<44}{'first run':>12}{'steady':>12}")

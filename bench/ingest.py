@@ -33,7 +33,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import bench_database  # noqa: E402
+from support import bench_database, q  # noqa: E402
 
 
 def payload(i: int) -> str:
@@ -49,10 +49,8 @@ def sources(i: int) -> str:
 
 
 def reset(conn: psycopg.Connection) -> None:
-    conn.execute("truncate mesh_heartbeats")
-    conn.execute("update tetrahedrons set last_heartbeat_at = null")
-    conn.execute("delete from nodes")
-    conn.execute("vacuum analyze mesh_heartbeats")
+    for statement in ("truncate_heartbeats", "forget_last_heartbeats", "delete_nodes", "vacuum_heartbeats"):
+        conn.execute(q(statement))
 
 
 def timed(fn) -> float:
@@ -71,43 +69,38 @@ def main() -> None:
     args = ap.parse_args()
 
     with bench_database(args.database_url) as url, psycopg.connect(url, autocommit=True) as conn:
-        (tid,) = conn.execute("select register_node('bench', 'node-00')").fetchone()
-        version = conn.execute("show server_version").fetchone()[0]
+        (tid,) = conn.execute(q("register_bench_node")).fetchone()
+        version = conn.execute(q("server_version")).fetchone()[0]
         now = time.time()
         rows = [(sources(i), i + 1, now - (args.rows - i) * 0.001, payload(i))
                 for i in range(args.rows)]
         batches = [rows[i:i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
         batch_json = [
-            "[" + ",".join(f'{{"src":"{s}","seq":{q},"at":{a!r},"payload":{p}}}'
-                           for s, q, a, p in b) + "]"
+            "[" + ",".join(f'{{"src":"{s}","seq":{seq},"at":{a!r},"payload":{p}}}'
+                           for s, seq, a, p in b) + "]"
             for b in batches
         ]
 
         def copy_phase():
             for b in batches:
-                with conn.transaction(), conn.cursor().copy(
-                    "copy mesh_heartbeats (tetrahedron_id, source, seq, created_at, payload) "
-                    "from stdin"
-                ) as cp:
-                    for s, q, a, p in b:
-                        cp.write_row((tid, s, q, time.strftime(
+                with conn.transaction(), conn.cursor().copy(q("copy_heartbeats")) as cp:
+                    for s, seq, a, p in b:
+                        cp.write_row((tid, s, seq, time.strftime(
                             "%Y-%m-%d %H:%M:%S+00", time.gmtime(a)), p))
 
         def batched_phase():
             for text in batch_json:
-                conn.execute("select * from record_mesh_heartbeats(%s, %s::jsonb)", (tid, text))
+                conn.execute(q("record_batch"), (tid, text))
 
         single_rows = rows[: args.single]
 
         def insert_phase():
             for s, _, _, p in single_rows:
-                conn.execute(
-                    "insert into mesh_heartbeats (tetrahedron_id, source, payload) "
-                    "values (%s, %s, %s::jsonb)", (tid, s, p))
+                conn.execute(q("insert_heartbeat"), (tid, s, p))
 
         def single_phase():
             for s, _, _, p in single_rows:
-                conn.execute("select record_mesh_heartbeat(%s, %s, %s::jsonb)", (tid, s, p))
+                conn.execute(q("record_one"), (tid, s, p))
 
         results: dict[str, list[float]] = {k: [] for k in ("copy", "batched", "insert", "single")}
         phases = {"copy": copy_phase, "batched": batched_phase,
@@ -117,13 +110,13 @@ def main() -> None:
                 reset(conn)
                 results[name].append(timed(fn))
                 expected = args.rows if name in ("copy", "batched") else args.single
-                (n,) = conn.execute("select count(*) from mesh_heartbeats").fetchone()
+                (n,) = conn.execute(q("heartbeat_count")).fetchone()
                 assert n == expected, (name, n, expected)
         # replaying every batch must insert nothing
         reset(conn)
         batched_phase()
         replay = timed(batched_phase)
-        (n,) = conn.execute("select count(*) from mesh_heartbeats").fetchone()
+        (n,) = conn.execute(q("heartbeat_count")).fetchone()
         assert n == args.rows, "replay duplicated rows"
 
     rate = {k: (args.rows if k in ("copy", "batched") else args.single) / statistics.median(v)

@@ -187,7 +187,8 @@ def predict(database_url: str | None, window_size: int, top: int, as_json: bool)
 @main.command("status")
 @database_url_option
 @click.option("--tetrahedron", metavar="NAME", help="Only this tetrahedron.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: one object per tetrahedron, keyed by name.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: one object per tetrahedron, keyed by name.")
 def status(database_url: str | None, tetrahedron: str | None, as_json: bool) -> None:
     """Mesh summary per tetrahedron: nodes online, degraded and offline, average
     health, last prediction."""
@@ -214,22 +215,28 @@ def schedule() -> None:
 @database_url_option
 @click.option("--every", default="5m", show_default=True, metavar="PERIOD",
               help="How often: 1m, 5m, 15m, 1h... (pg_cron before 1.5 schedules by the minute).")
-@click.option("--threshold-minutes", type=click.IntRange(min=0), default=60, show_default=True,
+@click.option("--threshold-minutes", type=click.IntRange(min=0),
+              default=schedules.DEFAULT_THRESHOLD_MINUTES, show_default=True,
               help="Silence after which a tetrahedron gets a mesh-degrading alert.")
-@click.option("--retention-days", type=click.IntRange(min=1), default=30, show_default=True,
+@click.option("--window", "window_size", type=click.IntRange(min=2),
+              default=schedules.DEFAULT_WINDOW_SIZE, show_default=True,
+              help="Heartbeats per node the prediction pass looks at.")
+@click.option("--retention-days", type=click.IntRange(min=1),
+              default=schedules.DEFAULT_RETENTION_DAYS, show_default=True,
               help="Heartbeats older than this are dropped (daily job, by partition).")
-def schedule_install(database_url: str | None, every: str, threshold_minutes: int,
+def schedule_install(database_url: str | None, every: str, threshold_minutes: int, window_size: int,
                      retention_days: int) -> None:
-    """Install (or replace) the pg_cron jobs flowmesh-check, flowmesh-predict and
-    flowmesh-retention."""
+    """Install (or replace) the pg_cron jobs flowmesh-checks (the heartbeat check,
+    the prediction pass, expired guardian decisions) and flowmesh-retention (daily)."""
     schedules.parse_every(every)  # a bad period fails before touching the database
     with database.connect(database.resolve_url(database_url)) as conn:
         try:
-            installed = schedules.install(conn, every, threshold_minutes, retention_days)
+            installed = schedules.install(conn, every, threshold_minutes, retention_days, window_size)
         except FlowMeshError as exc:
             raise FlowMeshError(
                 f"{exc}; run the same SQL on the same cadence with: "
-                f"{schedules.fallback_hint(every, threshold_minutes)}") from None
+                f"{schedules.fallback_hint(every, threshold_minutes, retention_days, window_size)}"
+            ) from None
     click.echo(render(["job", "schedule", "command"], installed))
 
 

@@ -39,12 +39,26 @@ def resolve_url(url: str | None, *, start: bool = True, migrate: bool = True) ->
                 "the embedded database is not running (start it with `flowmesh db up`)"
             )
         return status.url  # type: ignore[return-value]
-    url = embedded.start()
+    admin_url, url = embedded.start(settings.EMBEDDED_DATABASE)
+    create_database(admin_url, settings.EMBEDDED_DATABASE)
     if migrate:
-        from . import migrations  # noqa: PLC0415 (keeps the agent's import light)
-
-        migrations.ensure_current(url)
+        migrate_when_behind(url)
     return url
+
+
+def migrate_when_behind(url: str) -> bool:
+    """Upgrade the database when its migrations are behind; True when it migrated.
+
+    The version check needs only psycopg, so an agent on an up-to-date
+    database never imports Alembic and SQLAlchemy.
+    """
+    from . import migrations  # noqa: PLC0415 (keeps the agent's import light)
+
+    with connect(url) as conn:
+        if migrations.current_revision(conn) == migrations.head_revision():
+            return False
+    migrations.upgrade(url)
+    return True
 
 
 def connection_options(application_name: str) -> dict:

@@ -67,10 +67,10 @@ def status() -> Status:
     return Status(True, data, info.get_uri(database=settings.EMBEDDED_DATABASE), info.pid)
 
 
-def start() -> str:
-    """Start (or reuse) the embedded server and return the URL of the FlowMesh database."""
-    from . import database  # noqa: PLC0415 (database imports this module)
-
+def start(database: str = settings.EMBEDDED_DATABASE) -> tuple[str, str]:
+    """Start (or reuse) the embedded server; return its administrative URL and
+    the URL of ``database`` in it, which is the caller's to create
+    (``database.resolve_url`` does)."""
     data = pgdata()
     data.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -81,8 +81,7 @@ def start() -> str:
         raise DatabaseUnreachable(
             f"could not start the embedded PostgreSQL in {data}: {exc} (see {data / 'log'})"
         ) from exc
-    database.create_database(server.get_uri(), settings.EMBEDDED_DATABASE)
-    return server.get_uri(database=settings.EMBEDDED_DATABASE)
+    return server.get_uri(), server.get_uri(database=database)
 
 
 def stop() -> bool:

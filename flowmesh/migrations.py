@@ -88,18 +88,3 @@ def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command  # noqa: PLC0415
 
     command.upgrade(alembic_config(url), revision)
-
-
-def ensure_current(url: str) -> bool:
-    """Upgrade when the database is behind. Returns True when it migrated.
-
-    The version check needs only psycopg, so an agent on an up-to-date
-    database never imports Alembic and SQLAlchemy.
-    """
-    from .database import connect  # noqa: PLC0415 (database imports this module lazily)
-
-    with connect(url) as conn:
-        if current_revision(conn) == head_revision():
-            return False
-    upgrade(url)
-    return True

@@ -56,9 +56,10 @@ select t.id, t.name, t.last_heartbeat_at,
  order by t.name;
 
 -- name: list_nodes
--- Nodes, optionally of one tetrahedron (by name).
-select t.name as tetrahedron, n.node_id, n.role, n.status, n.health_score,
-       n.last_heartbeat_at, n.last_seq, n.metrics
+-- Nodes with their status as of now and since when (public.nodes), and what
+-- the peer mesh last said of them, optionally of one tetrahedron (by name).
+select t.name as tetrahedron, n.node_id, n.role, n.status, n.status_since, n.health_score,
+       n.mesh_status, n.last_heartbeat_at, n.last_seq, n.metrics
   from public.nodes n
   join public.tetrahedrons t on t.id = n.tetrahedron_id
  where %(tetrahedron)s::text is null or t.name = %(tetrahedron)s::text
@@ -76,7 +77,7 @@ select current_setting('server_version_num')::int as version_num,
        current_setting('server_version') as version;
 
 -- name: prediction_pass
--- Mark silent nodes offline, score every node's failure risk, open/resolve alerts.
+-- Log offline periods not yet logged, score every node's failure risk, open/resolve alerts.
 select nodes_scored, alerts_opened, alerts_resolved, marked_offline
   from public.run_prediction_pass(%(window_size)s);
 
@@ -92,16 +93,18 @@ select t.name as tetrahedron, n.node_id, n.status, n.health_score, n.predicted_r
  limit %(limit)s;
 
 -- name: mesh_summary
--- Seed 000's mesh_summary per tetrahedron, optionally one.
+-- Nodes online, degraded and offline as of now, average health and last
+-- prediction per tetrahedron, optionally one.
 select name as tetrahedron, online, degraded, offline, average_health, last_prediction,
        highest_risk, last_heartbeat_at
   from public.mesh_summary
  where %(tetrahedron)s::text is null or name = %(tetrahedron)s::text
  order by name;
 
--- name: close_expired_decisions
--- Expire guardian decisions past their closing time.
-select public.close_expired_decisions() as closed;
+-- name: scheduled_checks
+-- One cycle of the scheduled work (pg_cron's flowmesh-checks job runs this very text):
+-- the heartbeat check, the prediction pass, expired guardian decisions.
+select * from public.run_scheduled_checks(threshold_minutes => %(threshold_minutes)s, window_size => %(window_size)s);
 
 -- name: cron_version
 -- The installed pg_cron version, or nothing.
@@ -113,6 +116,9 @@ select exists (select 1 from pg_available_extensions where name = 'pg_cron') as 
        coalesce(current_setting('cron.database_name', true), '') as cron_database,
        current_database() as database,
        position('pg_cron' in current_setting('shared_preload_libraries')) > 0 as preloaded;
+
+-- name: create_pg_cron
+create extension if not exists pg_cron;
 
 -- name: cron_schedule
 -- Create or replace a named job (pg_cron replaces a job of the same name).
@@ -140,6 +146,7 @@ select t.name, count(h.id) as heartbeats
  group by t.name;
 
 -- name: metrics_nodes_by_status
+-- Nodes per tetrahedron and status as of now (the exporter).
 select tetrahedron, status, nodes from public.nodes_by_status;
 
 -- name: metrics_open_alerts
@@ -156,7 +163,8 @@ select duration_ms, started_at, alerts_opened
  order by started_at desc limit 1;
 
 -- name: maintain_partitions
--- Create heartbeat partitions ahead, drop those past the retention.
+-- Create heartbeat partitions ahead, drop those past the retention (pg_cron's
+-- flowmesh-retention job runs this very text, daily).
 select created, dropped, oldest, newest
   from public.maintain_heartbeat_partitions(make_interval(days => %(retention_days)s));
 

@@ -1,13 +1,16 @@
-"""Schedules: pg_cron jobs that run FlowMesh's SQL on a cadence.
+"""Schedules: FlowMesh's scheduled work on a cadence, in the database (pg_cron).
 
-Two jobs, named so they can be listed and removed:
+The work is two SQL functions, and each job runs a named query of
+``queries.sql`` with its arguments bound: the very text the fallback loop
+(``python -m monitors.mesh_health --every``) executes, so both run the same
+SQL with the same threshold, window and retention.
 
-* ``flowmesh-check``: ``check_mesh_heartbeats_and_alert(<threshold>)``
-* ``flowmesh-predict``: ``run_prediction_pass()`` and ``close_expired_decisions()``
-* ``flowmesh-retention`` (daily, 03:15 UTC): ``maintain_heartbeat_partitions(<retention>)``
-
-Where pg_cron is missing, ``python -m monitors.mesh_health --every`` runs the
-same functions on the same cadence.
+* ``flowmesh-checks``, every PERIOD: ``run_scheduled_checks(threshold_minutes,
+  window_size)``: the heartbeat check, the prediction pass (which also logs
+  offline periods) and closing expired guardian decisions.
+* ``flowmesh-retention``, daily at 03:15 UTC:
+  ``maintain_heartbeat_partitions(retention)``: partitions ahead, and the old
+  ones dropped. (The loop runs it in its first cycle and then once per UTC day.)
 """
 
 from __future__ import annotations
@@ -50,24 +53,45 @@ def cron_schedule(seconds: int, pg_cron_version: str) -> str:
     raise FlowMeshError("--every must divide an hour (1m, 5m, 15m...) or a day (1h, 2h, 6h...)")
 
 
+#: The defaults of the scheduled work: the same as the SQL functions' own
+#: (run_scheduled_checks, maintain_heartbeat_partitions), which a test checks.
+DEFAULT_THRESHOLD_MINUTES = 60
+DEFAULT_WINDOW_SIZE = 30
+DEFAULT_RETENTION_DAYS = 30
+
+CHECKS_JOB = f"{JOB_PREFIX}checks"
+RETENTION_JOB = f"{JOB_PREFIX}retention"
 RETENTION_SCHEDULE = "15 3 * * *"
 
 
-def jobs(threshold_minutes: int) -> dict[str, str]:
-    """Job name -> SQL command, for the jobs that run at the chosen cadence."""
-    return {
-        f"{JOB_PREFIX}check": f"select public.check_mesh_heartbeats_and_alert({int(threshold_minutes)})",
-        f"{JOB_PREFIX}predict":
-            "select public.run_prediction_pass(); select public.close_expired_decisions()",
-    }
+def checks_call(threshold_minutes: int = DEFAULT_THRESHOLD_MINUTES,
+                window_size: int = DEFAULT_WINDOW_SIZE) -> tuple[str, dict]:
+    """The SQL of one cycle of scheduled checks, and its parameters."""
+    return query("scheduled_checks"), {"threshold_minutes": int(threshold_minutes),
+                                       "window_size": int(window_size)}
 
 
-def retention_command(retention_days: int) -> str:
-    return f"select public.maintain_heartbeat_partitions(interval '{int(retention_days)} days')"
+def retention_call(retention_days: int = DEFAULT_RETENTION_DAYS) -> tuple[str, dict]:
+    """The SQL of the daily retention, and its parameters."""
+    return query("maintain_partitions"), {"retention_days": int(retention_days)}
 
 
-def fallback_hint(every: str, threshold_minutes: int) -> str:
-    return (f"python -m monitors.mesh_health --threshold-minutes {threshold_minutes} --every {every}")
+def command(conn: psycopg.Connection, call: tuple[str, dict]) -> str:
+    """A call as one line of SQL with its arguments bound, for pg_cron to run."""
+    sql, params = call
+    return " ".join(psycopg.ClientCursor(conn).mogrify(sql, params).split())
+
+
+def fallback_hint(every: str, threshold_minutes: int,
+                  retention_days: int = DEFAULT_RETENTION_DAYS,
+                  window_size: int = DEFAULT_WINDOW_SIZE) -> str:
+    """The --every loop that runs the same SQL on the same cadence, where pg_cron is missing."""
+    hint = f"python -m monitors.mesh_health --threshold-minutes {threshold_minutes} --every {every}"
+    if window_size != DEFAULT_WINDOW_SIZE:
+        hint += f" --window {window_size}"
+    if retention_days != DEFAULT_RETENTION_DAYS:
+        hint += f" --retention-days {retention_days}"
+    return hint
 
 
 def ensure_pg_cron(conn: psycopg.Connection) -> str:
@@ -83,21 +107,25 @@ def ensure_pg_cron(conn: psycopg.Connection) -> str:
     if cron_db and cron_db != database:
         raise FlowMeshError(f"pg_cron runs in database {cron_db!r}, not {database!r} (cron.database_name)")
     try:
-        conn.execute("create extension if not exists pg_cron")
+        conn.execute(query("create_pg_cron"))
     except psycopg.Error as exc:
         raise FlowMeshError(f"cannot create the pg_cron extension: {exc.diag.message_primary}") from exc
     return conn.execute(query("cron_version")).fetchone()[0]
 
 
-def install(conn: psycopg.Connection, every: str, threshold_minutes: int,
-            retention_days: int = 30) -> list[tuple[str, str, str]]:
+def install(conn: psycopg.Connection, every: str, threshold_minutes: int = DEFAULT_THRESHOLD_MINUTES,
+            retention_days: int = DEFAULT_RETENTION_DAYS,
+            window_size: int = DEFAULT_WINDOW_SIZE) -> list[tuple[str, str, str]]:
+    """Install (or replace) the jobs; returns (job, schedule, command) for each."""
     seconds = parse_every(every)
     version = ensure_pg_cron(conn)
     schedule = cron_schedule(seconds, version)
-    planned = [(name, schedule, command) for name, command in jobs(threshold_minutes).items()]
-    planned.append((f"{JOB_PREFIX}retention", RETENTION_SCHEDULE, retention_command(retention_days)))
-    for name, when, command in planned:
-        conn.execute(query("cron_schedule"), {"name": name, "schedule": when, "command": command})
+    planned = [
+        (CHECKS_JOB, schedule, command(conn, checks_call(threshold_minutes, window_size))),
+        (RETENTION_JOB, RETENTION_SCHEDULE, command(conn, retention_call(retention_days))),
+    ]
+    for name, when, sql in planned:
+        conn.execute(query("cron_schedule"), {"name": name, "schedule": when, "command": sql})
     return planned
 
 

@@ -4,11 +4,13 @@
     python -m monitors.mesh_health --threshold-minutes 60 --every 5m
 
 With ``--every`` it runs as a loop, the fallback where pg_cron is not
-installed: each cycle runs the same SQL as the ``flowmesh schedule`` jobs (the
-heartbeat check, the prediction pass, closing expired guardian decisions,
-heartbeat partition maintenance with a 30-day retention)
-and prints one line (or one JSON object); a database outage is reported and
-the loop goes on; SIGINT or SIGTERM stops it cleanly (exit 0).
+installed: each cycle runs the same SQL as the ``flowmesh schedule`` jobs
+(``run_scheduled_checks``: the heartbeat check, the prediction pass over
+``--window`` heartbeats, closing expired guardian decisions; and, in the first
+cycle and then once per UTC day, ``maintain_heartbeat_partitions`` with
+``--retention-days``) and prints one line (or one JSON object); a database
+outage is reported and the loop goes on; SIGINT or SIGTERM stops it cleanly
+(exit 0).
 
 Runs ``check_mesh_heartbeats_and_alert`` (which opens a mesh-degrading
 guardian alert for each silent tetrahedron, at most once, and resolves alerts
@@ -28,12 +30,13 @@ import sys
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 import click
 import psycopg
 from psycopg.rows import dict_row
 
-from flowmesh import database
+from flowmesh import database, schedule
 from flowmesh.clisupport import database_url_option
 from flowmesh.errors import FlowMeshError, describe
 from flowmesh.queries import query
@@ -107,34 +110,48 @@ def render_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_scheduled(conn: psycopg.Connection, threshold_minutes: int) -> dict:
-    """One cycle of what the pg_cron jobs run: check, prediction pass, expired decisions."""
-    result = run_check(conn, threshold_minutes, None)
-    result["prediction"] = _rows(conn, "prediction_pass", {"window_size": 30})[0]
-    (result["decisions_closed"],) = conn.execute(query("close_expired_decisions")).fetchone()
-    result["partitions"] = _rows(conn, "maintain_partitions", {"retention_days": 30})[0]
+def run_scheduled(conn: psycopg.Connection, threshold_minutes: int,
+                  window_size: int = schedule.DEFAULT_WINDOW_SIZE,
+                  retention_days: int | None = None) -> dict:
+    """One cycle of the scheduled work, through the same SQL as the pg_cron jobs
+    (flowmesh.schedule): the scheduled checks, then retention when ``retention_days`` is given."""
+    cur = conn.cursor(row_factory=dict_row)
+    result = dict(cur.execute(*schedule.checks_call(threshold_minutes, window_size)).fetchone())
+    if retention_days is not None:
+        result["partitions"] = cur.execute(*schedule.retention_call(retention_days)).fetchone()
     return result
 
 
 def loop(url: str, threshold_minutes: int, period_s: float, as_json: bool,
-         stop: threading.Event) -> None:
-    """Run a cycle every ``period_s`` seconds until ``stop`` is set."""
+         stop: threading.Event, window_size: int = schedule.DEFAULT_WINDOW_SIZE,
+         retention_days: int = schedule.DEFAULT_RETENTION_DAYS) -> None:
+    """Run a cycle every ``period_s`` seconds until ``stop`` is set. Retention
+    (idempotent) runs in the first cycle and then in the first cycle of each UTC day."""
     next_at = time.monotonic()
     conn = None
+    retained_on = None  # the UTC day retention last ran
     while not stop.is_set():
         started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        today = datetime.now(UTC).date()
         try:
             if conn is None or conn.closed or conn.broken:
                 conn = database.connect(url)
-            r = run_scheduled(conn, threshold_minutes)
+            r = run_scheduled(conn, threshold_minutes, window_size,
+                              retention_days if retained_on != today else None)
+            if "partitions" in r:
+                retained_on = today
             if as_json:
                 click.echo(json.dumps({"at": started, **r}, default=json_default))
             else:
-                p = r["prediction"]
-                click.echo(f"{started} {'CRITICAL' if r['stale'] else 'OK'}: {len(r['stale'])} of "
-                           f"{r['checked']} stale, {len(r['alerts_created'])} alerts opened; "
-                           f"{p['nodes_scored']} nodes scored, {p['alerts_opened']} risk alerts opened, "
-                           f"{p['alerts_resolved']} resolved; {r['decisions_closed']} decisions closed")
+                line = (f"{started} {'CRITICAL' if r['stale'] else 'OK'}: {r['stale']} of {r['checked']} "
+                        f"stale, {r['alerts_opened']} alerts opened; {r['nodes_scored']} nodes scored, "
+                        f"{r['risk_alerts_opened']} risk alerts opened, {r['risk_alerts_resolved']} "
+                        f"resolved; {r['marked_offline']} went offline; "
+                        f"{r['decisions_closed']} decisions closed")
+                if "partitions" in r:
+                    line += (f"; partitions {r['partitions']['created']} created, "
+                             f"{r['partitions']['dropped']} dropped")
+                click.echo(line)
         except (FlowMeshError, psycopg.Error) as exc:
             click.echo(f"{started} UNKNOWN: {describe(exc).message}", err=True)
             if conn is not None:
@@ -154,9 +171,13 @@ def loop(url: str, threshold_minutes: int, period_s: float, as_json: bool,
 @click.option("--every", metavar="PERIOD",
               help="Run as a loop every PERIOD (30s, 5m, 1h): the scheduled checks where pg_cron "
               "is not installed. Stops on SIGINT/SIGTERM.")
+@click.option("--window", "window_size", type=click.IntRange(min=2), default=schedule.DEFAULT_WINDOW_SIZE,
+              show_default=True, help="With --every: heartbeats per node the prediction pass looks at.")
+@click.option("--retention-days", type=click.IntRange(min=1), default=schedule.DEFAULT_RETENTION_DAYS,
+              show_default=True, help="With --every: heartbeats older than this are dropped (daily).")
 @database_url_option
 def main(threshold_minutes: int, tetrahedron_id: str | None, as_json: bool, every: str | None,
-         database_url: str | None) -> None:
+         window_size: int, retention_days: int, database_url: str | None) -> None:
     """Check mesh heartbeats, open guardian alerts for silent tetrahedrons.
 
     Exit status: 0 all well, 2 a tetrahedron is stale, 3 the check could not run.
@@ -172,7 +193,7 @@ def main(threshold_minutes: int, tetrahedron_id: str | None, as_json: bool, ever
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        loop(url, threshold_minutes, period, as_json, stop)
+        loop(url, threshold_minutes, period, as_json, stop, window_size, retention_days)
         sys.exit(OK)
     try:
         if tetrahedron_id is not None:

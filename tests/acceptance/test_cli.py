@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from flowmesh_edge.outbox import Outbox
 from tests.conftest import acting_as, register, wait_for
@@ -69,7 +70,10 @@ def test_agent_runs_ships_and_stops_cleanly_on_sigterm(db_url, tmp_path):
     with psycopg.connect(db_url) as conn:
         role, status, metrics = conn.execute(
             "select role, status, metrics from nodes where node_id = 'pi'").fetchone()
-        assert (role, status) == ("orchestrator", "online")
+        # the device's real metrics decide online or degraded (a busy CI machine
+        # may well be degraded): the status is what the health rule says of them
+        (expected,) = conn.execute("select flowmesh.health_status(%s)", (Jsonb(metrics),)).fetchone()
+        assert (role, status) == ("orchestrator", expected) and expected in ("online", "degraded")
         assert 0 <= metrics["cpu_percent"] <= 100 and "memory_percent" in metrics
         total, distinct = conn.execute(
             "select count(*), count(distinct seq) from mesh_heartbeats").fetchone()

@@ -3,34 +3,33 @@
 from __future__ import annotations
 
 import json
-import socket
+import re
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import register, wait_for
+from tests.support.lines import Lines
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: The exporter says where it listens; port 0 lets the kernel pick a free one.
+SERVING = re.compile(r"serving FlowMesh metrics on (http://127\.0\.0\.1:\d+/metrics)")
 
 
 @pytest.fixture
 def exporter():
-    procs = []
+    procs, logs = [], []
 
     def start(url: str) -> str:
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "monitors.exporter", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "monitors.exporter", "--port", "0",
                                  "--bind", "127.0.0.1", "--database-url", url],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         procs.append(proc)
-        endpoint = f"http://127.0.0.1:{port}/metrics"
+        logs.append(Lines(proc.stderr))
+        endpoint = SERVING.search(logs[-1].wait_for(SERVING.search, 30)).group(1)
 
         def ready() -> bool:
             try:
@@ -43,10 +42,10 @@ def exporter():
         return endpoint
 
     yield start
-    for proc in procs:
+    for proc, log in zip(procs, logs, strict=True):
         proc.terminate()
-        proc.communicate(timeout=15)
-        assert proc.returncode == 0
+        assert proc.wait(timeout=15) == 0, log.close()
+        log.close()
 
 
 def scrape(endpoint: str) -> dict[tuple[str, tuple], float]:
@@ -63,11 +62,15 @@ def test_metrics_reflect_the_database(conn, db_url, exporter):
         conn.execute("select record_mesh_heartbeat(%s, 'pi', %s)", (home, json.dumps({"metrics": metrics})))
     conn.execute("select check_mesh_heartbeats_and_alert(60)")  # shed is silent
     conn.execute("select run_prediction_pass()")
+    # a node silent past its timeout is offline as of now, with no pass since
+    old = [{"src": "cam", "seq": 1, "at": time.time() - 600, "payload": {}}]
+    conn.execute("select record_mesh_heartbeats(%s, %s)", (home, json.dumps(old)))
     m = scrape(exporter(db_url))
     assert m[("flowmesh_up", ())] == 1
     assert m[("flowmesh_heartbeats_per_minute", (("tetrahedron", "home"),))] == 3
     assert m[("flowmesh_heartbeats_per_minute", (("tetrahedron", "shed"),))] == 0
     assert m[("flowmesh_nodes", (("status", "degraded"), ("tetrahedron", "home")))] == 1
+    assert m[("flowmesh_nodes", (("status", "offline"), ("tetrahedron", "home")))] == 1
     assert m[("flowmesh_open_alerts", (("severity", "warning"), ("type", "mesh-degrading")))] == 1
     score = m[("flowmesh_node_health_score", (("node", "pi"), ("tetrahedron", "home")))]
     assert 0 < score < 1

@@ -5,15 +5,15 @@ refuses root), socket-only, with pg_cron preloaded, cron.database_name set
 to the database under test, and background workers (a socket-only server has
 no localhost for pg_cron's default libpq connection). It applies FlowMesh's
 migrations there (no pgvector on this server), installs a schedule through
-the CLI and waits for the job to run and the alert to appear. `make test`
-installs the packages; without them, or without root, the test is skipped.
+the CLI and waits (bounded: until the next minute, when pg_cron 1.4 runs jobs)
+for the job to run and the alert to appear. `make test` installs the packages;
+without them, or without root, the test is skipped.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flowmesh import migrations
+from flowmesh import migrations, schedule
 from tests.conftest import wait_for
 
 PG15 = Path("/usr/lib/postgresql/15")
@@ -46,9 +46,9 @@ def cron_server():
     base.chmod(0o755)
     shutil.chown(base, "postgres", "postgres")
     data = base / "data"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # no TCP at all (listen_addresses = ''): the port only names the socket file
+    # in this cluster's own directory, so the default cannot collide
+    port = 5432
     try:
         as_postgres(str(PG15 / "bin" / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
                     "--encoding=UTF8")
@@ -89,30 +89,45 @@ def test_migrations_apply_on_postgres_15_without_pgvector(cron_server):
         assert migrations.current_revision(conn) == migrations.head_revision()
 
 
+def seconds_to_next_minute() -> float:
+    return 60 - time.time() % 60
+
+
 def test_schedule_runs_the_check_in_the_database(cron_server):
     migrations.upgrade(cron_server)
     with psycopg.connect(cron_server, autocommit=True) as conn:
         conn.execute("select register_node('silent-site', 'cam')")  # never sends a heartbeat
     installed = flowmesh("schedule", "install", "--every", "1m", "--threshold-minutes", "0",
-                         "--database-url", cron_server)
+                         "--retention-days", "40", "--database-url", cron_server)
     assert installed.returncode == 0, installed.stderr
-    assert "flowmesh-check" in installed.stdout and "* * * * *" in installed.stdout
+    assert "flowmesh-checks" in installed.stdout and "* * * * *" in installed.stdout
     listed = flowmesh("schedule", "list", "--database-url", cron_server)
-    assert "flowmesh-check" in listed.stdout and "flowmesh-predict" in listed.stdout
+    assert "flowmesh-checks" in listed.stdout
     assert "flowmesh-retention" in listed.stdout and "15 3 * * *" in listed.stdout
     try:
         with psycopg.connect(cron_server, autocommit=True) as conn:
-            # pg_cron 1.4 runs jobs at the top of each minute: wait for one
+            # the jobs run the very SQL the fallback loop runs, with the arguments given
+            commands = dict(conn.execute("select jobname, command from cron.job"))
+            assert commands == {
+                schedule.CHECKS_JOB: schedule.command(conn, schedule.checks_call(0, 30)),
+                schedule.RETENTION_JOB: schedule.command(conn, schedule.retention_call(40)),
+            }
+            assert "run_scheduled_checks(threshold_minutes => 0, window_size => 30)" in \
+                commands[schedule.CHECKS_JOB]
+            # pg_cron 1.4 runs jobs at the top of each minute: wait for the next one
             wait_for(lambda: conn.execute(
                 "select count(*) from guardian_alerts where alert_type = 'mesh-degrading'"
-            ).fetchone()[0] == 1, timeout=130, interval=1)
+            ).fetchone()[0] == 1, timeout=seconds_to_next_minute() + 20, interval=0.5)
+            wait_for(lambda: conn.execute(
+                "select count(*) from cron.job_run_details where end_time is not null").fetchone()[0],
+                timeout=10, interval=0.2)
             runs = conn.execute("select j.jobname, d.status from cron.job_run_details d "
                                 "join cron.job j using (jobid) order by d.end_time").fetchall()
-        assert ("flowmesh-check", "succeeded") in runs
+        assert (schedule.CHECKS_JOB, "succeeded") in runs
         assert all(status == "succeeded" for _, status in runs), runs
     finally:
         removed = flowmesh("schedule", "remove", "--database-url", cron_server)
-    assert removed.returncode == 0 and "removed 3 jobs" in removed.stdout
+    assert removed.returncode == 0 and "removed 2 jobs" in removed.stdout
     assert "(none)" in flowmesh("schedule", "list", "--database-url", cron_server).stdout
 
 
@@ -126,12 +141,15 @@ def test_without_pg_cron_the_fallback_is_named(db_url):
 def test_fallback_loop_runs_the_same_sql_and_stops_on_a_signal(conn, db_url):
     conn.execute("select register_node('silent-site', 'cam')")
     proc = subprocess.Popen([sys.executable, "-m", "monitors.mesh_health", "--threshold-minutes", "0",
-                             "--every", "1s", "--database-url", db_url],
+                             "--every", "1s", "--retention-days", "40", "--window", "20",
+                             "--database-url", db_url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: conn.execute("select count(*) from guardian_alerts").fetchone()[0] == 1,
                  timeout=20)
-        time.sleep(1.5)  # at least one more cycle: still one alert
+        # at least one more cycle (each records its check): still one alert
+        wait_for(lambda: conn.execute("select count(*) from check_runs").fetchone()[0] >= 2,
+                 timeout=20)
         proc.terminate()
         out, err = proc.communicate(timeout=15)
     finally:
@@ -142,4 +160,7 @@ def test_fallback_loop_runs_the_same_sql_and_stops_on_a_signal(conn, db_url):
     lines = out.strip().splitlines()
     assert len(lines) >= 2 and all("CRITICAL: 1 of 1 stale" in line for line in lines)
     assert "1 alerts opened" in lines[0] and "0 alerts opened" in lines[-1]
+    # retention ran in the first cycle only (at most once a UTC day)
+    assert "partitions" in lines[0] and not any("partitions" in line for line in lines[1:])
     assert conn.execute("select count(*) from guardian_alerts").fetchone() == (1,)
+    assert conn.execute("select distinct threshold_minutes from check_runs").fetchall() == [(0,)]

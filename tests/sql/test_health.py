@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.conftest import register
+from tests.sql.test_status import heartbeat, registered_long_ago
 
 SEED_METRICS = {"latency_ms": 28, "packet_loss": 0.02, "cpu_percent": 23, "battery_percent": 82}
 
@@ -68,15 +69,18 @@ def test_rules_change_without_code(conn):
 
 
 def test_silent_nodes_go_offline_and_come_back(conn):
-    tid = register(conn, "home", "cam")
-    beat(conn, tid, "cam", cpu_percent=10)
-    conn.execute("update nodes set last_heartbeat_at = now() - interval '10 minutes'")
-    assert conn.execute("select mark_offline_nodes()").fetchone() == (1,)
-    assert conn.execute("select mark_offline_nodes()").fetchone() == (0,)
+    tid = registered_long_ago(conn, "home", "cam")
+    heartbeat(conn, tid, "cam", seconds_ago=10 * 60, cpu_percent=10)  # silent since
+    assert node(conn, "cam")[0] == "offline"  # as of now, before anything ran
+    assert conn.execute("select record_offline_transitions()").fetchone() == (1,)
+    assert conn.execute("select record_offline_transitions()").fetchone() == (0,)
     assert node(conn, "cam")[0] == "offline"
     conn.execute("update tetrahedrons set node_timeout_seconds = 3600")
+    assert node(conn, "cam")[0] == "online"  # the timeout applies at once
     beat(conn, tid, "cam", cpu_percent=10)
     assert node(conn, "cam")[0] == "online"
     statuses = [r[0] for r in conn.execute(
-        "select status from node_status_history where node_id = 'cam' order by id")]
-    assert statuses == ["online", "offline", "online"]
+        "select status from node_status_history where node_id = 'cam' order by changed_at, id")]
+    # registered an hour ago and silent until 10 minutes ago; then silent past
+    # the timeout (logged by the pass, kept when the timeout changed); then back
+    assert statuses == ["online", "offline", "online", "offline", "online"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -43,7 +44,7 @@ def test_record_mesh_heartbeat_writes_row_tetrahedron_and_node(conn):
 def test_seed_queries_run_verbatim(conn):
     tid = register(conn, "home", "pi")
     conn.execute("select record_mesh_heartbeat(%s, 'device-abc', '{\"ping\": true}')", (tid,))
-    # the seed's two example queries and its checker query, as written
+    # the public contract's two example queries and its checker query, as written
     recent = conn.execute(
         f"SELECT * FROM public.mesh_heartbeats WHERE tetrahedron_id = '{tid}' "
         "ORDER BY created_at DESC LIMIT 10;"
@@ -58,7 +59,7 @@ def test_seed_queries_run_verbatim(conn):
         "WHERE last_heartbeat_at IS NULL OR last_heartbeat_at < NOW() - INTERVAL '1 hour';"
     ).fetchall()
     assert stale == []
-    # the seed's pg_cron statement
+    # the public contract's pg_cron statement
     conn.execute("SELECT public.check_mesh_heartbeats_and_alert(60);")
 
 
@@ -120,6 +121,46 @@ def test_batches_land_in_daily_partitions_created_on_demand(conn):
                                                ).fetchone()
     assert dropped >= 1 and conn.execute("select count(*) from mesh_heartbeats").fetchone() == (2,)
     assert (oldest - __import__("datetime").date.today()).days >= -31
+
+
+def partition_days(conn) -> set:
+    return {r[0] for r in conn.execute(
+        "select to_date(right(c.relname, 8), 'YYYYMMDD') from pg_inherits i "
+        "join pg_class c on c.oid = i.inhrelid where i.inhparent = 'mesh_heartbeats'::regclass")}
+
+
+def utc_today(conn):
+    return conn.execute("select (now() at time zone 'UTC')::date").fetchone()[0]
+
+
+def test_the_migration_and_maintenance_keep_today_and_a_week_ahead(conn):
+    today = utc_today(conn)
+    week = {today + timedelta(days=d) for d in range(8)}
+    assert week <= partition_days(conn)  # made by the migration
+    gone = today + timedelta(days=3)
+    conn.execute(f"drop table flowmesh_partitions.mesh_heartbeats_{gone:%Y%m%d}")
+    created, dropped, _, newest = conn.execute("select * from maintain_heartbeat_partitions()").fetchone()
+    assert (created, dropped, newest) == (1, 0, today + timedelta(days=7))
+    assert week <= partition_days(conn)
+    assert conn.execute("select created from maintain_heartbeat_partitions(days_ahead => 10)"
+                        ).fetchone() == (3,)
+
+
+def test_retention_drops_the_days_older_than_it_and_keeps_the_rest(conn):
+    tid = register(conn, "home", "pi")
+    today = utc_today(conn)
+    noon = datetime.combine(today, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
+    ages = (45, 31, 30, 29)
+    items = [{"src": "pi", "seq": i + 1, "at": (noon - timedelta(days=age)).timestamp(), "payload": {}}
+             for i, age in enumerate(ages)]
+    conn.execute("select record_mesh_heartbeats(%s, %s)", (tid, json.dumps(items)))
+    assert {today - timedelta(days=age) for age in ages} <= partition_days(conn)
+    assert conn.execute("select dropped from maintain_heartbeat_partitions(retention => null)"
+                        ).fetchone() == (0,)  # null keeps everything
+    _, dropped, oldest, _ = conn.execute("select * from maintain_heartbeat_partitions('30 days')").fetchone()
+    assert (dropped, oldest) == (2, today - timedelta(days=30))  # 45 and 31 days old
+    kept = conn.execute("select count(*) from mesh_heartbeats").fetchone()[0]
+    assert kept == 2
 
 
 def test_direct_insert_and_copy_maintain_derived_state(conn):

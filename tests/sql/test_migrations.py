@@ -4,8 +4,11 @@ Supabase's database linter would."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import psycopg
@@ -36,23 +39,105 @@ def test_sql_files_are_named_and_headed():
         assert f.name == f.name.lower()
 
 
+# every object created in one file ----------------------------------------------
+
+_CREATE = re.compile(
+    r"\bcreate\s+(?:or\s+replace\s+)?(?:unique\s+)?"
+    r"(function|procedure|view|table|index|trigger|policy|type|domain|schema)\s+"
+    r"(?:if\s+not\s+exists\s+)?([\w.\"]+)", re.IGNORECASE)
+_ADD_COLUMN = re.compile(r"\badd\s+column\s+(?:if\s+not\s+exists\s+)?([\w\"]+)", re.IGNORECASE)
+_ON_TABLE = re.compile(r"\son\s+([\w.\"]+)", re.IGNORECASE)
+
+
+def created_objects(sql: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (kind, name) of every object a migration creates (a trigger or policy
+    is named with its table), and every column it adds to an existing table.
+    Comments and quoted strings are left out, so neither a comment nor an
+    object's description nor dynamic SQL in a string counts; function bodies
+    (dollar-quoted) are kept, as a DO block may create objects."""
+    code = re.sub(r"--[^\n]*|'(?:[^']|'')*'", " ", sql)
+    objects = []
+    for match in _CREATE.finditer(code):
+        kind, name = match.group(1).lower(), match.group(2).lower().replace('"', "")
+        if kind in ("trigger", "policy"):
+            statement = code[match.end():code.find(";", match.end())]
+            name = f"{name} on {_ON_TABLE.search(statement).group(1).lower()}"
+        objects.append((kind, name))
+    return objects, [m.group(1) for m in _ADD_COLUMN.finditer(code)]
+
+
+def redefinitions(files: dict[str, str]) -> dict[tuple[str, str], list[str]]:
+    """Objects created in more than one file (or, but for function overloads,
+    twice in one), with the files that create them."""
+    where = defaultdict(list)
+    for name, sql in files.items():
+        objects, _ = created_objects(sql)
+        for obj in objects:
+            if obj[0] != "function" or name not in where[obj]:
+                where[obj].append(name)
+    return {obj: names for obj, names in where.items() if len(names) > 1}
+
+
+def test_every_object_is_created_in_exactly_one_file():
+    files = {f.name: f.read_text() for f in migrations.sql_files()}
+    assert redefinitions(files) == {}
+    # a table's columns are all in its create table
+    assert {name: created_objects(sql)[1] for name, sql in files.items()
+            if created_objects(sql)[1]} == {}
+    found = {obj for sql in files.values() for obj in created_objects(sql)[0]}
+    assert {("table", "flowmesh.node_records"), ("view", "public.nodes"),
+            ("function", "flowmesh.apply_heartbeats"), ("index", "tetrahedrons_last_heartbeat_at_idx"),
+            ("trigger", "mesh_heartbeats_apply on public.mesh_heartbeats"),
+            ("policy", "nodes_select_authenticated on public.nodes")} - found == \
+        {("policy", "nodes_select_authenticated on public.nodes")}  # a view has no policy
+    assert len(found) > 80
+
+
+def test_the_redefinition_check_catches_one():
+    first = "-- 0001_a.sql\ncreate table if not exists public.t (id int);\n" \
+            "create or replace function f() returns int language sql as $$ select 1 $$;\n" \
+            "create function f(x int) returns int language sql as $$ select x $$;\n" \
+            "create policy p on public.t for select using (true);\n"
+    second = "-- 0002_b.sql\n-- create table public.t, in a comment, does not count\n" \
+             "comment on table public.t is 'create table public.t';\n" \
+             "create or replace function f() returns int language sql as $$ select 2 $$;\n" \
+             "create policy p on public.u for select using (true);\n" \
+             "alter table public.t add column if not exists x int;\n"
+    assert redefinitions({"0001_a.sql": first, "0002_b.sql": second}) == {
+        ("function", "f"): ["0001_a.sql", "0002_b.sql"]}
+    assert created_objects(second)[1] == ["x"]
+
+
 def schema_dump(url: str) -> str:
+    """The schema, less the daily partitions: a run that crosses UTC midnight
+    creates the next day's, which is not a change of schema."""
     out = subprocess.run(
-        [str(embedded.pg_bin("pg_dump")), "--schema-only", "--no-owner", url],
+        [str(embedded.pg_bin("pg_dump")), "--schema-only", "--no-owner",
+         "--exclude-schema=flowmesh_partitions", url],
         check=True, capture_output=True, text=True,
     ).stdout
     # pg_dump 18 brackets the dump with a random \restrict key
     return "\n".join(ln for ln in out.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict")))
 
 
+def partitions(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {r[0] for r in conn.execute(
+            "select relname from pg_class where relnamespace = 'flowmesh_partitions'::regnamespace "
+            "and relkind = 'r'")}
+
+
 def test_applying_migrations_twice_changes_nothing(db_url):
-    before = schema_dump(db_url)
+    before, days = schema_dump(db_url), partitions(db_url)
+    assert "flowmesh_partitions.mesh_heartbeats_" not in before  # compared below, not here
     with psycopg.connect(db_url) as conn:
         for f in migrations.sql_files():
             migrations.execute_sql_file(conn, f.name[:4])
         conn.commit()
     migrations.upgrade(db_url)  # at head: a no-op
     assert schema_dump(db_url) == before
+    after = partitions(db_url)
+    assert days <= after and len(after - days) <= 1  # at most a new day, if midnight passed
     with psycopg.connect(db_url) as conn:
         assert migrations.current_revision(conn) == migrations.head_revision()
 
@@ -74,17 +159,37 @@ def rows(conn, sql):
     return conn.execute(sql).fetchall()
 
 
+# the tables and views the migrations create: the API's, and the private
+# schema's (all but Alembic's version table)
+OWN_RELATIONS = """
+    select c.oid, c.oid::regclass::text as name, c.relkind, c.relrowsecurity, c.reloptions
+      from pg_class c
+     where c.relnamespace in ('public'::regnamespace, 'flowmesh'::regnamespace)
+       and c.relkind in ('r', 'p', 'v')
+       and c.oid <> 'flowmesh.alembic_version'::regclass"""
+
+
 def test_every_table_has_rls_a_policy_and_a_comment(conn):
-    tables = rows(conn, """
-        select c.relname, c.relrowsecurity, obj_description(c.oid, 'pg_class'),
-               (select count(*) from pg_policy p where p.polrelid = c.oid)
-          from pg_class c join pg_namespace n on n.oid = c.relnamespace
-         where n.nspname = 'public' and c.relkind in ('r', 'p')""")
-    assert {t[0] for t in tables} >= {"tetrahedrons", "mesh_heartbeats", "guardian_alerts"}
+    tables = rows(conn, f"""
+        select r.name, r.relrowsecurity, obj_description(r.oid, 'pg_class'),
+               (select count(*) from pg_policy p where p.polrelid = r.oid)
+          from ({OWN_RELATIONS}) r where r.relkind in ('r', 'p')""")
+    assert {t[0] for t in tables} >= {"tetrahedrons", "mesh_heartbeats", "guardian_alerts",
+                                       "flowmesh.node_records"}
     for name, rls, comment, policies in tables:
         assert rls, f"{name}: row-level security disabled"
         assert comment, f"{name}: no comment"
         assert policies > 0, f"{name}: RLS enabled without policies"
+
+
+def test_every_view_runs_with_the_callers_rights_and_has_a_comment(conn):
+    views = rows(conn, f"""
+        select r.name, coalesce(r.reloptions, '{{}}'), obj_description(r.oid, 'pg_class')
+          from ({OWN_RELATIONS}) r where r.relkind = 'v'""")
+    assert {v[0] for v in views} >= {"nodes", "mesh_summary", "node_status_timeline"}
+    for name, options, comment in views:
+        assert "security_invoker=true" in options, f"{name}: not security_invoker"
+        assert comment, f"{name}: no comment"
 
 
 def test_no_always_true_policies(conn):
@@ -128,7 +233,8 @@ def test_foreign_keys_are_indexed(conn):
     unindexed = rows(conn, """
         select c.conrelid::regclass::text, c.conname
           from pg_constraint c
-         where c.contype = 'f' and c.connamespace = 'public'::regnamespace
+         where c.contype = 'f'
+           and c.connamespace in ('public'::regnamespace, 'flowmesh'::regnamespace)
            and not exists (
              select from pg_index i
               where i.indrelid = c.conrelid
@@ -140,10 +246,55 @@ def test_index_names_follow_the_convention(conn):
     for (name,) in rows(conn, """
         select indexrelid::regclass::text from pg_index i
           join pg_class c on c.oid = i.indrelid
-         where c.relnamespace = 'public'::regnamespace and not i.indisprimary"""):
+         where c.relnamespace in ('public'::regnamespace, 'flowmesh'::regnamespace)
+           and not i.indisprimary and c.relname <> 'alembic_version'"""):
         assert name.endswith("_idx"), name
 
 
 @pytest.mark.parametrize("role", ["anon", "authenticated", "service_role"])
 def test_api_roles_exist(conn, role):
     assert rows(conn, f"select 1 from pg_roles where rolname = '{role}'") == [(1,)]
+
+
+def test_migrating_and_running_as_a_non_superuser_owner(pg_server):
+    """As on Supabase, where migrations run as a database owner that is not a
+    superuser. What a superuser provides first: the database (owned by that
+    role, so it may create schemas in it) and the API roles anon,
+    authenticated and service_role (service_role with BYPASSRLS, which only a
+    superuser may grant; Supabase has them, and 0001 creates them when it runs
+    as a superuser, as it did for this cluster's template). No extension is
+    needed: gen_random_uuid() is built in since PostgreSQL 13."""
+    suffix = uuid.uuid4().hex[:8]
+    owner, name = f"flowmesh_owner_{suffix}", f"owned_{suffix}"
+    admin = pg_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for role in ("anon", "authenticated", "service_role"):
+            assert rows(conn, f"select 1 from pg_roles where rolname = '{role}'") == [(1,)]
+        conn.execute(f"create role {owner} login nosuperuser nocreatedb nocreaterole")
+        conn.execute(f"create database {name} owner {owner}")
+    url = pg_server.get_postmaster_info().get_uri(user=owner, database=name)
+    try:
+        migrations.upgrade(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert rows(conn, "select rolsuper from pg_roles where rolname = current_user") == [(False,)]
+            assert migrations.current_revision(conn) == migrations.head_revision()
+            (tid,) = conn.execute("select register_node('home', 'pi')").fetchone()
+            conn.execute("select record_mesh_heartbeat(%s, 'pi', '{\"metrics\": {\"cpu_percent\": 9}}')",
+                         (tid,))
+            conn.execute("select record_mesh_heartbeats(%s, %s)", (tid, '[{"src": "cam", "seq": 1, '
+                         f'"at": {__import__("time").time() - 86400 * 40}, "payload": {{}}}}]'))
+            conn.execute("select record_mesh_events(%s, %s)", (tid, '[{"observer": "pi", "seq": 1, '
+                         f'"kind": "dead", "subject": "cam", "at": {__import__("time").time()}}}]'))
+            cycle = conn.execute("select checked, stale, nodes_scored, marked_offline "
+                                 "from run_scheduled_checks(0, 30)").fetchone()
+            assert cycle == (1, 1, 1, 1)  # cam's only heartbeat is 40 days old
+            assert conn.execute("select dropped from maintain_heartbeat_partitions('30 days')"
+                                ).fetchone() == (1,)
+            assert rows(conn, "select node_id, status, mesh_status from nodes order by 1") == [
+                ("cam", "offline", "dead"), ("pi", "online", None)]
+            conn.execute("select id from propose_guardian_decision(%s, 'quarantine', 'cam', 'pi')", (tid,))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"drop database {name} with (force)")
+            conn.execute(f"drop owned by {owner}")
+            conn.execute(f"drop role {owner}")

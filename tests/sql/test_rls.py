@@ -70,7 +70,8 @@ def test_vertex_inserts_heartbeats_into_its_own_tetrahedron_only(conn, two_meshe
             "delete from mesh_heartbeats",
             "insert into tetrahedron_vertices (tetrahedron_id, node_id, user_id) "
             f"values ('{shop}', 'mole', '{ALICE}')",
-            "update nodes set status = 'offline'",
+            "update nodes set role = 'mole'",
+            "update flowmesh.node_records set health_status = 'degraded'",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(sql)
@@ -83,6 +84,63 @@ def test_authenticated_stranger_sees_nothing(conn, two_meshes):
     with acting_as(conn, "authenticated", uuid.uuid4()):
         for table in TABLES:
             assert conn.execute(f"select count(*) from {table}").fetchone() == (0,), table
+
+
+@pytest.fixture
+def every_table_filled(conn, two_meshes):
+    """A row in every table and view: alerts, votes, check runs, mesh events, a
+    silent tetrahedron and an offline node."""
+    home, shop = two_meshes
+    register(conn, "bob-shed", "bob-gate", BOB)  # never heard from: silent
+    register(conn, "bob-shop", "bob-phone", BOB)
+    old = [{"src": "bob-phone", "seq": 1, "at": time.time() - 600, "payload": {}}]
+    conn.execute("select record_mesh_heartbeats(%s, %s)", (shop, json.dumps(old)))  # offline now
+    conn.execute("select record_mesh_events(%s, %s)", (shop, json.dumps(
+        [{"observer": "bob-cam", "seq": 1, "kind": "joined", "subject": "bob-phone", "at": time.time()}])))
+    conn.execute("select check_mesh_heartbeats_and_alert(0, %s)", (shop,))
+    (decision,) = conn.execute(
+        "select id from propose_guardian_decision(%s, 'quarantine', 'bob-phone', 'bob-cam')", (shop,)
+    ).fetchone()
+    conn.execute("select cast_guardian_vote(%s, 'bob-cam', true)", (decision,))
+    return home, shop
+
+
+def readable_relations(conn) -> list[str]:
+    """Every table and view an authenticated user may select from: the API's
+    and the private schema's, found in the catalog so new ones are covered."""
+    return [r[0] for r in conn.execute("""
+        select c.oid::regclass::text from pg_class c
+         where c.relnamespace in ('public'::regnamespace, 'flowmesh'::regnamespace)
+           and c.relkind in ('r', 'p', 'v')
+           and has_table_privilege('authenticated', c.oid, 'select')
+         order by 1""")]
+
+
+def test_a_stranger_sees_no_row_of_any_table_or_view(conn, every_table_filled):
+    relations = readable_relations(conn)
+    assert {"nodes", "mesh_summary", "node_status_timeline", "health_rules", "check_runs",
+            "flowmesh.node_records", "flowmesh.unlogged_offline_periods"} <= set(relations)
+    with acting_as(conn, "service_role"):
+        empty = [r for r in relations if conn.execute(f"select count(*) from {r}").fetchone() == (0,)]
+    assert empty == [], "fill these in every_table_filled, or the check below proves nothing"
+    with acting_as(conn, "authenticated", uuid.uuid4()):  # a vertex of nothing
+        seen = {r: conn.execute(f"select count(*) from {r}").fetchone()[0] for r in relations}
+    assert seen == dict.fromkeys(relations, 0)
+
+
+def test_a_vertex_sees_only_rows_of_its_own_tetrahedron(conn, every_table_filled):
+    home, _ = every_table_filled
+    relations = readable_relations(conn)
+    with acting_as(conn, "authenticated", ALICE):
+        for relation in relations:
+            columns = [c.name for c in conn.execute(f"select * from {relation} limit 0").description]
+            column = "tetrahedron_id" if "tetrahedron_id" in columns else "id" \
+                if relation == "tetrahedrons" else None
+            if column:
+                ids = {r[0] for r in conn.execute(f"select {column} from {relation}")}
+                assert ids <= {home}, relation
+        # the rules are the same for every tetrahedron: any vertex reads them
+        assert conn.execute("select count(*) from health_rules").fetchone()[0] >= 5
 
 
 def test_anon_is_refused_everything(conn, two_meshes):

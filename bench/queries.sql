@@ -1,0 +1,113 @@
+-- The benchmarks' statements, loaded by name (flowmesh.queries.named), like
+-- flowmesh/queries.sql. Each block starts with "-- name: <name>".
+
+-- name: server_version
+show server_version;
+
+-- name: heartbeat_count
+select count(*) from mesh_heartbeats;
+
+-- Ingest (bench/ingest.py) ---------------------------------------------------
+
+-- name: register_bench_node
+select register_node('bench', 'node-00');
+
+-- name: truncate_heartbeats
+truncate mesh_heartbeats;
+
+-- name: forget_last_heartbeats
+update tetrahedrons set last_heartbeat_at = null;
+
+-- name: delete_nodes
+delete from nodes;
+
+-- name: vacuum_heartbeats
+vacuum analyze mesh_heartbeats;
+
+-- name: copy_heartbeats
+-- The baseline: raw COPY into the same table (the same trigger fires).
+copy mesh_heartbeats (tetrahedron_id, source, seq, created_at, payload) from stdin;
+
+-- name: record_batch
+select * from record_mesh_heartbeats(%s, %s::jsonb);
+
+-- name: insert_heartbeat
+-- The baseline of single writes: a plain INSERT, one per transaction.
+insert into mesh_heartbeats (tetrahedron_id, source, payload) values (%s, %s, %s::jsonb);
+
+-- name: record_one
+select record_mesh_heartbeat(%s, %s, %s::jsonb);
+
+-- Fleet-scale check and prediction (bench/check.py) ----------------------------
+
+-- name: fill_heartbeats
+-- Heartbeats first..last of every node, spread over span_s seconds up to now.
+insert into mesh_heartbeats (tetrahedron_id, source, seq, created_at, payload)
+select n.tetrahedron_id, n.node_id, g,
+       now() - make_interval(secs => (%(span_s)s * (1 - g::float8 / %(per_node)s))),
+       jsonb_build_object('metrics', jsonb_build_object(
+         'latency_ms', 20 + (g %% 7), 'packet_loss', (g %% 5) / 500.0,
+         'cpu_percent', 20 + (g %% 30), 'battery_percent', 90 - (g %% 40)))
+  from (select tetrahedron_id, node_id from nodes order by node_id) n,
+       generate_series(%(first)s::int, %(last)s::int) g;
+
+-- name: delete_alerts
+delete from guardian_alerts;
+
+-- name: vacuum_check_tables
+vacuum analyze guardian_alerts, tetrahedrons;
+
+-- name: vacuum_all
+vacuum analyze;
+
+-- name: check_all
+select * from check_mesh_heartbeats_and_alert(60);
+
+-- name: prediction_pass
+select * from run_prediction_pass();
+
+-- name: keep_forty_days
+select maintain_heartbeat_partitions('40 days');
+
+-- name: ensure_partition_days_ago
+select flowmesh.ensure_heartbeat_partition((now() at time zone 'UTC')::date - %s::int);
+
+-- name: fill_tetrahedrons
+-- n tetrahedrons, one in every `every` silent for three hours, the rest heard from in the last half hour.
+insert into tetrahedrons (name, last_heartbeat_at)
+select 't' || lpad(g::text, 7, '0'),
+       case when g %% %(every)s = 0 then now() - interval '3 hours'
+            else now() - make_interval(mins => g %% 30) end
+  from generate_series(1, %(n)s) g;
+
+-- name: fill_nodes
+insert into nodes (tetrahedron_id, node_id, last_heartbeat_at)
+select id, 'node-' || name, last_heartbeat_at from tetrahedrons order by name limit %s;
+
+-- name: fill_vertices
+insert into tetrahedron_vertices (tetrahedron_id, node_id)
+select tetrahedron_id, node_id from nodes;
+
+-- name: heartbeat_trigger_off
+-- Bulk history: the trigger's derived state is set by the fill, not per row.
+alter table mesh_heartbeats disable trigger mesh_heartbeats_apply;
+
+-- name: heartbeat_trigger_on
+alter table mesh_heartbeats enable trigger mesh_heartbeats_apply;
+
+-- name: stale_count
+select count(*) from stale_tetrahedrons(60);
+
+-- name: plan_check
+explain (analyze, buffers, costs off)
+select t.id from tetrahedrons t where flowmesh.is_stale(t.last_heartbeat_at, 60);
+
+-- name: any_node
+select tetrahedron_id, node_id from nodes limit 1;
+
+-- name: plan_predict
+-- One node's prediction window, bounded in time as predict_node_risk bounds it.
+explain (analyze, buffers, costs off)
+select * from mesh_heartbeats h
+ where h.tetrahedron_id = %s and h.source = %s and h.created_at >= now() - interval '24 hours'
+ order by h.created_at desc limit 30;

@@ -1,0 +1,414 @@
+-- 0006_create_heartbeat_functions.sql
+-- The heartbeat write path: record_mesh_heartbeat (one heartbeat, the public
+-- contract's signature), record_mesh_heartbeats (idempotent batches for
+-- agents), register_node, and the trigger that keeps
+-- tetrahedrons.last_heartbeat_at, the node records and their status history
+-- current whichever way a heartbeat arrives (RPC, direct insert, COPY).
+--
+-- Errors the RPCs raise (SQLSTATE):
+--   22004 a required argument is null       22023 an argument has the wrong shape
+--   54000 payload or batch over its limit   23503 the tetrahedron does not exist
+--   42501 the caller may not write to that tetrahedron
+
+-- who is calling -----------------------------------------------------------
+-- Inside a security definer function current_user is the owner; the caller is
+-- the role set with SET ROLE (as PostgREST does), else the session user.
+create or replace function flowmesh.caller() returns name
+language sql stable
+set search_path = ''
+as $$
+  select case pg_catalog.current_setting('role')
+           when 'none' then session_user
+           else pg_catalog.current_setting('role')::name
+         end
+$$;
+comment on function flowmesh.caller() is
+  'The role that called into a security definer function: the SET ROLE role, else the session user.';
+
+create or replace function flowmesh.caller_is_privileged() returns boolean
+language sql stable
+set search_path = ''
+as $$
+  select exists (
+           select from pg_catalog.pg_roles r
+            where r.rolname = flowmesh.caller() and (r.rolsuper or r.rolbypassrls))
+      or pg_catalog.pg_has_role(flowmesh.caller(), 'service_role', 'member')
+      or pg_catalog.pg_has_role(
+           flowmesh.caller(),
+           (select c.relowner from pg_catalog.pg_class c
+             where c.oid = 'public.mesh_heartbeats'::pg_catalog.regclass),
+           'member')
+$$;
+comment on function flowmesh.caller_is_privileged() is
+  'True when the caller is a superuser, bypasses RLS, is (a member of) service_role, or owns the FlowMesh tables.';
+
+create or replace function flowmesh.authorize_writer(t_uuid uuid) returns void
+language plpgsql stable security definer
+set search_path = ''
+as $$
+begin
+  if t_uuid is null then
+    raise exception 'tetrahedron id must not be null'
+      using errcode = '22004';
+  end if;
+  if flowmesh.caller_is_privileged() then
+    if not exists (select from public.tetrahedrons t where t.id = t_uuid) then
+      raise exception 'tetrahedron % does not exist', t_uuid
+        using errcode = '23503',
+              hint = 'Register the node first (register_node) or create the tetrahedron.';
+    end if;
+    return;
+  end if;
+  if not exists (select from public.tetrahedron_vertices v
+                  where v.tetrahedron_id = t_uuid and v.user_id = (select auth.uid())) then
+    raise exception 'permission denied: % is not a vertex of tetrahedron %',
+      coalesce((select auth.uid())::text, flowmesh.caller()::text), t_uuid
+      using errcode = '42501';
+  end if;
+end
+$$;
+comment on function flowmesh.authorize_writer(uuid) is
+  'Raises unless the caller may write heartbeats to the tetrahedron: privileged roles (which get 23503 for an unknown id) or an authenticated vertex of it (else 42501).';
+
+-- validation: one rule for the single and the batched RPC --------------------
+-- Returns null when the heartbeat is acceptable, else 'SQLSTATE message'.
+create or replace function flowmesh.heartbeat_problem(src text, payload jsonb) returns text
+language sql immutable
+set search_path = ''
+as $$
+  select coalesce(flowmesh.node_id_problem(src, 'src'), case
+    when payload is null then '22004 payload must not be null'
+    when pg_catalog.jsonb_typeof(payload) <> 'object'
+      then '22023 payload must be a JSON object, got ' || pg_catalog.jsonb_typeof(payload)
+    when pg_catalog.pg_column_size(payload) > flowmesh.limit_of('payload_max_bytes')
+      then '54000 payload is ' || pg_catalog.pg_column_size(payload) || ' bytes; the limit is '
+           || flowmesh.limit_of('payload_max_bytes')
+  end)
+$$;
+comment on function flowmesh.heartbeat_problem(text, jsonb) is
+  'Validation rule for one heartbeat: null when acceptable, else the SQLSTATE, a space and the reason.';
+
+create or replace function flowmesh.batch_item_problem(item jsonb) returns text
+language sql stable
+set search_path = ''
+as $$
+  select case
+    when pg_catalog.jsonb_typeof(item) is distinct from 'object'
+      then '22023 must be a JSON object with src, seq, at and payload, got ' || coalesce(pg_catalog.jsonb_typeof(item), 'null')
+    when pg_catalog.jsonb_typeof(item -> 'seq') is distinct from 'number'
+      then '22023 seq must be a positive integer, got ' || coalesce(pg_catalog.jsonb_typeof(item -> 'seq'), 'nothing')
+    when (item ->> 'seq')::numeric <= 0 or (item ->> 'seq')::numeric > 9223372036854775807
+         or (item ->> 'seq')::numeric <> pg_catalog.trunc((item ->> 'seq')::numeric)
+      then '22023 seq must be a positive integer, got ' || (item ->> 'seq')
+    when pg_catalog.jsonb_typeof(item -> 'at') is distinct from 'number'
+      then '22023 at must be a Unix time in seconds, got ' || coalesce(pg_catalog.jsonb_typeof(item -> 'at'), 'nothing')
+    when (item ->> 'at')::numeric <= 0 or (item ->> 'at')::numeric >= 32503680000
+      then '22023 at must be a Unix time in seconds, got ' || (item ->> 'at')
+    when (item ->> 'at')::numeric > extract(epoch from now()) + flowmesh.limit_of('clock_ahead_max_s')
+      then '22023 at is ' || pg_catalog.round((item ->> 'at')::numeric - extract(epoch from now()))
+           || ' s ahead of the server clock; the limit is ' || flowmesh.limit_of('clock_ahead_max_s')
+           || ' s (fix the device clock)'
+    when item ? 'src' and pg_catalog.jsonb_typeof(item -> 'src') is distinct from 'string'
+      then '22023 src must be a string, got ' || pg_catalog.jsonb_typeof(item -> 'src')
+    else flowmesh.heartbeat_problem(item ->> 'src', item -> 'payload')
+  end
+$$;
+comment on function flowmesh.batch_item_problem(jsonb) is
+  'Validation rule for one element of a record_mesh_heartbeats batch: {src, seq, at, payload}; at may be at most clock_ahead_max_s (flowmesh.limits()) ahead of the server clock.';
+
+create or replace function flowmesh.raise_problem(problem text, context text default null) returns void
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  if problem is not null then
+    raise exception '%', coalesce(context || ': ', '') || pg_catalog.substr(problem, 7)
+      using errcode = pg_catalog.left(problem, 5);
+  end if;
+end
+$$;
+comment on function flowmesh.raise_problem(text, text) is
+  'Raises the error described by a heartbeat_problem result, prefixed by context; does nothing for null.';
+
+create or replace function flowmesh.batch_length(batch jsonb, noun text) returns integer
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  if batch is null then
+    raise exception 'batch must not be null' using errcode = '22004';
+  end if;
+  if pg_catalog.jsonb_typeof(batch) <> 'array' then
+    raise exception 'batch must be a JSON array of %, got %', noun, pg_catalog.jsonb_typeof(batch)
+      using errcode = '22023';
+  end if;
+  if pg_catalog.jsonb_array_length(batch) > flowmesh.limit_of('batch_max_items') then
+    raise exception 'batch has % %; the limit is %', pg_catalog.jsonb_array_length(batch), noun,
+      flowmesh.limit_of('batch_max_items')
+      using errcode = '54000', hint = 'Split the batch.';
+  end if;
+  return pg_catalog.jsonb_array_length(batch);
+end
+$$;
+comment on function flowmesh.batch_length(jsonb, text) is
+  'The number of elements of a batch RPC''s batch; raises 22004/22023/54000 unless it is a JSON array of at most batch_max_items (flowmesh.limits()) elements (noun names them in messages).';
+
+-- derived state: one statement-level trigger for every write path -----------
+create or replace function flowmesh.apply_heartbeats() returns trigger
+language plpgsql security definer
+set search_path = ''
+as $$
+begin
+  -- times are capped at now() for every writer: a future timestamp must not
+  -- keep a tetrahedron or node looking alive
+  update public.tetrahedrons t
+     set last_heartbeat_at = l.latest
+    from (select h.tetrahedron_id, least(max(h.created_at), now()) as latest
+            from new_heartbeats h
+           group by h.tetrahedron_id) l
+   where t.id = l.tetrahedron_id
+     and (t.last_heartbeat_at is null or t.last_heartbeat_at < l.latest);
+
+  -- one statement, so every step reads the nodes as they were before these
+  -- heartbeats: the history it logs and the rows it writes agree
+  with beats as (
+    select h.tetrahedron_id, h.source as node_id, h.seq, h.payload ->> 'role' as role,
+           case when pg_catalog.jsonb_typeof(h.payload -> 'metrics') = 'object'
+                then h.payload -> 'metrics' else '{}'::jsonb end as metrics,
+           least(h.created_at, now()) as at
+      from new_heartbeats h
+  ), latest as (
+    -- each source's newest heartbeat sets its node's role, metrics and health
+    select distinct on (b.tetrahedron_id, b.node_id) b.*
+      from beats b
+     order by b.tetrahedron_id, b.node_id, b.at desc, b.seq desc nulls last
+  ), known as (
+    -- the existing nodes these heartbeats move forward, as they were: the first
+    -- heartbeat past their last one, and the start of their current silence if
+    -- a pass has logged it (a heartbeat older than the node's latest never
+    -- moves its state, or its history, backwards)
+    select n.tetrahedron_id, n.node_id, n.health_status, n.health_status_since, n.health_score,
+           n.metrics, n.offline_at, coalesce(n.last_heartbeat_at, n.created_at) as heard_at,
+           min(b.at) as first_at,
+           (select max(s.changed_at) from public.node_status_history s
+             where s.tetrahedron_id = n.tetrahedron_id and s.node_id = n.node_id
+               and s.status = 'offline'
+               and s.changed_at > coalesce(n.last_heartbeat_at, n.created_at)) as logged_offline_at
+      from flowmesh.node_records n
+      join beats b on b.tetrahedron_id = n.tetrahedron_id and b.node_id = n.node_id
+     where n.last_heartbeat_at is null or b.at >= n.last_heartbeat_at
+     group by n.tetrahedron_id, n.node_id
+  ), after as (
+    -- what each node becomes (a heartbeat without metrics keeps the last
+    -- ones); when the silence these heartbeats end began, if they end one (as
+    -- logged, unless they show it never happened, else by the status rule);
+    -- and when the change they make happened: the return from a silence at
+    -- its first heartbeat, a change of health at the newest; never before the
+    -- node's last change (a device clock a little behind the server's must not
+    -- put history out of order)
+    select l.tetrahedron_id, l.node_id, l.role, l.seq, l.at, m.metrics,
+           public.health_score(m.metrics) as health_score,
+           flowmesh.health_status(m.metrics) as health_status,
+           k.node_id is not null as known, k.health_status as was, k.health_score as was_score,
+           k.health_status_since as was_since, k.heard_at, k.first_at, k.logged_offline_at,
+           o.offline_start,
+           greatest(case when o.offline_start is not null then k.first_at else l.at end,
+                    k.health_status_since) as changed_at
+      from latest l
+      left join known k on k.tetrahedron_id = l.tetrahedron_id and k.node_id = l.node_id
+     cross join lateral (select case when l.metrics = '{}'::jsonb and k.node_id is not null
+                                     then k.metrics else l.metrics end as metrics) m
+     cross join lateral (select case when k.logged_offline_at < k.first_at then k.logged_offline_at
+                                     when k.offline_at < k.first_at then k.offline_at
+                                end as offline_start) o
+  ), forgotten as (
+    -- offline periods a pass logged that these heartbeats show never began
+    -- (they arrived late, from an agent's outbox)
+    delete from public.node_status_history s
+     using after a
+     where a.known and s.tetrahedron_id = a.tetrahedron_id and s.node_id = a.node_id
+       and s.status = 'offline' and s.changed_at > a.heard_at and s.changed_at >= a.first_at
+  ), logged as (
+    -- the offline period these heartbeats end (unless logged), the return
+    -- from it, and any change of health
+    insert into public.node_status_history
+           (tetrahedron_id, node_id, status, previous, health_score, changed_at)
+    select a.tetrahedron_id, a.node_id, 'offline', a.was, a.was_score, a.offline_start
+      from after a
+     where a.offline_start is distinct from a.logged_offline_at and a.offline_start is not null
+    union all
+    select a.tetrahedron_id, a.node_id, a.health_status,
+           case when a.offline_start is null then a.was else 'offline' end, a.health_score,
+           a.changed_at
+      from after a
+     where a.known and (a.offline_start is not null or a.health_status <> a.was)
+    on conflict (tetrahedron_id, node_id, changed_at) where status = 'offline' do nothing
+  )
+  insert into flowmesh.node_records as n
+         (tetrahedron_id, node_id, role, metrics, last_seq, last_heartbeat_at,
+          health_score, health_status, health_status_since)
+  select a.tetrahedron_id, a.node_id, a.role, a.metrics, a.seq, a.at, a.health_score, a.health_status,
+         case when not a.known then a.at
+              when a.offline_start is not null or a.health_status <> a.was then a.changed_at
+              else a.was_since end
+    from after a
+  on conflict (tetrahedron_id, node_id) do update
+     set last_heartbeat_at = excluded.last_heartbeat_at,
+         metrics = excluded.metrics,
+         role = coalesce(excluded.role, n.role),
+         last_seq = greatest(n.last_seq, excluded.last_seq),
+         health_score = excluded.health_score,
+         health_status = excluded.health_status,
+         health_status_since = excluded.health_status_since,
+         updated_at = now()
+   where n.last_heartbeat_at is null or n.last_heartbeat_at <= excluded.last_heartbeat_at;
+  return null;
+end
+$$;
+comment on function flowmesh.apply_heartbeats() is
+  'Trigger: after heartbeats are inserted, advance tetrahedrons.last_heartbeat_at and upsert each source''s node record from its newest heartbeat (metrics, role, last_seq, health score and health_status under health_rules). Logs in node_status_history each change of health, and an offline period the heartbeats end (from the last heartbeat plus the timeout to the first new one) unless a pass logged it; removes one a pass logged that late heartbeats show never began.';
+revoke all on function flowmesh.apply_heartbeats() from public, anon, authenticated;
+
+create or replace trigger mesh_heartbeats_apply
+  after insert on public.mesh_heartbeats
+  referencing new table as new_heartbeats
+  for each statement execute function flowmesh.apply_heartbeats();
+
+-- public RPCs ----------------------------------------------------------------
+create or replace function public.record_mesh_heartbeat(t_uuid uuid, src text, payload jsonb)
+returns public.mesh_heartbeats
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_row public.mesh_heartbeats;
+begin
+  perform flowmesh.authorize_writer(t_uuid);
+  perform flowmesh.raise_problem(flowmesh.heartbeat_problem(src, record_mesh_heartbeat.payload));
+  perform flowmesh.ensure_heartbeat_partition((now() at time zone 'UTC')::date);
+  insert into public.mesh_heartbeats (tetrahedron_id, source, payload)
+  values (t_uuid, src, record_mesh_heartbeat.payload)
+  returning * into v_row;
+  return v_row;
+end
+$$;
+comment on function public.record_mesh_heartbeat(uuid, text, jsonb) is
+  'Record one heartbeat from src in tetrahedron t_uuid and return the stored row. Updates tetrahedrons.last_heartbeat_at and the nodes row of src. Callable by service_role and by authenticated vertices of the tetrahedron. Example: select id, source from record_mesh_heartbeat(''6f1c...''::uuid, ''device-abc'', ''{"ping": true}'');';
+
+create or replace function public.record_mesh_heartbeats(t_uuid uuid, batch jsonb)
+returns table (received integer, inserted integer, duplicates integer)
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_received integer;
+  v_inserted integer;
+  v_bad record;
+begin
+  perform flowmesh.authorize_writer(t_uuid);
+  v_received := flowmesh.batch_length(batch, 'heartbeats');
+
+  select i.ord - 1 as idx, flowmesh.batch_item_problem(i.item) as problem
+    into v_bad
+    from pg_catalog.jsonb_array_elements(batch) with ordinality as i(item, ord)
+   where flowmesh.batch_item_problem(i.item) is not null
+   order by i.ord
+   limit 1;
+  if found then
+    perform flowmesh.raise_problem(v_bad.problem, 'batch element ' || v_bad.idx);
+  end if;
+
+  perform flowmesh.ensure_heartbeat_partition(d.day)
+     from (select distinct (pg_catalog.to_timestamp((i.item ->> 'at')::double precision)
+                            at time zone 'UTC')::date as day
+             from pg_catalog.jsonb_array_elements(batch) as i(item)) d;
+
+  insert into public.mesh_heartbeats (tetrahedron_id, source, seq, payload, created_at)
+  select t_uuid, i.item ->> 'src', (i.item ->> 'seq')::bigint, i.item -> 'payload',
+         pg_catalog.to_timestamp((i.item ->> 'at')::double precision)
+    from pg_catalog.jsonb_array_elements(batch) as i(item)
+  on conflict (tetrahedron_id, source, seq, created_at) do nothing;
+  get diagnostics v_inserted = row_count;
+
+  return query select v_received, v_inserted, v_received - v_inserted;
+end
+$$;
+comment on function public.record_mesh_heartbeats(uuid, jsonb) is
+  'Record a batch of heartbeats for one tetrahedron, atomically and idempotently. batch is a JSON array of {"src": text, "seq": positive integer, "at": Unix seconds (at most clock_ahead_max_s of flowmesh.limits() ahead of the server), "payload": object}. A (src, seq, at) already recorded is skipped, so replaying a batch inserts nothing. Returns received, inserted and duplicates. One bad element rejects the whole batch with its index in the message. Example: select * from record_mesh_heartbeats(''6f1c...''::uuid, ''[{"src": "pi", "seq": 1, "at": 1763740000, "payload": {}}]'') -> (1, 1, 0).';
+
+create or replace function public.register_node(
+  tetrahedron_name text, node_id text, node_role text default null)
+returns uuid
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_tetrahedron uuid;
+  v_uid uuid := (select auth.uid());
+begin
+  if tetrahedron_name is null or node_id is null then
+    raise exception 'tetrahedron_name and node_id must not be null' using errcode = '22004';
+  end if;
+  if not flowmesh.is_tetrahedron_name(tetrahedron_name) then
+    raise exception 'tetrahedron_name must be 1 to % printable characters',
+      flowmesh.limit_of('tetrahedron_name_max_chars') using errcode = '22023';
+  end if;
+  perform flowmesh.raise_problem(flowmesh.node_id_problem(register_node.node_id, 'node_id'));
+
+  select t.id into v_tetrahedron from public.tetrahedrons t where t.name = tetrahedron_name;
+
+  if not flowmesh.caller_is_privileged() then
+    if v_uid is null then
+      raise exception 'permission denied: registering a node needs an authenticated user or service_role'
+        using errcode = '42501';
+    end if;
+    -- an existing tetrahedron is joined only by one of its users
+    if v_tetrahedron is not null and not exists (
+         select from public.tetrahedron_vertices v
+          where v.tetrahedron_id = v_tetrahedron and v.user_id = v_uid) then
+      raise exception 'permission denied: % is not a vertex of tetrahedron %', v_uid, tetrahedron_name
+        using errcode = '42501';
+    end if;
+  end if;
+
+  if v_tetrahedron is null then
+    insert into public.tetrahedrons (name) values (tetrahedron_name)
+    on conflict (name) do nothing
+    returning id into v_tetrahedron;
+    if v_tetrahedron is null then  -- created concurrently
+      select t.id into v_tetrahedron from public.tetrahedrons t where t.name = tetrahedron_name;
+    end if;
+  end if;
+
+  insert into public.tetrahedron_vertices (tetrahedron_id, node_id, user_id)
+  values (v_tetrahedron, register_node.node_id, v_uid)
+  on conflict on constraint tetrahedron_vertices_pkey do update
+     set user_id = coalesce(public.tetrahedron_vertices.user_id, excluded.user_id);
+
+  insert into flowmesh.node_records (tetrahedron_id, node_id, role)
+  values (v_tetrahedron, register_node.node_id, node_role)
+  on conflict on constraint node_records_pkey do update
+     set role = coalesce(excluded.role, flowmesh.node_records.role), updated_at = now();
+
+  return v_tetrahedron;
+end
+$$;
+comment on function public.register_node(text, text, text) is
+  'Make node_id a vertex of the tetrahedron named tetrahedron_name, creating the tetrahedron when it does not exist, and return the tetrahedron id. Authenticated users may create a tetrahedron or join one they are already a vertex of. Example: select register_node(''home'', ''pi-kitchen'', ''orchestrator'') -> 6f1c...';
+
+-- privileges -----------------------------------------------------------------
+revoke all on function flowmesh.caller(), flowmesh.caller_is_privileged(),
+  flowmesh.authorize_writer(uuid), flowmesh.heartbeat_problem(text, jsonb),
+  flowmesh.batch_item_problem(jsonb), flowmesh.raise_problem(text, text),
+  flowmesh.batch_length(jsonb, text) from public, anon;
+grant execute on function flowmesh.caller(), flowmesh.caller_is_privileged(),
+  flowmesh.authorize_writer(uuid), flowmesh.heartbeat_problem(text, jsonb),
+  flowmesh.batch_item_problem(jsonb), flowmesh.raise_problem(text, text),
+  flowmesh.batch_length(jsonb, text) to authenticated, service_role;
+
+revoke all on function public.record_mesh_heartbeat(uuid, text, jsonb),
+  public.record_mesh_heartbeats(uuid, jsonb),
+  public.register_node(text, text, text) from public, anon;
+grant execute on function public.record_mesh_heartbeat(uuid, text, jsonb),
+  public.record_mesh_heartbeats(uuid, jsonb),
+  public.register_node(text, text, text) to authenticated, service_role;

@@ -1,0 +1,167 @@
+-- 0008_create_mesh_events.sql
+-- What agents observe on the peer mesh: membership changes (joined, suspect,
+-- dead, left, recovered) and alerts received from other members. Agents ship
+-- them through their outbox with record_mesh_events, idempotently by
+-- (observer, seq). A trigger keeps the node records' mesh_status current and
+-- turns mesh alerts into guardian alerts, opened once however many members
+-- report them.
+
+create table if not exists public.mesh_events (
+  id             bigint generated always as identity primary key,
+  tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
+  observer       flowmesh.node_id not null,
+  seq            bigint not null,
+  kind           text not null,
+  subject        flowmesh.node_id not null,
+  incarnation    bigint,
+  details        jsonb not null default '{}'::jsonb,
+  observed_at    timestamptz not null,
+  created_at     timestamptz not null default now(),
+  constraint mesh_events_kind_check
+    check (kind in ('joined', 'suspect', 'dead', 'left', 'recovered', 'alert')),
+  constraint mesh_events_details_check check (jsonb_typeof(details) = 'object')
+);
+comment on table public.mesh_events is
+  'Append-only log of what members observed on the peer mesh: membership changes about subject, and alerts (subject = the alert''s origin). Unique per tetrahedron, observer and seq.';
+create unique index if not exists mesh_events_tetrahedron_id_observer_seq_idx
+  on public.mesh_events (tetrahedron_id, observer, seq);
+create index if not exists mesh_events_tetrahedron_id_subject_observed_at_idx
+  on public.mesh_events (tetrahedron_id, subject, observed_at desc);
+
+alter table public.mesh_events enable row level security;
+drop policy if exists mesh_events_select_authenticated on public.mesh_events;
+create policy mesh_events_select_authenticated on public.mesh_events
+  for select to authenticated
+  using (tetrahedron_id in (select flowmesh.member_tetrahedron_ids()));
+revoke all on table public.mesh_events from anon, authenticated, service_role;
+grant select on table public.mesh_events to authenticated;
+grant all on table public.mesh_events to service_role;
+
+-- validation -------------------------------------------------------------------
+create or replace function flowmesh.mesh_event_problem(item jsonb) returns text
+language sql immutable
+set search_path = ''
+as $$
+  select case
+    when pg_catalog.jsonb_typeof(item) is distinct from 'object'
+      then '22023 must be a JSON object, got ' || coalesce(pg_catalog.jsonb_typeof(item), 'null')
+    when pg_catalog.jsonb_typeof(item -> 'seq') is distinct from 'number'
+         or (item ->> 'seq')::numeric <= 0 or (item ->> 'seq')::numeric > 9223372036854775807
+         or (item ->> 'seq')::numeric <> pg_catalog.trunc((item ->> 'seq')::numeric)
+      then '22023 seq must be a positive integer'
+    when item ->> 'kind' is null
+         or item ->> 'kind' not in ('joined', 'suspect', 'dead', 'left', 'recovered', 'alert')
+      then '22023 kind must be one of joined, suspect, dead, left, recovered, alert'
+    when pg_catalog.jsonb_typeof(item -> 'observer') is distinct from 'string'
+      then '22023 observer must be a string'
+    when flowmesh.node_id_problem(item ->> 'observer', 'observer') is not null
+      then flowmesh.node_id_problem(item ->> 'observer', 'observer')
+    when pg_catalog.jsonb_typeof(item -> 'subject') is distinct from 'string'
+      then '22023 subject must be a string'
+    when flowmesh.node_id_problem(item ->> 'subject', 'subject') is not null
+      then flowmesh.node_id_problem(item ->> 'subject', 'subject')
+    when item ? 'incarnation' and pg_catalog.jsonb_typeof(item -> 'incarnation') is distinct from 'number'
+      then '22023 incarnation must be a number'
+    when pg_catalog.jsonb_typeof(item -> 'at') is distinct from 'number'
+         or (item ->> 'at')::numeric <= 0 or (item ->> 'at')::numeric >= 32503680000
+      then '22023 at must be a Unix time in seconds'
+    when item ? 'details' and pg_catalog.jsonb_typeof(item -> 'details') is distinct from 'object'
+      then '22023 details must be a JSON object'
+    when pg_catalog.pg_column_size(item) > flowmesh.limit_of('payload_max_bytes')
+      then '54000 event is ' || pg_catalog.pg_column_size(item) || ' bytes; the limit is '
+           || flowmesh.limit_of('payload_max_bytes')
+  end
+$$;
+comment on function flowmesh.mesh_event_problem(jsonb) is
+  'Validation rule for one record_mesh_events element: null when acceptable, else the SQLSTATE, a space and the reason.';
+
+-- derived state -----------------------------------------------------------------
+create or replace function flowmesh.apply_mesh_events() returns trigger
+language plpgsql security definer
+set search_path = ''
+as $$
+begin
+  insert into flowmesh.node_records as n
+         (tetrahedron_id, node_id, mesh_status, mesh_status_at, mesh_reported_by)
+  select distinct on (e.tetrahedron_id, e.subject)
+         e.tetrahedron_id, e.subject,
+         case e.kind when 'suspect' then 'suspect' when 'dead' then 'dead'
+                     when 'left' then 'left' else 'alive' end,
+         e.observed_at, e.observer
+    from new_events e
+   where e.kind <> 'alert'
+   order by e.tetrahedron_id, e.subject, e.observed_at desc, e.id desc
+  on conflict (tetrahedron_id, node_id) do update
+     set mesh_status = excluded.mesh_status,
+         mesh_status_at = excluded.mesh_status_at,
+         mesh_reported_by = excluded.mesh_reported_by,
+         updated_at = now()
+   where n.mesh_status_at is null or n.mesh_status_at <= excluded.mesh_status_at;
+
+  insert into public.guardian_alerts (tetrahedron_id, alert_type, node_id, severity, message, details)
+  select distinct on (e.tetrahedron_id, e.details -> 'alert' ->> 'type', e.subject)
+         e.tetrahedron_id,
+         'mesh-' || coalesce(nullif(e.details -> 'alert' ->> 'type', ''), 'alert'),
+         e.subject,
+         case when e.details ->> 'priority' = 'critical' then 'critical' else 'warning' end,
+         pg_catalog.format('mesh alert from %s: %s', e.subject,
+                           coalesce(e.details -> 'alert' ->> 'type', 'alert')),
+         e.details || pg_catalog.jsonb_build_object('reported_by', e.observer)
+    from new_events e
+   where e.kind = 'alert'
+   order by e.tetrahedron_id, e.details -> 'alert' ->> 'type', e.subject, e.observed_at
+  on conflict (tetrahedron_id, alert_type, node_id) where resolved_at is null do nothing;
+  return null;
+end
+$$;
+comment on function flowmesh.apply_mesh_events() is
+  'Trigger: after mesh events are inserted, set each subject''s mesh_status (flowmesh.node_records, read through public.nodes) from the newest membership event, and open a mesh-<type> guardian alert for each alert (once while open).';
+revoke all on function flowmesh.apply_mesh_events() from public, anon, authenticated;
+
+create or replace trigger mesh_events_apply
+  after insert on public.mesh_events
+  referencing new table as new_events
+  for each statement execute function flowmesh.apply_mesh_events();
+
+-- RPC ------------------------------------------------------------------------------
+create or replace function public.record_mesh_events(t_uuid uuid, batch jsonb)
+returns table (received integer, inserted integer, duplicates integer)
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_received integer;
+  v_inserted integer;
+  v_bad record;
+begin
+  perform flowmesh.authorize_writer(t_uuid);
+  v_received := flowmesh.batch_length(batch, 'events');
+  select i.ord - 1 as idx, flowmesh.mesh_event_problem(i.item) as problem
+    into v_bad
+    from pg_catalog.jsonb_array_elements(batch) with ordinality as i(item, ord)
+   where flowmesh.mesh_event_problem(i.item) is not null
+   order by i.ord
+   limit 1;
+  if found then
+    perform flowmesh.raise_problem(v_bad.problem, 'batch element ' || v_bad.idx);
+  end if;
+
+  insert into public.mesh_events
+         (tetrahedron_id, observer, seq, kind, subject, incarnation, details, observed_at)
+  select t_uuid, i.item ->> 'observer', (i.item ->> 'seq')::bigint, i.item ->> 'kind',
+         i.item ->> 'subject', (i.item ->> 'incarnation')::numeric::bigint,
+         coalesce(i.item -> 'details', '{}'::jsonb),
+         least(pg_catalog.to_timestamp((i.item ->> 'at')::double precision), now())
+    from pg_catalog.jsonb_array_elements(batch) as i(item)
+  on conflict (tetrahedron_id, observer, seq) do nothing;
+  get diagnostics v_inserted = row_count;
+  return query select v_received, v_inserted, v_received - v_inserted;
+end
+$$;
+comment on function public.record_mesh_events(uuid, jsonb) is
+  'Record what members observed on the mesh, atomically and idempotently by (observer, seq). batch is a JSON array of {"observer", "seq", "kind": joined|suspect|dead|left|recovered|alert, "subject", "incarnation"?, "at": Unix seconds, "details"?: object}. Updates the subjects'' mesh_status (public.nodes); alerts open mesh-<type> guardian alerts. Example: select * from record_mesh_events(''6f1c...''::uuid, ''[{"observer": "pi", "seq": 1, "kind": "dead", "subject": "cam", "at": 1763740000}]'') -> (1, 1, 0).';
+
+revoke all on function flowmesh.mesh_event_problem(jsonb) from public, anon;
+grant execute on function flowmesh.mesh_event_problem(jsonb) to authenticated, service_role;
+revoke all on function public.record_mesh_events(uuid, jsonb) from public, anon;
+grant execute on function public.record_mesh_events(uuid, jsonb) to authenticated, service_role;

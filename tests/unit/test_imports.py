@@ -1,0 +1,38 @@
+"""What each entry point loads: a mesh member stays small, the agent's hot path stays lean.
+
+Each check runs in a fresh interpreter, since this test process has long
+since imported everything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("psycopg", "click", "alembic", "sqlalchemy")
+
+
+def loaded(statement: str, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` are in sys.modules after ``statement`` runs in a new interpreter."""
+    code = (f"{statement}\nimport json, sys\n"
+            f"print(json.dumps([n for n in {list(names)!r} if n in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_the_mesh_loads_no_database_or_cli_library():
+    assert loaded("from flowmesh_edge.mesh import MeshNode", HEAVY + ("sqlite3",)) == []
+
+
+def test_the_agents_hot_path_loads_no_migration_library():
+    statement = "import flowmesh_edge.agent, flowmesh_edge.shipper, flowmesh_edge.cli"
+    assert loaded(statement, ("alembic", "sqlalchemy")) == []
+
+
+def test_the_package_still_exports_every_name_lazily():
+    code = ("import flowmesh_edge as f\n"
+            "assert all(getattr(f, n) is not None for n in f.__all__)\n"
+            "from flowmesh_edge import *")
+    assert loaded(code, ("psycopg",)) == ["psycopg"]
