@@ -82,7 +82,7 @@ async def main() -> None:
         await node.start()
         nodes[name] = node
         peers = peers or [node.address]  # the next ones join through the first
-    emit({"ev": "ready", "ports": {n: node.address[1] for n, node in nodes.items()},
+    emit({"ev": "ready", "ports": {n: node.address.port for n, node in nodes.items()},
           "t": time.monotonic()})
 
     reader = asyncio.StreamReader()
