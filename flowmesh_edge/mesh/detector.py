@@ -25,6 +25,10 @@ and acts on the outcomes:
   (a suspicion running out, a dead member to reap, a tombstone to forget),
   turns suspicions into DEAD and reaps; it is moved whenever a fact changes
   the deadlines (a confirmation shortens a suspicion, a refutation ends it).
+  A suspicion that runs out kills only if this node failed to reach the
+  suspect itself lately; otherwise it probes it first (``suspicion.py``). A
+  probe the suspect answers starts our suspicion over, and any frame from
+  it at a higher incarnation counts as its refutation (``check_accused``).
 * **Refutation.** A SUSPECT or DEAD about this node makes it take a higher
   incarnation and gossip ALIVE; so does an ALIVE about it at a higher
   incarnation than its own (a past self's, after a restart with a clock
