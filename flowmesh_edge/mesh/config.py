@@ -25,7 +25,7 @@ Formulas (n = members known, including this node; T = ``probe_interval_s``):
   ``D`` to suspect it, confirmations within about another ``D``, the min
   timeout counted from the suspicion, and the DEAD gossip:
   ``<= T + D + max(min, D) + gossip``; at the defaults and n = 20:
-  0.5 + 0.3 + 0.65 + ~0.05 = 1.5 s.
+  0.5 + 0.3 + 0.52 + ~0.05 = 1.4 s.
 * datagrams sent by an idle member: ``2 / T`` (its PING, and the PROBE_ACK to
   the member probing it) plus push-pull, ``~2 * frames(n) / push_pull_s(n)``;
   at the defaults and n = 20: 4 + 0.2 per second.
@@ -65,8 +65,11 @@ class MeshConfig:
     probe_timeout_s: float = 0.1
     #: Members asked to probe on our behalf when a direct probe fails.
     indirect_checks: int = 3
-    #: Scales the suspicion timeout (see module doc). Higher: fewer false deaths, slower detection.
-    suspicion_mult: float = 1.0
+    #: Scales the suspicion timeout (see module doc): 0.52 s at 20 members once confirmed,
+    #: 3.1 s alone. Higher: more time to refute, slower detection. A live member is not
+    #: killed by one mistaken probe however short this is: that takes suspicion_confirmations
+    #: independent failures, or the node's own failed probe when the time runs out.
+    suspicion_mult: float = 0.8
     #: The lone-suspicion timeout as a multiple of the minimum.
     suspicion_max_timeout_mult: int = 6
     #: Independent confirmations (Lifeguard's K) that bring a suspicion's timeout
@@ -172,7 +175,7 @@ class MeshConfig:
     @classmethod
     def low_power(cls, **overrides) -> MeshConfig:
         """Probe 5x less often: a fifth of the radio time; detection by the formula
-        above within ~7 s at 20 members (2.5 + 0.9 + 3.25 + gossip)."""
+        above about 6.5 s at 20 members (2.5 + 0.9 + 2.6 + gossip)."""
         base = cls()
         return replace(base, probe_interval_s=base.probe_interval_s * 5,
                        probe_timeout_s=base.probe_timeout_s * 3,
@@ -181,7 +184,7 @@ class MeshConfig:
     @classmethod
     def wan(cls, **overrides) -> MeshConfig:
         """Round trips up to ~400 ms: longer timeouts, twice the suspicion patience;
-        detection within ~11 s at 20 members (2.5 + 1.5 + 6.5 + gossip)."""
+        detection about 9.5 s at 20 members (2.5 + 1.5 + 5.2 + gossip)."""
         base = cls()
         return replace(base, probe_interval_s=base.probe_interval_s * 5,
                        probe_timeout_s=base.probe_timeout_s * 5,

@@ -180,9 +180,10 @@ class MemberList:
         n = self.size()
         # confirmations can only come from live members other than the suspect and us
         expected = min(self.config.suspicion_confirmations, len(self.alive_or_suspect()) - 1)
+        least = self.config.suspicion_min_s(n)
         suspicion = self.suspicions[u.node] = Suspicion(
-            u.origin or "?", self.clock(), self.config.suspicion_min_s(n),
-            self.config.suspicion_max_s(n), expected)
+            u.origin or "?", self.clock(), least, self.config.suspicion_max_s(n), expected,
+            witness_s=least + self.config.probe_deadline_s())
         if u.origin == self.self_id:
             suspicion.witnessed = suspicion.started
         return Outcome(True, MemberEvent("suspect", u.node, u.incarnation))

@@ -13,10 +13,13 @@ maximum: it is alone by necessity, not because others disagree.
 Two refinements of our own, for the node that holds the suspicion:
 
 * **Witnessed.** When the suspicion runs out, the node declares the member
-  dead only if it failed to reach it itself within the last ``min`` seconds
-  (its own probe started or confirmed the suspicion). Otherwise it probes
-  the member first, the suspicion postponed meanwhile: a node that missed
-  the refutation's gossip must not kill a member it never tried to reach.
+  dead only if it failed to reach it itself lately: within ``witness_s``,
+  the minimum timeout plus a probe deadline, so that the failed probe that
+  started a confirmed suspicion still counts when its minimum runs out,
+  while one that started a lone suspicion (the maximum ago) does not.
+  Otherwise it probes the member first, the suspicion postponed meanwhile: a
+  node that missed the refutation's gossip must not kill a member it did not
+  try to reach.
 * **Restarted.** A probe of ours that the suspect answers proves it alive
   now: the suspicion starts over, alone (it has not refuted yet; we told it).
 """
@@ -27,8 +30,10 @@ import math
 
 
 class Suspicion:
-    def __init__(self, origin: str, started: float, min_s: float, max_s: float, expected: int):
+    def __init__(self, origin: str, started: float, min_s: float, max_s: float, expected: int,
+                 witness_s: float = 0.0):
         self.origin = origin
+        self.witness_s = witness_s or min_s
         self.started = started
         self.min_s = min_s
         self.max_s = max_s
@@ -55,8 +60,8 @@ class Suspicion:
         return max(self.started + self.timeout_s(), self.postponed)
 
     def witnessed_lately(self, now: float) -> bool:
-        """This node itself failed to reach the suspect within the last ``min_s``."""
-        return now - self.witnessed <= self.min_s
+        """This node itself failed to reach the suspect within the last ``witness_s``."""
+        return now - self.witnessed <= self.witness_s
 
     def restart(self, now: float) -> None:
         """The suspect answered us: start over, alone."""

@@ -84,6 +84,19 @@ def test_suspicion_shrinks_with_confirmations():
     assert not s.confirm("b")
 
 
+def test_our_own_failed_probe_counts_as_a_witness_only_lately():
+    clock = Clock()
+    ml = members(clock)
+    for n in "bcde":
+        ml.apply(up(A, n, 1))
+    ml.apply(up(S, "b", 1, origin="me"))  # our own probe failed
+    s = ml.suspicions["b"]
+    assert s.witnessed_lately(s.started + s.min_s)  # confirmed: it dies at its minimum
+    assert not s.witnessed_lately(s.started + s.max_s)  # alone: we must try it again first
+    ml.apply(up(S, "c", 1, origin="d"))  # someone else's word only
+    assert not ml.suspicions["c"].witnessed_lately(0.0)
+
+
 def test_suspicion_expires_into_death_candidates():
     clock = Clock()
     ml = members(clock, probe_interval_s=0.2, probe_timeout_s=0.1, suspicion_mult=3)
