@@ -89,8 +89,10 @@ class MeshConfig:
     tombstone_s: float = 600.0
 
     # -- dissemination --
-    #: Seconds between gossip rounds (only when something is queued).
-    gossip_interval_s: float = 0.1
+    #: Seconds between gossip rounds, which run only while something is queued. It
+    #: sets how fast news spreads, not how much is sent: each item goes out
+    #: ``retransmit_limit(n)`` times whatever the interval, and an idle node sends none.
+    gossip_interval_s: float = 0.05
     #: Members each gossip round and each explicit broadcast go to.
     fanout: int = 3
     #: Scales how often each update is retransmitted (see module doc).
