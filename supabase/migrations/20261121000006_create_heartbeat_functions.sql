@@ -130,10 +130,14 @@ $$;
 comment on function flowmesh.raise_problem(text, text) is
   'Raises the error described by a heartbeat_problem result, prefixed by context; does nothing for null.';
 
-create or replace function flowmesh.batch_length(batch jsonb, noun text) returns integer
-language plpgsql immutable
+create or replace function flowmesh.check_batch(batch jsonb, noun text, element_problem regproc)
+returns integer
+language plpgsql stable
 set search_path = ''
 as $$
+declare
+  v_index bigint;
+  v_problem text;
 begin
   if batch is null then
     raise exception 'batch must not be null' using errcode = '22004';
@@ -147,11 +151,21 @@ begin
       flowmesh.limit_of('batch_max_items')
       using errcode = '54000', hint = 'Split the batch.';
   end if;
+  -- the first bad element, by the batch kind's own rule (a *_problem function)
+  execute pg_catalog.format(
+    'select i.ord - 1, p.problem
+       from pg_catalog.jsonb_array_elements($1) with ordinality as i(item, ord),
+            lateral (select %s(i.item) as problem) p
+      where p.problem is not null
+      order by i.ord
+      limit 1', element_problem)
+    into v_index, v_problem using batch;
+  perform flowmesh.raise_problem(v_problem, 'batch element ' || v_index);
   return pg_catalog.jsonb_array_length(batch);
 end
 $$;
-comment on function flowmesh.batch_length(jsonb, text) is
-  'The number of elements of a batch RPC''s batch; raises 22004/22023/54000 unless it is a JSON array of at most batch_max_items (flowmesh.limits()) elements (noun names them in messages).';
+comment on function flowmesh.check_batch(jsonb, text, regproc) is
+  'Validation of a batch RPC''s batch, shared by every batch RPC: raises 22004/22023/54000 unless it is a JSON array of at most batch_max_items (flowmesh.limits()) elements, then the first problem element_problem(item) reports, prefixed by the element''s index; returns the number of elements. noun names them in messages. Example: select flowmesh.check_batch(''[]'', ''heartbeats'', ''flowmesh.batch_item_problem''); -> 0';
 
 -- derived state: one statement-level trigger for every write path -----------
 create or replace function flowmesh.apply_heartbeats() returns trigger
@@ -303,20 +317,9 @@ as $$
 declare
   v_received integer;
   v_inserted integer;
-  v_bad record;
 begin
   perform flowmesh.authorize_writer(t_uuid);
-  v_received := flowmesh.batch_length(batch, 'heartbeats');
-
-  select i.ord - 1 as idx, flowmesh.batch_item_problem(i.item) as problem
-    into v_bad
-    from pg_catalog.jsonb_array_elements(batch) with ordinality as i(item, ord)
-   where flowmesh.batch_item_problem(i.item) is not null
-   order by i.ord
-   limit 1;
-  if found then
-    perform flowmesh.raise_problem(v_bad.problem, 'batch element ' || v_bad.idx);
-  end if;
+  v_received := flowmesh.check_batch(batch, 'heartbeats', 'flowmesh.batch_item_problem');
 
   perform flowmesh.ensure_heartbeat_partition(d.day)
      from (select distinct (pg_catalog.to_timestamp((i.item ->> 'at')::double precision)
@@ -400,11 +403,11 @@ comment on function public.register_node(text, text, text) is
 revoke all on function flowmesh.caller(), flowmesh.caller_is_privileged(),
   flowmesh.authorize_writer(uuid), flowmesh.heartbeat_problem(text, jsonb),
   flowmesh.batch_item_problem(jsonb), flowmesh.raise_problem(text, text),
-  flowmesh.batch_length(jsonb, text) from public, anon;
+  flowmesh.check_batch(jsonb, text, regproc) from public, anon;
 grant execute on function flowmesh.caller(), flowmesh.caller_is_privileged(),
   flowmesh.authorize_writer(uuid), flowmesh.heartbeat_problem(text, jsonb),
   flowmesh.batch_item_problem(jsonb), flowmesh.raise_problem(text, text),
-  flowmesh.batch_length(jsonb, text) to authenticated, service_role;
+  flowmesh.check_batch(jsonb, text, regproc) to authenticated, service_role;
 
 revoke all on function public.record_mesh_heartbeat(uuid, text, jsonb),
   public.record_mesh_heartbeats(uuid, jsonb),

@@ -132,19 +132,9 @@ as $$
 declare
   v_received integer;
   v_inserted integer;
-  v_bad record;
 begin
   perform flowmesh.authorize_writer(t_uuid);
-  v_received := flowmesh.batch_length(batch, 'events');
-  select i.ord - 1 as idx, flowmesh.mesh_event_problem(i.item) as problem
-    into v_bad
-    from pg_catalog.jsonb_array_elements(batch) with ordinality as i(item, ord)
-   where flowmesh.mesh_event_problem(i.item) is not null
-   order by i.ord
-   limit 1;
-  if found then
-    perform flowmesh.raise_problem(v_bad.problem, 'batch element ' || v_bad.idx);
-  end if;
+  v_received := flowmesh.check_batch(batch, 'events', 'flowmesh.mesh_event_problem');
 
   insert into public.mesh_events
          (tetrahedron_id, observer, seq, kind, subject, incarnation, details, observed_at)
