@@ -15,9 +15,12 @@ Formulas (n = members known, including this node; T = ``probe_interval_s``):
 * suspicion timeout, min: ``suspicion_mult * max(1, log10(max(n, 1))) * T``
 * suspicion timeout, max: ``suspicion_max_timeout_mult * min``; a suspicion starts at
   the max and shrinks toward the min as independent confirmations arrive
-  (Lifeguard; ``suspicion_confirmations`` of them reach the min), so a member
+  (Lifeguard; ``k = min(suspicion_confirmations, n - 2)`` of them reach the
+  min; with k = 0, two members, a suspicion runs the max), so a member
   suspected by many is declared dead fast while a lone, possibly mistaken
   suspicion leaves time for refutation
+* a suspicion that runs out kills only if this node's own probe failed
+  within the last ``min + D``; otherwise the node probes first
 * out-of-turn confirmation probes: each member that learns of a suspicion
   probes the suspect with probability ``min(1, confirm_probes / (n - 2))``
 * detection of a crash, every member: the first probe of the crashed member
