@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -83,6 +84,7 @@ class MeshNode:
         mesh_key: bytes | str | None = None,
         bind: str = "0.0.0.0",
         peers: Iterable[Address | tuple[str, int] | str] = (),
+        heartbeat_interval: float | None = None,
         *,
         config: MeshConfig | None = None,
         transport: Transport | None = None,
@@ -92,6 +94,9 @@ class MeshNode:
     ):
         if mesh_key is None:
             raise ValueError("a mesh key is required: every datagram is authenticated with it")
+        if heartbeat_interval is not None:  # kept so that existing callers still start
+            warnings.warn("heartbeat_interval has no effect: probes carry the state version, so the "
+                          "mesh sends no separate application heartbeat", DeprecationWarning, stacklevel=2)
         self.node_id = check_node_id(node_id)
         self.config = cfg = replace(config or MeshConfig(), port=port, bind=bind)
         self.meta = dict(meta or {})
