@@ -42,6 +42,9 @@ db-stop: $(STAMP)
 
 ## bench: ingest, agent footprint, mesh (beside Serf) and fleet-scale check benchmarks
 bench: $(STAMP) bench-deps
+	@# compiled once, as an installed package is: with PYTHONDONTWRITEBYTECODE set,
+	@# every mesh member process would otherwise compile the package at start
+	$(PY) -m compileall -q flowmesh flowmesh_edge bench
 	$(PY) bench/ingest.py
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/mesh.py
