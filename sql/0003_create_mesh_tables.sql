@@ -4,8 +4,9 @@
 -- guardian alerts, with the membership helper every row-level security policy
 -- is written against. Row-level security is enabled here, with the tables:
 -- service_role bypasses it; an authenticated user sees the tetrahedrons they
--- are a vertex of; anon sees nothing. Nodes, the heartbeat log and the other
--- tables are created in the files of their concerns.
+-- are a vertex of, and writes as the vertices they own; anon sees nothing.
+-- Nodes, the heartbeat log and the other tables are created in the files of
+-- their concerns.
 
 -- tables ---------------------------------------------------------------------
 create table if not exists public.tetrahedrons (
@@ -73,6 +74,21 @@ comment on function flowmesh.member_tetrahedron_ids() is
   'Ids of the tetrahedrons the current user (auth.uid()) is a vertex of; empty outside an authenticated request.';
 revoke all on function flowmesh.member_tetrahedron_ids() from public, anon;
 grant execute on function flowmesh.member_tetrahedron_ids() to authenticated, service_role;
+
+-- ownership: the nodes a user may write as (heartbeats, events, registration)
+create or replace function flowmesh.owned_vertices()
+returns table (tetrahedron_id uuid, node_id text)
+language sql stable security definer
+set search_path = ''
+as $$
+  select v.tetrahedron_id, v.node_id::text
+    from public.tetrahedron_vertices v
+   where v.user_id = (select auth.uid())
+$$;
+comment on function flowmesh.owned_vertices() is
+  'The vertices (tetrahedron, node) the current user (auth.uid()) owns: the nodes they may write as; empty outside an authenticated request. flowmesh.authorize_writer and the heartbeat insert policy both read it. Example: select node_id from flowmesh.owned_vertices(); -> alice-pi';
+revoke all on function flowmesh.owned_vertices() from public, anon;
+grant execute on function flowmesh.owned_vertices() to authenticated, service_role;
 
 -- row-level security -------------------------------------------------------
 alter table public.tetrahedrons enable row level security;

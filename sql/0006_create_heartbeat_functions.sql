@@ -5,10 +5,22 @@
 -- tetrahedrons.last_heartbeat_at, the node records and their status history
 -- current whichever way a heartbeat arrives (RPC, direct insert, COPY).
 --
+-- Who may write is one rule, flowmesh.authorize_writer, which every write RPC
+-- (these, and record_mesh_events) calls before it writes anything:
+--   privileged roles (superuser, bypassrls, service_role, the tables' owner)
+--     write anywhere;
+--   a device (a member of the flowmesh_device group, see 0013) writes only to
+--     the tetrahedron of its credential and only as its own node; request.jwt.claims
+--     is ignored for it, since a direct connection may set it to anything;
+--   an authenticated user (auth.uid()) writes only to tetrahedrons they are a
+--     vertex of, and only as the nodes they own there (register_node also lets
+--     them create a tetrahedron, or add a new node of theirs to one);
+--   nobody else writes.
+--
 -- Errors the RPCs raise (SQLSTATE):
 --   22004 a required argument is null       22023 an argument has the wrong shape
 --   54000 payload or batch over its limit   23503 the tetrahedron does not exist
---   42501 the caller may not write to that tetrahedron
+--   42501 the caller may not write to that tetrahedron, or as that node
 
 -- who is calling -----------------------------------------------------------
 -- Inside a security definer function current_user is the owner; the caller is
@@ -42,33 +54,117 @@ $$;
 comment on function flowmesh.caller_is_privileged() is
   'True when the caller is a superuser, bypasses RLS, is (a member of) service_role, or owns the FlowMesh tables.';
 
-create or replace function flowmesh.authorize_writer(t_uuid uuid) returns void
-language plpgsql stable security definer
+create or replace function flowmesh.caller_is_device() returns boolean
+language sql stable
 set search_path = ''
 as $$
+  -- by membership, not by credential: a role that got the RPCs through the
+  -- group (a device, the group itself after SET ROLE) is a device, credential
+  -- or not, and never reaches the JWT rule
+  select exists (select from pg_catalog.pg_roles g
+                  where g.rolname = 'flowmesh_device'
+                    and pg_catalog.pg_has_role(flowmesh.caller(), g.oid, 'usage'))
+$$;
+comment on function flowmesh.caller_is_device() is
+  'True when the caller has the privileges of the flowmesh_device group (0013): a device credential, whose only rule is flowmesh.device_credentials. Example: select flowmesh.caller_is_device(); -> false (as an operator)';
+
+-- flowmesh.device_credentials is created in 0013 (with the group role); this
+-- body reads it when it runs, as every plpgsql body resolves its tables
+create or replace function flowmesh.authorize_writer(
+  t_uuid uuid, node_ids text[], registering boolean default false)
+returns void
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_caller name := flowmesh.caller();
+  v_uid uuid;
+  v_device record;
+  v_other text;
 begin
-  if t_uuid is null then
+  if t_uuid is null and not registering then
     raise exception 'tetrahedron id must not be null'
       using errcode = '22004';
   end if;
+
   if flowmesh.caller_is_privileged() then
-    if not exists (select from public.tetrahedrons t where t.id = t_uuid) then
+    if t_uuid is not null and not exists (select from public.tetrahedrons t where t.id = t_uuid) then
       raise exception 'tetrahedron % does not exist', t_uuid
         using errcode = '23503',
               hint = 'Register the node first (register_node) or create the tetrahedron.';
     end if;
     return;
   end if;
-  if not exists (select from public.tetrahedron_vertices v
-                  where v.tetrahedron_id = t_uuid and v.user_id = (select auth.uid())) then
+
+  if flowmesh.caller_is_device() then
+    select c.tetrahedron_id, c.node_id::text as node_id into v_device
+      from flowmesh.device_credentials c where c.role_name = v_caller;
+    if not found then
+      raise exception 'permission denied: % is a device role without a device credential', v_caller
+        using errcode = '42501';
+    end if;
+    if t_uuid is distinct from v_device.tetrahedron_id then
+      raise exception 'permission denied: % is the credential of node % of tetrahedron %, not of tetrahedron %',
+        v_caller, v_device.node_id, v_device.tetrahedron_id, coalesce(t_uuid::text, '(a new one)')
+        using errcode = '42501';
+    end if;
+    select n into v_other from pg_catalog.unnest(node_ids) n
+     where n is distinct from v_device.node_id and n is not null limit 1;
+    if found then
+      raise exception 'permission denied: % is the credential of node %; it may not write as %',
+        v_caller, v_device.node_id, v_other
+        using errcode = '42501';
+    end if;
+    -- last used, to the minute: one small write a minute per device at most
+    update flowmesh.device_credentials c set last_used_at = now()
+     where c.role_name = v_caller
+       and (c.last_used_at is null or c.last_used_at <= now() - interval '1 minute');
+    return;
+  end if;
+
+  v_uid := (select auth.uid());
+  if t_uuid is null then  -- registering into a tetrahedron that does not exist yet
+    if v_uid is null then
+      raise exception 'permission denied: registering a node needs an authenticated user or service_role'
+        using errcode = '42501';
+    end if;
+    return;  -- the caller's node becomes its first vertex
+  end if;
+  if v_uid is null or not exists (select from flowmesh.owned_vertices() o
+                                   where o.tetrahedron_id = t_uuid) then
     raise exception 'permission denied: % is not a vertex of tetrahedron %',
-      coalesce((select auth.uid())::text, flowmesh.caller()::text), t_uuid
+      coalesce(v_uid::text, v_caller::text), t_uuid
+      using errcode = '42501';
+  end if;
+  -- as its own nodes only; registering may also name a node not yet a vertex
+  select n into v_other from pg_catalog.unnest(node_ids) n
+   where n is not null
+     and not exists (select from flowmesh.owned_vertices() o
+                      where o.tetrahedron_id = t_uuid and o.node_id = n)
+     and (not registering or exists (select from public.tetrahedron_vertices v
+                                      where v.tetrahedron_id = t_uuid and v.node_id = n))
+   limit 1;
+  if found then
+    raise exception 'permission denied: % does not own node % of tetrahedron %', v_uid, v_other, t_uuid
       using errcode = '42501';
   end if;
 end
 $$;
-comment on function flowmesh.authorize_writer(uuid) is
-  'Raises unless the caller may write heartbeats to the tetrahedron: privileged roles (which get 23503 for an unknown id) or an authenticated vertex of it (else 42501).';
+comment on function flowmesh.authorize_writer(uuid, text[], boolean) is
+  'The write rule every write RPC calls first: raises unless the caller may write to tetrahedron t_uuid as each of node_ids (nulls are skipped; validation reports them). Privileged roles write anywhere (23503 for an unknown id). A device credential (flowmesh_device, 0013) writes only to its own tetrahedron as its own node, and its last_used_at is updated (at most once a minute). An authenticated user writes only as the nodes they own in a tetrahedron they are a vertex of (flowmesh.owned_vertices). registering (register_node): t_uuid null means a tetrahedron to create, which users may and devices may not, and a user may name a node that is not a vertex yet. Everything else: 42501. Example: select flowmesh.authorize_writer(''6f1c...''::uuid, array[''pi'']);';
+
+create or replace function flowmesh.batch_writers(batch jsonb, field text) returns text[]
+language sql immutable
+set search_path = ''
+as $$
+  -- defensive about shape: validation comes after authorization and reports it
+  select coalesce(pg_catalog.array_agg(distinct i.item ->> field), '{}')
+    from pg_catalog.jsonb_array_elements(
+           case when pg_catalog.jsonb_typeof(batch) = 'array' then batch else '[]' end) as i(item)
+   where pg_catalog.jsonb_typeof(i.item) = 'object' and i.item ->> field is not null
+$$;
+comment on function flowmesh.batch_writers(jsonb, text) is
+  'The distinct values of field (src, observer) across a batch''s elements: the nodes a batch writes as, for flowmesh.authorize_writer. Malformed batches give what can be read (validation reports the rest). Example: select flowmesh.batch_writers(''[{"src": "pi"}, {"src": "pi"}]'', ''src''); -> {pi}';
 
 -- validation: one rule for the single and the batched RPC --------------------
 -- Returns null when the heartbeat is acceptable, else 'SQLSTATE message'.
@@ -297,7 +393,7 @@ as $$
 declare
   v_row public.mesh_heartbeats;
 begin
-  perform flowmesh.authorize_writer(t_uuid);
+  perform flowmesh.authorize_writer(t_uuid, array[src]);
   perform flowmesh.raise_problem(flowmesh.heartbeat_problem(src, record_mesh_heartbeat.payload));
   perform flowmesh.ensure_heartbeat_partition((now() at time zone 'UTC')::date);
   insert into public.mesh_heartbeats (tetrahedron_id, source, payload)
@@ -307,7 +403,7 @@ begin
 end
 $$;
 comment on function public.record_mesh_heartbeat(uuid, text, jsonb) is
-  'Record one heartbeat from src in tetrahedron t_uuid and return the stored row. Updates tetrahedrons.last_heartbeat_at and the nodes row of src. Callable by service_role and by authenticated vertices of the tetrahedron. Example: select id, source from record_mesh_heartbeat(''6f1c...''::uuid, ''device-abc'', ''{"ping": true}'');';
+  'Record one heartbeat from src in tetrahedron t_uuid and return the stored row. Updates tetrahedrons.last_heartbeat_at and the nodes row of src. Callable by service_role, by an authenticated user as a node they own, and by a device credential as its own node (flowmesh.authorize_writer). Example: select id, source from record_mesh_heartbeat(''6f1c...''::uuid, ''device-abc'', ''{"ping": true}'');';
 
 create or replace function public.record_mesh_heartbeats(t_uuid uuid, batch jsonb)
 returns table (received integer, inserted integer, duplicates integer)
@@ -318,7 +414,8 @@ declare
   v_received integer;
   v_inserted integer;
 begin
-  perform flowmesh.authorize_writer(t_uuid);
+  -- the whole batch is refused if any element names a node the caller may not write as
+  perform flowmesh.authorize_writer(t_uuid, flowmesh.batch_writers(batch, 'src'));
   v_received := flowmesh.check_batch(batch, 'heartbeats', 'flowmesh.batch_item_problem');
 
   perform flowmesh.ensure_heartbeat_partition(d.day)
@@ -360,18 +457,11 @@ begin
 
   select t.id into v_tetrahedron from public.tetrahedrons t where t.name = tetrahedron_name;
 
-  if not flowmesh.caller_is_privileged() then
-    if v_uid is null then
-      raise exception 'permission denied: registering a node needs an authenticated user or service_role'
-        using errcode = '42501';
-    end if;
-    -- an existing tetrahedron is joined only by one of its users
-    if v_tetrahedron is not null and not exists (
-         select from public.tetrahedron_vertices v
-          where v.tetrahedron_id = v_tetrahedron and v.user_id = v_uid) then
-      raise exception 'permission denied: % is not a vertex of tetrahedron %', v_uid, tetrahedron_name
-        using errcode = '42501';
-    end if;
+  -- an existing tetrahedron is joined only by one of its users, as a node that
+  -- is new or theirs; a device registers only itself, in its own tetrahedron
+  perform flowmesh.authorize_writer(v_tetrahedron, array[register_node.node_id], registering => true);
+  if flowmesh.caller_is_device() then
+    v_uid := null;  -- a device's claims are its own to set: they name no owner
   end if;
 
   if v_tetrahedron is null then
@@ -397,15 +487,17 @@ begin
 end
 $$;
 comment on function public.register_node(text, text, text) is
-  'Make node_id a vertex of the tetrahedron named tetrahedron_name, creating the tetrahedron when it does not exist, and return the tetrahedron id. Authenticated users may create a tetrahedron or join one they are already a vertex of. Example: select register_node(''home'', ''pi-kitchen'', ''orchestrator'') -> 6f1c...';
+  'Make node_id a vertex of the tetrahedron named tetrahedron_name, creating the tetrahedron when it does not exist, and return the tetrahedron id. Who may (flowmesh.authorize_writer): privileged roles anything; authenticated users create a tetrahedron, or add to one they are a vertex of a node that is new or theirs (it becomes theirs); a device credential only its own node in its own tetrahedron. Example: select register_node(''home'', ''pi-kitchen'', ''orchestrator'') -> 6f1c...';
 
 -- privileges -----------------------------------------------------------------
 revoke all on function flowmesh.caller(), flowmesh.caller_is_privileged(),
-  flowmesh.authorize_writer(uuid), flowmesh.heartbeat_problem(text, jsonb),
+  flowmesh.caller_is_device(), flowmesh.authorize_writer(uuid, text[], boolean),
+  flowmesh.batch_writers(jsonb, text), flowmesh.heartbeat_problem(text, jsonb),
   flowmesh.batch_item_problem(jsonb), flowmesh.raise_problem(text, text),
   flowmesh.check_batch(jsonb, text, regproc) from public, anon;
 grant execute on function flowmesh.caller(), flowmesh.caller_is_privileged(),
-  flowmesh.authorize_writer(uuid), flowmesh.heartbeat_problem(text, jsonb),
+  flowmesh.caller_is_device(), flowmesh.authorize_writer(uuid, text[], boolean),
+  flowmesh.batch_writers(jsonb, text), flowmesh.heartbeat_problem(text, jsonb),
   flowmesh.batch_item_problem(jsonb), flowmesh.raise_problem(text, text),
   flowmesh.check_batch(jsonb, text, regproc) to authenticated, service_role;
 

@@ -133,7 +133,8 @@ declare
   v_received integer;
   v_inserted integer;
 begin
-  perform flowmesh.authorize_writer(t_uuid);
+  -- the whole batch is refused if any element's observer is a node the caller may not write as
+  perform flowmesh.authorize_writer(t_uuid, flowmesh.batch_writers(batch, 'observer'));
   v_received := flowmesh.check_batch(batch, 'events', 'flowmesh.mesh_event_problem');
 
   insert into public.mesh_events

@@ -45,11 +45,13 @@ create policy mesh_heartbeats_select_authenticated on public.mesh_heartbeats
   using (tetrahedron_id in (select flowmesh.member_tetrahedron_ids()));
 
 drop policy if exists mesh_heartbeats_insert_authenticated on public.mesh_heartbeats;
--- no heartbeats from the future: one would hide the tetrahedron from the
--- staleness check until that time came
+-- a user writes only as the nodes they own (as through the RPCs, see
+-- flowmesh.authorize_writer), and no heartbeats from the future: one would
+-- hide the tetrahedron from the staleness check until that time came
 create policy mesh_heartbeats_insert_authenticated on public.mesh_heartbeats
   for insert to authenticated
-  with check (tetrahedron_id in (select flowmesh.member_tetrahedron_ids())
+  with check ((tetrahedron_id, source::text) in (select o.tetrahedron_id, o.node_id
+                                                  from flowmesh.owned_vertices() o)
               and created_at <= now());
 
 revoke all on table public.mesh_heartbeats from anon, authenticated, service_role;

@@ -89,7 +89,7 @@ def test_authenticated_stranger_sees_nothing(conn, two_meshes):
 @pytest.fixture
 def every_table_filled(conn, two_meshes):
     """A row in every table and view: alerts, votes, check runs, mesh events, a
-    silent tetrahedron and an offline node."""
+    silent tetrahedron, an offline node and a device credential."""
     home, shop = two_meshes
     register(conn, "bob-shed", "bob-gate", BOB)  # never heard from: silent
     register(conn, "bob-shop", "bob-phone", BOB)
@@ -102,6 +102,9 @@ def every_table_filled(conn, two_meshes):
         "select id from propose_guardian_decision(%s, 'quarantine', 'bob-phone', 'bob-cam')", (shop,)
     ).fetchone()
     conn.execute("select cast_guardian_vote(%s, 'bob-cam', true)", (decision,))
+    # a credential's mapping row (no role behind it: only its visibility is tested here)
+    conn.execute("insert into flowmesh.device_credentials (role_name, tetrahedron_id, node_id) "
+                 "values ('flowmesh_device_rls_row', %s, 'bob-phone')", (shop,))
     return home, shop
 
 
