@@ -6,11 +6,12 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import click
 from psycopg.rows import dict_row
 
-from . import database, embedded, migrations
+from . import database, devices, embedded, migrations
 from . import schedule as schedules
 from .clisupport import FriendlyGroup, database_url_option
 from .errors import FlowMeshError
@@ -157,6 +158,97 @@ def register(
             )
         conn.commit()
     click.echo(tetra_id)
+
+
+@main.group("devices")
+def devices_group() -> None:
+    """One credential per device: a login role that may write only as its node."""
+
+
+@devices_group.command("add")
+@database_url_option
+@click.argument("tetrahedron")
+@click.argument("node_id")
+@click.option("--role", help="The node's role (sensor, orchestrator, witness, ...), as register sets it.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the URL to FILE (created mode 0600) instead of printing it.")
+@click.option("--force", is_flag=True, help="Overwrite --output FILE if it exists.")
+@click.option("--direct", is_flag=True,
+              help="Connect the device to the server itself, never through a connection pooler.")
+def devices_add(database_url: str | None, tetrahedron: str, node_id: str, role: str | None,
+                output: Path | None, force: bool, direct: bool) -> None:
+    """Register NODE_ID in TETRAHEDRON and create its own credential; print its
+    database URL, once (the password is not stored anywhere else)."""
+    url = database.resolve_url(database_url)
+    secret_file = _SecretFile(output, force) if output else None  # refused before any change
+    try:
+        with database.connect(url, autocommit=False) as conn:
+            credential = devices.add(conn, tetrahedron, node_id, role)
+            conn.commit()
+    except BaseException:
+        if secret_file:
+            secret_file.abandon()
+        raise
+    # --direct: without a pooler (flowmesh.pooler) there is only the server to choose
+    device = devices.device_url(url, credential.role, credential.password)
+    if secret_file:
+        secret_file.write(device + "\n")
+        click.echo(f"{node_id} of {tetrahedron}: role {credential.role}; its URL is in {output} "
+                   "(mode 0600)")
+    else:
+        click.echo(device)
+
+
+@devices_group.command("list")
+@database_url_option
+@click.argument("tetrahedron", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def devices_list(database_url: str | None, tetrahedron: str | None, as_json: bool) -> None:
+    """List device credentials: vertex, role, created, last heartbeat, last used
+    (to the minute) and open sessions."""
+    with database.connect(database.resolve_url(database_url)) as conn:
+        cur = conn.execute(query("list_devices"), {"tetrahedron": tetrahedron})
+        rows, names = cur.fetchall(), [c.name for c in cur.description]
+    _emit(names, rows, as_json)
+
+
+@devices_group.command("revoke")
+@database_url_option
+@click.argument("tetrahedron")
+@click.argument("node_id")
+def devices_revoke(database_url: str | None, tetrahedron: str, node_id: str) -> None:
+    """Drop NODE_ID's credential and end its sessions: it cannot connect again."""
+    with database.connect(database.resolve_url(database_url)) as conn:
+        role, ended = devices.revoke(conn, tetrahedron, node_id)
+    click.echo(f"revoked {role} ({node_id} of {tetrahedron}); ended {ended} session(s)")
+
+
+class _SecretFile:
+    """A file for a secret: mode 0600 from its creation, never a file that was
+    there unless forced, and removed again if the secret never comes."""
+
+    def __init__(self, path: Path, force: bool):
+        self.path = path
+        existed = path.exists()
+        if existed and not force:
+            raise FlowMeshError(f"{path} exists; pass --force to overwrite it")
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (0 if existed else os.O_EXCL)
+        try:
+            self.fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise FlowMeshError(f"cannot write {path}: {exc.strerror}") from exc
+        self.created = not existed
+        os.fchmod(self.fd, 0o600)
+
+    def write(self, text: str) -> None:
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, text.encode())
+        os.close(self.fd)
+
+    def abandon(self) -> None:
+        os.close(self.fd)
+        if self.created:
+            self.path.unlink(missing_ok=True)
 
 
 @main.command("predict")

@@ -197,3 +197,51 @@ select pg_advisory_unlock(%(key)s);
 
 -- name: migration_schema
 create schema if not exists flowmesh;
+
+-- name: device_credential_of
+-- The device role of a vertex, if it has one.
+select c.role_name from flowmesh.device_credentials c
+ where c.tetrahedron_id = %(tetrahedron_id)s::uuid and c.node_id = %(node_id)s;
+
+-- name: create_device_role
+-- {role} is an identifier, {connection_limit} and {verifier} literals, composed
+-- with psycopg.sql. The password arrives only as its SCRAM-SHA-256 verifier.
+create role {role} login inherit nosuperuser nocreatedb nocreaterole noreplication nobypassrls
+  connection limit {connection_limit} password {verifier} in role flowmesh_device;
+
+-- name: add_device_credential
+insert into flowmesh.device_credentials (role_name, tetrahedron_id, node_id)
+values (%(role)s, %(tetrahedron_id)s::uuid, %(node_id)s);
+
+-- name: device_credential_by_name
+-- A device's role and its oid (null when the role was dropped by hand), by
+-- tetrahedron name and node id.
+select c.role_name, r.oid as role_oid
+  from flowmesh.device_credentials c
+  join public.tetrahedrons t on t.id = c.tetrahedron_id
+  left join pg_catalog.pg_roles r on r.rolname = c.role_name
+ where t.name = %(tetrahedron)s and c.node_id = %(node_id)s;
+
+-- name: delete_device_credential
+delete from flowmesh.device_credentials where role_name = %(role)s;
+
+-- name: drop_device_role
+-- {role} is an identifier, composed with psycopg.sql.
+drop role if exists {role};
+
+-- name: end_device_sessions
+-- End the sessions of a dropped device role (by oid: its name is gone).
+select pg_terminate_backend(a.pid) from pg_stat_activity a where a.usesysid = %(role_oid)s::oid;
+
+-- name: list_devices
+-- Device credentials with their vertex, the node's last heartbeat (public.nodes),
+-- when the credential last wrote, and its open sessions; optionally of one
+-- tetrahedron (by name).
+select t.name as tetrahedron, c.node_id, c.role_name as role, c.created_at,
+       n.last_heartbeat_at, c.last_used_at,
+       (select count(*) from pg_stat_activity a where a.usename = c.role_name)::int as sessions
+  from flowmesh.device_credentials c
+  join public.tetrahedrons t on t.id = c.tetrahedron_id
+  left join public.nodes n on n.tetrahedron_id = c.tetrahedron_id and n.node_id = c.node_id
+ where %(tetrahedron)s::text is null or t.name = %(tetrahedron)s::text
+ order by t.name, c.node_id;

@@ -16,6 +16,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -98,6 +99,46 @@ def register(conn: psycopg.Connection, tetrahedron: str, node: str, user_id=None
             (str(user_id), tid, node),
         )
     return tid
+
+
+#: pg_hba.conf lines that make device credentials (members of flowmesh_device,
+#: sql/0013) authenticate by password, as on any real server, while the
+#: embedded test server trusts everyone else on its socket. First match wins.
+DEVICE_HBA = ("# flowmesh tests: device credentials authenticate by password\n"
+              "local all +flowmesh_device scram-sha-256\n"
+              "host all +flowmesh_device 127.0.0.1/32 scram-sha-256\n")
+
+
+@pytest.fixture(scope="session")
+def device_auth(pg_server, template_url) -> None:
+    """Password authentication for device credentials on the session's server
+    (the group role exists once the template is migrated)."""
+    admin = pg_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as c:
+        (hba_file,) = c.execute("show hba_file").fetchone()
+        hba = Path(hba_file)
+        if DEVICE_HBA not in hba.read_text():
+            hba.write_text(DEVICE_HBA + hba.read_text())
+        (before,) = c.execute("select pg_conf_load_time()").fetchone()
+        c.execute("select pg_reload_conf()")
+
+    def reloaded() -> bool:  # a new session sees the postmaster's load time
+        with psycopg.connect(admin) as probe:
+            return probe.execute("select pg_conf_load_time() > %s", (before,)).fetchone()[0]
+
+    wait_for(reloaded, timeout=10, interval=0.05)
+
+
+@pytest.fixture
+def device_roles_dropped(db_url) -> Iterator[None]:
+    """Device roles created in this test's database are dropped afterwards (roles
+    are cluster-wide; the database is not)."""
+    yield
+    with psycopg.connect(db_url, autocommit=True) as c:
+        for (role,) in c.execute("select role_name from flowmesh.device_credentials").fetchall():
+            c.execute("select pg_terminate_backend(pid) from pg_stat_activity where usename = %s",
+                      (role,))
+            c.execute(f'drop role if exists "{role}"')
 
 
 @pytest.fixture

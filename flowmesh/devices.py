@@ -1,0 +1,142 @@
+"""Device credentials: one Postgres LOGIN role per device, and its URL.
+
+``flowmesh devices add`` gives each device a role of its own, a member of the
+group role ``flowmesh_device`` (sql/0013), whose only rights are the agent's
+write RPCs; ``flowmesh.authorize_writer`` lets it write only to its own
+tetrahedron as its own node. The password is made here, shown once in the
+device's URL, and sent to the server only as a SCRAM-SHA-256 verifier, so the
+clear text never reaches the server's log or pg_stat_statements.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import psycopg
+from psycopg import conninfo, sql
+
+from .errors import FlowMeshError
+from .queries import query
+
+#: Connections one device may hold at once: the agent needs one; a second
+#: covers a reconnect while the old session is still being torn down.
+CONNECTION_LIMIT = 2
+
+#: Names of device roles start with this; the rest is derived from the vertex.
+ROLE_PREFIX = "flowmesh_dev_"
+
+#: PostgreSQL truncates identifiers past this many bytes.
+MAX_ROLE_BYTES = 63
+
+#: PBKDF2 iterations of the verifier: PostgreSQL's default (scram_iterations).
+SCRAM_ITERATIONS = 4096
+
+#: Random bytes in a password (URL-safe base64 of them, 43 characters).
+PASSWORD_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Credential:
+    tetrahedron_id: str
+    node_id: str
+    role: str
+    password: str
+
+
+def role_name(tetrahedron_id: str, node_id: str) -> str:
+    """The device role of a vertex: readable, safe unquoted, unique, at most 63 bytes.
+
+    The readable part (the node id, lowercased, anything but [a-z0-9] as ``_``)
+    is only a hint; the hash of the tetrahedron's id (random per database)
+    and the node id makes it unique across the cluster, where roles live.
+    """
+    digest = hashlib.sha256(f"{tetrahedron_id}\0{node_id}".encode()).hexdigest()[:16]
+    hint = re.sub(r"[^a-z0-9]+", "_", node_id.lower()).strip("_")
+    room = MAX_ROLE_BYTES - len(ROLE_PREFIX) - len(digest) - 1
+    return f"{ROLE_PREFIX}{hint[:room]}_{digest}" if hint else f"{ROLE_PREFIX}{digest}"
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(PASSWORD_BYTES)
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None,
+                   iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
+
+    The password must be ASCII (ours are): SASLprep leaves ASCII unchanged.
+    """
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def device_url(base_url: str, role: str, password: str) -> str:
+    """The URL a device connects with: the server and database of ``base_url``,
+    as ``role`` with ``password``; other connection parameters (sslmode...) kept.
+
+    The one place a device's URL is built, so a pooler can be put in front later.
+    """
+    params = conninfo.conninfo_to_dict(base_url)
+    host, port, dbname = params.pop("host", None), params.pop("port", None), params.pop("dbname", None)
+    for secret_or_identity in ("user", "password", "passfile"):
+        params.pop(secret_or_identity, None)
+    netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@"
+    if host and not host.startswith("/"):
+        netloc += f"[{host}]" if ":" in host else host
+    elif host:
+        params["host"] = host  # a Unix socket directory
+    if port:
+        netloc += f":{port}"
+    query_string = "&".join(f"{quote(k, safe='')}={quote(str(v), safe='')}"
+                            for k, v in params.items())
+    return f"postgresql://{netloc}/{quote(dbname or '', safe='')}" + (
+        f"?{query_string}" if query_string else "")
+
+
+def add(conn: psycopg.Connection, tetrahedron: str, node_id: str,
+        node_role: str | None) -> Credential:
+    """Register the node and create its credential, in ``conn``'s transaction
+    (the caller commits: nothing of either is left if anything fails)."""
+    (tetrahedron_id,) = conn.execute(
+        query("register_node"), {"tetrahedron": tetrahedron, "node_id": node_id, "role": node_role}
+    ).fetchone()
+    tetrahedron_id = str(tetrahedron_id)
+    existing = conn.execute(query("device_credential_of"),
+                            {"tetrahedron_id": tetrahedron_id, "node_id": node_id}).fetchone()
+    if existing:
+        raise FlowMeshError(f"{node_id} of {tetrahedron} already has a device credential "
+                            f"({existing[0]}); revoke it first (flowmesh devices revoke)")
+    role, password = role_name(tetrahedron_id, node_id), new_password()
+    conn.execute(sql.SQL(query("create_device_role")).format(
+        role=sql.Identifier(role), connection_limit=sql.Literal(CONNECTION_LIMIT),
+        verifier=sql.Literal(scram_verifier(password))))
+    conn.execute(query("add_device_credential"),
+                 {"role": role, "tetrahedron_id": tetrahedron_id, "node_id": node_id})
+    return Credential(tetrahedron_id, node_id, role, password)
+
+
+def revoke(conn: psycopg.Connection, tetrahedron: str, node_id: str) -> tuple[str, int]:
+    """Drop a device's role and mapping, then end its sessions; returns the role
+    and the number of sessions ended. ``conn`` must be in autocommit mode: the
+    drop is committed before the sessions are ended, so they cannot reconnect."""
+    row = conn.execute(query("device_credential_by_name"),
+                       {"tetrahedron": tetrahedron, "node_id": node_id}).fetchone()
+    if row is None:
+        raise FlowMeshError(f"no device credential for node {node_id!r} of tetrahedron {tetrahedron!r}")
+    role, role_oid = row
+    with conn.transaction():
+        conn.execute(query("delete_device_credential"), {"role": role})
+        conn.execute(sql.SQL(query("drop_device_role")).format(role=sql.Identifier(role)))
+    ended = conn.execute(query("end_device_sessions"), {"role_oid": role_oid}).fetchall()
+    return role, len(ended)
