@@ -21,7 +21,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import conninfo, sql
 
-from .errors import FlowMeshError
+from .errors import FlowMeshError, one_line
 from .queries import query
 
 #: Connections one device may hold at once: the agent needs one; a second
@@ -138,5 +138,11 @@ def revoke(conn: psycopg.Connection, tetrahedron: str, node_id: str) -> tuple[st
     with conn.transaction():
         conn.execute(query("delete_device_credential"), {"role": role})
         conn.execute(sql.SQL(query("drop_device_role")).format(role=sql.Identifier(role)))
-    ended = conn.execute(query("end_device_sessions"), {"role_oid": role_oid}).fetchall()
+    if role_oid is None:  # the role was dropped by hand: its sessions are gone or unnamed
+        return role, 0
+    try:
+        ended = conn.execute(query("end_device_sessions"), {"role_oid": role_oid}).fetchall()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise FlowMeshError(f"dropped {role}, but could not end its open sessions ({one_line(exc)}); "
+                            "they last until they disconnect, or end them as a superuser") from exc
     return role, len(ended)
