@@ -232,6 +232,28 @@ def test_a_device_reads_no_table_and_calls_only_the_write_rpcs(conn, device):
             dev.execute("select check_mesh_heartbeats_and_alert(0)")
 
 
+def test_the_clear_password_never_reaches_the_server_log(conn, pg_server, mesh, device_roles_dropped):
+    """Every statement logged: the log holds the verifier, never the password."""
+    log = pg_server.log
+    start = log.stat().st_size
+    conn.execute("set log_statement = 'all'")
+    try:
+        with conn.transaction():
+            credential = devices.add(conn, "home", "bob-cam", None)
+    finally:
+        conn.execute("reset log_statement")
+
+    def logged() -> str | None:
+        with log.open("rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+        return text if credential.role in text else None
+
+    text = wait_for(logged, timeout=10)
+    assert "SCRAM-SHA-256$4096:" in text  # the statement was logged, with the verifier
+    assert credential.password not in text
+
+
 def test_a_credential_is_one_per_device(conn, mesh, device):
     with pytest.raises(FlowMeshError, match="already has a device credential"), conn.transaction():
         devices.add(conn, "home", "alice-pi", None)
