@@ -17,8 +17,14 @@
 do $$
 begin
   if not exists (select from pg_catalog.pg_roles where rolname = 'flowmesh_device') then
-    create role flowmesh_device nologin noinherit nosuperuser nocreatedb nocreaterole
-      noreplication nobypassrls;
+    begin
+      create role flowmesh_device nologin noinherit nosuperuser nocreatedb nocreaterole
+        noreplication nobypassrls;
+    exception when insufficient_privilege then
+      raise exception 'creating the group role flowmesh_device needs CREATEROLE'
+        using errcode = '42501',
+              hint = 'Have a superuser run: create role flowmesh_device nologin; then migrate again.';
+    end;
     comment on role flowmesh_device is
       'FlowMesh device credentials (flowmesh devices add) are members of this group: EXECUTE on the agent''s write RPCs, which write only as the device''s own node (flowmesh.authorize_writer); no table rights.';
   end if;
