@@ -328,3 +328,40 @@ def test_privileged_roles_write_as_any_node(conn, mesh):
         conn.execute("select record_mesh_events(%s, %s)", (shop, json.dumps([event("anyone")])))
     conn.execute("select record_mesh_heartbeat(%s, 'gw', '{}')", (home,))  # postgres
     assert heartbeats(conn, home) == 4
+
+
+def test_an_operator_with_createrole_but_no_superuser(conn, db_url, mesh, device_auth,
+                                                      device_roles_dropped, proxy):
+    """As on Supabase, whose postgres is no superuser: CREATEROLE, the group's
+    ADMIN option and service_role's rights (with BYPASSRLS) suffice to add and
+    revoke; ending sessions takes pg_signal_backend, and without it revoke says so."""
+    op, password = f"flowmesh_operator_{uuid.uuid4().hex[:8]}", devices.new_password()
+    conn.execute(f"create role {op} login createrole bypassrls "
+                 f"password '{devices.scram_verifier(password)}'")
+    conn.execute(f"grant service_role to {op}")  # the tables' grants (BYPASSRLS is not inherited)
+    # administers the group without its rights (as its creator does by default);
+    # a member of it all the same, so pg_hba.conf asks it for a password too
+    conn.execute(f"grant flowmesh_device to {op} with admin option, inherit false, set false")
+    op_url = devices.device_url(proxy.url(db_name(db_url)), op, password)
+    try:
+        with psycopg.connect(op_url, autocommit=True) as oc:
+            assert oc.execute("select rolsuper from pg_roles where rolname = current_user"
+                              ).fetchone() == (False,)
+            with oc.transaction():
+                credential = devices.add(oc, "home", "alice-pi", None)
+            url = devices.device_url(proxy.url(db_name(db_url)), credential.role, credential.password)
+            with psycopg.connect(url, autocommit=True) as dev:
+                dev.execute("select record_mesh_heartbeat(%s, 'alice-pi', '{}')", (mesh[0],))
+                with pytest.raises(FlowMeshError, match="could not end its open sessions"):
+                    devices.revoke(oc, "home", "alice-pi")
+            assert conn.execute("select count(*) from pg_roles where rolname = %s",
+                                (credential.role,)).fetchone() == (0,)
+            conn.execute(f"grant pg_signal_backend to {op}")
+            with oc.transaction():
+                credential = devices.add(oc, "home", "alice-pi", None)
+            url = devices.device_url(proxy.url(db_name(db_url)), credential.role, credential.password)
+            with psycopg.connect(url, autocommit=True):
+                assert devices.revoke(oc, "home", "alice-pi") == (credential.role, 1)
+    finally:
+        conn.execute(f"drop owned by {op}")
+        conn.execute(f"drop role {op}")
