@@ -38,9 +38,10 @@ create table if not exists flowmesh.device_credentials (
   node_id        flowmesh.node_id not null,
   created_at     timestamptz not null default now(),
   last_used_at   timestamptz,
-  -- a vertex that goes takes its credential's authority with it
+  -- a vertex with a credential is not deleted until the credential is revoked:
+  -- a login role must never outlive the row that says what it may do
   constraint device_credentials_vertex_fkey foreign key (tetrahedron_id, node_id)
-    references public.tetrahedron_vertices (tetrahedron_id, node_id) on delete cascade
+    references public.tetrahedron_vertices (tetrahedron_id, node_id) on delete restrict
 );
 comment on table flowmesh.device_credentials is
   'Which device credential (a LOGIN role in the flowmesh_device group) is which vertex: flowmesh.authorize_writer lets role_name write only to tetrahedron_id as node_id. Written by flowmesh devices add/revoke; last_used_at by authorize_writer, at most once a minute. Holds no secret (the role''s password is stored by PostgreSQL, as a SCRAM verifier).';

@@ -254,6 +254,15 @@ def test_the_clear_password_never_reaches_the_server_log(conn, pg_server, mesh, 
     assert credential.password not in text
 
 
+def test_a_vertex_with_a_credential_is_not_deleted_until_it_is_revoked(conn, mesh, device):
+    """No login role is left behind without the row that says what it may do."""
+    home, _ = mesh
+    with pytest.raises(psycopg.errors.RestrictViolation, match="device_credentials"):
+        conn.execute("delete from tetrahedrons where id = %s", (home,))
+    devices.revoke(conn, "home", "alice-pi")
+    conn.execute("delete from tetrahedrons where id = %s", (home,))
+
+
 def test_a_credential_is_one_per_device(conn, mesh, device):
     with pytest.raises(FlowMeshError, match="already has a device credential"), conn.transaction():
         devices.add(conn, "home", "alice-pi", None)
