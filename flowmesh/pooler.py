@@ -283,9 +283,11 @@ def prepare_database(admin_url: str) -> None:
     """Install the password look-up in the database ``admin_url`` names (superuser)."""
     role = sql.Identifier(ROLE)
     with database.connect(admin_url, autocommit=False) as conn:
-        for name in ("pooler_schema", "pooler_schema_grants", "pooler_schema_usage", "pooler_lookup",
-                     "pooler_lookup_comment", "pooler_lookup_revoke", "pooler_lookup_grant"):
-            conn.execute(sql.SQL(query(name)).format(role=role))
+        for statement in (query("pooler_schema"), query("pooler_schema_grants"),
+                          query("pooler_schema_usage"), query("pooler_lookup"),
+                          query("pooler_lookup_comment"), query("pooler_lookup_revoke"),
+                          query("pooler_lookup_grant")):
+            conn.execute(sql.SQL(statement).format(role=role))
         conn.commit()
 
 
