@@ -96,3 +96,28 @@ def test_many_clients_share_a_few_server_connections(pooled, db_url):
     finally:
         for c in clients:
             c.close()
+
+
+def test_more_device_roles_than_server_connections_take_turns(pgbouncer, pooled, db_url):
+    """PgBouncer pools per (database, role): with more device roles than
+    max_db_connections, each still gets through, PgBouncer closing another pool's
+    idle server connection to open its own, and the server never sees more."""
+    prefix = f"turn_{uuid.uuid4().hex[:6]}"
+    names = [f"{prefix}_{i}" for i in range(pooler.MAX_DB_CONNECTIONS + 5)]
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        for name in names:
+            admin.execute(f"create role {name} login password 'turn-password'")
+    try:
+        for name in names:
+            with database.connect(device_url(pgbouncer, db_url, name, "turn-password")) as conn:
+                assert conn.execute("select current_user").fetchone() == (name,)
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            (backends,) = admin.execute("select count(*) from pg_stat_activity where usename like %s",
+                                        (f"{prefix}_%",)).fetchone()
+        assert 1 <= backends <= pooler.MAX_DB_CONNECTIONS
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute("select pg_terminate_backend(pid) from pg_stat_activity where usename like %s",
+                          (f"{prefix}_%",))
+            for name in names:
+                admin.execute(f"drop role {name}")
