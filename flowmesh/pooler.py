@@ -383,6 +383,10 @@ def _make_directories(pooler: Pooler) -> None:
     owner = system_user()
     for path in (pooler.directory, pooler.socket_dir):
         path.mkdir(parents=True, exist_ok=True)
+        # the socket directory may be under /tmp: refuse one someone else made
+        if path.stat().st_uid not in (os.geteuid(), _uid(owner)):
+            raise FlowMeshError(f"{path} belongs to another user; remove it or choose another "
+                                f"data directory ({settings.DATA_DIR_ENV})")
         path.chmod(0o700)
         if owner:
             shutil.chown(path, owner, owner)
@@ -392,6 +396,12 @@ def _make_directories(pooler: Pooler) -> None:
         for path in (pooler.directory, pooler.socket_dir):
             ensure_prefix_permissions(path)  # the pooler's user must traverse to them
             path.chmod(0o700)
+
+
+def _uid(user: str | None) -> int:
+    import pwd  # noqa: PLC0415 (POSIX only, like PgBouncer)
+
+    return pwd.getpwnam(user).pw_uid if user else os.geteuid()
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ connections survive being moved between server connections."""
 
 from __future__ import annotations
 
+import stat
 import uuid
 
 import psycopg
@@ -121,3 +122,20 @@ def test_more_device_roles_than_server_connections_take_turns(pgbouncer, pooled,
                           (f"{prefix}_%",))
             for name in names:
                 admin.execute(f"drop role {name}")
+
+
+def test_the_pooler_role_verifier_is_computed_right_and_stored_as_given(pgbouncer, pooled, db_url):
+    """FlowMesh hashes the pooler role's password itself: the server stores that very
+    verifier (a malformed one would be taken as a password in clear and hashed again),
+    and a SCRAM login with the password passes against it."""
+    handle = pgbouncer.handle
+    entries = dict(line.split(" ", 1) for line in handle.auth_file.read_text().splitlines())
+    verifier = entries[f'"{pooler.ROLE}"'].strip('"')
+    with psycopg.connect(db_url) as admin:
+        (stored,) = admin.execute("select rolpassword from pg_authid where rolname = %s",
+                                  (pooler.ROLE,)).fetchone()
+    assert stored == verifier and stored.startswith("SCRAM-SHA-256$4096:")
+    password = handle.password_file.read_text().strip()
+    with database.connect(device_url(pgbouncer, db_url, pooler.ROLE, password)) as conn:
+        assert conn.execute("select current_user").fetchone() == (pooler.ROLE,)
+    assert stat.S_IMODE(handle.password_file.stat().st_mode) == 0o600
