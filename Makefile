@@ -5,8 +5,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 #: Debian packages the tests use: PostgreSQL 15 with pg_cron (the schedule tests),
-#: iproute2 (network namespaces for the LAN discovery test).
-SYSTEM_PACKAGES := postgresql-15 postgresql-15-cron iproute2
+#: iproute2 (network namespaces for the LAN discovery test), pgbouncer (the
+#: connection pooler beside the embedded server: `flowmesh db up --pooler` and
+#: the agent tests run through it).
+SYSTEM_PACKAGES := postgresql-15 postgresql-15-cron iproute2 pgbouncer
 
 .PHONY: run test system-deps db-up db-stop bench bench-deps lint clean supabase-migrations
 
@@ -16,23 +18,31 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-## run: start the embedded database and run the edge agent on this machine
+## run: start the embedded database (and its pooler, when pgbouncer is installed) and run
+## the edge agent on this machine
 run: $(STAMP)
-	$(VENV)/bin/flowmesh db up
-	$(VENV)/bin/flowmesh-edge run
+	@if command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]; then \
+	  $(VENV)/bin/flowmesh db up --pooler >/dev/null && \
+	  $(VENV)/bin/flowmesh-edge run --database-url "$$($(VENV)/bin/flowmesh db url --pooled)"; \
+	else \
+	  echo "pgbouncer is not installed (apt-get install pgbouncer): the agent connects directly"; \
+	  $(VENV)/bin/flowmesh db up >/dev/null && $(VENV)/bin/flowmesh-edge run; \
+	fi
 
 ## test: install what the tests need and run them
 test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## system-deps: Debian's PostgreSQL 15, pg_cron and iproute2, through apt-get (as root)
+## system-deps: Debian's PostgreSQL 15, pg_cron, iproute2 and pgbouncer, through apt-get (as root)
 system-deps:
 	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing $(SYSTEM_PACKAGES) with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
-	else echo "not installing $(SYSTEM_PACKAGES) (needs root and apt-get): the pg_cron and network namespace tests will be skipped"; fi
+	  echo "disabling the system-wide pgbouncer service the package starts: FlowMesh runs its own"; \
+	  systemctl disable --now pgbouncer >/dev/null 2>&1 || true; \
+	else echo "not installing $(SYSTEM_PACKAGES) (needs root and apt-get): the pg_cron, network namespace and pooler tests will be skipped"; fi
 
 db-up: $(STAMP)
 	$(VENV)/bin/flowmesh db up

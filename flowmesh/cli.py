@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 import click
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from . import database, devices, embedded, migrations
+from . import database, devices, embedded, migrations, pooler, settings
 from . import schedule as schedules
 from .clisupport import FriendlyGroup, database_url_option
-from .errors import FlowMeshError
+from .errors import DatabaseUnreachable, FlowMeshError
 from .queries import query
 from .table import json_default, render
 
@@ -36,12 +37,26 @@ def db() -> None:
 
 @db.command("up")
 @database_url_option
-def db_up(database_url: str | None) -> None:
+@click.option("--pooler", "with_pooler", is_flag=True,
+              help="Also run PgBouncer (transaction pooling) beside the embedded server, "
+              "and print its URL instead.")
+def db_up(database_url: str | None, with_pooler: bool) -> None:
     """Start (or reuse) the embedded server, apply migrations, print the URL.
+
+    The embedded server keeps embedded.RESERVED_CONNECTIONS connection slots for
+    operator roles (restarting once when that changes). With --pooler, PgBouncer
+    runs beside it (see `flowmesh db url --pooled`).
 
     With --database-url nothing is started: the migrations are applied to that
     server, which must be PostgreSQL 15 or newer.
     """
+    if database_url and with_pooler:
+        raise FlowMeshError(
+            "--pooler runs PgBouncer beside the embedded server only; a server given by URL "
+            "has its own pooler (PgBouncer, Supabase's Supavisor): give agents that URL"
+        )
+    if with_pooler and pooler.binary() is None:
+        raise FlowMeshError(pooler.INSTALL_HINT)
     if database_url:
         with database.connect(database_url) as conn:
             version_num, version = conn.execute(query("server_version")).fetchone()
@@ -52,24 +67,48 @@ def db_up(database_url: str | None) -> None:
     else:
         url = database.resolve_url(None, start=True, migrate=False)
         migrations.upgrade(url)
+        admin_url = make_conninfo(url, dbname="postgres")
+        if embedded.reserve_operator_connections(admin_url):
+            click.echo(f"restarted the embedded PostgreSQL to keep {embedded.RESERVED_CONNECTIONS} "
+                       "connection slots for operator roles", err=True)
+        if with_pooler:
+            host, port = embedded.address()
+            url = pooler.start(pooler.embedded(), admin_url, server_host=host, server_port=port,
+                               databases=(settings.EMBEDDED_DATABASE,))
+            click.echo(f"PgBouncer (transaction pooling) listening on {pooler.LISTEN_ADDR}:"
+                       f"{pooler.embedded().port()}; devices connect as "
+                       f"{pooler.embedded().url(user='<device>')}", err=True)
     click.echo(url)
 
 
 @db.command("url")
 @database_url_option
-def db_url(database_url: str | None) -> None:
+@click.option("--pooled", is_flag=True, help="The URL through the embedded server's PgBouncer.")
+def db_url(database_url: str | None, pooled: bool) -> None:
     """Print the database URL (the embedded server must be running)."""
+    if pooled:
+        if database_url:
+            raise FlowMeshError("--pooled names the embedded server's PgBouncer; for a server given "
+                                "by URL, its pooler's URL is the one to use")
+        url = pooler.running_url(None)
+        if url is None:
+            raise DatabaseUnreachable("the embedded pooler is not running "
+                                      "(start it with `flowmesh db up --pooler`)")
+        click.echo(url)
+        return
     click.echo(database.resolve_url(database_url, start=False))
 
 
 @db.command("stop")
 @database_url_option
 def db_stop(database_url: str | None) -> None:
-    """Stop the embedded server (a server given by URL is never stopped)."""
+    """Stop the embedded server and its pooler (a server given by URL is never stopped)."""
     if database_url:
         raise FlowMeshError(
             "--database-url names a server FlowMesh did not start; only the embedded one is stopped"
         )
+    if pooler.stop(pooler.embedded()):
+        click.echo(f"stopped PgBouncer in {pooler.directory()}")
     if embedded.stop():
         click.echo(f"stopped the embedded PostgreSQL in {embedded.pgdata()}")
     else:
@@ -79,12 +118,13 @@ def db_stop(database_url: str | None) -> None:
 @db.command("status")
 @database_url_option
 def db_status(database_url: str | None) -> None:
-    """Show where the database is and whether its migrations are current."""
+    """Show where the database is, its pooler, and whether its migrations are current."""
     if database_url:
         url = database_url
     else:
         status = embedded.status()
         click.echo(f"embedded data directory: {status.pgdata}")
+        click.echo(f"pooler: {_pooler_status()}")
         if not status.running:
             click.echo("embedded server: stopped (start it with `flowmesh db up`)")
             return
@@ -97,6 +137,17 @@ def db_status(database_url: str | None) -> None:
     click.echo(f"url: {url}")
     click.echo(f"server: PostgreSQL {version}")
     click.echo(f"migrations: {current or 'none'} (head {head}{', current' if current == head else ''})")
+
+
+def _pooler_status() -> str:
+    embedded_pooler = pooler.embedded()
+    pid = embedded_pooler.pid()
+    if pid:
+        return (f"PgBouncer running, pid {pid}, on {pooler.LISTEN_ADDR}:{embedded_pooler.port()} "
+                f"({embedded_pooler.url()})")
+    if pooler.binary() is None:
+        return "not installed (`apt-get install pgbouncer`, then `flowmesh db up --pooler`)"
+    return "stopped (start it with `flowmesh db up --pooler`)"
 
 
 @db.command("psql", context_settings={"ignore_unknown_options": True})
@@ -189,8 +240,10 @@ def devices_add(database_url: str | None, tetrahedron: str, node_id: str, role: 
         if secret_file:
             secret_file.abandon()
         raise
-    # --direct: without a pooler (flowmesh.pooler) there is only the server to choose
-    device = devices.device_url(url, credential.role, credential.password)
+    # through the embedded server's PgBouncer when it runs (by password, over TCP),
+    # unless --direct asks for the server itself
+    pooled = None if direct else pooler.running_url(database_url, user=credential.role)
+    device = devices.device_url(pooled or url, credential.role, credential.password)
     if secret_file:
         secret_file.write(device + "\n")
         click.echo(f"{node_id} of {tetrahedron}: role {credential.role}; its URL is in {output} "

@@ -62,8 +62,14 @@ def migrate_when_behind(url: str) -> bool:
 
 
 def connection_options(application_name: str) -> dict:
-    """The options every FlowMesh connection is opened with."""
-    return {"connect_timeout": settings.CONNECT_TIMEOUT_S, "application_name": application_name}
+    """The options every FlowMesh connection is opened with.
+
+    prepare_threshold=None: no server-side prepared statements, which a pooler in
+    transaction mode (PgBouncer before 1.21, Supavisor) cannot follow from one
+    server connection to the next.
+    """
+    return {"connect_timeout": settings.CONNECT_TIMEOUT_S, "application_name": application_name,
+            "prepare_threshold": None}
 
 
 def connect(url: str, *, autocommit: bool = True, application_name: str = settings.APPLICATION_NAME,

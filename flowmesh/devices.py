@@ -10,9 +10,7 @@ clear text never reaches the server's log or pg_stat_statements.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import re
 import secrets
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from psycopg import conninfo, sql
 
 from .errors import FlowMeshError, one_line
 from .queries import query
+from .scram import scram_verifier
 
 #: Connections one device may hold at once: the agent needs one; a second
 #: covers a reconnect while the old session is still being torn down.
@@ -33,9 +32,6 @@ ROLE_PREFIX = "flowmesh_dev_"
 
 #: PostgreSQL truncates identifiers past this many bytes.
 MAX_ROLE_BYTES = 63
-
-#: PBKDF2 iterations of the verifier: PostgreSQL's default (scram_iterations).
-SCRAM_ITERATIONS = 4096
 
 #: Random bytes in a password (URL-safe base64 of them, 43 characters).
 PASSWORD_BYTES = 32
@@ -64,21 +60,6 @@ def role_name(tetrahedron_id: str, node_id: str) -> str:
 
 def new_password() -> str:
     return secrets.token_urlsafe(PASSWORD_BYTES)
-
-
-def scram_verifier(password: str, *, salt: bytes | None = None,
-                   iterations: int = SCRAM_ITERATIONS) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
-
-    The password must be ASCII (ours are): SASLprep leaves ASCII unchanged.
-    """
-    salt = salt if salt is not None else secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 def device_url(base_url: str, role: str, password: str) -> str:

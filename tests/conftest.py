@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from flowmesh import embedded, migrations
+from flowmesh import embedded, migrations, pooler
 
 TEMPLATE = "flowmesh_template"
 
@@ -56,11 +56,68 @@ def scratch_database(pg_server, prefix: str, template: str | None = None) -> Ite
         yield pg_server.get_uri(database=name)
 
 
+ROUTES = ("direct", "pooled")
+
+
 @pytest.fixture
-def db_url(pg_server, template_url) -> Iterator[str]:
-    """URL of a fresh, fully migrated database for this test."""
+def route(request) -> TestPooler | None:
+    """How the test reaches its database: directly (None), or through the session's
+    PgBouncer when a test marked ``pooler`` runs in its "pooled" variant."""
+    if getattr(request, "param", "direct") == "pooled":
+        return request.getfixturevalue("pgbouncer")
+    return None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "pooler: runs twice, directly and through PgBouncer "
+                            "in transaction mode (the db_url and proxy fixtures)")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("pooler") and "route" in metafunc.fixturenames:
+        metafunc.parametrize("route", ROUTES, indirect=True)
+
+
+@pytest.fixture
+def db_url(pg_server, template_url, route) -> Iterator[str]:
+    """URL of a fresh, fully migrated database for this test (through the pooler in
+    the "pooled" variant of a test marked ``pooler``)."""
     with scratch_database(pg_server, "test", TEMPLATE) as url:
-        yield url
+        yield route.pooled(url) if route else url
+
+
+class TestPooler:
+    """The session's PgBouncer in front of ``pg_server`` (flowmesh/pooler.py)."""
+
+    def __init__(self, pg_server, handle: pooler.Pooler):
+        self.pg_server = pg_server
+        self.handle = handle
+
+    def pooled(self, server_url: str) -> str:
+        """The operator's URL of the same database, through the pooler; the database
+        gets the password look-up, so device roles can log in to it too."""
+        pooler.prepare_database(server_url)
+        return self.handle.pooled(server_url)
+
+    @property
+    def socket_path(self):
+        return self.handle.socket_dir / f".s.PGSQL.{self.handle.port()}"
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server, tmp_path_factory) -> Iterator[TestPooler]:
+    """One PgBouncer per session in front of the session's server, on a port the
+    kernel picks; skipped (failed under FLOWMESH_NO_SKIP) without pgbouncer."""
+    if pooler.binary() is None:
+        pytest.skip(pooler.INSTALL_HINT)
+    handle = pooler.Pooler(tmp_path_factory.mktemp("pgbouncer"))
+    info = pg_server.get_postmaster_info()
+    pooler.start(handle, pg_server.get_uri(), server_host=str(info.socket_dir), server_port=info.port,
+                 preferred_port=None)
+    try:
+        yield TestPooler(pg_server, handle)
+    finally:
+        pooler.stop(handle)
 
 
 @pytest.fixture
@@ -142,12 +199,14 @@ def device_roles_dropped(db_url) -> Iterator[None]:
 
 
 @pytest.fixture
-def proxy(pg_server):
-    """A cuttable loopback TCP path to the test server (see tests/support/proxy.py)."""
+def proxy(pg_server, route):
+    """A cuttable loopback TCP path to the test server, or to its pooler when the
+    test runs through it (see tests/support/proxy.py)."""
     from tests.support.proxy import PgProxy
 
     info = pg_server.get_postmaster_info()
-    p = PgProxy(info.socket_dir / f".s.PGSQL.{info.port}").start()
+    target = route.socket_path if route else info.socket_dir / f".s.PGSQL.{info.port}"
+    p = PgProxy(target).start()
     yield p
     p.close()
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 
 import psycopg
+import pytest
 
 from flowmesh_edge import Agent, AgentConfig, MeshNode, Outbox, Shipper
 from tests.conftest import until
+
+#: Every test here runs twice: directly, and through PgBouncer in transaction mode.
+pytestmark = pytest.mark.pooler
 
 KEY = "agent-mesh-test-key-0123456789"
 NAMES = ("pi", "cam", "laptop")

@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import psycopg
+import pytest
 
 from flowmesh_edge import Agent, AgentConfig, Outbox, Shipper
 from tests.conftest import db_name, until
+
+#: Every test here runs twice: directly, and through PgBouncer in transaction mode.
+pytestmark = pytest.mark.pooler
 
 
 async def test_outage_loses_and_duplicates_nothing(db_url, proxy, tmp_path):

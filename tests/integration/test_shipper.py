@@ -11,6 +11,9 @@ import pytest
 from flowmesh_edge.outbox import Outbox
 from flowmesh_edge.shipper import Rejected, Shipper, Unreachable
 
+#: Every test here runs twice: directly, and through PgBouncer in transaction mode.
+pytestmark = pytest.mark.pooler
+
 
 def count(conn, src=None):
     sql = "select count(*), count(distinct (source, seq)) from mesh_heartbeats"
