@@ -46,6 +46,18 @@ def test_db_up_pooler_serves_agents_and_db_stop_stops_it(tmp_path):
             assert conn.execute("show reserved_connections").fetchone() == (
                 str(embedded.RESERVED_CONNECTIONS),)
 
+        # a device's credential goes through it, by password over TCP
+        device_url = flowmesh("devices", "add", "home", "pi", env=env).stdout.strip()
+        port = pooler.Pooler(data / "pgbouncer").port()
+        assert device_url.startswith("postgresql://flowmesh_dev_pi_") and f"@127.0.0.1:{port}/" in device_url
+        device_beat = run([*script("flowmesh-edge"), "beat", "pi", "--tetrahedron", "home",
+                           "--database-url", device_url], env=env)
+        assert device_beat.returncode == 0, device_beat.stderr
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(device_url, password="wrong", connect_timeout=10).close()
+        direct = flowmesh("devices", "add", "home", "cam", "--direct", env=env).stdout.strip()
+        assert "@127.0.0.1" not in direct and "host=" in direct  # the server's own socket
+
         # a second `db up --pooler` reuses both: no restart, same PgBouncer, same URL
         again = flowmesh("db", "up", "--pooler", env=env)
         assert again.returncode == 0, again.stderr
