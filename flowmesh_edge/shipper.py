@@ -51,6 +51,8 @@ APPLICATION_NAME = "flowmesh-edge"
 RETIME_AHEAD_S = CLOCK_AHEAD_MAX_S - 30
 #: The unknown-tetrahedron error: the tetrahedron was deleted since we registered.
 UNKNOWN_TETRAHEDRON = "23503"
+#: A statement cancelled (statement_timeout): too slow now, retried smaller.
+QUERY_CANCELED = "57014"
 
 
 class Unreachable(Exception):
@@ -99,6 +101,10 @@ class Shipper:
         #: called on the first connection so that it is retried like one.
         self._database_url = database_url
         self.batch_size = batch_size
+        #: The batch size in use: halved each time a call runs out of time (a
+        #: link too slow to carry a full batch within the deadline would
+        #: otherwise retry it forever), doubled back on each success.
+        self.batch_limit = batch_size
         self.call_timeout_s = call_timeout_s
         self._conn: psycopg.Connection | None = None
         self._tetrahedron_ids: dict[tuple[str, str], str] = {}
@@ -124,7 +130,8 @@ class Shipper:
         try:
             self._conn = database.connect(
                 url, application_name=APPLICATION_NAME, call_timeout_s=self.call_timeout_s,
-                connect_timeout=max(2, math.ceil(self._time_left())),
+                # libpq counts whole seconds, 2 at least
+                connect_timeout=max(2, math.ceil(min(settings.CONNECT_TIMEOUT_S, self._time_left()))),
             )
         except errors.DatabaseUnreachable as exc:
             raise Unreachable(str(exc).removeprefix("cannot reach the database: ")) from exc
@@ -214,7 +221,7 @@ class Shipper:
         self._deadline = deadline
         try:
             while max_batches is None or report.batches < max_batches:
-                entries = self.outbox.peek(self.batch_size)
+                entries = self.outbox.peek(self.batch_limit)
                 if not entries:
                     break
                 for group in _by_destination(entries):
@@ -258,6 +265,7 @@ class Shipper:
             return report
         assert received == len(entries)
         self.outbox.remove([e.seq for e in entries])
+        self.batch_limit = min(self.batch_size, self.batch_limit * 2)
         return ShipReport(inserted=inserted, duplicates=duplicates, batches=1)
 
     def _call(self, sql: str, params: dict) -> tuple:
@@ -291,6 +299,7 @@ class Shipper:
                 self.close()
                 if self._aborted:
                     raise Unreachable("stopped before the database answered") from exc
+                self.batch_limit = max(1, self.batch_limit // 2)
                 raise Unreachable(f"no answer from the database within {timeout:g} s; "
                                   "connection dropped") from exc
             failure = errors.describe(exc)
@@ -299,6 +308,8 @@ class Shipper:
                 raise _DataError(reason, failure.sqlstate) from exc
             if failure.kind == errors.UNREACHABLE:
                 self.close()
+                if failure.sqlstate == QUERY_CANCELED:  # the server's statement_timeout
+                    self.batch_limit = max(1, self.batch_limit // 2)
                 raise Unreachable(reason) from exc
             raise Rejected(reason, failure.sqlstate) from exc
         finally:

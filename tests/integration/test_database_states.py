@@ -64,7 +64,9 @@ async def test_a_silent_path_is_noticed_and_shipping_resumes(db_url, proxy, tmp_
             await until(lambda: proxy.dropped > 0)  # a call went into the silence
             resumed = await until(lambda: len(stored_seqs(db_url)) >= before + 10,
                                   timeout=RESUME_WITHIN_S, blocking=True)
-            log.info("silent path: shipping resumed %.2f s after the silence", resumed)
+            log.info("silent path: shipping resumed %.2f s after the silence (%.2f s after "
+                     "the first call into it)", asyncio.get_running_loop().time() - silenced_at,
+                     resumed)
             assert agent.stats.failures >= 1
             assert asyncio.get_running_loop().time() - silenced_at < RESUME_WITHIN_S
             assert resumed >= DB_TIMEOUT_S * 0.9  # it did wait for the deadline, not a reset
@@ -194,7 +196,8 @@ async def test_a_full_server_at_start_up_does_not_stop_the_agent(full_server, tm
 
 def test_a_call_held_on_the_server_is_bounded_too(db_url, tmp_path):
     """A server that accepts but does not answer in time (here a lock) costs one
-    deadline, not a wedged shipper; the batch ships once the server answers."""
+    deadline, not a wedged shipper; the batch is retried at half the size (a
+    link too slow for a full batch), and ships once the server answers."""
     with Outbox(tmp_path / "outbox.sqlite3") as box:
         box.put("home", "pi", {})
         shipper = Shipper(box, db_url, call_timeout_s=DB_TIMEOUT_S)
@@ -204,7 +207,9 @@ def test_a_call_held_on_the_server_is_bounded_too(db_url, tmp_path):
             with pytest.raises(Unreachable):
                 shipper.flush()
             took = time.monotonic() - started
+            assert shipper.batch_limit == shipper.batch_size // 2  # retried smaller
         report = shipper.flush()
         shipper.close()
         assert report.inserted == 1 and box.pending() == 0
+        assert shipper.batch_limit == shipper.batch_size
     assert DB_TIMEOUT_S * 0.9 < took < DB_TIMEOUT_S + 2
