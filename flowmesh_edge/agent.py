@@ -90,6 +90,7 @@ class ShipperThread:
 class AgentStats:
     sampled: int = 0
     events: int = 0
+    #: The shipper's own count (Shipper.shipped), kept batch by batch.
     shipped: ShipReport = field(default_factory=ShipReport)
     failures: int = 0
     last_error: str | None = None
@@ -111,7 +112,7 @@ class Agent:
         self._pending_events: set[asyncio.Task] = set()
         self._sample = sample or MetricsSampler().sample
         self._wake = asyncio.Event()
-        self.stats = AgentStats()
+        self.stats = AgentStats(shipped=shipper.shipped)
 
     def heartbeat_payload(self) -> dict:
         metrics = self._sample()
@@ -180,7 +181,8 @@ class Agent:
         finally:
             # the whole stop, goodbyes and flush included, fits in flush_timeout_s
             deadline = time.monotonic() + self.config.flush_timeout_s
-            sampler.cancel()
+            # the sampler is not cancelled: it ends at once, after the heartbeat
+            # it may be writing (a cancelled write would be queued but not counted)
             shipper.cancel()  # a call in flight goes on in its thread; the flush queues behind it
             if self.mesh is not None:
                 await self.mesh.stop()  # says goodbye, so peers record "left" at once
@@ -245,7 +247,6 @@ class Agent:
                 log.debug("shipped %d heartbeats (%d duplicates)", report.shipped, report.duplicates)
             backoff = 0.0
             attempt = 0
-            self.stats.shipped.add(report)
             self.stats.last_error = None
 
     def _backoff(self, attempt: int) -> float:
@@ -269,8 +270,7 @@ class Agent:
         in flight, so that stopping never waits on the network."""
         flush = self._thread.run(lambda: self.shipper.flush(deadline=deadline))
         try:
-            report = await asyncio.wait_for(flush, timeout=max(0.0, deadline - time.monotonic()))
-            self.stats.shipped.add(report)
+            await asyncio.wait_for(flush, timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:  # Unreachable, Rejected, TimeoutError, or a surprise
             self.shipper.abort()
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__

@@ -110,6 +110,9 @@ class Shipper:
         self._tetrahedron_ids: dict[tuple[str, str], str] = {}
         #: This device's clock minus the database's, seconds (measured on connect).
         self.clock_offset_s = 0.0
+        #: Everything shipped through this shipper, counted batch by batch, so
+        #: a flush that fails or is abandoned half-way still counts its batches.
+        self.shipped = ShipReport()
         self._deadline: float | None = None  # monotonic; the current flush's, if any
         self._aborted = False
 
@@ -258,7 +261,7 @@ class Shipper:
                     entries[0].kind, entries[0].seq, entries[0].src, exc.sqlstate, exc,
                 )
                 self.outbox.dead_letter(entries[0], str(exc), exc.sqlstate)
-                return ShipReport(dead_lettered=1, batches=1)
+                return self._count(ShipReport(dead_lettered=1, batches=1))
             half = len(entries) // 2
             report = self._ship(tetrahedron_id, entries[:half])
             report.add(self._ship(tetrahedron_id, entries[half:]))
@@ -266,7 +269,11 @@ class Shipper:
         assert received == len(entries)
         self.outbox.remove([e.seq for e in entries])
         self.batch_limit = min(self.batch_size, self.batch_limit * 2)
-        return ShipReport(inserted=inserted, duplicates=duplicates, batches=1)
+        return self._count(ShipReport(inserted=inserted, duplicates=duplicates, batches=1))
+
+    def _count(self, report: ShipReport) -> ShipReport:
+        self.shipped.add(report)
+        return report
 
     def _call(self, sql: str, params: dict) -> tuple:
         return self._execute(self._connection(), sql, params)

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -213,3 +214,43 @@ def test_a_call_held_on_the_server_is_bounded_too(db_url, tmp_path):
         assert report.inserted == 1 and box.pending() == 0
         assert shipper.batch_limit == shipper.batch_size
     assert DB_TIMEOUT_S * 0.9 < took < DB_TIMEOUT_S + 2
+
+
+@pytest.fixture
+def blackhole():
+    """A loopback port that completes TCP handshakes (the kernel's backlog) but
+    never answers: a connection attempt hangs until its own timeout."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    yield f"postgresql://postgres@127.0.0.1:{listener.getsockname()[1]}/nowhere?sslmode=disable"
+    listener.close()
+
+
+@pytest.mark.parametrize("state", ["connecting", "backing off"])
+async def test_a_stop_in_any_state_ends_within_the_flush_timeout(state, blackhole, proxy, db_url, tmp_path):
+    flush_timeout = 1.0
+    if state == "connecting":
+        url = blackhole  # every connection attempt hangs
+        backoff = (0.05, 0.3)
+    else:
+        proxy.down()  # refused at once; then a long wait before the next try
+        url = proxy.url(db_name(db_url))
+        backoff = (30.0, 60.0)
+    config = AgentConfig(node_id="pi", interval_s=0.05, backoff_initial_s=backoff[0],
+                         backoff_max_s=backoff[1], flush_timeout_s=flush_timeout, db_timeout_s=30)
+    with Outbox(tmp_path / "outbox.sqlite3") as box:
+        agent = Agent(config, box, Shipper(box, url, call_timeout_s=config.db_timeout_s),
+                      sample=lambda: {})
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await until(lambda: agent.stats.sampled >= 10)
+        if state == "backing off":
+            await until(lambda: agent.stats.failures >= 1)
+        stop.set()
+        started = time.monotonic()
+        stats = await asyncio.wait_for(task, timeout=flush_timeout + 10)
+        took = time.monotonic() - started
+        assert await asyncio.to_thread(box.pending) == stats.sampled  # all kept
+    assert took < flush_timeout + 1
+    assert stats.shipped.shipped == 0
