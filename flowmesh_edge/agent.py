@@ -173,7 +173,7 @@ class Agent:
             self.mesh.on_member(self._on_member)
             self.mesh.on(MessageType.ALERT, self._on_alert)
             await self.mesh.start()
-        self._thread = ShipperThread()
+        self._shipper_thread = ShipperThread()
         sampler = asyncio.create_task(self._sample_loop(stop), name="flowmesh-sampler")
         shipper = asyncio.create_task(self._ship_loop(stop), name="flowmesh-shipper")
         try:
@@ -189,8 +189,8 @@ class Agent:
             await asyncio.gather(*self._pending_events, return_exceptions=True)
             await asyncio.gather(sampler, shipper, return_exceptions=True)
             await self._final_flush(deadline)
-            closed = self._thread.run(self.shipper.close)
-            self._thread.close()
+            closed = self._shipper_thread.run(self.shipper.close)
+            self._shipper_thread.close()
             with contextlib.suppress(Exception):  # an aborted call may hold the thread a moment
                 await asyncio.wait_for(closed, timeout=max(0.1, deadline - time.monotonic()))
         return self.stats
@@ -222,7 +222,7 @@ class Agent:
             if stop.is_set():
                 break
             try:
-                report = await self._thread.run(self.shipper.flush)
+                report = await self._shipper_thread.run(self.shipper.flush)
             except (Unreachable, Rejected) as exc:
                 backoff = self._backoff(attempt)
                 attempt += 1
@@ -268,7 +268,7 @@ class Agent:
     async def _final_flush(self, deadline: float) -> None:
         """Ship what is queued until ``deadline`` (monotonic); then abort the call
         in flight, so that stopping never waits on the network."""
-        flush = self._thread.run(lambda: self.shipper.flush(deadline=deadline))
+        flush = self._shipper_thread.run(lambda: self.shipper.flush(deadline=deadline))
         try:
             await asyncio.wait_for(flush, timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:  # Unreachable, Rejected, TimeoutError, or a surprise

@@ -297,6 +297,9 @@ class Shipper:
         watchdog.daemon = True
         watchdog.start()
         try:
+            # four round trips (begin, timeout, call, commit), one at a time: not
+            # pipelined, because Supavisor's transaction mode is reported to
+            # wedge on pipelined queries (porsager/postgres#970)
             with conn.transaction():
                 conn.execute(query("limit_statement_time"),
                              {"timeout": f"{math.ceil(self.call_timeout_s * 1000)}ms"})
