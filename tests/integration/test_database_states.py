@@ -59,9 +59,9 @@ async def test_a_silent_path_is_noticed_and_shipping_resumes(db_url, proxy, tmp_
         task = asyncio.create_task(agent.run(stop))
         try:
             await until(lambda: len(stored_seqs(db_url)) >= 5, blocking=True)
-            assert proxy.silent() >= 1  # the shipper's connection, open and now dead
+            assert await asyncio.to_thread(proxy.silent) >= 1  # the shipper's connection, now dead
             silenced_at = asyncio.get_running_loop().time()
-            before = len(stored_seqs(db_url))
+            before = len(await asyncio.to_thread(stored_seqs, db_url))
             await until(lambda: proxy.dropped > 0)  # a call went into the silence
             resumed = await until(lambda: len(stored_seqs(db_url)) >= before + 10,
                                   timeout=RESUME_WITHIN_S, blocking=True)
@@ -74,9 +74,9 @@ async def test_a_silent_path_is_noticed_and_shipping_resumes(db_url, proxy, tmp_
         finally:
             stop.set()
             stats = await asyncio.wait_for(task, timeout=15)
-        assert box.pending() == 0
+        assert await asyncio.to_thread(box.pending) == 0
 
-    seqs = stored_seqs(db_url)
+    seqs = await asyncio.to_thread(stored_seqs, db_url)
     assert len(seqs) == len(set(seqs)) == stats.sampled  # none lost, none twice
 
 
@@ -93,7 +93,7 @@ async def test_sigterm_on_a_silent_path_exits_within_the_flush_timeout(db_url, p
     )
     try:
         await until(lambda: len(stored_seqs(db_url)) >= 3, timeout=30, blocking=True)
-        assert proxy.silent() >= 1
+        assert await asyncio.to_thread(proxy.silent) >= 1
         await until(lambda: proxy.dropped > 0, timeout=5)  # a call is stuck in the silence
         await asyncio.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
@@ -111,7 +111,8 @@ async def test_sigterm_on_a_silent_path_exits_within_the_flush_timeout(db_url, p
     assert took < flush_timeout + 1, text
     assert "stopping with" in text
     (sampled,) = re.findall(r"stopped: (\d+) heartbeats sampled", text)
-    stored, queued = stored_seqs(db_url), queued_seqs(outbox)
+    stored = await asyncio.to_thread(stored_seqs, db_url)
+    queued = await asyncio.to_thread(queued_seqs, outbox)
     assert queued  # what was in flight stays queued for the next start
     assert len(set(stored) | set(queued)) == int(sampled)
     assert len(stored) == len(set(stored))
@@ -171,7 +172,7 @@ async def test_a_full_server_at_start_up_does_not_stop_the_agent(full_server, tm
         assert proc.returncode is None
         # three slots free: the agent creates and migrates its database, then ships
         for c in held[:3]:
-            c.close()
+            await asyncio.to_thread(c.close)
         url = (await asyncio.to_thread(embedded.status)).url
 
         def shipped() -> bool:
@@ -191,7 +192,8 @@ async def test_a_full_server_at_start_up_does_not_stop_the_agent(full_server, tm
     assert proc.returncode == 0, text
     assert "too many clients" in text  # it met the full server, and said so
     (sampled,) = re.findall(r"stopped: (\d+) heartbeats sampled", text)
-    stored, queued = stored_seqs(url), queued_seqs(outbox)
+    stored = await asyncio.to_thread(stored_seqs, url)
+    queued = await asyncio.to_thread(queued_seqs, outbox)
     assert len(set(stored) | set(queued)) == int(sampled) == len(stored) + len(queued)
 
 
