@@ -156,20 +156,36 @@ def full_server(monkeypatch):
             shutil.rmtree(data, ignore_errors=True)
 
 
+def agent_process(node: str, outbox, flush_timeout: float):
+    """`flowmesh-edge run` on the embedded server of $FLOWMESH_DATA_DIR."""
+    return asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flowmesh_edge.cli", "run", "--node-id", node, "--tetrahedron", "home",
+        "--interval", "0.2", "--backoff-max", "1", "--flush-timeout", str(flush_timeout),
+        "--outbox", str(outbox), env={**os.environ}, stderr=asyncio.subprocess.PIPE,
+    )
+
+
 async def test_a_full_server_at_start_up_does_not_stop_the_agent(full_server, tmp_path):
     admin_url, held = full_server
-    outbox = tmp_path / "outbox.sqlite3"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "flowmesh_edge.cli", "run", "--node-id", "pi", "--tetrahedron", "home",
-        "--interval", "0.2", "--backoff-max", "1", "--flush-timeout", "5", "--outbox", str(outbox),
-        env={**os.environ}, stderr=asyncio.subprocess.PIPE,
-    )
+    outbox, stopped_outbox = tmp_path / "outbox.sqlite3", tmp_path / "stopped.sqlite3"
+    proc = await agent_process("pi", outbox, flush_timeout=5)
+    stopped = await agent_process("cam", stopped_outbox, flush_timeout=1)
     stderr = b""
     try:
-        # every slot taken: the agent stays up and samples into its outbox
-        await until(lambda: outbox.exists() and len(queued_seqs(outbox)) >= 5, timeout=30, blocking=True)
+        # every slot taken: the agents stay up and sample into their outboxes
+        for path in (outbox, stopped_outbox):
+            await until(lambda p=path: p.exists() and len(queued_seqs(p)) >= 5, timeout=30, blocking=True)
         await asyncio.sleep(1.0)
-        assert proc.returncode is None
+        assert proc.returncode is None and stopped.returncode is None
+        # SIGTERM while the server is full: exit 0 within the flush timeout, all kept
+        stopped.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, stopped_err = await asyncio.wait_for(stopped.communicate(), timeout=15)
+        took = time.monotonic() - started
+        text = stopped_err.decode()
+        assert stopped.returncode == 0 and took < 1 + 1, text
+        (sampled,) = re.findall(r"stopped: (\d+) heartbeats sampled", text)
+        assert len(await asyncio.to_thread(queued_seqs, stopped_outbox)) == int(sampled)
         # three slots free: the agent creates and migrates its database, then ships
         for c in held[:3]:
             await asyncio.to_thread(c.close)
@@ -184,9 +200,10 @@ async def test_a_full_server_at_start_up_does_not_stop_the_agent(full_server, tm
         proc.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(proc.communicate(), timeout=15)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            _, stderr = await proc.communicate()
+        for p in (proc, stopped):
+            if p.returncode is None:
+                p.kill()
+                await p.communicate()
     text = stderr.decode()
     log.info("full server at start-up:\n%s", text)
     assert proc.returncode == 0, text
