@@ -224,6 +224,8 @@ class Shipper:
         self._deadline = deadline
         try:
             while max_batches is None or report.batches < max_batches:
+                if self._aborted:  # the agent stopped (its outbox may be closed already)
+                    raise Unreachable("stopped before the database answered")
                 entries = self.outbox.peek(self.batch_limit)
                 if not entries:
                     break
