@@ -17,6 +17,7 @@ import os
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from . import embedded, settings
 from .errors import DatabaseUnreachable, FlowMeshError, one_line
@@ -98,11 +99,17 @@ def connection_options(application_name: str, *,
 
 def connect(url: str, *, autocommit: bool = True, application_name: str = settings.APPLICATION_NAME,
             call_timeout_s: float = settings.CALL_TIMEOUT_S, **kwargs) -> psycopg.Connection:
-    """Open a connection, raising DatabaseUnreachable with a one-line reason."""
-    options = connection_options(application_name, call_timeout_s=call_timeout_s)
-    options.update(kwargs)  # the caller's word wins (a shorter connect_timeout on the way out)
+    """Open a connection, raising DatabaseUnreachable with a one-line reason.
+
+    A parameter written in the URL (``?keepalives_idle=30``) wins over the
+    default, and the caller's keyword arguments win over both (the shipper's
+    connect timeout, capped by the time it has left).
+    """
     try:
-        return psycopg.connect(url, autocommit=autocommit, **options)
+        given = conninfo_to_dict(url)
+        defaults = connection_options(application_name, call_timeout_s=call_timeout_s)
+        options = {k: v for k, v in defaults.items() if k not in given}
+        return psycopg.connect(url, autocommit=autocommit, **{**options, **kwargs})
     except psycopg.OperationalError as exc:
         raise DatabaseUnreachable(f"cannot reach the database: {one_line(exc)}") from exc
     except psycopg.ProgrammingError as exc:  # a malformed URL

@@ -273,3 +273,14 @@ async def test_a_stop_in_any_state_ends_within_the_flush_timeout(state, blackhol
         assert await asyncio.to_thread(box.pending) == stats.sampled  # all kept
     assert took < flush_timeout + 1
     assert stats.shipped.shipped == 0
+
+
+def test_connections_carry_the_options_and_the_url_overrides_them(db_url):
+    from flowmesh import database, settings
+
+    sep = "&" if "?" in db_url else "?"
+    with database.connect(db_url) as plain, database.connect(f"{db_url}{sep}keepalives_idle=30") as tuned:
+        assert plain.info.get_parameters()["keepalives_idle"] == str(settings.KEEPALIVES_IDLE_S)
+        assert plain.info.get_parameters()["tcp_user_timeout"] == str(int(settings.CALL_TIMEOUT_S * 1000))
+        assert tuned.info.get_parameters()["keepalives_idle"] == "30"
+        assert plain.prepare_threshold is None

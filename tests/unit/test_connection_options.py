@@ -51,3 +51,4 @@ async def test_the_shipper_thread_runs_calls_in_order_and_never_holds_exit():
     assert order == [1, 2] and worker.daemon and worker is not threading.current_thread()
     await asyncio.to_thread(worker.join, 5)
     assert not worker.is_alive()
+
