@@ -5,7 +5,10 @@ no reset, while new connections work) is noticed within the call deadline,
 and shipping resumes on a new connection with nothing lost; SIGTERM on a
 silent path exits within the flush timeout; a server whose every slot is
 taken at start-up (SQLSTATE 53300) does not make the agent exit: it samples
-into its outbox and ships once a slot frees.
+into its outbox and ships once a slot frees, and stops cleanly while full;
+stopping while connecting or backing off ends within the flush timeout; a
+statement held on the server costs one deadline; every connection carries
+the keepalive and timeout options.
 """
 
 from __future__ import annotations
