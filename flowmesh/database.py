@@ -6,16 +6,18 @@ starting it when it is not running. With a URL (``--database-url`` or
 
 Every connection FlowMesh opens, whether a command's, the agent's, the
 exporter's pool or Alembic's, comes from :func:`connect` or :func:`pool`, with
-the same options (timeout, application name), and a failure to connect always
+the same options (timeouts, keepalives, application name), and a failure to connect always
 reads the same: :class:`DatabaseUnreachable` with a one-line reason.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from . import embedded, settings
 from .errors import DatabaseUnreachable, FlowMeshError, one_line
@@ -29,7 +31,7 @@ def resolve_url(url: str | None, *, start: bool = True, migrate: bool = True) ->
     URL is migrated explicitly (``flowmesh db up --database-url``), never as a
     side effect of running an agent or a monitor.
     """
-    url = url or os.environ.get(settings.DATABASE_URL_ENV) or None
+    url = configured_url(url)
     if url:
         return url
     if not start:
@@ -44,6 +46,11 @@ def resolve_url(url: str | None, *, start: bool = True, migrate: bool = True) ->
     if migrate:
         migrate_when_behind(url)
     return url
+
+
+def configured_url(url: str | None) -> str | None:
+    """The URL given, else ``$FLOWMESH_DATABASE_URL``; None means the embedded server."""
+    return url or os.environ.get(settings.DATABASE_URL_ENV) or None
 
 
 def migrate_when_behind(url: str) -> bool:
@@ -61,23 +68,48 @@ def migrate_when_behind(url: str) -> bool:
     return True
 
 
-def connection_options(application_name: str) -> dict:
+def connection_options(application_name: str, *,
+                       call_timeout_s: float = settings.CALL_TIMEOUT_S) -> dict:
     """The options every FlowMesh connection is opened with.
 
-    prepare_threshold=None: no server-side prepared statements, which a pooler in
-    transaction mode (PgBouncer before 1.21, Supavisor) cannot follow from one
-    server connection to the next.
+    Besides the connect timeout and the name, they make a dead path (a NAT
+    entry dropped, a cable pulled: no reset, just silence) fail instead of
+    hanging: TCP keepalives catch it on an idle connection, and
+    ``tcp_user_timeout`` (milliseconds) while sent data goes unacknowledged.
+    A path that still acknowledges but never answers (a wedged proxy) is
+    caught by the caller's own deadline (the shipper's, ``--db-timeout``).
+
+    ``prepare_threshold=None``: psycopg never prepares statements on the
+    server, because transaction poolers (PgBouncer before 1.21, Supavisor)
+    hand each transaction to any server connection, where a statement
+    prepared on another one does not exist. The statements are small; the
+    cost is negligible.
     """
-    return {"connect_timeout": settings.CONNECT_TIMEOUT_S, "application_name": application_name,
-            "prepare_threshold": None}
+    return {
+        "connect_timeout": max(2, math.ceil(min(settings.CONNECT_TIMEOUT_S, call_timeout_s))),
+        "application_name": application_name,
+        "keepalives": 1,
+        "keepalives_idle": settings.KEEPALIVES_IDLE_S,
+        "keepalives_interval": settings.KEEPALIVES_INTERVAL_S,
+        "keepalives_count": settings.KEEPALIVES_COUNT,
+        "tcp_user_timeout": math.ceil(call_timeout_s * 1000),
+        "prepare_threshold": None,
+    }
 
 
 def connect(url: str, *, autocommit: bool = True, application_name: str = settings.APPLICATION_NAME,
-            **kwargs) -> psycopg.Connection:
-    """Open a connection, raising DatabaseUnreachable with a one-line reason."""
+            call_timeout_s: float = settings.CALL_TIMEOUT_S, **kwargs) -> psycopg.Connection:
+    """Open a connection, raising DatabaseUnreachable with a one-line reason.
+
+    A parameter written in the URL (``?keepalives_idle=30``) wins over the
+    default, and the caller's keyword arguments win over both (the shipper's
+    connect timeout, capped by the time it has left).
+    """
     try:
-        return psycopg.connect(url, autocommit=autocommit, **connection_options(application_name),
-                               **kwargs)
+        given = conninfo_to_dict(url)
+        defaults = connection_options(application_name, call_timeout_s=call_timeout_s)
+        options = {k: v for k, v in defaults.items() if k not in given}
+        return psycopg.connect(url, autocommit=autocommit, **{**options, **kwargs})
     except psycopg.OperationalError as exc:
         raise DatabaseUnreachable(f"cannot reach the database: {one_line(exc)}") from exc
     except psycopg.ProgrammingError as exc:  # a malformed URL

@@ -13,6 +13,15 @@ from dataclasses import dataclass
 #: SQLSTATE classes meaning "this data is bad" (22 data exception, 23
 #: integrity constraint, 54 program limit exceeded), as opposed to "try later".
 DATA_ERROR_CLASSES = ("22", "23", "54")
+#: SQLSTATE classes and codes meaning "the database is not there right now,
+#: try again later", whatever exception class the driver files them under:
+#: class 08 (connection exception), 53300 too_many_connections (every slot
+#: taken, or a pooler's client limit), 57P01 admin_shutdown, 57P02
+#: crash_shutdown, 57P03 cannot_connect_now (starting up or shutting down),
+#: and 57014 query_canceled (a statement timeout or a client's deadline: the
+#: path or the server is too slow now, not the data wrong).
+UNREACHABLE_CLASSES = ("08",)
+UNREACHABLE_STATES = frozenset({"53300", "57P01", "57P02", "57P03", "57014"})
 
 #: Exit codes of the command lines: 1 for an error, 3 when the database cannot
 #: be reached (2 is click's, for usage errors).
@@ -62,9 +71,12 @@ def describe(exc: BaseException) -> Failure:
         state = exc.sqlstate or None
         # SQLSTATE first: psycopg files some data errors (class 54) under
         # OperationalError, beside the real connection failures.
+        if state and (state in UNREACHABLE_STATES or state[:2] in UNREACHABLE_CLASSES):
+            return Failure(UNREACHABLE, f"cannot reach the database: {one_line(exc)}",
+                           EXIT_UNREACHABLE, state)
         if state and state[:2] in DATA_ERROR_CLASSES:
             return Failure(BAD_DATA, f"database error [{state}]: {one_line(exc)}", EXIT_ERROR, state)
-        if isinstance(exc, psycopg.OperationalError):
+        if isinstance(exc, psycopg.OperationalError):  # a socket failed (no SQLSTATE), and kin
             return Failure(UNREACHABLE, f"cannot reach the database: {one_line(exc)}",
                            EXIT_UNREACHABLE, state)
         label = f" [{state}]" if state else ""

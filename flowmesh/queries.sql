@@ -6,6 +6,11 @@
 -- Make a node a vertex of its tetrahedron (created when missing); returns its id.
 select public.register_node(%(tetrahedron)s, %(node_id)s, %(role)s) as tetrahedron_id;
 
+-- name: limit_statement_time
+-- Bound the statements of this transaction on the server (the agent's
+-- --db-timeout). Per transaction, so a transaction pooler keeps it.
+select set_config('statement_timeout', %(timeout)s, true);
+
 -- name: record_heartbeats
 -- Ship one outbox batch; idempotent by (src, seq).
 select received, inserted, duplicates

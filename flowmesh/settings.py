@@ -16,6 +16,20 @@ DATA_DIR_ENV = "FLOWMESH_DATA_DIR"
 EMBEDDED_DATABASE = "flowmesh"
 #: Seconds to wait for a database connection before calling it unreachable.
 CONNECT_TIMEOUT_S = 5
+#: Seconds a database call may take (the agent's ``--db-timeout``) before the
+#: path is called silent: the call is abandoned, the connection dropped and a
+#: new one opened with the usual backoff. It also bounds, on the server, the
+#: shipper's statements (``statement_timeout``) and, in the kernel, how long
+#: sent data may stay unacknowledged (``tcp_user_timeout``). Longer tolerates
+#: a slower link; shorter notices a dead one (a NAT entry dropped) sooner.
+CALL_TIMEOUT_S = 10.0
+#: TCP keepalive on every connection, so an idle connection whose path died is
+#: noticed without waiting for the next call: probes start after IDLE seconds
+#: of silence, every INTERVAL seconds, and COUNT unanswered probes drop the
+#: connection (5 + 2 x 3 = 11 s). Unix sockets ignore them.
+KEEPALIVES_IDLE_S = 5
+KEEPALIVES_INTERVAL_S = 2
+KEEPALIVES_COUNT = 3
 #: How FlowMesh's connections name themselves in pg_stat_activity (the agent
 #: says "flowmesh-edge", the exporter "flowmesh-exporter").
 APPLICATION_NAME = "flowmesh"

@@ -5,13 +5,22 @@ whatever the database's state, and the shipper drains the outbox whenever
 there is something to send, backing off exponentially (with jitter) while the
 database is unreachable. Blocking work (SQLite, psycopg) runs in worker
 threads so the event loop only schedules.
+
+The shipper's calls run, one at a time, on a thread of their own, a daemon:
+a call stuck on a dead path can then never hold the process at exit, and a
+stop always ends within the flush timeout (the call in flight is aborted, its
+batch stays queued).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,10 +54,43 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float,
     return min(nominal * uniform(*BACKOFF_JITTER), max_s)
 
 
+class ShipperThread:
+    """One daemon thread running blocking calls in the order submitted.
+
+    Not ``asyncio.to_thread``: its pool's threads are joined at exit, so a
+    call blocked on a silent network path would keep a stopped agent alive.
+    """
+
+    def __init__(self, name: str = "flowmesh-shipper"):
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # handed to the awaiting coroutine
+                future.set_exception(exc)
+
+    def run(self, call: Callable[[], object]) -> asyncio.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls.put((call, future))
+        return asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        """Let the thread end after the calls already submitted."""
+        self._calls.put(None)
+
+
 @dataclass
 class AgentStats:
     sampled: int = 0
     events: int = 0
+    #: The shipper's own count (Shipper.shipped), kept batch by batch.
     shipped: ShipReport = field(default_factory=ShipReport)
     failures: int = 0
     last_error: str | None = None
@@ -70,7 +112,7 @@ class Agent:
         self._pending_events: set[asyncio.Task] = set()
         self._sample = sample or MetricsSampler().sample
         self._wake = asyncio.Event()
-        self.stats = AgentStats()
+        self.stats = AgentStats(shipped=shipper.shipped)
 
     def heartbeat_payload(self) -> dict:
         metrics = self._sample()
@@ -131,20 +173,26 @@ class Agent:
             self.mesh.on_member(self._on_member)
             self.mesh.on(MessageType.ALERT, self._on_alert)
             await self.mesh.start()
+        self._shipper_thread = ShipperThread()
         sampler = asyncio.create_task(self._sample_loop(stop), name="flowmesh-sampler")
         shipper = asyncio.create_task(self._ship_loop(stop), name="flowmesh-shipper")
         try:
             await stop.wait()
         finally:
-            sampler.cancel()
+            # the whole stop, goodbyes and flush included, fits in flush_timeout_s
+            deadline = time.monotonic() + self.config.flush_timeout_s
+            # the sampler is not cancelled: it ends at once, after the heartbeat
+            # it may be writing (a cancelled write would be queued but not counted)
+            shipper.cancel()  # a call in flight goes on in its thread; the flush queues behind it
             if self.mesh is not None:
                 await self.mesh.stop()  # says goodbye, so peers record "left" at once
             await asyncio.gather(*self._pending_events, return_exceptions=True)
-            self._wake.set()
-            await asyncio.gather(sampler, return_exceptions=True)
-            await asyncio.gather(shipper, return_exceptions=True)
-            await self._final_flush()
-            await asyncio.to_thread(self.shipper.close)
+            await asyncio.gather(sampler, shipper, return_exceptions=True)
+            await self._final_flush(deadline)
+            closed = self._shipper_thread.run(self.shipper.close)
+            self._shipper_thread.close()
+            with contextlib.suppress(Exception):  # an aborted call may hold the thread a moment
+                await asyncio.wait_for(closed, timeout=max(0.1, deadline - time.monotonic()))
         return self.stats
 
     async def _sample_loop(self, stop: asyncio.Event) -> None:
@@ -174,7 +222,7 @@ class Agent:
             if stop.is_set():
                 break
             try:
-                report = await asyncio.to_thread(self.shipper.flush)
+                report = await self._shipper_thread.run(self.shipper.flush)
             except (Unreachable, Rejected) as exc:
                 backoff = self._backoff(attempt)
                 attempt += 1
@@ -199,7 +247,6 @@ class Agent:
                 log.debug("shipped %d heartbeats (%d duplicates)", report.shipped, report.duplicates)
             backoff = 0.0
             attempt = 0
-            self.stats.shipped.add(report)
             self.stats.last_error = None
 
     def _backoff(self, attempt: int) -> float:
@@ -218,14 +265,16 @@ class Agent:
                 message, self.outbox.pending(), backoff)
         self.stats.last_error = message
 
-    async def _final_flush(self) -> None:
+    async def _final_flush(self, deadline: float) -> None:
+        """Ship what is queued until ``deadline`` (monotonic); then abort the call
+        in flight, so that stopping never waits on the network."""
+        flush = self._shipper_thread.run(lambda: self.shipper.flush(deadline=deadline))
         try:
-            report = await asyncio.wait_for(
-                asyncio.to_thread(self.shipper.flush), timeout=self.config.flush_timeout_s
-            )
-            self.stats.shipped.add(report)
-        except (Unreachable, Rejected, TimeoutError) as exc:
+            await asyncio.wait_for(flush, timeout=max(0.0, deadline - time.monotonic()))
+        except Exception as exc:  # Unreachable, Rejected, TimeoutError, or a surprise
+            self.shipper.abort()
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
             log.warning(
                 "stopping with %d heartbeats in the outbox (%s); they ship on the next start",
-                self.outbox.pending(), exc or "timed out",
+                await asyncio.to_thread(self.outbox.pending), reason,
             )

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from flowmesh import database, limits
+from flowmesh import database, embedded, limits
 from flowmesh.clisupport import FriendlyGroup, database_url_option
 from flowmesh.errors import DatabaseUnreachable
 
@@ -43,7 +45,14 @@ outbox_option = click.option(
 
 
 def _redact(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(password=)('[^']*'|[^\s&]*)", r"\1***", url)  # conninfo or query string
+
+
+def _where(config: AgentConfig) -> str:
+    """The database, for the log: its URL without the password, or the embedded server."""
+    url = database.configured_url(config.database_url)
+    return _redact(url) if url else f"embedded ({embedded.pgdata()})"
 
 
 def _setup_logging(level: str) -> None:
@@ -83,6 +92,11 @@ def main() -> None:
 @click.option("--flush-timeout", "flush_timeout_s", type=click.FloatRange(min=0),
               default=_defaults.flush_timeout_s, show_default=True,
               help="On SIGINT/SIGTERM, seconds spent shipping what is queued.")
+@click.option("--db-timeout", "db_timeout_s", type=click.FloatRange(min=0, min_open=True),
+              default=_defaults.db_timeout_s, show_default=True, envvar="FLOWMESH_DB_TIMEOUT",
+              show_envvar=True,
+              help="Seconds a database call may take before the connection is dropped as "
+              "dead and a new one tried (a silent network path, a wedged proxy).")
 @outbox_option
 @click.option("--mesh-key", envvar="FLOWMESH_MESH_KEY", show_envvar=True, metavar="SECRET",
               help="Join the peer mesh, authenticating every datagram with this shared secret "
@@ -98,7 +112,7 @@ def main() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backoff_max_s,
-        flush_timeout_s, outbox, mesh_key, mesh_port, mesh_bind, peers, log_level) -> None:
+        flush_timeout_s, db_timeout_s, outbox, mesh_key, mesh_port, mesh_bind, peers, log_level) -> None:
     """Sample local metrics and send heartbeats until stopped (SIGINT/SIGTERM).
 
     With --mesh-key the agent also joins the peer mesh: it finds the other
@@ -110,7 +124,8 @@ def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backof
         node_id=node_id or default_node_id(), tetrahedron=tetrahedron, role=role,
         interval_s=interval_s, batch_size=batch_size,
         backoff_max_s=max(backoff_max_s, _defaults.backoff_initial_s),
-        flush_timeout_s=flush_timeout_s, database_url=database_url, outbox_path=outbox,
+        flush_timeout_s=flush_timeout_s, db_timeout_s=db_timeout_s, database_url=database_url,
+        outbox_path=outbox,
     )
     mesh_options = None
     if mesh_key:
@@ -120,7 +135,10 @@ def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backof
                         "peers": [_host_port(p) for p in peers]}
     elif peers:
         raise click.UsageError("--peer needs --mesh-key (the mesh is authenticated)")
-    url = database.resolve_url(config.database_url)
+    # Found (the embedded server started, created, migrated) on the first
+    # connection, not here: a database that is down, starting or full at
+    # start-up is retried with backoff while the agent samples into its outbox.
+    url = functools.partial(database.resolve_url, config.database_url)
     asyncio.run(_run(config, url, mesh_options))
 
 
@@ -139,11 +157,13 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _run(config: AgentConfig, url: str, mesh_options: dict | None = None) -> None:
+async def _run(config: AgentConfig, url: str | Callable[[], str],
+               mesh_options: dict | None = None) -> None:
     log = logging.getLogger("flowmesh_edge")
     path = config.resolved_outbox_path()
     with Outbox(path) as outbox:
-        shipper = Shipper(outbox, url, batch_size=config.batch_size)
+        shipper = Shipper(outbox, url, batch_size=config.batch_size,
+                          call_timeout_s=config.db_timeout_s)
         mesh = None
         if mesh_options is not None:
             meta = {"tetrahedron": config.tetrahedron, **({"role": config.role} if config.role else {})}
@@ -155,7 +175,7 @@ async def _run(config: AgentConfig, url: str, mesh_options: dict | None = None) 
             loop.add_signal_handler(sig, stop.set)
         log.info(
             "node %s in tetrahedron %s, a heartbeat every %gs, database %s, outbox %s (%d queued)",
-            config.node_id, config.tetrahedron, config.interval_s, _redact(url), path,
+            config.node_id, config.tetrahedron, config.interval_s, _where(config), path,
             outbox.pending(),
         )
         stats = await agent.run(stop)

@@ -34,8 +34,13 @@ class AgentConfig:
     backoff_initial_s: float = 1.0
     #: ... up to this ceiling, with +-20% jitter so a fleet does not retry in step.
     backoff_max_s: float = 60.0
-    #: On SIGINT/SIGTERM, seconds spent trying to ship what is queued before exiting.
+    #: On SIGINT/SIGTERM, seconds until the agent exits, spent shipping what is
+    #: queued; a call still in flight then is abandoned (its batch stays queued).
     flush_timeout_s: float = 5.0
+    #: Seconds a database call may take before the path is called silent, the
+    #: connection dropped and a new one tried with backoff (see
+    #: settings.CALL_TIMEOUT_S for the trade-off).
+    db_timeout_s: float = settings.CALL_TIMEOUT_S
     #: Database URL; None means the embedded server in the data directory.
     database_url: str | None = None
     #: Outbox file; None means <data dir>/outbox/<node id>.sqlite3.
@@ -50,6 +55,10 @@ class AgentConfig:
             problems.append("interval must be greater than 0 seconds")
         if not 1 <= self.batch_size <= limits.BATCH_MAX_ITEMS:
             problems.append(f"batch size must be between 1 and {limits.BATCH_MAX_ITEMS}")
+        if not self.flush_timeout_s >= 0:
+            problems.append("flush timeout must be 0 seconds or more")
+        if not self.db_timeout_s > 0:
+            problems.append("database timeout must be greater than 0 seconds")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             problems.append("backoff must satisfy 0 < initial <= max")
         if problems:

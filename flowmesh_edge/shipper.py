@@ -11,11 +11,24 @@ same reading the command lines give them):
 * anything else (permission denied, schema not migrated): :class:`Rejected`;
   nothing is removed, the caller logs it and backs off, because fixing the
   configuration must not cost data.
+
+No call waits longer than ``call_timeout_s`` (the agent's ``--db-timeout``):
+a path that goes silent (a NAT entry dropped, a wedged proxy: no reset, no
+answer) would otherwise block a call forever. A watchdog cuts the socket when
+the deadline passes, the call fails as :class:`Unreachable` and the next one
+opens a new connection. The same deadline bounds each statement on the server
+(``statement_timeout``, set per transaction so it survives a transaction
+pooler). :meth:`Shipper.abort` cuts the socket from another thread, so a
+stopping agent is never held by a call in flight.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,7 +36,7 @@ from dataclasses import dataclass, replace
 
 import psycopg
 
-from flowmesh import database, errors
+from flowmesh import database, errors, settings
 from flowmesh.limits import CLOCK_AHEAD_MAX_S
 from flowmesh.queries import query
 
@@ -38,6 +51,8 @@ APPLICATION_NAME = "flowmesh-edge"
 RETIME_AHEAD_S = CLOCK_AHEAD_MAX_S - 30
 #: The unknown-tetrahedron error: the tetrahedron was deleted since we registered.
 UNKNOWN_TETRAHEDRON = "23503"
+#: A statement cancelled (statement_timeout): too slow now, retried smaller.
+QUERY_CANCELED = "57014"
 
 
 class Unreachable(Exception):
@@ -77,36 +92,85 @@ class Shipper:
     thread so the event loop never waits on the network.
     """
 
-    def __init__(self, outbox: Outbox, database_url: str, *, batch_size: int = 500,
+    def __init__(self, outbox: Outbox, database_url: str | Callable[[], str], *,
+                 batch_size: int = 500, call_timeout_s: float = settings.CALL_TIMEOUT_S,
                  clock: Callable[[], float] = time.time):
         self.outbox = outbox
         self._clock = clock  # this device's wall clock (injectable for tests)
-        self.database_url = database_url
+        #: The URL, or a function that finds it (starting the embedded server),
+        #: called on the first connection so that it is retried like one.
+        self._database_url = database_url
         self.batch_size = batch_size
+        #: The batch size in use: halved each time a call runs out of time (a
+        #: link too slow to carry a full batch within the deadline would
+        #: otherwise retry it forever), doubled back on each success.
+        self.batch_limit = batch_size
+        self.call_timeout_s = call_timeout_s
         self._conn: psycopg.Connection | None = None
         self._tetrahedron_ids: dict[tuple[str, str], str] = {}
         #: This device's clock minus the database's, seconds (measured on connect).
         self.clock_offset_s = 0.0
+        #: Everything shipped through this shipper, counted batch by batch, so
+        #: a flush that fails or is abandoned half-way still counts its batches.
+        self.shipped = ShipReport()
+        self._deadline: float | None = None  # monotonic; the current flush's, if any
+        self._aborted = False
 
     # connection -----------------------------------------------------------
+    def _url(self) -> str:
+        if callable(self._database_url):
+            try:
+                self._database_url = self._database_url()
+            except errors.DatabaseUnreachable as exc:
+                raise Unreachable(str(exc).removeprefix("cannot reach the database: ")) from exc
+        return self._database_url
+
     def _connection(self) -> psycopg.Connection:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
         self.close()
+        url = self._url()
         try:
-            self._conn = database.connect(self.database_url, application_name=APPLICATION_NAME)
+            self._conn = database.connect(
+                url, application_name=APPLICATION_NAME, call_timeout_s=self.call_timeout_s,
+                # libpq counts whole seconds, 2 at least
+                connect_timeout=max(2, math.ceil(min(settings.CONNECT_TIMEOUT_S, self._time_left()))),
+            )
         except errors.DatabaseUnreachable as exc:
             raise Unreachable(str(exc).removeprefix("cannot reach the database: ")) from exc
         self._measure_clock()
         return self._conn
+
+    def _time_left(self) -> float:
+        """Seconds the next call may take: the call timeout, or less when the
+        flush's deadline is nearer. Raises Unreachable when none is left."""
+        if self._aborted:
+            raise Unreachable("stopped before the database answered")
+        left = self.call_timeout_s
+        if self._deadline is not None:
+            left = min(left, self._deadline - time.monotonic())
+        if left <= 0:
+            raise Unreachable("out of time before the database answered")
+        return left
+
+    def abort(self) -> None:
+        """Fail the call in flight at once and refuse new ones (any thread).
+
+        Used by a stopping agent: a call blocked on a silent path ends now,
+        not at its deadline. The shipper is not usable afterwards.
+        """
+        self._aborted = True
+        conn = self._conn
+        if conn is not None:
+            _cut(conn)
 
     def _measure_clock(self) -> None:
         """Estimate this device's clock offset from the database's (NTP-style midpoint)."""
         assert self._conn is not None
         before = self._clock()
         try:
-            (server,) = self._conn.execute(query("server_clock")).fetchone()
-        except psycopg.Error:
+            (server,) = self._execute(self._conn, query("server_clock"), {})
+        except Rejected:
             return  # a later call reports the problem
         self.clock_offset_s = (before + self._clock()) / 2 - server
         if self.clock_offset_s > RETIME_AHEAD_S:
@@ -149,19 +213,26 @@ class Shipper:
         return self._tetrahedron_ids[key]
 
     # shipping -----------------------------------------------------------------
-    def flush(self, max_batches: int | None = None) -> ShipReport:
+    def flush(self, max_batches: int | None = None, *, deadline: float | None = None) -> ShipReport:
         """Ship queued heartbeats, oldest first, until the outbox is empty.
 
         Raises :class:`Unreachable` or :class:`Rejected` on the first failure,
-        after keeping whatever was already shipped.
+        after keeping whatever was already shipped. With ``deadline`` (a
+        ``time.monotonic()`` value) no call runs past it.
         """
         report = ShipReport()
-        while max_batches is None or report.batches < max_batches:
-            entries = self.outbox.peek(self.batch_size)
-            if not entries:
-                break
-            for group in _by_destination(entries):
-                report.add(self._ship_group(group))
+        self._deadline = deadline
+        try:
+            while max_batches is None or report.batches < max_batches:
+                if self._aborted:  # the agent stopped (its outbox may be closed already)
+                    raise Unreachable("stopped before the database answered")
+                entries = self.outbox.peek(self.batch_limit)
+                if not entries:
+                    break
+                for group in _by_destination(entries):
+                    report.add(self._ship_group(group))
+        finally:
+            self._deadline = None
         return report
 
     def _ship_group(self, entries: list[Entry]) -> ShipReport:
@@ -192,28 +263,86 @@ class Shipper:
                     entries[0].kind, entries[0].seq, entries[0].src, exc.sqlstate, exc,
                 )
                 self.outbox.dead_letter(entries[0], str(exc), exc.sqlstate)
-                return ShipReport(dead_lettered=1, batches=1)
+                return self._count(ShipReport(dead_lettered=1, batches=1))
             half = len(entries) // 2
             report = self._ship(tetrahedron_id, entries[:half])
             report.add(self._ship(tetrahedron_id, entries[half:]))
             return report
         assert received == len(entries)
         self.outbox.remove([e.seq for e in entries])
-        return ShipReport(inserted=inserted, duplicates=duplicates, batches=1)
+        self.batch_limit = min(self.batch_size, self.batch_limit * 2)
+        return self._count(ShipReport(inserted=inserted, duplicates=duplicates, batches=1))
+
+    def _count(self, report: ShipReport) -> ShipReport:
+        self.shipped.add(report)
+        return report
 
     def _call(self, sql: str, params: dict) -> tuple:
-        conn = self._connection()
+        return self._execute(self._connection(), sql, params)
+
+    def _execute(self, conn: psycopg.Connection, sql: str, params: dict) -> tuple:
+        """Run one statement in its own transaction, within the time left.
+
+        ``statement_timeout`` is set per transaction (``set_config(..., true)``),
+        which a transaction pooler keeps, unlike a startup option. The watchdog
+        cuts the socket if no answer came in time: on a silent path, nothing
+        else would end the wait.
+        """
+        timeout = self._time_left()
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            _cut(conn)
+
+        watchdog = threading.Timer(timeout, expire)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            return conn.execute(sql, params).fetchone()
+            # four round trips (begin, timeout, call, commit), one at a time: not
+            # pipelined, because Supavisor's transaction mode is reported to
+            # wedge on pipelined queries (porsager/postgres#970)
+            with conn.transaction():
+                conn.execute(query("limit_statement_time"),
+                             {"timeout": f"{math.ceil(self.call_timeout_s * 1000)}ms"})
+                return conn.execute(sql, params).fetchone()
         except psycopg.Error as exc:
+            if expired.is_set() or self._aborted:
+                self.close()
+                if self._aborted:
+                    raise Unreachable("stopped before the database answered") from exc
+                self.batch_limit = max(1, self.batch_limit // 2)
+                raise Unreachable(f"no answer from the database within {timeout:g} s; "
+                                  "connection dropped") from exc
             failure = errors.describe(exc)
             reason = errors.one_line(exc)
             if failure.kind == errors.BAD_DATA and failure.sqlstate != UNKNOWN_TETRAHEDRON:
                 raise _DataError(reason, failure.sqlstate) from exc
             if failure.kind == errors.UNREACHABLE:
                 self.close()
+                if failure.sqlstate == QUERY_CANCELED:  # the server's statement_timeout
+                    self.batch_limit = max(1, self.batch_limit // 2)
                 raise Unreachable(reason) from exc
             raise Rejected(reason, failure.sqlstate) from exc
+        finally:
+            watchdog.cancel()
+            if expired.is_set():  # fired just as the answer came: the socket is cut anyway
+                self.close()
+
+
+def _cut(conn: psycopg.Connection) -> None:
+    """Shut a connection's socket down, from any thread, so a call blocked on
+    it fails now. (Closing the connection is left to the thread that owns it:
+    libpq is not safe to close under a call in flight; shutting a socket is.)"""
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:
+        return  # already closed
+    try:
+        with socket.socket(fileno=os.dup(fd)) as dup:
+            dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed meanwhile, or never connected
 
 
 class _DataError(Rejected):

@@ -4,6 +4,12 @@ It listens on 127.0.0.1 only. ``down()`` drops every open connection and
 refuses new ones (they are accepted and closed at once, like a crashed
 server); ``up()`` lets traffic through again. That gives tests a real
 database outage without stopping the shared test server.
+
+``silent()`` is the other way a path dies: the connections open at that
+moment stay open but nothing goes through them any more, in either
+direction (bytes are read and dropped, no reset is sent, like a NAT entry
+that expired), while new connections work normally. Only a deadline on the
+client's side notices.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ class PgProxy:
         self.port: int | None = None
         self._up = True
         self._writers: set[asyncio.StreamWriter] = set()
+        #: One flag per open connection; set, its bytes are dropped.
+        self._muted: set[asyncio.Event] = set()
+        #: Bytes dropped by silenced connections (a test can see the client tried).
+        self.dropped = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pg-proxy", daemon=True)
         self._server: asyncio.base_events.Server | None = None
@@ -39,10 +49,15 @@ class PgProxy:
             return
         up_reader, up_writer = await asyncio.open_unix_connection(self.socket_path)
         self._writers |= {writer, up_writer}
+        muted = asyncio.Event()
+        self._muted.add(muted)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    if muted.is_set():
+                        self.dropped += len(data)
+                        continue
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -50,8 +65,11 @@ class PgProxy:
             finally:
                 dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            self._writers -= {writer, up_writer}
+            self._muted.discard(muted)
 
     def url(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}?sslmode=disable"
@@ -68,6 +86,18 @@ class PgProxy:
 
     def down(self) -> None:
         self._set(False)
+
+    def silent(self) -> int:
+        """Stop forwarding on every open connection, without closing any;
+        new connections still work. Returns how many were silenced."""
+
+        async def apply() -> int:
+            for muted in self._muted:
+                muted.set()
+            return len(self._muted)
+
+        # waited for, so that when this returns the connections are silent
+        return asyncio.run_coroutine_threadsafe(apply(), self._loop).result(timeout=5)
 
     def up(self) -> None:
         self._set(True)

@@ -23,6 +23,8 @@ from flowmesh_edge.metrics import MetricsSampler
         ({"node_id": "n" * (limits.NODE_ID_MAX_BYTES + 1)}, "129 bytes; the limit is 128"),
         ({"node_id": "é" * 65}, "130 bytes; the limit is 128"),
         ({"backoff_initial_s": 5, "backoff_max_s": 1}, "backoff"),
+        ({"db_timeout_s": 0}, "database timeout"),
+        ({"flush_timeout_s": -1}, "flush timeout"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
