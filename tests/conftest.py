@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +30,17 @@ TEMPLATE = "flowmesh_template"
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
-    pgdata = tmp_path_factory.mktemp("pg") / "data"
-    with embedded.package().get_server(pgdata, cleanup_mode="delete") as server:
-        yield server
+def pg_server():
+    # Not under pytest's tmp_path: as root the server runs as another user, and
+    # any other pytest session started meanwhile resets /tmp/pytest-of-root to
+    # mode 0700, which would lock the running server out of its own files.
+    base = Path(tempfile.mkdtemp(prefix="flowmesh-test-pg-"))
+    base.chmod(0o755)
+    try:
+        with embedded.package().get_server(base / "data", cleanup_mode="delete") as server:
+            yield server
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def janitor(pg_server, dbname: str, **kwargs) -> DatabaseJanitor:
