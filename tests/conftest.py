@@ -29,18 +29,26 @@ from flowmesh import embedded, migrations, pooler
 TEMPLATE = "flowmesh_template"
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    # Not under pytest's tmp_path: as root the server runs as another user, and
-    # any other pytest session started meanwhile resets /tmp/pytest-of-root to
-    # mode 0700, which would lock the running server out of its own files.
-    base = Path(tempfile.mkdtemp(prefix="flowmesh-test-pg-"))
+@contextlib.contextmanager
+def server_directory(prefix: str) -> Iterator[Path]:
+    """A directory for a server the tests start, removed afterwards.
+
+    Not under pytest's tmp_path: as root the servers run as another user, and
+    any other pytest session started meanwhile resets /tmp/pytest-of-root to
+    mode 0700, which would lock a running server out of its own files."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     base.chmod(0o755)
     try:
-        with embedded.package().get_server(base / "data", cleanup_mode="delete") as server:
-            yield server
+        yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    with server_directory("flowmesh-test-pg-") as base, \
+            embedded.package().get_server(base / "data", cleanup_mode="delete") as server:
+        yield server
 
 
 def janitor(pg_server, dbname: str, **kwargs) -> DatabaseJanitor:
@@ -114,19 +122,20 @@ class TestPooler:
 
 
 @pytest.fixture(scope="session")
-def pgbouncer(pg_server, tmp_path_factory) -> Iterator[TestPooler]:
+def pgbouncer(pg_server) -> Iterator[TestPooler]:
     """One PgBouncer per session in front of the session's server, on a port the
     kernel picks; skipped (failed under FLOWMESH_NO_SKIP) without pgbouncer."""
     if pooler.binary() is None:
         pytest.skip(pooler.INSTALL_HINT)
-    handle = pooler.Pooler(tmp_path_factory.mktemp("pgbouncer"))
-    info = pg_server.get_postmaster_info()
-    pooler.start(handle, pg_server.get_uri(), server_host=str(info.socket_dir), server_port=info.port,
-                 preferred_port=None)
-    try:
-        yield TestPooler(pg_server, handle)
-    finally:
-        pooler.stop(handle)
+    with server_directory("flowmesh-test-pgbouncer-") as base:
+        handle = pooler.Pooler(base / "pgbouncer")
+        info = pg_server.get_postmaster_info()
+        pooler.start(handle, pg_server.get_uri(), server_host=str(info.socket_dir), server_port=info.port,
+                     preferred_port=None)
+        try:
+            yield TestPooler(pg_server, handle)
+        finally:
+            pooler.stop(handle)
 
 
 @pytest.fixture
