@@ -285,7 +285,9 @@ class Bouncer:
             f"pool_mode = transaction\nmax_client_conn = {max_clients}\n"
             f"default_pool_size = {pool_size}\nmax_db_connections = {pool_size}\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\npidfile = {self.dir / 'pgbouncer.pid'}\n"
-            "server_reset_query =\nignore_startup_parameters = extra_float_digits\n")
+            "server_reset_query =\nignore_startup_parameters = extra_float_digits\n"
+            # retry the server 1 s after a failed login, not 15 s: a restart is seconds
+            "server_login_retry = 1\n")
         user = server.pg.system_user
         if user:  # PgBouncer refuses to run as root
             shutil.chown(self.dir, user)
@@ -349,6 +351,7 @@ class Step:
     bench_cpu: float
     failures: int
     seconds: float
+    restart: bool = False
 
     @property
     def lost(self) -> int:
@@ -356,6 +359,8 @@ class Step:
 
     @property
     def passed(self) -> bool:
+        if self.restart:  # the outage is in the latencies: judged on losses alone
+            return self.lost == 0 and self.sampled > 0
         return self.p99 < P99_GOAL_S and self.lost == 0 and self.sampled > 0
 
 
@@ -429,7 +434,8 @@ async def run_step(label: str, devices: list[Device], server: Server, bouncer: B
                 pct(latencies, 50), pct(latencies, 99),
                 (after[3] - before[3]) / secs, in_window / secs,
                 (after[0] - before[0]) / secs, (after[1] - before[1]) / secs,
-                (after[2] - before[2]) / secs, sum(d.failures for d in devices), secs)
+                (after[2] - before[2]) / secs, sum(d.failures for d in devices), secs,
+                restart=restart_at is not None)
 
 
 def make_devices(n: int, have: list[Device], url: str, outboxes: Path, pooled: bool) -> list[Device]:
@@ -535,7 +541,7 @@ async def group_commit(server: Server, url: str, bouncer: Bouncer | None, args, 
 def summarize(results: list[Step], direct: list[Step], gc: list[Step], interval: float) -> None:
     print()
     for label, group in (("pooled", results), ("direct", direct)):
-        ok = [s.devices for s in group if s.passed and "restart" not in s.label]
+        ok = [s.devices for s in group if s.passed and not s.restart]
         if not group:
             continue
         best = max(ok) if ok else 0
@@ -543,7 +549,7 @@ def summarize(results: list[Step], direct: list[Step], gc: list[Step], interval:
               f"({best / interval:,.0f} heartbeats/s); goal >= {FLEET_GOAL:,}: "
               f"{'met' if best >= FLEET_GOAL else 'NOT met'}")
         for s in group:
-            if "restart" in s.label:
+            if s.restart:
                 print(f"{label}: restart mid-run at {s.devices} devices: {s.lost} lost of "
                       f"{s.sampled}, p99 {s.p99:.2f} s (includes the outage): "
                       f"{'met' if s.lost == 0 else 'NOT met'} (goal: 0 lost)")
@@ -615,7 +621,7 @@ def main() -> None:
             direct = asyncio.run(sweep("direct", server, server.url, None, args, steps,
                                        Path(boxes) / "direct",
                                        not args.no_restart and not pooled))
-        passing = [s for s in results + direct if s.passed and "restart" not in s.label]
+        passing = [s for s in results + direct if s.passed and not s.restart]
         gc_n = args.group_commit if args.group_commit is not None else (
             max(s.devices for s in passing) if passing else 0)
         gc: list[Step] = []
