@@ -101,7 +101,7 @@ def every_table_filled(conn, two_meshes):
     (decision,) = conn.execute(
         "select id from propose_guardian_decision(%s, 'quarantine', 'bob-phone', 'bob-cam')", (shop,)
     ).fetchone()
-    conn.execute("select cast_guardian_vote(%s, 'bob-cam', true)", (decision,))
+    conn.execute("select cast_guardian_vote(%s, %s, 'bob-cam', true)", (shop, decision))
     return home, shop
 
 
