@@ -14,12 +14,14 @@ seconds with the metrics the agent samples (flowmesh_edge.metrics shapes),
 starts jittered over one interval so the load is even.
 
 The shipper is synchronous; the agent runs ``Shipper.flush`` in a worker thread
-(``asyncio.to_thread``), and so does this benchmark, through one bounded pool
-of --threads workers shared by all devices (N threads would not fit). What
-differs from N real agents: the devices share this process's CPU and GIL
-(its own CPU is reported), and through PgBouncer in transaction mode psycopg's
-automatic server-side prepared statements are turned off (``prepare_threshold
-= None``: PgBouncer 1.18 cannot carry them across transactions).
+(``asyncio.to_thread``), and so does this benchmark, through a bounded pool of
+--threads workers per process (N threads would not fit). The devices live in
+worker processes of --per-process devices each (a process may hold only so
+many files). What differs from N real agents: the devices share this
+machine's CPU with the server (their CPU is reported), and through PgBouncer
+in transaction mode psycopg's automatic server-side prepared statements are
+turned off (``prepare_threshold = None``: PgBouncer 1.18 cannot carry them
+across transactions).
 
 Figures per step, each for the heartbeats sampled in the measured window:
 
@@ -53,9 +55,9 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import multiprocessing
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -324,13 +326,134 @@ def _free_port() -> int:
     return free_ports(1, udp=False)[0]
 
 
-def raise_open_files(n: int) -> None:
-    """Room for n devices: a socket and the outbox's SQLite files each."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(soft, 5 * n + 1024)
-    if want > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+
+# -- devices in worker processes --------------------------------------------------------
+#
+# A process may hold only so many files (RLIMIT_NOFILE, 20,000 here and not
+# raisable without CAP_SYS_RESOURCE), and a device holds four (its socket, and
+# its outbox's database, WAL and shared-memory files), so the fleet is spread
+# over worker processes of --per-process devices each; that also gives the
+# devices more than one interpreter's GIL, as real devices have.
+
+def make_devices(first: int, count: int, url: str, outboxes: Path, pooled: bool) -> list[Device]:
+    cls = PoolerShipper if pooled else Shipper
+    outboxes.mkdir(parents=True, exist_ok=True)
+    devices = []
+    for i in range(first, first + count):
+        acked: dict[int, float] = {}
+        outbox = TimedOutbox(outboxes / f"device-{i:05d}.sqlite", acked)
+        devices.append(Device(i, outbox, cls(outbox, url), Metrics(random.Random(i)), acked=acked))
+    return devices
+
+
+async def prepare(devices: list[Device], pool) -> None:
+    """Connect and register every device (not measured), a few at a time."""
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(16)
+
+    async def one(dev: Device) -> None:
+        async with sem:
+            for attempt in range(5):
+                try:
+                    await loop.run_in_executor(
+                        pool, dev.shipper.register, dev.tetrahedron, dev.node_id, None)
+                    return
+                except (Unreachable, Rejected):
+                    await asyncio.sleep(backoff_delay(attempt, 1.0, 8.0))
+            raise RuntimeError(f"{dev.node_id} cannot register")
+
+    await asyncio.gather(*(one(d) for d in devices))
+
+
+async def run_devices(devices: list[Device], start_unix: float, duration: float, drain: float,
+                      interval: float, pool) -> tuple[list[tuple[float, float]], int]:
+    """One phase: every device beats from start_unix for duration seconds, then
+    ships what is queued for up to drain seconds. Returns (sampled at, acknowledged
+    at or inf) per heartbeat, and the failed shipments."""
+    loop = asyncio.get_running_loop()
+    for dev in devices:
+        dev.sampled.clear()
+        dev.acked.clear()
+        dev.failures = 0
+    start = loop.time() + (start_unix - time.time())
+    w = Window(start, start + duration, start + duration + drain, interval)
+    await asyncio.gather(*(run_device(d, w, pool) for d in devices))
+    beats = [(at, d.acked.get(seq, float("inf"))) for d in devices for seq, at in d.sampled.items()]
+    return beats, sum(d.failures for d in devices)
+
+
+def worker_main(pipe, first: int, count: int, url: str, pooled: bool, outboxes: str,
+                threads: int) -> None:
+    """A worker process: its slice of the fleet, phase after phase, as the parent says."""
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="ship")
+    devices = make_devices(first, count, url, Path(outboxes), pooled)
+    try:
+        try:
+            asyncio.run(prepare(devices, pool))
+            pipe.send(("ready", None))
+        except RuntimeError as exc:
+            pipe.send(("failed", str(exc)))
+            return
+        while (phase := pipe.recv()) is not None:
+            pipe.send(asyncio.run(run_devices(devices, *phase, pool)))
+    finally:
+        close_devices(devices)
+        pool.shutdown(wait=True)
+
+
+def close_devices(devices: list[Device]) -> None:
+    for dev in devices:
+        dev.shipper.close()
+        dev.outbox.close()
+
+
+class Fleet:
+    """N devices in worker processes; run phases on them together."""
+
+    def __init__(self, n: int, url: str, pooled: bool, outboxes: Path, args, children: Children):
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self.n, self.workers, self.pipes = n, [], []
+        for first in range(0, n, args.per_process):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, daemon=True, args=(
+                theirs, first, min(args.per_process, n - first), url, pooled, str(outboxes),
+                args.threads))
+            proc.start()
+            children.add(proc.pid)
+            self.workers.append(proc)
+            self.pipes.append(mine)
+        answers = [p.recv() for p in self.pipes]
+        self.failure = next((why for status, why in answers if status != "ready"), None)
+        self.procs = [psutil.Process(w.pid) for w in self.workers]
+
+    def start(self, start_unix: float, duration: float, drain: float, interval: float) -> None:
+        for p in self.pipes:
+            p.send((start_unix, duration, drain, interval))
+
+    def results(self) -> tuple[list[tuple[float, float]], int]:
+        beats, failures = [], 0
+        for p in self.pipes:
+            b, f = p.recv()
+            beats += b
+            failures += f
+        return beats, failures
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for proc in self.procs:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def close(self) -> None:
+        for p in self.pipes:
+            with contextlib.suppress(OSError):
+                p.send(None)
+        for w in self.workers:
+            w.join(timeout=60)
+            if w.is_alive():
+                w.kill()
 
 
 # -- one step -------------------------------------------------------------------------
@@ -341,7 +464,6 @@ class Step:
     devices: int
     sampled: int
     rows: int
-    queued: int
     p50: float
     p99: float
     commits_s: float
@@ -364,99 +486,37 @@ class Step:
         return self.p99 < P99_GOAL_S and self.lost == 0 and self.sampled > 0
 
 
-async def prepare(devices: list[Device], pool) -> None:
-    """Connect and register every device (not measured), a few at a time."""
-    loop = asyncio.get_running_loop()
-    sem = asyncio.Semaphore(32)
-
-    async def one(dev: Device) -> None:
-        async with sem:
-            for attempt in range(5):
-                try:
-                    await loop.run_in_executor(
-                        pool, dev.shipper.register, dev.tetrahedron, dev.node_id, None)
-                    return
-                except (Unreachable, Rejected):
-                    await asyncio.sleep(backoff_delay(attempt, 1.0, 8.0))
-            raise RuntimeError(f"{dev.node_id} cannot register")
-
-    await asyncio.gather(*(one(d) for d in devices))
-
-
-async def run_step(label: str, devices: list[Device], server: Server, bouncer: Bouncer | None,
-                   args, pool, restart_at: float | None = None) -> Step:
-    loop = asyncio.get_running_loop()
+def run_step(label: str, fleet: Fleet, server: Server, bouncer: Bouncer | None, args,
+             restart_at: float | None = None) -> Step:
     with database.connect(server.url) as conn:
         conn.execute(q("truncate_heartbeats"))
-    for dev in devices:
-        dev.sampled.clear()
-        dev.acked.clear()
-        dev.failures = 0
-    me = psutil.Process()
-    start = loop.time() + 1.0
-    w = Window(start, start + args.duration, start + args.duration + args.drain, args.interval)
+    start = time.time() + 1.0
+    fleet.start(start, args.duration, args.drain, args.interval)
 
     def counters() -> tuple[float, float, float, int]:
         with database.connect(server.url) as c:
             (commits,) = c.execute(q("xact_commits")).fetchone()
-        t = me.cpu_times()
         return (server.cpu_before_restarts + server.cpu_s(),
-                bouncer.cpu_s() if bouncer else 0.0, t.user + t.system, commits)
+                bouncer.cpu_s() if bouncer else 0.0, fleet.cpu_s(), commits)
 
     # the measured window: from one interval in (every device is beating) to the stop
-    tasks = [asyncio.create_task(run_device(d, w, pool)) for d in devices]
-    await asyncio.sleep(max(0.0, w.start + w.interval - loop.time()))
+    time.sleep(max(0.0, start + args.interval - time.time()))
     before, t0 = counters(), time.time()
     if restart_at is not None:
-        await asyncio.sleep(max(0.0, w.start + restart_at - loop.time()))
-        print(f"  restarting the server (pg_ctl restart -m fast) at {label}", flush=True)
-        await asyncio.to_thread(server.restart)
-    await asyncio.sleep(max(0.0, w.stop - loop.time()))
+        time.sleep(max(0.0, start + restart_at - time.time()))
+        print(f"  restarting the server (pg_ctl restart -m fast) at {fleet.n} devices", flush=True)
+        server.restart()
+    time.sleep(max(0.0, start + args.duration - time.time()))
     after, t1 = counters(), time.time()
-    await asyncio.gather(*tasks)
-    window = (t0, t1)
-
-    latencies = []
-    sampled_total = 0
-    for dev in devices:
-        sampled_total += len(dev.sampled)
-        for seq, at in dev.sampled.items():
-            if window[0] <= at < window[1] and seq in dev.acked:
-                latencies.append(dev.acked[seq] - at)
-            elif window[0] <= at < window[1]:
-                latencies.append(float("inf"))  # never acknowledged
+    beats, failures = fleet.results()
     with database.connect(server.url) as conn:
         (rows,) = conn.execute(q("heartbeat_count")).fetchone()
-    queued = sum(len(d.sampled) - len(d.acked) for d in devices)
+    latencies = [acked - at for at, acked in beats if t0 <= at < t1]
     secs = t1 - t0
-    in_window = len(latencies)
-    return Step(label, len(devices), sampled_total, rows, queued,
-                pct(latencies, 50), pct(latencies, 99),
-                (after[3] - before[3]) / secs, in_window / secs,
+    return Step(label, fleet.n, len(beats), rows, pct(latencies, 50), pct(latencies, 99),
+                (after[3] - before[3]) / secs, len(latencies) / secs,
                 (after[0] - before[0]) / secs, (after[1] - before[1]) / secs,
-                (after[2] - before[2]) / secs, sum(d.failures for d in devices), secs,
-                restart=restart_at is not None)
-
-
-def make_devices(n: int, have: list[Device], url: str, outboxes: Path, pooled: bool) -> list[Device]:
-    cls = PoolerShipper if pooled else Shipper
-    for i in range(len(have), n):
-        acked: dict[int, float] = {}
-        outbox = TimedOutbox(outboxes / f"device-{i:05d}.sqlite", acked)
-        dev = Device(i, outbox, cls(outbox, url), Metrics(random.Random(i)), acked=acked)
-        have.append(dev)
-    return have[:n]
-
-
-def close_connections(devices: list[Device]) -> None:
-    for dev in devices:
-        dev.shipper.close()
-
-
-def close_devices(devices: list[Device]) -> None:
-    for dev in devices:
-        dev.shipper.close()
-        dev.outbox.close()
+                (after[2] - before[2]) / secs, failures, secs, restart=restart_at is not None)
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -475,66 +535,59 @@ HEADER = (f"{'step':<26}{'devices':>7}{'hb/s':>8}{'commit/s':>9}{'p50 s':>8}{'p9
           f"{'sampled':>9}{'lost':>6}{'errors':>7}  verdict")
 
 
-async def sweep(label: str, server: Server, url: str, bouncer: Bouncer | None, args,
-                steps: list[int], outboxes: Path, restart: bool) -> list[Step]:
-    """Every step in order, stopping after the first that fails; then the restart."""
-    results: list[Step] = []
-    have: list[Device] = []
-    pool = concurrent.futures.ThreadPoolExecutor(args.threads, thread_name_prefix="ship")
+@contextlib.contextmanager
+def fleet_of(n: int, url: str, pooled: bool, outboxes: Path, args, children: Children):
+    fleet = Fleet(n, url, pooled, outboxes, args, children)
     try:
-        for n in steps:
-            if bouncer is None:
-                if results and not direct_fits(server, results[-1].devices, n):
-                    break
-                await asyncio.to_thread(close_connections, have)  # the restart drops them
-                server.set(max_connections=n + 20)
-            devices = make_devices(n, have, url, outboxes, bouncer is not None)
-            try:
-                await prepare(devices, pool)
-            except RuntimeError as exc:
-                print(f"{label} {n}: devices could not connect ({exc}); stopping here", flush=True)
-                break
-            step = await run_step(f"{label}", devices, server, bouncer, args, pool)
-            print_step(step, results[0] if results else None)
-            results.append(step)
-            if not step.passed:
-                break
-        if restart and results:
-            n = results[-1].devices
-            devices = have[:n]
-            step = await run_step(f"{label}, restart mid-run", devices, server, bouncer, args,
-                                  pool, restart_at=args.duration / 2)
-            print_step(step, results[0])
-            results.append(step)
+        yield fleet
     finally:
-        await asyncio.to_thread(close_devices, have)
-        pool.shutdown(wait=True)
+        fleet.close()
+
+
+def sweep(label: str, server: Server, url: str, bouncer: Bouncer | None, pooled: bool, args,
+          steps: list[int], outboxes: Path, restart: bool, children: Children) -> list[Step]:
+    """Every step in order, stopping after the first that fails; then the restart
+    at the largest step run."""
+    results: list[Step] = []
+    for n in steps:
+        if not pooled:
+            if results and not direct_fits(server, results[-1].devices, n):
+                break
+            server.set(max_connections=n + 20)
+        with fleet_of(n, url, pooled, outboxes, args, children) as fleet:
+            if fleet.failure:
+                print(f"{label} {n}: devices could not connect ({fleet.failure}); stopping here",
+                      flush=True)
+                break
+            step = run_step(label, fleet, server, bouncer, args)
+            if not pooled:
+                step.label += f", {server.backends_uss_mb() / n:.1f} MB/conn"
+        print_step(step, results[0] if results else None)
+        results.append(step)
+        if not step.passed:
+            break
+    if restart and results:
+        with fleet_of(results[-1].devices, url, pooled, outboxes, args, children) as fleet:
+            step = run_step(f"{label}, restart mid-run", fleet, server, bouncer, args,
+                            restart_at=args.interval + (args.duration - args.interval) / 2)
+        print_step(step, results[0])
+        results.append(step)
     return results
 
 
-async def group_commit(server: Server, url: str, bouncer: Bouncer | None, args, n: int,
-                       outboxes: Path) -> list[Step]:
-    """One step at the default, then with commit_delay/commit_siblings, then default again."""
-    have: list[Device] = []
-    pool = concurrent.futures.ThreadPoolExecutor(args.threads, thread_name_prefix="ship")
-    results = []
-    try:
-        devices = make_devices(n, have, url, outboxes, bouncer is not None)
-        await prepare(devices, pool)
+def group_commit(server: Server, url: str, bouncer: Bouncer | None, pooled: bool, args, n: int,
+                 outboxes: Path, children: Children) -> list[Step]:
+    """One step at the default, then with commit_delay/commit_siblings, then the default again."""
+    results: list[Step] = []
+    with fleet_of(n, url, pooled, outboxes, args, children) as fleet:
         base = None
-        for label, settings in (("default commit", {"commit_delay": 0, "commit_siblings": 5}),
-                                ("commit_delay=1000us", {"commit_delay": 1000,
-                                                         "commit_siblings": 5}),
-                                ("default commit, again", {"commit_delay": 0,
-                                                           "commit_siblings": 5})):
-            server.set(**settings)
-            step = await run_step(label, devices, server, bouncer, args, pool)
+        for label, delay in (("default commit", 0), ("commit_delay=1000us", 1000),
+                             ("default commit, again", 0)):
+            server.set(commit_delay=delay, commit_siblings=5)
+            step = run_step(label, fleet, server, bouncer, args)
             print_step(step, base)
             base = base or step
             results.append(step)
-    finally:
-        await asyncio.to_thread(close_devices, have)
-        pool.shutdown(wait=True)
     return results
 
 
@@ -569,7 +622,9 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between a device's heartbeats")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of heartbeats per step")
     ap.add_argument("--drain", type=float, default=120.0, help="seconds allowed to ship what is queued")
-    ap.add_argument("--threads", type=int, default=32, help="shipper worker threads, all devices")
+    ap.add_argument("--threads", type=int, default=16, help="shipper threads per worker process")
+    ap.add_argument("--per-process", type=int, default=2500,
+                    help="devices per worker process (each holds 4 files: RLIMIT_NOFILE)")
     ap.add_argument("--pool-size", type=int, default=20, help="PgBouncer server connections")
     ap.add_argument("--pooler-url", help="ship through this pooler (to the bench's own database)")
     ap.add_argument("--direct", action="store_true", help="also run the steps without a pooler")
@@ -586,7 +641,6 @@ def main() -> None:
         if args.group_commit is None:
             args.group_commit = 200
     steps = [int(s) for s in args.steps.split(",")]
-    raise_open_files(max(steps))
 
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory() as tmp, \
@@ -607,29 +661,29 @@ def main() -> None:
         print(f"PostgreSQL {version}; one heartbeat per device every {args.interval:g} s, "
               f"{args.duration:g} s measured per step; {os.cpu_count()} cores shared with "
               f"this simulator; outboxes in {Path(boxes).parent}", flush=True)
-        print("pg cpu / bouncer / bench: cores used by the server, PgBouncer and this process; "
+        print("pg cpu / bouncer / bench: cores used by the server, PgBouncer and the device processes; "
               "ms/hb: server CPU ms per heartbeat", flush=True)
         print(HEADER, flush=True)
         results: list[Step] = []
-        pooled = args.pooler_url or bouncer
-        if not args.direct_only:
-            name = "pooler" if args.pooler_url else ("pgbouncer" if bouncer else "direct")
-            results = asyncio.run(sweep(name, server, url, bouncer, args, steps,
-                                        Path(boxes) / "pooled", not args.no_restart))
+        pooled = bool(args.pooler_url or bouncer)
+        if pooled:
+            results = sweep("pooler" if args.pooler_url else "pgbouncer", server, url, bouncer,
+                            True, args, steps, Path(boxes) / "pooled", not args.no_restart,
+                            children)
         direct: list[Step] = []
         if args.direct or args.direct_only or not pooled:
-            direct = asyncio.run(sweep("direct", server, server.url, None, args, steps,
-                                       Path(boxes) / "direct",
-                                       not args.no_restart and not pooled))
+            direct = sweep("direct", server, server.url, None, False, args, steps,
+                           Path(boxes) / "direct", not args.no_restart and not pooled, children)
         passing = [s for s in results + direct if s.passed and not s.restart]
         gc_n = args.group_commit if args.group_commit is not None else (
             max(s.devices for s in passing) if passing else 0)
         gc: list[Step] = []
         if gc_n:
-            gc = asyncio.run(group_commit(server, url, bouncer, args, gc_n,
-                                          Path(boxes) / "group"))
+            gc = group_commit(server, url, bouncer, pooled, args, gc_n, Path(boxes) / "group",
+                              children)
 
     summarize(results, direct, gc, args.interval)
+
 
 if __name__ == "__main__":
     main()
