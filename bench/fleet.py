@@ -547,7 +547,7 @@ def fleet_of(n: int, url: str, pooled: bool, outboxes: Path, args, children: Chi
 def sweep(label: str, server: Server, url: str, bouncer: Bouncer | None, pooled: bool, args,
           steps: list[int], outboxes: Path, restart: bool, children: Children) -> list[Step]:
     """Every step in order, stopping after the first that fails; then the restart
-    at the largest step run."""
+    at the largest step that passed."""
     results: list[Step] = []
     for n in steps:
         if not pooled:
@@ -567,7 +567,9 @@ def sweep(label: str, server: Server, url: str, bouncer: Bouncer | None, pooled:
         if not step.passed:
             break
     if restart and results:
-        with fleet_of(results[-1].devices, url, pooled, outboxes, args, children) as fleet:
+        passed = [s.devices for s in results if s.passed]
+        largest = max(passed) if passed else results[0].devices
+        with fleet_of(largest, url, pooled, outboxes, args, children) as fleet:
             step = run_step(f"{label}, restart mid-run", fleet, server, bouncer, args,
                             restart_at=args.interval + (args.duration - args.interval) / 2)
         print_step(step, results[0])
@@ -658,9 +660,10 @@ def main() -> None:
         elif shutil.which("pgbouncer") and not args.direct_only:
             bouncer = Bouncer(server, Path(tmp), max(steps) + 100, args.pool_size, children)
             url = bouncer.url
-        print(f"PostgreSQL {version}; one heartbeat per device every {args.interval:g} s, "
-              f"{args.duration:g} s measured per step; {os.cpu_count()} cores shared with "
-              f"this simulator; outboxes in {Path(boxes).parent}", flush=True)
+        print(f"PostgreSQL {version}; one heartbeat per device every {args.interval:g} s for "
+              f"{args.duration:g} s per step, the last {args.duration - args.interval:g} s "
+              f"measured; {os.cpu_count()} cores shared by the server and the simulated "
+              f"devices; outboxes in {Path(boxes).parent}", flush=True)
         print("pg cpu / bouncer / bench: cores used by the server, PgBouncer and the device processes; "
               "ms/hb: server CPU ms per heartbeat", flush=True)
         print(HEADER, flush=True)
