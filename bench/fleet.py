@@ -35,7 +35,7 @@ Figures per step, each for the heartbeats sampled in the measured window:
 The baseline, measured in the same run: the smallest step, to which every
 larger step's p99 and CPU per heartbeat are compared. Goal: >= 10,000 devices
 at a 10 s interval (1,000 heartbeats/s) with p99 < 2 s and 0 lost; the
-largest step passing both is reported. At the largest step the server is
+largest step passing both is reported. At the largest step that passed the server is
 restarted in the middle (``pg_ctl restart -m fast``): nothing acknowledged may
 be lost, and nothing sampled either, since the outbox keeps each heartbeat
 until the server acknowledged it. One step is also run with group commit
@@ -631,7 +631,8 @@ def main() -> None:
     ap.add_argument("--pooler-url", help="ship through this pooler (to the bench's own database)")
     ap.add_argument("--direct", action="store_true", help="also run the steps without a pooler")
     ap.add_argument("--direct-only", action="store_true", help="only the steps without a pooler")
-    ap.add_argument("--no-restart", action="store_true", help="skip the restart at the largest step")
+    ap.add_argument("--no-restart", action="store_true",
+                    help="skip the restart at the largest step that passed")
     ap.add_argument("--group-commit", type=int, default=None, metavar="N",
                     help="fleet size of the group-commit comparison (default: the largest that "
                          "passed; 0 skips it)")
