@@ -166,33 +166,43 @@ class Window:
     interval: float
 
 
-async def run_device(dev: Device, w: Window, pool: concurrent.futures.Executor) -> None:
-    """The agent's loop: sample, queue, ship; on failure back off as the agent does."""
+async def run_device(dev: Device, w: Window, pool: concurrent.futures.Executor,
+                     sampling: concurrent.futures.Executor) -> None:
+    """The agent's two loops: one samples and queues on schedule, whatever the
+    database does; the other ships what is queued when woken, backing off on
+    failure as the agent does (so a backlog goes out in outbox batches)."""
     loop = asyncio.get_running_loop()
-    next_beat = w.start + random.uniform(0, w.interval)
-    retry_at: float | None = None
-    attempt = 0
-    while True:
-        now = loop.time()
-        due = False
-        if next_beat < w.stop and now >= next_beat:
-            await loop.run_in_executor(pool, dev.beat)
+    wake = asyncio.Event()
+
+    async def sample() -> None:
+        next_beat = w.start + random.uniform(0, w.interval)
+        while next_beat < w.stop:
+            await asyncio.sleep(max(0.0, next_beat - loop.time()))
+            await loop.run_in_executor(sampling, dev.beat)
+            wake.set()
             next_beat += w.interval
-            due = True
-        if due or (retry_at is not None and now >= retry_at):
+        wake.set()
+
+    sampler = asyncio.create_task(sample())
+    attempt = 0
+    try:
+        while not (sampler.done() and len(dev.acked) >= len(dev.sampled)):
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=max(0.0, w.drain_until - loop.time()))
+            except TimeoutError:
+                return  # gave up draining: what is left counts as lost
+            wake.clear()
             try:
                 await loop.run_in_executor(pool, dev.shipper.flush)
-                retry_at, attempt = None, 0
+                attempt = 0
             except (Unreachable, Rejected):
                 dev.failures += 1
-                retry_at = loop.time() + backoff_delay(attempt, 1.0, 60.0)
+                delay = backoff_delay(attempt, 1.0, 60.0)
                 attempt += 1
-        if next_beat >= w.stop and retry_at is None:
-            return
-        if loop.time() > w.drain_until:
-            return
-        wake = min(next_beat if next_beat < w.stop else w.drain_until, retry_at or w.drain_until)
-        await asyncio.sleep(max(0.0, wake - loop.time()))
+                await asyncio.sleep(min(delay, max(0.0, w.drain_until - loop.time())))
+                wake.set()
+    finally:
+        sampler.cancel()
 
 
 # -- the server and the pooler ----------------------------------------------------------
@@ -377,7 +387,8 @@ async def run_devices(devices: list[Device], start_unix: float, duration: float,
         dev.failures = 0
     start = loop.time() + (start_unix - time.time())
     w = Window(start, start + duration, start + duration + drain, interval)
-    await asyncio.gather(*(run_device(d, w, pool) for d in devices))
+    with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sample") as sampling:
+        await asyncio.gather(*(run_device(d, w, pool, sampling) for d in devices))
     beats = [(at, d.acked.get(seq, float("inf"))) for d in devices for seq, at in d.sampled.items()]
     return beats, sum(d.failures for d in devices)
 
