@@ -27,7 +27,9 @@ Figures per step, each for the heartbeats sampled in the measured window:
 
 * heartbeat-to-commit latency p50/p99: sampled (the heartbeat's own time)
   to commit acknowledged (the shipper removes it from the outbox);
-* commits/s: pg_stat_database.xact_commit delta of the bench database;
+* commits/s: pg_stat_database.xact_commit delta of the bench database, and
+  WAL flushes/s (pg_stat_io's WAL fsyncs: fewer than commits when commits share
+  a flush, which is what group commit is for);
 * server CPU: the postgres processes' CPU (postmaster, live backends and the
   ones that exited, through psutil), and PgBouncer's;
 * lost = sampled - rows in mesh_heartbeats after the fleet drained.
@@ -484,6 +486,7 @@ class Step:
     bench_cpu: float
     failures: int
     seconds: float
+    flushes_s: float  # WAL flushes (fsyncs) per second: what group commit saves
     restart: bool = False
 
     @property
@@ -504,11 +507,12 @@ def run_step(label: str, fleet: Fleet, server: Server, bouncer: Bouncer | None, 
     start = time.time() + 1.0
     fleet.start(start, args.duration, args.drain, args.interval)
 
-    def counters() -> tuple[float, float, float, int]:
+    def counters() -> tuple[float, float, float, int, int]:
         with database.connect(server.url) as c:
             (commits,) = c.execute(q("xact_commits")).fetchone()
+            (flushes,) = c.execute(q("wal_flushes")).fetchone()
         return (server.cpu_before_restarts + server.cpu_s(),
-                bouncer.cpu_s() if bouncer else 0.0, fleet.cpu_s(), commits)
+                bouncer.cpu_s() if bouncer else 0.0, fleet.cpu_s(), commits, flushes)
 
     # the measured window: from one interval in (every device is beating) to the stop
     time.sleep(max(0.0, start + args.interval - time.time()))
@@ -527,7 +531,8 @@ def run_step(label: str, fleet: Fleet, server: Server, bouncer: Bouncer | None, 
     return Step(label, fleet.n, len(beats), rows, pct(latencies, 50), pct(latencies, 99),
                 (after[3] - before[3]) / secs, len(latencies) / secs,
                 (after[0] - before[0]) / secs, (after[1] - before[1]) / secs,
-                (after[2] - before[2]) / secs, failures, secs, restart=restart_at is not None)
+                (after[2] - before[2]) / secs, failures, secs, (after[4] - before[4]) / secs,
+                restart=restart_at is not None)
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -535,13 +540,14 @@ def run_step(label: str, fleet: Fleet, server: Server, bouncer: Bouncer | None, 
 def print_step(s: Step, base: Step | None) -> None:
     ratio = f"{s.p99 / base.p99:6.1f}x" if base and base.p99 > 0 else "     - "
     cpu_hb = s.server_cpu / s.hb_s * 1000 if s.hb_s else float("nan")
-    print(f"{s.label:<26}{s.devices:>7}{s.hb_s:>8.0f}{s.commits_s:>9.0f}{s.p50:>8.3f}{s.p99:>8.3f}"
+    print(f"{s.label:<26}{s.devices:>7}{s.hb_s:>8.0f}{s.commits_s:>9.0f}{s.flushes_s:>8.0f}"
+          f"{s.p50:>8.3f}{s.p99:>8.3f}"
           f"{ratio:>9}{s.server_cpu:>7.2f}{cpu_hb:>7.2f}{s.bouncer_cpu:>8.2f}{s.bench_cpu:>7.2f}"
           f"{s.sampled:>9}{s.lost:>6}{s.failures:>7}  {'pass' if s.passed else 'FAIL'}",
           flush=True)
 
 
-HEADER = (f"{'step':<26}{'devices':>7}{'hb/s':>8}{'commit/s':>9}{'p50 s':>8}{'p99 s':>8}"
+HEADER = (f"{'step':<26}{'devices':>7}{'hb/s':>8}{'commit/s':>9}{'flush/s':>8}{'p50 s':>8}{'p99 s':>8}"
           f"{'p99/base':>9}{'pg cpu':>7}{'ms/hb':>7}{'bouncer':>8}{'bench':>7}"
           f"{'sampled':>9}{'lost':>6}{'errors':>7}  verdict")
 
@@ -622,7 +628,8 @@ def summarize(results: list[Step], direct: list[Step], gc: list[Step], interval:
     if len(gc) >= 2:
         base, delayed = gc[0], gc[1]
         print(f"group commit at {base.devices} devices: commits/s {delayed.commits_s:.0f} vs "
-              f"{base.commits_s:.0f}, p99 {delayed.p99:.3f} s vs {base.p99:.3f} s, server CPU "
+              f"{base.commits_s:.0f}, WAL flushes/s {delayed.flushes_s:.0f} vs "
+              f"{base.flushes_s:.0f}, p99 {delayed.p99:.3f} s vs {base.p99:.3f} s, server CPU "
               f"{delayed.server_cpu:.2f} vs {base.server_cpu:.2f} cores; lost "
               f"{sum(s.lost for s in gc)} (synchronous_commit on)")
 
@@ -677,7 +684,7 @@ def main() -> None:
               f"measured; {os.cpu_count()} cores shared by the server and the simulated "
               f"devices; outboxes in {Path(boxes).parent}", flush=True)
         print("pg cpu / bouncer / bench: cores used by the server, PgBouncer and the device processes; "
-              "ms/hb: server CPU ms per heartbeat", flush=True)
+              "ms/hb: server CPU ms per heartbeat; flush/s: WAL flushes", flush=True)
         print(HEADER, flush=True)
         results: list[Step] = []
         pooled = bool(args.pooler_url or bouncer)

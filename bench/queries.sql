@@ -124,3 +124,7 @@ select pg_reload_conf();
 -- name: xact_commits
 -- Transactions committed in this database since the statistics began.
 select xact_commit from pg_stat_database where datname = current_database();
+
+-- name: wal_flushes
+-- WAL flushes (fsyncs) by every process of the server since the statistics began.
+select coalesce(sum(fsyncs), 0)::bigint from pg_stat_io where object = 'wal';
