@@ -265,10 +265,9 @@ class Server:
         return total / 2**20
 
 
-def direct_fits(server: Server, now: int, next_n: int) -> bool:
+def direct_fits(per: float, now: int, next_n: int) -> bool:
     """Whether next_n backends would fit in half the free memory, at the
-    per-connection memory measured with ``now`` devices connected."""
-    per = server.backends_uss_mb() / now
+    per-connection memory ``per`` (MB) measured with ``now`` devices connected."""
     need = per * next_n
     free = psutil.virtual_memory().available / 2**20
     if need > free / 2:
@@ -566,9 +565,10 @@ def sweep(label: str, server: Server, url: str, bouncer: Bouncer | None, pooled:
     """Every step in order, stopping after the first that fails; then the restart
     at the largest step that passed."""
     results: list[Step] = []
+    per_backend_mb = 0.0
     for n in steps:
         if not pooled:
-            if results and not direct_fits(server, results[-1].devices, n):
+            if results and not direct_fits(per_backend_mb, results[-1].devices, n):
                 break
             server.set(max_connections=n + 20)
         with fleet_of(n, url, pooled, outboxes, args, children) as fleet:
@@ -577,8 +577,9 @@ def sweep(label: str, server: Server, url: str, bouncer: Bouncer | None, pooled:
                       flush=True)
                 break
             step = run_step(label, fleet, server, bouncer, args)
-            if not pooled:
-                step.label += f", {server.backends_uss_mb() / n:.1f} MB/conn"
+            if not pooled:  # measured while every device is connected
+                per_backend_mb = server.backends_uss_mb() / n
+                step.label += f", {per_backend_mb:.1f} MB/conn"
         print_step(step, results[0] if results else None)
         results.append(step)
         if not step.passed:
