@@ -50,7 +50,7 @@ db-up: $(STAMP)
 db-stop: $(STAMP)
 	$(VENV)/bin/flowmesh db stop
 
-## bench: ingest, agent footprint, mesh (beside Serf) and fleet-scale check benchmarks
+## bench: ingest, agent footprint, mesh (beside Serf), fleet-scale check and fleet size benchmarks
 bench: $(STAMP) bench-deps
 	@# compiled once, as an installed package is: with PYTHONDONTWRITEBYTECODE set,
 	@# every mesh member process would otherwise compile the package at start
@@ -59,17 +59,20 @@ bench: $(STAMP) bench-deps
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/mesh.py
 	$(PY) bench/check.py
+	$(PY) bench/fleet.py --direct
 
-## bench-deps: Debian's serf (the mesh benchmark's comparison) and nftables (its datagram
-## counters), through apt-get (as root)
-BENCH_PACKAGES := serf nftables
+## bench-deps: Debian's serf (the mesh benchmark's comparison), nftables (its datagram
+## counters) and pgbouncer (the fleet benchmark's pooler, started by the benchmark itself:
+## the service the package starts is stopped), through apt-get (as root)
+BENCH_PACKAGES := serf nftables pgbouncer
 bench-deps:
 	@if dpkg -s $(BENCH_PACKAGES) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing $(BENCH_PACKAGES) with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends $(BENCH_PACKAGES) >/dev/null; \
-	else echo "not installing $(BENCH_PACKAGES) (needs root and apt-get): the mesh benchmark runs without Serf"; fi
+	  service pgbouncer stop >/dev/null 2>&1 || true; \
+	else echo "not installing $(BENCH_PACKAGES) (needs root and apt-get): the mesh benchmark runs without Serf, the fleet benchmark without a pooler"; fi
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet 'ruff>=0.5'

@@ -111,3 +111,20 @@ explain (analyze, buffers, costs off)
 select * from mesh_heartbeats h
  where h.tetrahedron_id = %s and h.source = %s and h.created_at >= now() - interval '24 hours'
  order by h.created_at desc limit 30;
+
+-- Fleet (bench/fleet.py) ----------------------------------------------------------
+
+-- name: alter_system
+-- {name} and {value} are composed with psycopg.sql (ALTER SYSTEM takes no parameters).
+alter system set {name} = {value};
+
+-- name: reload_conf
+select pg_reload_conf();
+
+-- name: xact_commits
+-- Transactions committed in this database since the statistics began.
+select xact_commit from pg_stat_database where datname = current_database();
+
+-- name: wal_flushes
+-- WAL flushes (fsyncs) by every process of the server since the statistics began.
+select coalesce(sum(fsyncs), 0)::bigint from pg_stat_io where object = 'wal';

@@ -156,13 +156,14 @@ grant select on table flowmesh.node_records to authenticated;
 grant all on table flowmesh.node_records to service_role;
 
 create table if not exists public.node_status_history (
-  id             bigint generated always as identity primary key,
+  id             bigint generated always as identity,
   tetrahedron_id uuid not null,
   node_id        flowmesh.node_id not null,
   status         text not null,
   previous       text,
   health_score   double precision,
   changed_at     timestamptz not null default now(),
+  constraint node_status_history_pkey primary key (id, tetrahedron_id),
   constraint node_status_history_node_fkey foreign key (tetrahedron_id, node_id)
     references flowmesh.node_records (tetrahedron_id, node_id) on delete cascade,
   constraint node_status_history_status_check check (status in ('online', 'degraded', 'offline')),

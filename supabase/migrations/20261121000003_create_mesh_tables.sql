@@ -38,7 +38,7 @@ create index if not exists tetrahedron_vertices_user_id_idx
   on public.tetrahedron_vertices (user_id);
 
 create table if not exists public.guardian_alerts (
-  id             bigint generated always as identity primary key,
+  id             bigint generated always as identity,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
   alert_type     text not null,
   node_id        flowmesh.node_id,
@@ -47,6 +47,8 @@ create table if not exists public.guardian_alerts (
   details        jsonb not null default '{}'::jsonb,
   created_at     timestamptz not null default now(),
   resolved_at    timestamptz,
+  -- keys include the tetrahedron, so each shard of a distributed fleet enforces its own
+  constraint guardian_alerts_pkey primary key (id, tetrahedron_id),
   constraint guardian_alerts_severity_check check (severity in ('info', 'warning', 'critical')),
   constraint guardian_alerts_resolved_at_check check (resolved_at is null or resolved_at >= created_at)
 );

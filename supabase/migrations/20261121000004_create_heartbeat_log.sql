@@ -8,7 +8,8 @@
 --
 -- A unique key on a partitioned table must include the partition key, so
 -- batches are idempotent by (tetrahedron, source, seq, created_at), with
--- created_at the sender's own time (see record_mesh_heartbeats).
+-- created_at the sender's own time (see record_mesh_heartbeats). Every key
+-- also includes tetrahedron_id, the column a distributed fleet shards by.
 
 create schema if not exists flowmesh_partitions;
 comment on schema flowmesh_partitions is
@@ -22,7 +23,7 @@ create table if not exists public.mesh_heartbeats (
   payload        jsonb not null default '{}'::jsonb,
   seq            bigint,
   created_at     timestamptz not null default now(),
-  constraint mesh_heartbeats_pkey primary key (id, created_at),
+  constraint mesh_heartbeats_pkey primary key (id, tetrahedron_id, created_at),
   constraint mesh_heartbeats_payload_check check (jsonb_typeof(payload) = 'object')
 ) partition by range (created_at);
 comment on table public.mesh_heartbeats is

@@ -59,7 +59,10 @@ comment on function public.stale_tetrahedrons(integer) is
 create table if not exists public.check_runs (
   id                bigint generated always as identity primary key,
   threshold_minutes integer not null,
-  tetrahedron_id    uuid references public.tetrahedrons (id) on delete cascade,
+  -- no foreign key: a fleet-wide log, kept whole on the coordinator when the
+  -- tetrahedrons are distributed (which it may then not reference); a deleted
+  -- tetrahedron's runs stay in the log
+  tetrahedron_id    uuid,
   started_at        timestamptz not null,
   duration_ms       double precision not null,
   alerts_opened     integer not null,

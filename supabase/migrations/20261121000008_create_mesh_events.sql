@@ -7,7 +7,7 @@
 -- report them.
 
 create table if not exists public.mesh_events (
-  id             bigint generated always as identity primary key,
+  id             bigint generated always as identity,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
   observer       flowmesh.node_id not null,
   seq            bigint not null,
@@ -17,6 +17,7 @@ create table if not exists public.mesh_events (
   details        jsonb not null default '{}'::jsonb,
   observed_at    timestamptz not null,
   created_at     timestamptz not null default now(),
+  constraint mesh_events_pkey primary key (id, tetrahedron_id),
   constraint mesh_events_kind_check
     check (kind in ('joined', 'suspect', 'dead', 'left', 'recovered', 'alert')),
   constraint mesh_events_details_check check (jsonb_typeof(details) = 'object')

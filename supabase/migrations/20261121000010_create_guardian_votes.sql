@@ -8,7 +8,7 @@
 -- which checks who is voting; row-level security keeps outsiders out.
 
 create table if not exists public.guardian_decisions (
-  id             bigint generated always as identity primary key,
+  id             bigint generated always as identity,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
   action         text not null,
   subject        flowmesh.node_id not null,
@@ -19,6 +19,7 @@ create table if not exists public.guardian_decisions (
   created_at     timestamptz not null default now(),
   closes_at      timestamptz not null,
   decided_at     timestamptz,
+  constraint guardian_decisions_pkey primary key (id, tetrahedron_id),
   constraint guardian_decisions_quorum_check check (quorum > 0 and quorum < 1),
   constraint guardian_decisions_status_check check (status in ('open', 'passed', 'rejected', 'expired')),
   constraint guardian_decisions_action_check check (action ~ '^[a-z][a-z0-9_-]{0,63}$')
@@ -31,12 +32,15 @@ create index if not exists guardian_decisions_tetrahedron_id_created_at_idx
   on public.guardian_decisions (tetrahedron_id, created_at desc);
 
 create table if not exists public.guardian_votes (
-  decision_id    bigint not null references public.guardian_decisions (id) on delete cascade,
+  decision_id    bigint not null,
   tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
   voter          flowmesh.node_id not null,
   approve        boolean not null,
   cast_at        timestamptz not null default now(),
-  primary key (decision_id, voter)
+  -- with the tetrahedron, so a distributed fleet keeps a decision and its votes on one shard
+  constraint guardian_votes_pkey primary key (tetrahedron_id, decision_id, voter),
+  constraint guardian_votes_decision_fkey foreign key (tetrahedron_id, decision_id)
+    references public.guardian_decisions (tetrahedron_id, id) on delete cascade
 );
 comment on table public.guardian_votes is 'One vote per vertex (voter) per decision.';
 create index if not exists guardian_votes_tetrahedron_id_idx on public.guardian_votes (tetrahedron_id);
@@ -168,7 +172,8 @@ $$;
 comment on function public.propose_guardian_decision(uuid, text, text, text, double precision, integer) is
   'Open a decision (e.g. action ''quarantine'') about subject, proposed by a vertex the caller may act for; one open decision per action and subject. Example: select id, status from propose_guardian_decision(''6f1c...''::uuid, ''quarantine'', ''cam-3'', ''pi''); -> (7, open)';
 
-create or replace function public.cast_guardian_vote(decision_id bigint, voter text, approve boolean)
+create or replace function public.cast_guardian_vote(
+  t_uuid uuid, decision_id bigint, voter text, approve boolean)
 returns public.guardian_decisions
 language plpgsql security definer
 set search_path = ''
@@ -177,12 +182,15 @@ as $$
 declare
   d public.guardian_decisions;
 begin
-  if decision_id is null or voter is null or approve is null then
-    raise exception 'decision_id, voter and approve must not be null' using errcode = '22004';
+  if t_uuid is null or decision_id is null or voter is null or approve is null then
+    raise exception 't_uuid, decision_id, voter and approve must not be null' using errcode = '22004';
   end if;
-  select * into d from public.guardian_decisions g where g.id = decision_id;
+  -- by tetrahedron and id: a distributed fleet finds the decision on one shard
+  select * into d from public.guardian_decisions g
+   where g.tetrahedron_id = t_uuid and g.id = decision_id;
   if d.id is null then
-    raise exception 'decision % does not exist', decision_id using errcode = '23503';
+    raise exception 'decision % does not exist in tetrahedron %', decision_id, t_uuid
+      using errcode = '23503';
   end if;
   perform flowmesh.authorize_vertex(d.tetrahedron_id, voter);
   if voter = d.subject then
@@ -201,8 +209,8 @@ begin
   return flowmesh.tally(d.id);
 end
 $$;
-comment on function public.cast_guardian_vote(bigint, text, boolean) is
-  'Cast voter''s vote (one per vertex) and return the decision as it stands: passed once approvals exceed the quorum. Example: select status from cast_guardian_vote(7, ''laptop'', true); -> passed';
+comment on function public.cast_guardian_vote(uuid, bigint, text, boolean) is
+  'Cast voter''s vote (one per vertex) on decision_id of tetrahedron t_uuid and return the decision as it stands: passed once approvals exceed the quorum. Example: select status from cast_guardian_vote(''6f1c...''::uuid, 7, ''laptop'', true); -> passed';
 
 create or replace function public.close_expired_decisions() returns integer
 language sql security definer
@@ -219,8 +227,8 @@ revoke all on function flowmesh.authorize_vertex(uuid, text), flowmesh.tally(big
 grant execute on function flowmesh.authorize_vertex(uuid, text), flowmesh.tally(bigint)
   to authenticated, service_role;
 revoke all on function public.propose_guardian_decision(uuid, text, text, text, double precision, integer),
-  public.cast_guardian_vote(bigint, text, boolean) from public, anon;
+  public.cast_guardian_vote(uuid, bigint, text, boolean) from public, anon;
 grant execute on function public.propose_guardian_decision(uuid, text, text, text, double precision, integer),
-  public.cast_guardian_vote(bigint, text, boolean) to authenticated, service_role;
+  public.cast_guardian_vote(uuid, bigint, text, boolean) to authenticated, service_role;
 revoke all on function public.close_expired_decisions() from public, anon, authenticated;
 grant execute on function public.close_expired_decisions() to service_role;

