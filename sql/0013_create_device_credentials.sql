@@ -33,11 +33,13 @@ $$;
 
 -- the credentials --------------------------------------------------------------
 create table if not exists flowmesh.device_credentials (
-  role_name      text primary key,
   tetrahedron_id uuid not null,
   node_id        flowmesh.node_id not null,
+  role_name      text not null,
   created_at     timestamptz not null default now(),
   last_used_at   timestamptz,
+  -- one credential per device; keyed by tetrahedron like every distributed table
+  constraint device_credentials_pkey primary key (tetrahedron_id, node_id),
   -- a vertex with a credential is not deleted until the credential is revoked:
   -- a login role must never outlive the row that says what it may do
   constraint device_credentials_vertex_fkey foreign key (tetrahedron_id, node_id)
@@ -47,9 +49,11 @@ comment on table flowmesh.device_credentials is
   'Which device credential (a LOGIN role in the flowmesh_device group) is which vertex: flowmesh.authorize_writer lets role_name write only to tetrahedron_id as node_id. Written by flowmesh devices add/revoke; last_used_at by authorize_writer, at most once a minute. Holds no secret (the role''s password is stored by PostgreSQL, as a SCRAM verifier).';
 comment on column flowmesh.device_credentials.last_used_at is
   'When the credential last wrote (to the minute: flowmesh.authorize_writer updates it at most once a minute); null when it never has.';
--- one credential per device
-create unique index if not exists device_credentials_tetrahedron_id_node_id_idx
-  on flowmesh.device_credentials (tetrahedron_id, node_id);
+-- authorize_writer finds the caller's row by role. No unique index: role names
+-- are unique in the cluster already (pg_authid), and a unique key without
+-- tetrahedron_id could not be enforced by a shard (test_distributable.py)
+create index if not exists device_credentials_role_name_idx
+  on flowmesh.device_credentials (role_name);
 
 alter table flowmesh.device_credentials enable row level security;
 drop policy if exists device_credentials_select_authenticated on flowmesh.device_credentials;
