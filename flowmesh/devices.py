@@ -11,6 +11,7 @@ clear text never reaches the server's log or pg_stat_statements.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import conninfo, sql
 
+from . import settings
 from .errors import FlowMeshError, one_line
 from .queries import query
 from .scram import scram_verifier
@@ -102,6 +104,10 @@ def add(conn: psycopg.Connection, tetrahedron: str, node_id: str,
     conn.execute(sql.SQL(query("create_device_role")).format(
         role=sql.Identifier(role), connection_limit=sql.Literal(CONNECTION_LIMIT),
         verifier=sql.Literal(scram_verifier(password))))
+    # a role's default, kept by a transaction pooler (each server connection logs
+    # in as the role), where a startup option or a session SET would not be
+    conn.execute(sql.SQL(query("limit_device_statement_time")).format(
+        role=sql.Identifier(role), timeout=sql.Literal(f"{math.ceil(settings.CALL_TIMEOUT_S * 1000)}ms")))
     conn.execute(query("add_device_credential"),
                  {"role": role, "tetrahedron_id": tetrahedron_id, "node_id": node_id})
     return Credential(tetrahedron_id, node_id, role, password)

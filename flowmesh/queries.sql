@@ -6,11 +6,6 @@
 -- Make a node a vertex of its tetrahedron (created when missing); returns its id.
 select public.register_node(%(tetrahedron)s, %(node_id)s, %(role)s) as tetrahedron_id;
 
--- name: limit_statement_time
--- Bound the statements of this transaction on the server (the agent's
--- --db-timeout). Per transaction, so a transaction pooler keeps it.
-select set_config('statement_timeout', %(timeout)s, true);
-
 -- name: record_heartbeats
 -- Ship one outbox batch; idempotent by (src, seq).
 select received, inserted, duplicates
@@ -213,6 +208,11 @@ select c.role_name from flowmesh.device_credentials c
 -- with psycopg.sql. The password arrives only as its SCRAM-SHA-256 verifier.
 create role {role} login inherit nosuperuser nocreatedb nocreaterole noreplication nobypassrls
   connection limit {connection_limit} password {verifier} in role flowmesh_device;
+
+-- name: limit_device_statement_time
+-- {role} an identifier, {timeout} a literal ('10000ms'): bounds every statement
+-- of the device's sessions on the server, the agent's --db-timeout by default.
+alter role {role} set statement_timeout = {timeout};
 
 -- name: add_device_credential
 insert into flowmesh.device_credentials (role_name, tetrahedron_id, node_id)

@@ -18,8 +18,8 @@ EMBEDDED_DATABASE = "flowmesh"
 CONNECT_TIMEOUT_S = 5
 #: Seconds a database call may take (the agent's ``--db-timeout``) before the
 #: path is called silent: the call is abandoned, the connection dropped and a
-#: new one opened with the usual backoff. It also bounds, on the server, the
-#: shipper's statements (``statement_timeout``) and, in the kernel, how long
+#: new one opened with the usual backoff. It is also a device role's
+#: ``statement_timeout`` (flowmesh devices add) and, in the kernel, how long
 #: sent data may stay unacknowledged (``tcp_user_timeout``). Longer tolerates
 #: a slower link; shorter notices a dead one (a NAT entry dropped) sooner.
 CALL_TIMEOUT_S = 10.0

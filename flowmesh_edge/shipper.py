@@ -16,9 +16,12 @@ No call waits longer than ``call_timeout_s`` (the agent's ``--db-timeout``):
 a path that goes silent (a NAT entry dropped, a wedged proxy: no reset, no
 answer) would otherwise block a call forever. A watchdog cuts the socket when
 the deadline passes, the call fails as :class:`Unreachable` and the next one
-opens a new connection. The same deadline bounds each statement on the server
-(``statement_timeout``, set per transaction so it survives a transaction
-pooler). :meth:`Shipper.abort` cuts the socket from another thread, so a
+opens a new connection. Each call is one statement in its own transaction
+(autocommit), one round trip: through a pooler every round trip costs the
+server and the pooler too. On the server a device credential's statements are
+bounded by its role's ``statement_timeout`` (``flowmesh devices add`` sets
+it), which a transaction pooler keeps, since each server connection logs in
+as the role. :meth:`Shipper.abort` cuts the socket from another thread, so a
 stopping agent is never held by a call in flight.
 """
 
@@ -51,7 +54,7 @@ APPLICATION_NAME = "flowmesh-edge"
 RETIME_AHEAD_S = CLOCK_AHEAD_MAX_S - 30
 #: The unknown-tetrahedron error: the tetrahedron was deleted since we registered.
 UNKNOWN_TETRAHEDRON = "23503"
-#: A statement cancelled (statement_timeout): too slow now, retried smaller.
+#: A statement cancelled (the role's statement_timeout): too slow now, retried smaller.
 QUERY_CANCELED = "57014"
 
 
@@ -283,10 +286,8 @@ class Shipper:
     def _execute(self, conn: psycopg.Connection, sql: str, params: dict) -> tuple:
         """Run one statement in its own transaction, within the time left.
 
-        ``statement_timeout`` is set per transaction (``set_config(..., true)``),
-        which a transaction pooler keeps, unlike a startup option. The watchdog
-        cuts the socket if no answer came in time: on a silent path, nothing
-        else would end the wait.
+        The watchdog cuts the socket if no answer came in time: on a silent
+        path, nothing else would end the wait.
         """
         timeout = self._time_left()
         expired = threading.Event()
@@ -299,13 +300,8 @@ class Shipper:
         watchdog.daemon = True
         watchdog.start()
         try:
-            # four round trips (begin, timeout, call, commit), one at a time: not
-            # pipelined, because Supavisor's transaction mode is reported to
-            # wedge on pipelined queries (porsager/postgres#970)
-            with conn.transaction():
-                conn.execute(query("limit_statement_time"),
-                             {"timeout": f"{math.ceil(self.call_timeout_s * 1000)}ms"})
-                return conn.execute(sql, params).fetchone()
+            # one statement, its own transaction (autocommit): one round trip
+            return conn.execute(sql, params).fetchone()
         except psycopg.Error as exc:
             if expired.is_set() or self._aborted:
                 self.close()
@@ -320,7 +316,7 @@ class Shipper:
                 raise _DataError(reason, failure.sqlstate) from exc
             if failure.kind == errors.UNREACHABLE:
                 self.close()
-                if failure.sqlstate == QUERY_CANCELED:  # the server's statement_timeout
+                if failure.sqlstate == QUERY_CANCELED:  # the role's statement_timeout
                     self.batch_limit = max(1, self.batch_limit // 2)
                 raise Unreachable(reason) from exc
             raise Rejected(reason, failure.sqlstate) from exc

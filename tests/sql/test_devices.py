@@ -12,7 +12,7 @@ import uuid
 import psycopg
 import pytest
 
-from flowmesh import devices
+from flowmesh import devices, settings
 from flowmesh.errors import FlowMeshError
 from flowmesh.queries import query
 from tests.conftest import acting_as, db_name, register, wait_for
@@ -124,6 +124,8 @@ def test_a_device_connects_over_tcp_with_its_password_only(conn, device):
     with connect() as dev:
         assert dev.execute("select current_user").fetchone() == (credential.role,)
         assert dev.info.host == "127.0.0.1"
+        # its role's default, which a transaction pooler keeps
+        assert dev.execute("show statement_timeout").fetchone() == (f"{settings.CALL_TIMEOUT_S:g}s",)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         connect(password="wrong")
     stored, limit, group = conn.execute(
