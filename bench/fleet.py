@@ -44,11 +44,11 @@ until the server acknowledged it. One step is also run with group commit
 (commit_delay=1000 us, commit_siblings=5) against the default, with
 synchronous_commit on.
 
-Without --pooler-url a PgBouncer 1.18 is started beside the embedded server
-when ``pgbouncer`` is installed (``Bouncer`` below: small on purpose, to be
-swapped for flowmesh.pooler); --direct runs without it, each device holding
-a backend, with max_connections raised to N + 20 (where that stops is
-reported).
+Without --pooler-url the PgBouncer ``flowmesh db up --pooler`` runs
+(flowmesh.pooler, its settings unchanged: 20 server connections for one role)
+is started beside the bench's server when ``pgbouncer`` is installed;
+--direct runs without it, each device holding a backend, with
+max_connections raised to N + 20 (where that stops is reported).
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ import contextlib
 import multiprocessing
 import os
 import random
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -74,9 +72,9 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import Children, die_with_parent, pct, q  # noqa: E402
+from support import Children, pct, q  # noqa: E402
 
-from flowmesh import __version__, database, embedded, migrations  # noqa: E402
+from flowmesh import __version__, database, embedded, migrations, pooler  # noqa: E402
 from flowmesh_edge.agent import backoff_delay  # noqa: E402
 from flowmesh_edge.outbox import Outbox  # noqa: E402
 from flowmesh_edge.shipper import Rejected, Shipper, Unreachable  # noqa: E402
@@ -279,62 +277,26 @@ def direct_fits(per: float, now: int, next_n: int) -> bool:
 
 
 class Bouncer:
-    """A PgBouncer beside the embedded server: transaction mode, trust on loopback.
+    """The PgBouncer ``flowmesh db up --pooler`` runs (flowmesh.pooler, its
+    settings unchanged), in front of the bench's server; the devices come in as
+    the operator, on its unix socket."""
 
-    Kept small and apart so flowmesh.pooler can take its place."""
-
-    def __init__(self, server: Server, tmp: Path, max_clients: int, pool_size: int,
-                 children: Children):
-        self.dir = tmp / "pgbouncer"
-        self.dir.mkdir()
-        port = _free_port()
-        (self.dir / "users.txt").write_text('"postgres" ""\n')
-        (self.dir / "pgbouncer.ini").write_text(
-            "[databases]\n"
-            f"flowmesh_bench = host={server.socket_dir} dbname=flowmesh_bench user=postgres\n"
-            "[pgbouncer]\n"
-            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-            f"auth_type = trust\nauth_file = {self.dir / 'users.txt'}\n"
-            f"pool_mode = transaction\nmax_client_conn = {max_clients}\n"
-            f"default_pool_size = {pool_size}\nmax_db_connections = {pool_size}\n"
-            f"logfile = {self.dir / 'pgbouncer.log'}\npidfile = {self.dir / 'pgbouncer.pid'}\n"
-            "server_reset_query =\nignore_startup_parameters = extra_float_digits\n"
-            # retry the server 1 s after a failed login, not 15 s: a restart is seconds
-            "server_login_retry = 1\n")
-        user = server.pg.system_user
-        if user:  # PgBouncer refuses to run as root
-            shutil.chown(self.dir, user)
-            for f in self.dir.iterdir():
-                shutil.chown(f, user)
-        args = [shutil.which("pgbouncer"), *(["-u", user] if user else []),
-                str(self.dir / "pgbouncer.ini")]
-        # started before any shipper thread exists, so preexec_fn is safe here
-        self.proc = subprocess.Popen(args, preexec_fn=die_with_parent,  # noqa: PLW1509
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        children.add(self.proc.pid)
-        self.url = f"postgresql://postgres@127.0.0.1:{port}/flowmesh_bench"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                psycopg.connect(self.url, connect_timeout=2).close()
-                break
-            except psycopg.OperationalError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("pgbouncer did not start: "
-                                       + (self.dir / "pgbouncer.log").read_text()[-500:]) from None
-                time.sleep(0.2)
+    def __init__(self, server: Server, tmp: Path, children: Children):
+        self.handle = pooler.Pooler(tmp / "pgbouncer")
+        pooler.start(self.handle, server.pg.get_uri(), server_host=str(server.socket_dir),
+                     server_port=server.pg.get_postmaster_info().port,
+                     databases=("flowmesh_bench",), preferred_port=None)
+        children.add(self.handle.pid())
+        self.url = self.handle.url("flowmesh_bench")
 
     def cpu_s(self) -> float:
-        with contextlib.suppress(psutil.Error):
-            t = psutil.Process(self.proc.pid).cpu_times()
+        with contextlib.suppress(psutil.Error, TypeError):
+            t = psutil.Process(self.handle.pid()).cpu_times()
             return t.user + t.system
         return 0.0
 
-
-def _free_port() -> int:
-    from support import free_ports
-
-    return free_ports(1, udp=False)[0]
+    def stop(self) -> None:
+        pooler.stop(self.handle)
 
 
 
@@ -646,7 +608,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=16, help="shipper threads per worker process")
     ap.add_argument("--per-process", type=int, default=2500,
                     help="devices per worker process (each holds 4 files: RLIMIT_NOFILE)")
-    ap.add_argument("--pool-size", type=int, default=20, help="PgBouncer server connections")
     ap.add_argument("--pooler-url", help="ship through this pooler (to the bench's own database)")
     ap.add_argument("--direct", action="store_true", help="also run the steps without a pooler")
     ap.add_argument("--direct-only", action="store_true", help="only the steps without a pooler")
@@ -677,8 +638,8 @@ def main() -> None:
         url = server.url
         if args.pooler_url:
             url = args.pooler_url
-        elif shutil.which("pgbouncer") and not args.direct_only:
-            bouncer = Bouncer(server, Path(tmp), max(steps) + 100, args.pool_size, children)
+        elif pooler.binary() and not args.direct_only:
+            bouncer = Bouncer(server, Path(tmp), children)
             url = bouncer.url
         print(f"PostgreSQL {version}; one heartbeat per device every {args.interval:g} s for "
               f"{args.duration:g} s per step, the last {args.duration - args.interval:g} s "

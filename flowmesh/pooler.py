@@ -321,6 +321,9 @@ server_reset_query =
 max_client_conn = {MAX_CLIENT_CONN}
 default_pool_size = {DEFAULT_POOL_SIZE}
 max_db_connections = {MAX_DB_CONNECTIONS}
+;; after a failed server login (the server restarting), try again in 1 s, not
+;; the default 15: every device would otherwise wait 15 s after a restart
+server_login_retry = 1
 ;; sent by some drivers (JDBC, older libpq tools) at connect; harmless to drop.
 ;; application_name PgBouncer handles itself; "options" is refused rather than
 ;; dropped, since it carries settings a client relies on.
