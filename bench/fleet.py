@@ -2,7 +2,7 @@
 
     python bench/fleet.py [--steps 500,1000,2000,5000,10000] [--interval 10]
                           [--duration 60] [--quick] [--pooler-url URL | --direct]
-                          [--no-restart] [--no-group-commit] [--database-url URL]
+                          [--no-restart] [--group-commit N] [--device-roles STEPS]
 
 N devices are simulated in this one process (asyncio). Each device has what
 a real one has: its own durable outbox (flowmesh_edge.outbox.Outbox, a SQLite
@@ -63,18 +63,18 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import Children, pct, q  # noqa: E402
 
-from flowmesh import __version__, database, embedded, migrations, pooler  # noqa: E402
+from flowmesh import __version__, database, devices, embedded, migrations, pooler  # noqa: E402
 from flowmesh_edge.agent import backoff_delay  # noqa: E402
 from flowmesh_edge.outbox import Outbox  # noqa: E402
 from flowmesh_edge.shipper import Rejected, Shipper, Unreachable  # noqa: E402
@@ -98,16 +98,6 @@ class TimedOutbox(Outbox):
         for seq in seqs:
             self.acked[seq] = now
         super().remove(seqs)
-
-
-class PoolerShipper(Shipper):
-    """The shipper, without server-side prepared statements (PgBouncer 1.18 in
-    transaction mode hands every transaction to any server connection)."""
-
-    def _connection(self) -> psycopg.Connection:
-        conn = super()._connection()
-        conn.prepare_threshold = None
-        return conn
 
 
 class Metrics:
@@ -299,6 +289,26 @@ class Bouncer:
         pooler.stop(self.handle)
 
 
+class Credentials:
+    """One device credential per device (``flowmesh devices add``: its own login
+    role, by password through the pooler), made as the steps need them and kept
+    for the next step. Making one costs a SCRAM verifier and a role: not measured."""
+
+    def __init__(self, server: Server, bouncer: Bouncer):
+        self.server, self.bouncer, self.urls = server, bouncer, []
+
+    def __call__(self, n: int) -> list[str]:
+        with database.connect(self.server.url, autocommit=False) as conn:
+            for i in range(len(self.urls), n):
+                made = devices.add(conn, f"fleet-{i:05d}", f"device-{i:05d}", None)
+                base = self.bouncer.handle.url("flowmesh_bench", user=made.role)
+                self.urls.append(devices.device_url(base, made.role, made.password))
+                if i % 100 == 99:
+                    conn.commit()
+            conn.commit()
+        return self.urls[:n]
+
+
 
 # -- devices in worker processes --------------------------------------------------------
 #
@@ -308,14 +318,16 @@ class Bouncer:
 # over worker processes of --per-process devices each; that also gives the
 # devices more than one interpreter's GIL, as real devices have.
 
-def make_devices(first: int, count: int, url: str, outboxes: Path, pooled: bool) -> list[Device]:
-    cls = PoolerShipper if pooled else Shipper
+def make_devices(first: int, count: int, url: str | list[str], outboxes: Path) -> list[Device]:
+    """Devices first.. of the fleet; ``url`` is every device's, or one per device
+    (their own credentials), from device ``first`` on."""
     outboxes.mkdir(parents=True, exist_ok=True)
     devices = []
     for i in range(first, first + count):
         acked: dict[int, float] = {}
         outbox = TimedOutbox(outboxes / f"device-{i:05d}.sqlite", acked)
-        devices.append(Device(i, outbox, cls(outbox, url), Metrics(random.Random(i)), acked=acked))
+        own = url if isinstance(url, str) else url[i - first]
+        devices.append(Device(i, outbox, Shipper(outbox, own), Metrics(random.Random(i)), acked=acked))
     return devices
 
 
@@ -356,11 +368,11 @@ async def run_devices(devices: list[Device], start_unix: float, duration: float,
     return beats, sum(d.failures for d in devices)
 
 
-def worker_main(pipe, first: int, count: int, url: str, pooled: bool, outboxes: str,
+def worker_main(pipe, first: int, count: int, url: str | list[str], outboxes: str,
                 threads: int) -> None:
     """A worker process: its slice of the fleet, phase after phase, as the parent says."""
     pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="ship")
-    devices = make_devices(first, count, url, Path(outboxes), pooled)
+    devices = make_devices(first, count, url, Path(outboxes))
     try:
         try:
             asyncio.run(prepare(devices, pool))
@@ -384,13 +396,14 @@ def close_devices(devices: list[Device]) -> None:
 class Fleet:
     """N devices in worker processes; run phases on them together."""
 
-    def __init__(self, n: int, url: str, pooled: bool, outboxes: Path, args, children: Children):
+    def __init__(self, n: int, url: str | list[str], outboxes: Path, args, children: Children):
         ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self.n, self.workers, self.pipes = n, [], []
         for first in range(0, n, args.per_process):
             mine, theirs = ctx.Pipe()
             proc = ctx.Process(target=worker_main, daemon=True, args=(
-                theirs, first, min(args.per_process, n - first), url, pooled, str(outboxes),
+                theirs, first, min(args.per_process, n - first),
+                url if isinstance(url, str) else url[first:first + args.per_process], str(outboxes),
                 args.threads))
             proc.start()
             children.add(proc.pid)
@@ -514,18 +527,23 @@ HEADER = (f"{'step':<26}{'devices':>7}{'hb/s':>8}{'commit/s':>9}{'flush/s':>8}{'
 
 
 @contextlib.contextmanager
-def fleet_of(n: int, url: str, pooled: bool, outboxes: Path, args, children: Children):
-    fleet = Fleet(n, url, pooled, outboxes, args, children)
+def fleet_of(n: int, url: str | list[str], outboxes: Path, args, children: Children):
+    fleet = Fleet(n, url, outboxes, args, children)
     try:
         yield fleet
     finally:
         fleet.close()
 
 
-def sweep(label: str, server: Server, url: str, bouncer: Bouncer | None, pooled: bool, args,
-          steps: list[int], outboxes: Path, restart: bool, children: Children) -> list[Step]:
+def sweep(label: str, server: Server, url: str | Callable[[int], list[str]], bouncer: Bouncer | None,
+          pooled: bool, args, steps: list[int], outboxes: Path, restart: bool,
+          children: Children) -> list[Step]:
     """Every step in order, stopping after the first that fails; then the restart
-    at the largest step that passed."""
+    at the largest step that passed. ``url`` is every device's, or gives n
+    devices their own (device credentials)."""
+    def urls(n: int) -> str | list[str]:
+        return url if isinstance(url, str) else url(n)
+
     results: list[Step] = []
     per_backend_mb = 0.0
     for n in steps:
@@ -533,7 +551,7 @@ def sweep(label: str, server: Server, url: str, bouncer: Bouncer | None, pooled:
             if results and not direct_fits(per_backend_mb, results[-1].devices, n):
                 break
             server.set(max_connections=n + 20)
-        with fleet_of(n, url, pooled, outboxes, args, children) as fleet:
+        with fleet_of(n, urls(n), outboxes, args, children) as fleet:
             if fleet.failure:
                 print(f"{label} {n}: devices could not connect ({fleet.failure}); stopping here",
                       flush=True)
@@ -549,7 +567,7 @@ def sweep(label: str, server: Server, url: str, bouncer: Bouncer | None, pooled:
     if restart and results:
         passed = [s.devices for s in results if s.passed]
         largest = max(passed) if passed else results[0].devices
-        with fleet_of(largest, url, pooled, outboxes, args, children) as fleet:
+        with fleet_of(largest, urls(largest), outboxes, args, children) as fleet:
             step = run_step(f"{label}, restart mid-run", fleet, server, bouncer, args,
                             restart_at=args.interval + (args.duration - args.interval) / 2)
         print_step(step, results[0])
@@ -557,11 +575,11 @@ def sweep(label: str, server: Server, url: str, bouncer: Bouncer | None, pooled:
     return results
 
 
-def group_commit(server: Server, url: str, bouncer: Bouncer | None, pooled: bool, args, n: int,
+def group_commit(server: Server, url: str, bouncer: Bouncer | None, args, n: int,
                  outboxes: Path, children: Children) -> list[Step]:
     """One step at the default, then with commit_delay/commit_siblings, then the default again."""
     results: list[Step] = []
-    with fleet_of(n, url, pooled, outboxes, args, children) as fleet:
+    with fleet_of(n, url, outboxes, args, children) as fleet:
         base = None
         for label, delay in (("default commit", 0), ("commit_delay=1000us", 1000),
                              ("default commit, again", 0)):
@@ -573,9 +591,10 @@ def group_commit(server: Server, url: str, bouncer: Bouncer | None, pooled: bool
     return results
 
 
-def summarize(results: list[Step], direct: list[Step], gc: list[Step], interval: float) -> None:
+def summarize(results: list[Step], own: list[Step], direct: list[Step], gc: list[Step],
+              interval: float) -> None:
     print()
-    for label, group in (("pooled", results), ("direct", direct)):
+    for label, group in (("pooled", results), ("pooled, a role per device", own), ("direct", direct)):
         ok = [s.devices for s in group if s.passed and not s.restart]
         if not group:
             continue
@@ -598,7 +617,7 @@ def summarize(results: list[Step], direct: list[Step], gc: list[Step], interval:
 
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", default="500,1000,2000,5000,10000",
                     help="fleet sizes, comma-separated, run in order until one fails the goal")
@@ -609,6 +628,9 @@ def main() -> None:
     ap.add_argument("--per-process", type=int, default=2500,
                     help="devices per worker process (each holds 4 files: RLIMIT_NOFILE)")
     ap.add_argument("--pooler-url", help="ship through this pooler (to the bench's own database)")
+    ap.add_argument("--device-roles", metavar="STEPS",
+                    help="also these fleet sizes through the pooler, each device with its own "
+                         "credential (flowmesh devices add), e.g. 500,1000,2000")
     ap.add_argument("--direct", action="store_true", help="also run the steps without a pooler")
     ap.add_argument("--direct-only", action="store_true", help="only the steps without a pooler")
     ap.add_argument("--no-restart", action="store_true",
@@ -623,6 +645,11 @@ def main() -> None:
         args.steps, args.duration, args.drain = "200,500", 20.0, 60.0
         if args.group_commit is None:
             args.group_commit = 200
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     steps = [int(s) for s in args.steps.split(",")]
 
     shm = Path("/dev/shm")
@@ -654,6 +681,11 @@ def main() -> None:
             results = sweep("pooler" if args.pooler_url else "pgbouncer", server, url, bouncer,
                             True, args, steps, Path(boxes) / "pooled", not args.no_restart,
                             children)
+        own: list[Step] = []
+        if args.device_roles and bouncer:
+            own = sweep("pgbouncer, a role each", server, Credentials(server, bouncer), bouncer, True,
+                        args, [int(n) for n in args.device_roles.split(",")], Path(boxes) / "own",
+                        False, children)
         direct: list[Step] = []
         if args.direct or args.direct_only or not pooled:
             direct = sweep("direct", server, server.url, None, False, args, steps,
@@ -663,10 +695,10 @@ def main() -> None:
             max(s.devices for s in passing) if passing else 0)
         gc: list[Step] = []
         if gc_n:
-            gc = group_commit(server, url, bouncer, pooled, args, gc_n, Path(boxes) / "group",
+            gc = group_commit(server, url, bouncer, args, gc_n, Path(boxes) / "group",
                               children)
 
-    summarize(results, direct, gc, args.interval)
+    summarize(results, own, direct, gc, args.interval)
 
 
 if __name__ == "__main__":
