@@ -14,6 +14,7 @@ import hashlib
 import math
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -31,6 +32,10 @@ CONNECTION_LIMIT = 2
 
 #: Names of device roles start with this; the rest is derived from the vertex.
 ROLE_PREFIX = "flowmesh_dev_"
+
+#: Tries at dropping a revoked role whose ended sessions are still going away.
+DROP_ATTEMPTS = 10
+DROP_RETRY_S = 0.2
 
 #: PostgreSQL truncates identifiers past this many bytes.
 MAX_ROLE_BYTES = 63
@@ -68,7 +73,7 @@ def device_url(base_url: str, role: str, password: str) -> str:
     """The URL a device connects with: the server and database of ``base_url``,
     as ``role`` with ``password``; other connection parameters (sslmode...) kept.
 
-    The one place a device's URL is built, so a pooler can be put in front later.
+    The one place a device's URL is built, through the pooler or to the server itself.
     """
     params = conninfo.conninfo_to_dict(base_url)
     host, port, dbname = params.pop("host", None), params.pop("port", None), params.pop("dbname", None)
@@ -114,22 +119,42 @@ def add(conn: psycopg.Connection, tetrahedron: str, node_id: str,
 
 
 def revoke(conn: psycopg.Connection, tetrahedron: str, node_id: str) -> tuple[str, int]:
-    """Drop a device's role and mapping, then end its sessions; returns the role
-    and the number of sessions ended. ``conn`` must be in autocommit mode: the
-    drop is committed before the sessions are ended, so they cannot reconnect."""
+    """Cut a device off: its role may no longer log in and its mapping is gone
+    (committed first, so nothing it does from then on is allowed), its sessions
+    are ended, then its role is dropped. Returns the role and the number of
+    sessions ended. ``conn`` must be in autocommit mode."""
     row = conn.execute(query("device_credential_by_name"),
                        {"tetrahedron": tetrahedron, "node_id": node_id}).fetchone()
     if row is None:
         raise FlowMeshError(f"no device credential for node {node_id!r} of tetrahedron {tetrahedron!r}")
     role, role_oid = row
+    ident = sql.Identifier(role)
     with conn.transaction():
         conn.execute(query("delete_device_credential"), {"role": role})
-        conn.execute(sql.SQL(query("drop_device_role")).format(role=sql.Identifier(role)))
+        if role_oid is not None:
+            conn.execute(sql.SQL(query("disable_device_role")).format(role=ident))
     if role_oid is None:  # the role was dropped by hand: its sessions are gone or unnamed
         return role, 0
     try:
-        ended = conn.execute(query("end_device_sessions"), {"role_oid": role_oid}).fetchall()
+        ended = len(conn.execute(query("end_device_sessions"), {"role_oid": role_oid}).fetchall())
     except psycopg.errors.InsufficientPrivilege as exc:
+        _drop_role(conn, role)
         raise FlowMeshError(f"dropped {role}, but could not end its open sessions ({one_line(exc)}); "
                             "they last until they disconnect, or end them as a superuser") from exc
-    return role, len(ended)
+    _drop_role(conn, role)
+    return role, ended
+
+
+def _drop_role(conn: psycopg.Connection, role: str) -> None:
+    """Drop the (already disabled) role. A session just ended may still hold
+    objects of it (a temporary table) for a moment: retried, within bounds."""
+    for attempt in range(DROP_ATTEMPTS):
+        try:
+            conn.execute(sql.SQL(query("drop_device_role")).format(role=sql.Identifier(role)))
+            return
+        except psycopg.errors.DependentObjectsStillExist as exc:
+            if attempt == DROP_ATTEMPTS - 1:
+                raise FlowMeshError(
+                    f"{role} can no longer log in or write, but could not be dropped: {one_line(exc)}; "
+                    "run revoke again once its sessions are gone") from exc
+            time.sleep(DROP_RETRY_S)

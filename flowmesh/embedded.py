@@ -21,9 +21,10 @@ from psycopg import sql
 from . import settings
 from .errors import DatabaseUnreachable
 
-#: Connection slots kept for operator roles (those granted pg_use_reserved_connections,
-#: PostgreSQL 16+), on top of the 3 PostgreSQL keeps for superusers: devices filling
-#: every other slot (max_connections, 100) never lock the operator's tools out.
+#: Connection slots kept for roles granted pg_use_reserved_connections (PostgreSQL
+#: 16+): the pooler's password look-ups, and any non-superuser operator role granted
+#: it; superusers have PostgreSQL's own 3. Devices filling every other slot
+#: (max_connections, 100) never lock the operator's tools out.
 RESERVED_CONNECTIONS = 5
 
 

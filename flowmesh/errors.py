@@ -21,7 +21,8 @@ DATA_ERROR_CLASSES = ("22", "23", "54")
 #: and 57014 query_canceled (a statement timeout or a client's deadline: the
 #: path or the server is too slow now, not the data wrong).
 UNREACHABLE_CLASSES = ("08",)
-UNREACHABLE_STATES = frozenset({"53300", "57P01", "57P02", "57P03", "57014"})
+QUERY_CANCELED = "57014"
+UNREACHABLE_STATES = frozenset({"53300", "57P01", "57P02", "57P03", QUERY_CANCELED})
 
 #: Exit codes of the command lines: 1 for an error, 3 when the database cannot
 #: be reached (2 is click's, for usage errors).
@@ -71,6 +72,9 @@ def describe(exc: BaseException) -> Failure:
         state = exc.sqlstate or None
         # SQLSTATE first: psycopg files some data errors (class 54) under
         # OperationalError, beside the real connection failures.
+        if state == QUERY_CANCELED:  # retried like an outage, but it is no outage
+            return Failure(UNREACHABLE, f"the database did not answer in time: {one_line(exc)}",
+                           EXIT_UNREACHABLE, state)
         if state and (state in UNREACHABLE_STATES or state[:2] in UNREACHABLE_CLASSES):
             return Failure(UNREACHABLE, f"cannot reach the database: {one_line(exc)}",
                            EXIT_UNREACHABLE, state)

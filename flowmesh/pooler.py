@@ -42,6 +42,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -364,11 +365,15 @@ def _configure(pooler: Pooler, port: int, server_host: str, server_port: int,
 def _make_directories(pooler: Pooler) -> None:
     owner = system_user()
     for path in (pooler.directory, pooler.socket_dir):
-        path.mkdir(parents=True, exist_ok=True)
-        # the socket directory may be under /tmp: refuse one someone else made
-        if path.stat().st_uid not in (os.geteuid(), _uid(owner)):
-            raise FlowMeshError(f"{path} belongs to another user; remove it or choose another "
-                                f"data directory ({settings.DATA_DIR_ENV})")
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # the socket directory may be under /tmp, where anyone may have made that
+        # name first: refuse a symlink (lstat, never followed: chmod and chown
+        # below would act on its target) or a directory someone else owns
+        info = path.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (os.geteuid(), _uid(owner)):
+            raise FlowMeshError(f"{path} is not a directory of this user's (a symlink, or another "
+                                f"user's); remove it or choose another data directory "
+                                f"({settings.DATA_DIR_ENV})")
         path.chmod(0o700)
         if owner:
             shutil.chown(path, owner, owner)

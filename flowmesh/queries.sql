@@ -230,6 +230,11 @@ select c.role_name, r.oid as role_oid
 -- name: delete_device_credential
 delete from flowmesh.device_credentials where role_name = %(role)s;
 
+-- name: disable_device_role
+-- {role} is an identifier, composed with psycopg.sql. First step of a revoke:
+-- no new session, whatever happens next.
+alter role {role} nologin;
+
 -- name: drop_device_role
 -- {role} is an identifier, composed with psycopg.sql.
 drop role if exists {role};

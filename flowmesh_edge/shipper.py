@@ -54,8 +54,6 @@ APPLICATION_NAME = "flowmesh-edge"
 RETIME_AHEAD_S = CLOCK_AHEAD_MAX_S - 30
 #: The unknown-tetrahedron error: the tetrahedron was deleted since we registered.
 UNKNOWN_TETRAHEDRON = "23503"
-#: A statement cancelled (the role's statement_timeout): too slow now, retried smaller.
-QUERY_CANCELED = "57014"
 
 
 class Unreachable(Exception):
@@ -316,7 +314,7 @@ class Shipper:
                 raise _DataError(reason, failure.sqlstate) from exc
             if failure.kind == errors.UNREACHABLE:
                 self.close()
-                if failure.sqlstate == QUERY_CANCELED:  # the role's statement_timeout
+                if failure.sqlstate == errors.QUERY_CANCELED:  # the role's statement_timeout
                     self.batch_limit = max(1, self.batch_limit // 2)
                 raise Unreachable(reason) from exc
             raise Rejected(reason, failure.sqlstate) from exc

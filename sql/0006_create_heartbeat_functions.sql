@@ -117,7 +117,7 @@ begin
     end if;
     -- last used, to the minute: one small write a minute per device at most
     update flowmesh.device_credentials c set last_used_at = now()
-     where c.role_name = v_caller
+     where c.tetrahedron_id = v_device.tetrahedron_id and c.role_name = v_caller
        and (c.last_used_at is null or c.last_used_at <= now() - interval '1 minute');
     return;
   end if;
@@ -468,8 +468,11 @@ begin
     insert into public.tetrahedrons (name) values (tetrahedron_name)
     on conflict (name) do nothing
     returning id into v_tetrahedron;
-    if v_tetrahedron is null then  -- created concurrently
+    if v_tetrahedron is null then
+      -- created concurrently by someone else: joining it is joining an existing
+      -- tetrahedron, authorized as such
       select t.id into v_tetrahedron from public.tetrahedrons t where t.name = tetrahedron_name;
+      perform flowmesh.authorize_writer(v_tetrahedron, array[register_node.node_id], registering => true);
     end if;
   end if;
 

@@ -13,6 +13,23 @@
 -- needs CREATEROLE; on Supabase the migration role has it). The device roles
 -- themselves are created and dropped by the CLI, never by a migration.
 
+-- a database migrated by an earlier cut of the chain -------------------------
+-- The chain was edited in place before FlowMesh's first release (0003-0012 now
+-- hold the write rule devices depend on). A database migrated before that would
+-- get this file alone, and its old write rule trusts request.jwt.claims, which
+-- any session, a device's included, may set: refuse rather than grant devices
+-- anything there.
+do $$
+begin
+  if pg_catalog.to_regprocedure('flowmesh.authorize_writer(uuid, text[], boolean)') is null then
+    raise exception 'this database was migrated by an earlier, unreleased cut of the FlowMesh chain'
+      using errcode = '55000',
+            hint = 'Create it anew (flowmesh db stop, remove the data directory, flowmesh db up), '
+                   'or migrate a new database and copy the data.';
+  end if;
+end
+$$;
+
 -- the group role -------------------------------------------------------------
 do $$
 begin

@@ -153,6 +153,19 @@ def test_alembic_upgrade_head_from_the_command_line(empty_db_url):
         assert conn.execute("select to_regclass('public.mesh_heartbeats')").fetchone()[0]
 
 
+def test_devices_are_refused_on_a_database_migrated_by_an_earlier_cut(empty_db_url):
+    # the chain was edited in place before release: a database migrated before
+    # has the old write rule, which trusts claims a device may set itself
+    migrations.upgrade(empty_db_url, "0012")
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute("drop function flowmesh.authorize_writer(uuid, text[], boolean)")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="earlier, unreleased cut"):
+        migrations.upgrade(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
+        assert migrations.current_revision(conn) == "0012"
+        assert conn.execute("select to_regclass('flowmesh.device_credentials')").fetchone() == (None,)
+
+
 # linter-style checks --------------------------------------------------------
 
 def rows(conn, sql):

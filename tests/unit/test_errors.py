@@ -9,12 +9,19 @@ from psycopg import errors as pg
 from flowmesh import errors
 
 
-@pytest.mark.parametrize("state", ["53300", "57P01", "57P02", "57P03", "57014", "08006", "08001", "08P01"])
+@pytest.mark.parametrize("state", ["53300", "57P01", "57P02", "57P03", "08006", "08001", "08P01"])
 def test_a_full_starting_or_stopping_server_is_unreachable(state):
     failure = errors.describe(pg.lookup(state)("server says no"))
     assert (failure.kind, failure.sqlstate, failure.exit_code) == (
         errors.UNREACHABLE, state, errors.EXIT_UNREACHABLE)
     assert failure.message == "cannot reach the database: server says no"
+
+
+def test_a_statement_timeout_is_retried_and_says_so():
+    failure = errors.describe(pg.lookup("57014")("canceling statement due to statement timeout"))
+    assert (failure.kind, failure.exit_code) == (errors.UNREACHABLE, errors.EXIT_UNREACHABLE)
+    assert failure.message == ("the database did not answer in time: "
+                               "canceling statement due to statement timeout")
 
 
 def test_a_socket_failure_without_sqlstate_is_unreachable():
