@@ -320,6 +320,9 @@ class Shipper:
             raise Rejected(reason, failure.sqlstate) from exc
         finally:
             watchdog.cancel()
+            # a watchdog already firing finishes before this connection may be
+            # closed, so its cut can never land on a socket reusing the number
+            watchdog.join()
             if expired.is_set():  # fired just as the answer came: the socket is cut anyway
                 self.close()
 
