@@ -8,11 +8,13 @@ Any libpq URL or conninfo string works; psycopg opens the connection.
 from __future__ import annotations
 
 import os
+import time
 
 import sqlalchemy as sa
 
 from alembic import context
 from flowmesh import database, migrations, settings
+from flowmesh.errors import FlowMeshError
 from flowmesh.queries import query
 
 config = context.config
@@ -32,6 +34,20 @@ def _url() -> str:
     return url
 
 
+def _take_migration_lock(connection) -> None:
+    """Take the migration lock, waiting at most MIGRATION_LOCK_WAIT_S for it."""
+    deadline = time.monotonic() + migrations.MIGRATION_LOCK_WAIT_S
+    params = {"key": migrations.LOCK_KEY}
+    while not connection.exec_driver_sql(query("migration_lock"), params).scalar():
+        if time.monotonic() > deadline:
+            holders = connection.exec_driver_sql(query("migration_lock_holders"), params).all()
+            who = ", ".join(f"pid {pid} ({user}, {app or 'no application name'})"
+                            for pid, user, app in holders) or "a session that has just left"
+            raise FlowMeshError(f"the migration lock is held by {who}; waited "
+                                f"{migrations.MIGRATION_LOCK_WAIT_S:g} s (end that session and retry)")
+        time.sleep(0.2)
+
+
 def run_migrations_online() -> None:
     url = _url()
     engine = sa.create_engine(
@@ -42,7 +58,7 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         # Concurrent migrators (agents starting at once) take turns; the
         # second finds the database at head and does nothing.
-        connection.exec_driver_sql(query("migration_lock"), {"key": migrations.LOCK_KEY})
+        _take_migration_lock(connection)
         connection.exec_driver_sql(query("migration_schema"))
         connection.commit()
         try:

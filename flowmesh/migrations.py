@@ -23,6 +23,9 @@ _REPO = _PACKAGE.parent
 VERSION_SCHEMA = "flowmesh"
 #: Advisory lock key serialising concurrent migrators (agents starting together).
 LOCK_KEY = 0x466C6F774D657368  # "FlowMesh"
+#: Seconds a migrator waits for that lock (migrations take seconds; any role may
+#: take an advisory lock, so the wait must end).
+MIGRATION_LOCK_WAIT_S = 60.0
 
 
 def _resource(name: str) -> Path:

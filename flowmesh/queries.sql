@@ -189,8 +189,18 @@ select to_regclass('flowmesh.alembic_version') is not null as present;
 select version_num from flowmesh.alembic_version;
 
 -- name: migration_lock
--- Concurrent migrators (agents starting at once) take turns.
-select pg_advisory_lock(%(key)s);
+-- Concurrent migrators (agents starting at once) take turns: tried, and tried
+-- again for a bounded time (alembic/env.py), since any role may take an
+-- advisory lock and a session holding it must not stall a migration forever.
+select pg_try_advisory_lock(%(key)s);
+
+-- name: migration_lock_holders
+-- Who holds the migration lock (an advisory lock's key is split in two 32-bit halves).
+select a.pid, a.usename, a.application_name
+  from pg_catalog.pg_locks l
+  join pg_catalog.pg_stat_activity a on a.pid = l.pid
+ where l.locktype = 'advisory' and l.granted
+   and l.classid::bigint = (%(key)s::bigint >> 32) and l.objid::bigint = (%(key)s::bigint & 4294967295);
 
 -- name: migration_unlock
 select pg_advisory_unlock(%(key)s);

@@ -16,6 +16,7 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from flowmesh import embedded, migrations, supabase_sync
+from flowmesh.errors import FlowMeshError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -164,6 +165,16 @@ def test_devices_are_refused_on_a_database_migrated_by_an_earlier_cut(empty_db_u
     with psycopg.connect(empty_db_url) as conn:
         assert migrations.current_revision(conn) == "0012"
         assert conn.execute("select to_regclass('flowmesh.device_credentials')").fetchone() == (None,)
+
+
+def test_a_session_holding_the_migration_lock_cannot_stall_a_migration(db_url, monkeypatch):
+    monkeypatch.setattr(migrations, "MIGRATION_LOCK_WAIT_S", 1.0)
+    with psycopg.connect(db_url, autocommit=True, application_name="squatter") as holder:
+        holder.execute("select pg_advisory_lock(%s)", (migrations.LOCK_KEY,))
+        held_by = rf"held by pid {holder.info.backend_pid} \(postgres, squatter\)"
+        with pytest.raises(FlowMeshError, match=held_by):
+            migrations.upgrade(db_url)
+    migrations.upgrade(db_url)  # once it is let go
 
 
 # linter-style checks --------------------------------------------------------
