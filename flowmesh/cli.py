@@ -40,7 +40,10 @@ def db() -> None:
 @click.option("--pooler", "with_pooler", is_flag=True,
               help="Also run PgBouncer (transaction pooling) beside the embedded server, "
               "and print its URL instead.")
-def db_up(database_url: str | None, with_pooler: bool) -> None:
+@click.option("--listen", metavar="ADDR",
+              help="With --pooler: the IP address of this machine PgBouncer listens on, and "
+              "device URLs name (remembered; default 127.0.0.1, this machine only).")
+def db_up(database_url: str | None, with_pooler: bool, listen: str | None) -> None:
     """Start (or reuse) the embedded server, apply migrations, print the URL.
 
     The embedded server keeps embedded.RESERVED_CONNECTIONS connection slots for
@@ -55,6 +58,10 @@ def db_up(database_url: str | None, with_pooler: bool) -> None:
             "--pooler runs PgBouncer beside the embedded server only; a server given by URL "
             "has its own pooler (PgBouncer, Supabase's Supavisor): give agents that URL"
         )
+    if listen is not None and not with_pooler:
+        raise FlowMeshError("--listen is the pooler's address: use it with --pooler")
+    if listen is not None:
+        pooler.check_listen_addr(listen)  # before anything starts
     if with_pooler and pooler.binary() is None:
         raise FlowMeshError(pooler.INSTALL_HINT)
     if database_url:
@@ -74,8 +81,8 @@ def db_up(database_url: str | None, with_pooler: bool) -> None:
         if with_pooler:
             host, port = embedded.address()
             url = pooler.start(pooler.embedded(), admin_url, server_host=host, server_port=port,
-                               databases=(settings.EMBEDDED_DATABASE,))
-            click.echo(f"PgBouncer (transaction pooling) listening on {pooler.LISTEN_ADDR}:"
+                               databases=(settings.EMBEDDED_DATABASE,), listen=listen)
+            click.echo(f"PgBouncer (transaction pooling) listening on {pooler.embedded().listen_addr()}:"
                        f"{pooler.embedded().port()}; devices connect as "
                        f"{pooler.embedded().url(user='<device>')}", err=True)
     click.echo(url)
@@ -143,7 +150,7 @@ def _pooler_status() -> str:
     embedded_pooler = pooler.embedded()
     pid = embedded_pooler.pid()
     if pid:
-        return (f"PgBouncer running, pid {pid}, on {pooler.LISTEN_ADDR}:{embedded_pooler.port()} "
+        return (f"PgBouncer running, pid {pid}, on {embedded_pooler.listen_addr()}:{embedded_pooler.port()} "
                 f"({embedded_pooler.url()})")
     if pooler.binary() is None:
         return "not installed (`apt-get install pgbouncer`, then `flowmesh db up --pooler`)"

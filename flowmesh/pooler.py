@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import os
 import resource
 import secrets
@@ -66,6 +67,9 @@ OPERATOR = "postgres"
 #: The port tried first (PgBouncer's customary one); when taken, the kernel picks
 #: one. Either way it is written to ``port`` in the pooler's directory and kept.
 DEFAULT_PORT = 6432
+#: The address PgBouncer listens on unless `db up --pooler --listen ADDR` chose
+#: another (kept in ``listen`` in the pooler's directory): loopback, so nothing
+#: is exposed until the operator says where devices reach this machine.
 LISTEN_ADDR = "127.0.0.1"
 #: Client connections PgBouncer accepts at once: one per device, for a fleet of 10,000.
 MAX_CLIENT_CONN = 10_000
@@ -137,6 +141,10 @@ class Pooler:
         return self.directory / "port"
 
     @property
+    def listen_file(self) -> Path:
+        return self.directory / "listen"
+
+    @property
     def password_file(self) -> Path:
         """The pooler role's password (FlowMesh's, not PgBouncer's: it only sees the verifier)."""
         return self.directory / "role-password"
@@ -157,6 +165,13 @@ class Pooler:
         except (FileNotFoundError, ValueError):
             return None
 
+    def listen_addr(self) -> str:
+        """The remembered listening address (the one device URLs name), loopback by default."""
+        try:
+            return self.listen_file.read_text().strip() or LISTEN_ADDR
+        except FileNotFoundError:
+            return LISTEN_ADDR
+
     def pid(self) -> int | None:
         """PgBouncer's pid when it is running, else None."""
         try:
@@ -172,11 +187,12 @@ class Pooler:
 
     def url(self, dbname: str = settings.EMBEDDED_DATABASE, user: str | None = None) -> str:
         """A URL through this pooler: the operator's (unix socket, trusted) by default;
-        a device's (TCP on 127.0.0.1, by password) when ``user`` is given."""
+        a device's (TCP on the listening address, by password) when ``user`` is given."""
         port = self.port() or DEFAULT_PORT
         if user is None:
             return f"postgresql://postgres:@/{dbname}?host={self.socket_dir}&port={port}"
-        return f"postgresql://{user}@{LISTEN_ADDR}:{port}/{dbname}"
+        host = self.listen_addr()
+        return f"postgresql://{user}@{f'[{host}]' if ':' in host else host}:{port}/{dbname}"
 
     def pooled(self, server_url: str) -> str:
         """``server_url`` (the operator's URL of one database) rewritten to go through the pooler."""
@@ -272,23 +288,27 @@ def prepare_database(admin_url: str) -> None:
 
 
 # configuration ----------------------------------------------------------------
-def _port_free(port: int) -> bool:
+def _port_free(addr: str, port: int) -> bool:
     """Whether nothing listens on ``port``; SO_REUSEADDR as PgBouncer binds, so the
     closed connections of a pooler just stopped do not count."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(addr), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((LISTEN_ADDR, port))
+            s.bind((addr, port))
         except OSError:
             return False
     return True
 
 
-def _choose_port(preferred: int | None) -> int:
-    if preferred and _port_free(preferred):
+def _family(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+
+
+def _choose_port(addr: str, preferred: int | None) -> int:
+    if preferred and _port_free(addr, preferred):
         return preferred
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LISTEN_ADDR, 0))
+    with socket.socket(_family(addr), socket.SOCK_STREAM) as s:
+        s.bind((addr, 0))
         return s.getsockname()[1]
 
 
@@ -301,7 +321,7 @@ def render_ini(pooler: Pooler, port: int, server_host: str, server_port: int) ->
 * = host={server_host} port={server_port}
 
 [pgbouncer]
-listen_addr = {LISTEN_ADDR}
+listen_addr = {pooler.listen_addr()}
 listen_port = {port}
 unix_socket_dir = {pooler.socket_dir}
 unix_socket_mode = 0700
@@ -408,8 +428,8 @@ def _open_files_limit(wanted: int):
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def _accepting(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((LISTEN_ADDR, port), timeout=0.5):
+def _accepting(addr: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((addr, port), timeout=0.5):
         return True
     return False
 
@@ -434,17 +454,33 @@ def _launch(pooler: Pooler, program: str, port: int) -> int:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         pid = pooler.pid()
-        if pid and _accepting(port):
+        if pid and _accepting(pooler.listen_addr(), port):
             return pid
         time.sleep(0.05)
     raise FlowMeshError(f"PgBouncer did not start within {START_TIMEOUT_S:.0f}s: "
                         f"{_last_log_line(pooler)} (see {pooler.logfile})")
 
 
+def check_listen_addr(addr: str) -> str:
+    """``addr`` as PgBouncer should listen on it, or a one-line error: an IP address
+    of this machine that devices will connect to (their URLs name it), so not a
+    wildcard."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        raise FlowMeshError(f"--listen takes an IP address of this machine, not {addr!r}") from None
+    if ip.is_unspecified:
+        raise FlowMeshError(f"--listen {addr} names no address devices could connect to: give the "
+                            "address of this machine that devices reach (device URLs name it)")
+    return str(ip)
+
+
 def start(pooler: Pooler, admin_url: str, *, server_host: str, server_port: int,
-          databases: tuple[str, ...] = (), preferred_port: int | None = DEFAULT_PORT) -> str:
+          databases: tuple[str, ...] = (), preferred_port: int | None = DEFAULT_PORT,
+          listen: str | None = None) -> str:
     """Start (or reuse) PgBouncer for the server at ``server_host``:``server_port``
     (a unix socket directory or an address); return the operator's pooled URL.
+    ``listen`` changes (and is remembered as) the address it listens on.
 
     As the superuser (``admin_url``): creates or updates the pooler's role and
     installs the password look-up in each of ``databases``. A running PgBouncer
@@ -454,9 +490,14 @@ def start(pooler: Pooler, admin_url: str, *, server_host: str, server_port: int,
     if program is None:
         raise FlowMeshError(INSTALL_HINT)
     _make_directories(pooler)
+    if listen is not None and check_listen_addr(listen) != pooler.listen_addr():
+        pooler.listen_file.write_text(f"{check_listen_addr(listen)}\n")
+        if pooler.port() is not None and not pooler.pid() and not _port_free(listen, pooler.port()):
+            pooler.port_file.unlink()  # taken on the new address: choose again
+    addr = pooler.listen_addr()
     port = pooler.port()
     if port is None:
-        port = _choose_port(preferred_port)
+        port = _choose_port(addr, preferred_port)
         pooler.port_file.write_text(f"{port}\n")
     verifiers = _verifiers(pooler)
     prepare_role(admin_url, verifiers[ROLE])
@@ -466,8 +507,8 @@ def start(pooler: Pooler, admin_url: str, *, server_host: str, server_port: int,
     if pooler.pid() and changed:
         stop(pooler)
     if not pooler.pid():
-        if not _port_free(port):
-            raise FlowMeshError(f"port {port} on {LISTEN_ADDR} is taken by another program; "
+        if not _port_free(addr, port):
+            raise FlowMeshError(f"port {port} on {addr} is taken by another program; "
                                 f"free it or remove {pooler.port_file} to have another chosen")
         _launch(pooler, program, port)
     return pooler.url()

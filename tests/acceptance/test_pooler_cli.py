@@ -142,3 +142,34 @@ def test_db_up_pooler_without_pgbouncer_says_how_to_install_it(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert exited.value.code == 1 and err.count("\n") == 1 and "apt-get install pgbouncer" in err
     assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_db_up_pooler_listens_where_told_and_device_urls_name_it(tmp_path):
+    if pooler.binary() is None:
+        pytest.skip(pooler.INSTALL_HINT)
+    data = tmp_path / "data"
+    env = {"FLOWMESH_DATA_DIR": str(data)}
+    wildcard = flowmesh("db", "up", "--pooler", "--listen", "0.0.0.0", env=env)
+    assert wildcard.returncode == 1 and wildcard.stderr.count("\n") == 1
+    assert "devices reach" in wildcard.stderr and not data.exists()  # refused before anything started
+    alone = flowmesh("db", "up", "--listen", "127.0.0.2", env=env)
+    assert alone.returncode == 1 and "with --pooler" in alone.stderr
+    try:
+        up = flowmesh("db", "up", "--pooler", "--listen", "127.0.0.2", env=env)
+        assert up.returncode == 0, up.stderr
+        assert "listening on 127.0.0.2:" in up.stderr
+        device_url = flowmesh("devices", "add", "home", "cam", env=env).stdout.strip()
+        assert "@127.0.0.2:" in device_url
+        beat = run([*script("flowmesh-edge"), "beat", "cam", "--tetrahedron", "home",
+                    "--database-url", device_url], env=env)
+        assert beat.returncode == 0, beat.stderr
+        # remembered: a later `db up --pooler` keeps the address
+        again = flowmesh("db", "up", "--pooler", env=env)
+        assert again.returncode == 0 and "listening on 127.0.0.2:" in again.stderr
+        port = pooler.Pooler(data / "pgbouncer").port()
+        with pytest.raises(psycopg.OperationalError):  # not on loopback's usual address
+            psycopg.connect(device_url.replace("@127.0.0.2:", "@127.0.0.1:"), connect_timeout=5).close()
+        assert f"127.0.0.2:{port}" in flowmesh("db", "status", env=env).stdout
+    finally:
+        stop = flowmesh("db", "stop", env=env)
+    assert stop.returncode == 0, stop.stderr
