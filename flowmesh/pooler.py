@@ -355,12 +355,14 @@ ignore_startup_parameters = extra_float_digits
 #: Mirrors the embedded server's own pg_hba (initdb --auth=trust, unix socket only,
 #: in a directory only its system user can enter): trust on the pooler's socket,
 #: which lives in a 0700 directory of the same user. Over TCP, a password always.
+#: Trust on the 0700 unix socket only; over TCP a password, from wherever the
+#: listening address (loopback unless `--listen`) lets a device reach it.
 HBA = """\
 # Written by FlowMesh (flowmesh/pooler.py).
 # TYPE  DATABASE  USER  ADDRESS       METHOD
 local   all       all                 trust
-host    all       all   127.0.0.1/32  scram-sha-256
-host    all       all   ::1/128       scram-sha-256
+host    all       all   0.0.0.0/0     scram-sha-256
+host    all       all   ::/0          scram-sha-256
 """
 
 

@@ -170,6 +170,12 @@ def test_db_up_pooler_listens_where_told_and_device_urls_name_it(tmp_path):
         with pytest.raises(psycopg.OperationalError):  # not on loopback's usual address
             psycopg.connect(device_url.replace("@127.0.0.2:", "@127.0.0.1:"), connect_timeout=5).close()
         assert f"127.0.0.2:{port}" in flowmesh("db", "status", env=env).stdout
+        # devices on other machines come from other addresses: by password from any,
+        # trust only on the unix socket
+        rules = [line.split() for line in (data / "pgbouncer" / "pg_hba.conf").read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+        assert ["host", "all", "all", "0.0.0.0/0", "scram-sha-256"] in rules
+        assert [r for r in rules if r[-1] == "trust"] == [["local", "all", "all", "trust"]]
     finally:
         stop = flowmesh("db", "stop", env=env)
     assert stop.returncode == 0, stop.stderr
