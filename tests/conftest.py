@@ -246,6 +246,15 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+def session_ended(conn: psycopg.Connection) -> bool:
+    """Whether the server has ended ``conn``'s session (a query on it fails)."""
+    try:
+        conn.execute("select 1")
+    except psycopg.OperationalError:
+        return True
+    return False
+
+
 async def until(predicate, timeout: float = 15.0, interval: float = 0.02, *, blocking: bool = False
                 ) -> float:
     """Await ``predicate`` becoming truthy, in loop time (real or virtual); return the wait.

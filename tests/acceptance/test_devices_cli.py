@@ -16,7 +16,7 @@ import pytest
 from flowmesh_edge.outbox import Outbox
 from flowmesh_edge.shipper import Rejected, Shipper
 from tests.acceptance.test_cli import run, script
-from tests.conftest import db_name, wait_for
+from tests.conftest import db_name, session_ended, wait_for
 
 
 @pytest.fixture
@@ -104,15 +104,7 @@ def test_revoke_ends_the_devices_session_and_it_cannot_connect_again(admin_url):
         revoke = flowmesh("devices", "revoke", "home", "pi", "--database-url", admin_url)
         assert revoke.returncode == 0, revoke.stderr
         assert "ended 1 session(s)" in revoke.stdout
-
-        def ended() -> bool:
-            try:
-                dev.execute("select 1")
-            except psycopg.OperationalError:
-                return True
-            return False
-
-        wait_for(ended, timeout=10)
+        wait_for(lambda: session_ended(dev), timeout=10)
     finally:
         dev.close()
     with pytest.raises(psycopg.OperationalError):

@@ -15,7 +15,7 @@ import pytest
 from flowmesh import devices, settings
 from flowmesh.errors import FlowMeshError
 from flowmesh.queries import query
-from tests.conftest import acting_as, db_name, register, wait_for
+from tests.conftest import acting_as, db_name, register, session_ended, wait_for
 
 ALICE = uuid.UUID("00000000-0000-0000-0000-00000000a11c")
 BOB = uuid.UUID("00000000-0000-0000-0000-000000000b0b")
@@ -279,15 +279,7 @@ def test_revoke_ends_a_live_session_and_the_next_connect_fails(conn, device):
         dev.execute("create temp table held (x int)")
         role, ended = devices.revoke(conn, "home", "alice-pi")
         assert (role, ended) == (credential.role, 1)
-
-        def gone() -> bool:
-            try:
-                dev.execute("select 1")
-            except psycopg.OperationalError:
-                return True
-            return False
-
-        wait_for(gone, timeout=10)
+        wait_for(lambda: session_ended(dev), timeout=10)
     finally:
         dev.close()
     with pytest.raises(psycopg.OperationalError, match="password authentication failed|does not exist"):
