@@ -67,6 +67,23 @@ class Entry:
         )
 
 
+class _Transaction:
+    """One write transaction on the outbox's SQLite connection."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> None:
+        # immediate: a concurrent `flowmesh-edge beat` on the same outbox
+        # waits instead of racing for a sequence number
+        self.db.execute(q("begin_immediate"))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute(q("rollback" if exc_type else "commit"))
+
+
 class Outbox:
     """A SQLite-backed FIFO of heartbeats and mesh events (the ``entries``
     table), safe to use from several threads."""
@@ -99,19 +116,8 @@ class Outbox:
     def _has(self, table: str) -> bool:
         return self._db.execute(q("table_exists"), {"name": table}).fetchone() is not None
 
-    def _transaction(self):
-        db = self._db
-
-        class _Tx:
-            def __enter__(self):
-                # immediate: a concurrent `flowmesh-edge beat` on the same
-                # outbox waits instead of racing for a sequence number
-                db.execute(q("begin_immediate"))
-
-            def __exit__(self, exc_type, exc, tb):
-                db.execute(q("rollback" if exc_type else "commit"))
-
-        return _Tx()
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
 
     def put(
         self,

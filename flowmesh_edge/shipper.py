@@ -15,8 +15,9 @@ same reading the command lines give them):
 No call waits longer than ``call_timeout_s`` (the agent's ``--db-timeout``):
 a path that goes silent (a NAT entry dropped, a wedged proxy: no reset, no
 answer) would otherwise block a call forever. A watchdog cuts the socket when
-the deadline passes, the call fails as :class:`Unreachable` and the next one
-opens a new connection. Each call is one statement in its own transaction
+the deadline passes (one watchdog thread keeps every deadline of the process,
+``flowmesh_edge.watchdog``), the call fails as :class:`Unreachable` and the
+next one opens a new connection. Each call is one statement in its own transaction
 (autocommit), one round trip: through a pooler every round trip costs the
 server and the pooler too. On the server a device credential's statements are
 bounded by its role's ``statement_timeout`` (``flowmesh devices add`` sets
@@ -31,7 +32,6 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,6 +44,7 @@ from flowmesh.limits import CLOCK_AHEAD_MAX_S
 from flowmesh.queries import query
 
 from .outbox import EVENT, HEARTBEAT, Entry, Outbox
+from .watchdog import WATCHDOG
 
 log = logging.getLogger("flowmesh_edge.shipper")
 
@@ -288,20 +289,15 @@ class Shipper:
         path, nothing else would end the wait.
         """
         timeout = self._time_left()
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            _cut(conn)
-
-        watchdog = threading.Timer(timeout, expire)
-        watchdog.daemon = True
-        watchdog.start()
+        alarm = WATCHDOG.arm(timeout, lambda: _cut(conn))
         try:
             # one statement, its own transaction (autocommit): one round trip
             return conn.execute(sql, params).fetchone()
         except psycopg.Error as exc:
-            if expired.is_set() or self._aborted:
+            # disarming waits for a cut in progress, so the socket is never
+            # closed (and its number reused) under it
+            expired = alarm.disarm()
+            if expired or self._aborted:
                 self.close()
                 if self._aborted:
                     raise Unreachable("stopped before the database answered") from exc
@@ -319,11 +315,7 @@ class Shipper:
                 raise Unreachable(reason) from exc
             raise Rejected(reason, failure.sqlstate) from exc
         finally:
-            watchdog.cancel()
-            # a watchdog already firing finishes before this connection may be
-            # closed, so its cut can never land on a socket reusing the number
-            watchdog.join()
-            if expired.is_set():  # fired just as the answer came: the socket is cut anyway
+            if alarm.disarm():  # fired just as the answer came: the socket is cut anyway
                 self.close()
 
 
