@@ -14,6 +14,9 @@ from functools import cache
 from pathlib import Path
 
 _NAME = re.compile(r"^--\s*name:\s*(\S+)\s*$", re.MULTILINE)
+#: One Path for the process: a query is looked up on every call of the hot
+#: path, and building a Path each time cost more than the look-up.
+_QUERIES = Path(__file__).with_name("queries.sql")
 
 
 def parse(text: str) -> dict[str, str]:
@@ -38,7 +41,7 @@ def load(path: Path) -> dict[str, str]:
 
 
 def all_queries() -> dict[str, str]:
-    return load(Path(__file__).parent / "queries.sql")
+    return load(_QUERIES)
 
 
 def named(path: Path, name: str) -> str:
@@ -51,4 +54,4 @@ def named(path: Path, name: str) -> str:
 
 def query(name: str) -> str:
     """The Postgres query ``name`` of queries.sql."""
-    return named(Path(__file__).parent / "queries.sql", name)
+    return named(_QUERIES, name)
