@@ -216,7 +216,9 @@ class Shipper:
 
     # shipping -----------------------------------------------------------------
     def flush(self, max_batches: int | None = None, *, deadline: float | None = None) -> ShipReport:
-        """Ship queued heartbeats, oldest first, until the outbox is empty.
+        """Ship queued heartbeats, oldest first, until the outbox is empty
+        (entries queued during the flush may be left to the next one: their
+        writer wakes the shipper).
 
         Raises :class:`Unreachable` or :class:`Rejected` on the first failure,
         after keeping whatever was already shipped. With ``deadline`` (a
@@ -228,11 +230,17 @@ class Shipper:
             while max_batches is None or report.batches < max_batches:
                 if self._aborted:  # the agent stopped (its outbox may be closed already)
                     raise Unreachable("stopped before the database answered")
-                entries = self.outbox.peek(self.batch_limit)
+                limit = self.batch_limit
+                entries = self.outbox.peek(limit)
                 if not entries:
                     break
                 for group in _by_destination(entries):
                     report.add(self._ship_group(group))
+                if len(entries) < limit:
+                    # the outbox held no more when peeked: what came since was
+                    # queued by a writer that wakes the shipper again, so no
+                    # second look (one SQLite read per heartbeat saved)
+                    break
         finally:
             self._deadline = None
         return report
