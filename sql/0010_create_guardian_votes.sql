@@ -86,7 +86,7 @@ comment on function flowmesh.authorize_vertex(uuid, text) is
   'Raises 42501 unless vertex belongs to the tetrahedron and the caller may act for it: a privileged role, or the user who owns that vertex.';
 
 -- the quorum rule ------------------------------------------------------------------------------
-create or replace function flowmesh.tally(decision_id bigint) returns public.guardian_decisions
+create or replace function flowmesh.tally(t_uuid uuid, decision_id bigint) returns public.guardian_decisions
 language plpgsql security definer
 set search_path = ''
 as $$
@@ -97,7 +97,9 @@ declare
   v_no integer;
   v_status text;
 begin
-  select * into d from public.guardian_decisions g where g.id = decision_id for update;
+  -- by tetrahedron and id, like every statement here: one shard in a distributed fleet
+  select * into d from public.guardian_decisions g
+   where g.tetrahedron_id = t_uuid and g.id = decision_id for update;
   if d.status <> 'open' then
     return d;
   end if;
@@ -105,7 +107,7 @@ begin
    where v.tetrahedron_id = d.tetrahedron_id and v.node_id <> d.subject;
   select count(*) filter (where g.approve), count(*) filter (where not g.approve)
     into v_yes, v_no
-    from public.guardian_votes g where g.decision_id = d.id;
+    from public.guardian_votes g where g.tetrahedron_id = d.tetrahedron_id and g.decision_id = d.id;
   v_status := case
     when v_yes > d.quorum * v_voters then 'passed'
     when v_voters - v_no <= d.quorum * v_voters then 'rejected'  -- approval can no longer pass
@@ -117,13 +119,13 @@ begin
        set status = v_status, decided_at = now(),
            details = g.details || pg_catalog.jsonb_build_object(
              'voters', v_voters, 'approvals', v_yes, 'rejections', v_no)
-     where g.id = d.id
+     where g.tetrahedron_id = d.tetrahedron_id and g.id = d.id
     returning * into d;
   end if;
   return d;
 end
 $$;
-comment on function flowmesh.tally(bigint) is
+comment on function flowmesh.tally(uuid, bigint) is
   'The quorum rule: with E voters (vertices less the subject), pass when approvals > quorum x E, reject when approvals can no longer get there, expire at closes_at.';
 
 -- RPCs -------------------------------------------------------------------------------------------
@@ -196,7 +198,7 @@ begin
   if voter = d.subject then
     raise exception '% may not vote on a decision about itself', voter using errcode = '42501';
   end if;
-  d := flowmesh.tally(d.id);  -- it may have expired
+  d := flowmesh.tally(d.tetrahedron_id, d.id);  -- it may have expired
   if d.status <> 'open' then
     raise exception 'decision % is %', d.id, d.status using errcode = '55000';
   end if;
@@ -206,7 +208,7 @@ begin
   exception when unique_violation then
     raise exception '% has already voted on decision %', voter, d.id using errcode = '23505';
   end;
-  return flowmesh.tally(d.id);
+  return flowmesh.tally(d.tetrahedron_id, d.id);
 end
 $$;
 comment on function public.cast_guardian_vote(uuid, bigint, text, boolean) is
@@ -217,14 +219,14 @@ language sql security definer
 set search_path = ''
 as $$
   select count(*)::integer from (
-    select flowmesh.tally(g.id) as d from public.guardian_decisions g
+    select flowmesh.tally(g.tetrahedron_id, g.id) as d from public.guardian_decisions g
      where g.status = 'open' and g.closes_at <= now()) t
 $$;
 comment on function public.close_expired_decisions() is
   'Tally every open decision past closes_at (expiring the undecided); returns how many were closed. Run by the schedules.';
 
-revoke all on function flowmesh.authorize_vertex(uuid, text), flowmesh.tally(bigint) from public, anon;
-grant execute on function flowmesh.authorize_vertex(uuid, text), flowmesh.tally(bigint)
+revoke all on function flowmesh.authorize_vertex(uuid, text), flowmesh.tally(uuid, bigint) from public, anon;
+grant execute on function flowmesh.authorize_vertex(uuid, text), flowmesh.tally(uuid, bigint)
   to authenticated, service_role;
 revoke all on function public.propose_guardian_decision(uuid, text, text, text, double precision, integer),
   public.cast_guardian_vote(uuid, bigint, text, boolean) from public, anon;
