@@ -154,67 +154,98 @@ class Window:
     stop: float  # no heartbeat sampled after this
     drain_until: float  # give up shipping after this
     interval: float
+    #: Every device's wake-up, and whether the drain time is over: one timer
+    #: for the whole fleet ends the drain, where a timeout on each wait would
+    #: arm (and cancel) a timer per shipment in the event loop's heap.
+    wakes: list[asyncio.Event] = field(default_factory=list)
+    gave_up: bool = False
+    #: Shipper jobs this process's pool runs or is about to (of ship_threads):
+    #: a heartbeat is handed to a shipper only when a thread is free, so a
+    #: busy pool never delays a sample.
+    shipping: int = 0
+    ship_threads: int = 1
+
+    async def end_drain(self) -> None:
+        """At drain_until, stop every device still waiting to ship."""
+        await asyncio.sleep(max(0.0, self.drain_until - asyncio.get_running_loop().time()))
+        self.gave_up = True
+        for wake in self.wakes:
+            wake.set()
 
 
-async def run_device(dev: Device, w: Window, pool: concurrent.futures.Executor,
-                     sampling: concurrent.futures.Executor) -> None:
-    """The agent's two loops: one samples and queues on schedule, whatever the
-    database does; the other ships what is queued when woken, backing off on
-    failure as the agent does (so a backlog goes out in outbox batches).
+class DeviceLoops:
+    """The agent's two loops for one simulated device: one samples and queues on
+    schedule, whatever the database does; the other ships what is queued when
+    woken, backing off on failure as the agent does (so a backlog goes out in
+    outbox batches).
 
     One difference, to spare the shared CPU a thread handoff per heartbeat: a
-    heartbeat due while the shipper waits for work is sampled by the
-    shipper's own job, right before it flushes (same outbox write, same
-    flush; sampled at the time the job starts). While the shipper is busy or
-    backing off, the sampler queues it itself, on schedule, as the agent does.
+    heartbeat due while the shipper waits for work, and a shipper thread of
+    the process is free, is sampled by the shipper's own job, which starts at
+    once, right before it flushes (the same outbox write, the same flush).
+    Otherwise (the shipper busy or backing off, every thread busy) the sampler
+    queues it itself, on schedule, as the agent does.
     """
-    loop = asyncio.get_running_loop()
-    wake = asyncio.Event()
-    due = 0  # heartbeats handed to the shipper's next job
-    idle = False  # the shipper waits for work
 
-    def beat_and_flush(beats: int) -> None:
+    def __init__(self, dev: Device, w: Window, pool: concurrent.futures.Executor,
+                 sampling: concurrent.futures.Executor):
+        self.dev, self.w, self.pool, self.sampling = dev, w, pool, sampling
+        self.loop = asyncio.get_running_loop()
+        self.wake = asyncio.Event()
+        w.wakes.append(self.wake)
+        self.due = 0  # heartbeats handed to the shipper's next job
+        self.idle = False  # the shipper waits for work
+
+    def beat_and_flush(self, beats: int) -> None:
         for _ in range(beats):
-            dev.beat()
-        dev.shipper.flush()
+            self.dev.beat()
+        self.dev.shipper.flush()
 
-    async def sample() -> None:
-        nonlocal due
+    async def sample(self) -> None:
+        w = self.w
         next_beat = w.start + random.uniform(0, w.interval)
         while next_beat < w.stop:
-            await asyncio.sleep(max(0.0, next_beat - loop.time()))
-            if idle:
-                due += 1
+            await asyncio.sleep(max(0.0, next_beat - self.loop.time()))
+            if self.idle and (self.due or w.shipping < w.ship_threads):
+                if not self.due:
+                    w.shipping += 1  # a thread for the shipper's job, reserved now
+                self.due += 1
             else:
-                await loop.run_in_executor(sampling, dev.beat)
-            wake.set()
+                await self.loop.run_in_executor(self.sampling, self.dev.beat)
+            self.wake.set()
             next_beat += w.interval
-        wake.set()
+        self.wake.set()
 
-    sampler = asyncio.create_task(sample())
-    attempt = 0
-    try:
-        while not (sampler.done() and due == 0 and len(dev.acked) >= len(dev.sampled)):
-            idle = True
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=max(0.0, w.drain_until - loop.time()))
-            except TimeoutError:
-                return  # gave up draining: what is left counts as lost
-            finally:
-                idle = False
-            wake.clear()
-            beats, due = due, 0
-            try:
-                await loop.run_in_executor(pool, beat_and_flush, beats)
-                attempt = 0
-            except (Unreachable, Rejected):
-                dev.failures += 1
-                delay = backoff_delay(attempt, 1.0, 60.0)
-                attempt += 1
-                await asyncio.sleep(min(delay, max(0.0, w.drain_until - loop.time())))
-                wake.set()
-    finally:
-        sampler.cancel()
+    async def run(self) -> None:
+        dev, w = self.dev, self.w
+        sampler = asyncio.create_task(self.sample())
+        attempt = 0
+        try:
+            while not (sampler.done() and self.due == 0 and len(dev.acked) >= len(dev.sampled)):
+                self.idle = True
+                try:
+                    await self.wake.wait()
+                finally:
+                    self.idle = False
+                if w.gave_up:
+                    return  # what is left counts as lost
+                self.wake.clear()
+                beats, self.due = self.due, 0
+                if not beats:
+                    w.shipping += 1  # (when beats were handed over, the sampler reserved it)
+                try:
+                    await self.loop.run_in_executor(self.pool, self.beat_and_flush, beats)
+                    attempt = 0
+                except (Unreachable, Rejected):
+                    dev.failures += 1
+                    delay = backoff_delay(attempt, 1.0, 60.0)
+                    attempt += 1
+                    await asyncio.sleep(min(delay, max(0.0, w.drain_until - self.loop.time())))
+                    self.wake.set()
+                finally:
+                    w.shipping -= 1
+        finally:
+            sampler.cancel()
 
 
 # -- the server and the pooler ----------------------------------------------------------
@@ -373,7 +404,8 @@ async def prepare(devices: list[Device], pool) -> None:
 
 
 async def run_devices(devices: list[Device], start_unix: float, duration: float, drain: float,
-                      interval: float, pool) -> tuple[list[tuple[float, float]], int]:
+                      interval: float, pool: concurrent.futures.ThreadPoolExecutor,
+                      threads: int) -> tuple[list[tuple[float, float]], int]:
     """One phase: every device beats from start_unix for duration seconds, then
     ships what is queued for up to drain seconds. Returns (sampled at, acknowledged
     at or inf) per heartbeat, and the failed shipments."""
@@ -383,9 +415,13 @@ async def run_devices(devices: list[Device], start_unix: float, duration: float,
         dev.acked.clear()
         dev.failures = 0
     start = loop.time() + (start_unix - time.time())
-    w = Window(start, start + duration, start + duration + drain, interval)
-    with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sample") as sampling:
-        await asyncio.gather(*(run_device(d, w, pool, sampling) for d in devices))
+    w = Window(start, start + duration, start + duration + drain, interval, ship_threads=threads)
+    ender = asyncio.create_task(w.end_drain())
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sample") as sampling:
+            await asyncio.gather(*(DeviceLoops(d, w, pool, sampling).run() for d in devices))
+    finally:
+        ender.cancel()
     beats = [(at, d.acked.get(seq, float("inf"))) for d in devices for seq, at in d.sampled.items()]
     return beats, sum(d.failures for d in devices)
 
@@ -403,7 +439,7 @@ def worker_main(pipe, first: int, count: int, url: str | list[str], outboxes: st
             pipe.send(("failed", str(exc)))
             return
         while (phase := pipe.recv()) is not None:
-            pipe.send(asyncio.run(run_devices(devices, *phase, pool)))
+            pipe.send(asyncio.run(run_devices(devices, *phase, pool, threads)))
     finally:
         close_devices(devices)
         pool.shutdown(wait=True)
