@@ -18,7 +18,10 @@ The shipper is synchronous; the agent runs ``Shipper.flush`` in a worker thread
 --threads workers per process (N threads would not fit). The devices live in
 worker processes of --per-process devices each (a process may hold only so
 many files). What differs from N real agents: the devices share this
-machine's CPU with the server (their CPU is reported), and through PgBouncer
+machine's CPU with the server (their CPU is reported); a heartbeat due while
+its shipper waits and a thread is free is written by the shipper's own job
+right before its flush, one thread handoff where the agent makes two
+(DeviceLoops); and through PgBouncer
 in transaction mode psycopg's automatic server-side prepared statements are
 turned off (``prepare_threshold = None``: PgBouncer 1.18 cannot carry them
 across transactions).
