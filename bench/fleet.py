@@ -14,7 +14,7 @@ seconds with the metrics the agent samples (flowmesh_edge.metrics shapes),
 starts jittered over one interval so the load is even.
 
 The shipper is synchronous; the agent runs ``Shipper.flush`` in a worker thread
-(``asyncio.to_thread``), and so does this benchmark, through a bounded pool of
+of its own, and so does this benchmark, through a bounded pool of
 --threads workers per process (N threads would not fit). The devices live in
 worker processes of --per-process devices each (a process may hold only so
 many files). What differs from N real agents: the devices share this
@@ -142,8 +142,9 @@ class Device:
     def node_id(self) -> str:
         return f"device-{self.index:05d}"
 
-    def beat(self) -> None:
-        at = time.time()
+    def beat(self, at: float | None = None) -> None:
+        """Sample and queue one heartbeat, sampled at ``at`` (now by default)."""
+        at = time.time() if at is None else at
         payload = {"metrics": self.metrics.sample(), "agent": {"version": __version__}}
         seq = self.outbox.put(self.tetrahedron, self.node_id, payload, at=at)
         self.sampled[seq] = at
@@ -196,12 +197,12 @@ class DeviceLoops:
         self.loop = asyncio.get_running_loop()
         self.wake = asyncio.Event()
         w.wakes.append(self.wake)
-        self.due = 0  # heartbeats handed to the shipper's next job
+        self.due: list[float] = []  # when each heartbeat handed to the shipper's next job was due
         self.idle = False  # the shipper waits for work
 
-    def beat_and_flush(self, beats: int) -> None:
-        for _ in range(beats):
-            self.dev.beat()
+    def beat_and_flush(self, due: list[float]) -> None:
+        for at in due:  # stamped when it was due: a wait for the thread counts as latency
+            self.dev.beat(at)
         self.dev.shipper.flush()
 
     async def sample(self) -> None:
@@ -212,7 +213,7 @@ class DeviceLoops:
             if self.idle and (self.due or w.shipping < w.ship_threads):
                 if not self.due:
                     w.shipping += 1  # a thread for the shipper's job, reserved now
-                self.due += 1
+                self.due.append(time.time())
             else:
                 await self.loop.run_in_executor(self.sampling, self.dev.beat)
             self.wake.set()
@@ -224,29 +225,34 @@ class DeviceLoops:
         sampler = asyncio.create_task(self.sample())
         attempt = 0
         try:
-            while not (sampler.done() and self.due == 0 and len(dev.acked) >= len(dev.sampled)):
+            while not (sampler.done() and not self.due and len(dev.acked) >= len(dev.sampled)):
                 self.idle = True
                 try:
                     await self.wake.wait()
                 finally:
                     self.idle = False
                 if w.gave_up:
+                    if self.due:  # handed over, not written yet: written now, and lost
+                        w.shipping -= 1
+                        for at in self.due:
+                            dev.beat(at)
                     return  # what is left counts as lost
                 self.wake.clear()
-                beats, self.due = self.due, 0
-                if not beats:
-                    w.shipping += 1  # (when beats were handed over, the sampler reserved it)
+                due, self.due = self.due, []
+                if not due:
+                    w.shipping += 1  # (when heartbeats were handed over, the sampler reserved it)
                 try:
-                    await self.loop.run_in_executor(self.pool, self.beat_and_flush, beats)
+                    await self.loop.run_in_executor(self.pool, self.beat_and_flush, due)
                     attempt = 0
+                    continue
                 except (Unreachable, Rejected):
                     dev.failures += 1
-                    delay = backoff_delay(attempt, 1.0, 60.0)
-                    attempt += 1
-                    await asyncio.sleep(min(delay, max(0.0, w.drain_until - self.loop.time())))
-                    self.wake.set()
                 finally:
-                    w.shipping -= 1
+                    w.shipping -= 1  # the job is over: a backoff holds no thread
+                delay = backoff_delay(attempt, 1.0, 60.0)
+                attempt += 1
+                await asyncio.sleep(min(delay, max(0.0, w.drain_until - self.loop.time())))
+                self.wake.set()
         finally:
             sampler.cancel()
 

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -117,6 +118,10 @@ class Shipper:
         self.shipped = ShipReport()
         self._deadline: float | None = None  # monotonic; the current flush's, if any
         self._aborted = False
+        #: Held while abort() cuts the socket from another thread and while the
+        #: owning thread closes the connection: a cut never lands on a closed
+        #: descriptor that a new socket may have reused.
+        self._closing = threading.Lock()
 
     # connection -----------------------------------------------------------
     def _url(self) -> str:
@@ -162,9 +167,10 @@ class Shipper:
         not at its deadline. The shipper is not usable afterwards.
         """
         self._aborted = True
-        conn = self._conn
-        if conn is not None:
-            _cut(conn)
+        with self._closing:
+            conn = self._conn
+            if conn is not None:
+                _cut(conn)
 
     def _measure_clock(self) -> None:
         """Estimate this device's clock offset from the database's (NTP-style midpoint)."""
@@ -196,11 +202,12 @@ class Shipper:
         return [replace(e, at=fixed[e.seq]) if e.seq in fixed else e for e in entries]
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        with self._closing:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                finally:
+                    self._conn = None
 
     # registration -------------------------------------------------------------
     def register(self, tetrahedron: str, node_id: str, role: str | None) -> str:

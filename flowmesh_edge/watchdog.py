@@ -48,6 +48,7 @@ class Alarm:
         with self._keeper._changed:
             if self._state == _ARMED:
                 self._state = _DISARMED  # left in the heap; the keeper skips it
+                self._callback = None  # holds nothing (a connection) until then
                 return False
             while self._state == _FIRING:
                 self._keeper._changed.wait()
@@ -67,15 +68,17 @@ class Watchdog:
         """Run ``callback`` (on the watchdog's thread) in ``timeout`` seconds unless disarmed."""
         alarm = Alarm(self, time.monotonic() + timeout, callback)
         with self._changed:
+            if self._thread is None or not self._thread.is_alive():
+                # started before anything is queued: a start that fails (no
+                # thread to be had) fails this call, not every later deadline
+                keeper = threading.Thread(target=self._keep, name="flowmesh-watchdog", daemon=True)
+                keeper.start()
+                self._thread = keeper
             # wake the keeper only when it sleeps past this deadline (or idly):
             # a device arming one deadline per call wakes it about once per call
             wake = not self._heap or alarm.deadline < self._heap[0][0]
             heapq.heappush(self._heap, (alarm.deadline, next(self._order), alarm))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._keep, name="flowmesh-watchdog",
-                                                daemon=True)
-                self._thread.start()
-            elif wake:
+            if wake:
                 self._changed.notify_all()
         return alarm
 
@@ -90,7 +93,7 @@ class Watchdog:
                 deadline, _, alarm = self._heap[0]
                 left = deadline - time.monotonic()
                 if left > 0:
-                    self._changed.wait(left)
+                    self._changed.wait(min(left, threading.TIMEOUT_MAX))
                     continue
                 heapq.heappop(self._heap)
                 alarm._state = _FIRING
