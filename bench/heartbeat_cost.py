@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import sys
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import psutil
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -130,6 +132,17 @@ def node(i: int) -> str:
     return f"device-{i:05d}"
 
 
+def apply_sql_dir(admin_url: str, name: str, sql_dir: Path) -> str:
+    """A database named name with the sql/ files of sql_dir applied in order (as
+    the Alembic chain applies them, one file per revision); returns its URL."""
+    database.create_database(admin_url, name)
+    url = make_conninfo(admin_url, dbname=name)
+    with database.connect(url) as conn:
+        for f in sorted(sql_dir.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+            conn.execute(f.read_text())
+    return url
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=2_000)
@@ -138,6 +151,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true",
                     help="also time the PL/pgSQL functions of one rpc phase (track_functions)")
+    ap.add_argument("--before-sql", type=Path, metavar="DIR",
+                    help="also measure, interleaved on the same server, a database made from "
+                         "another revision's sql/ (git archive REV sql | tar -x -C DIR/..)")
     ap.add_argument("--database-url", help="benchmark this local server (it gains tetrahedrons)")
     args = ap.parse_args()
     if args.devices % args.threads:
@@ -145,52 +161,73 @@ def main() -> None:
 
     record = query("record_heartbeats")  # the shipper's own statement
 
-    def rpc(conn: psycopg.Connection, d: int, seq: int) -> None:
+    def rpc(fleet: Fleet, conn: psycopg.Connection, d: int, seq: int) -> None:
         batch = f'[{{"src":"{node(d)}","seq":{seq},"at":{time.time()!r},"payload":{payload(d, seq)}}}]'
         row = conn.execute(record, {"tetrahedron_id": fleet.ids[d], "batch": batch}).fetchone()
         received, inserted, _ = row
         assert (received, inserted) == (1, 1), (received, inserted)
 
-    def insert(conn: psycopg.Connection, d: int, seq: int) -> None:
+    def insert(fleet: Fleet, conn: psycopg.Connection, d: int, seq: int) -> None:
         conn.execute(q("insert_device_heartbeat"), (fleet.ids[d], node(d), seq, payload(d, seq), time.time()))
 
-    phases = {"insert": insert, "rpc": rpc}
-    cpu: dict[str, list[float]] = {k: [] for k in phases}
-    own: dict[str, list[float]] = {k: [] for k in phases}
-    wall: dict[str, list[float]] = {k: [] for k in phases}
+    labels = {"insert": "INSERT, one row per transaction (baseline)",
+              "rpc": "record_mesh_heartbeats, one heartbeat per call"}
+    cpu: dict[str, list[float]] = {}
+    own: dict[str, list[float]] = {}
+    wall: dict[str, list[float]] = {}
 
     with bench_database(args.database_url) as url:
-        fleet = Fleet(url, args.devices, args.threads)
+        with database.connect(url) as admin:
+            version = admin.execute(q("server_version")).fetchone()[0]
+            postmaster = psutil.Process(admin.execute(q("backend_pid")).fetchone()[0]).parent()
+        targets = {"": url}
+        if args.before_sql:
+            targets[", before"] = apply_sql_dir(url, "flowmesh_bench_before", args.before_sql)
+        fleets = {suffix: Fleet(u, args.devices, args.threads) for suffix, u in targets.items()}
         try:
-            with database.connect(url) as admin:
-                version = admin.execute(q("server_version")).fetchone()[0]
-                postmaster = psutil.Process(admin.execute(q("backend_pid")).fetchone()[0]).parent()
-                fleet.run(args.devices, rpc)  # warm-up: every device's first heartbeat, plans cached
-                admin.execute(q("vacuum_all"))
-                for _ in range(args.repeat):
-                    for name, fn in phases.items():  # interleaved: drift hits all alike
+            for suffix, fleet in fleets.items():
+                fleet.run(args.devices, functools.partial(rpc, fleet))  # every device's first heartbeat
+                with database.connect(targets[suffix]) as admin:
+                    admin.execute(q("vacuum_all"))
+            for _ in range(args.repeat):
+                for name, fn in (("insert", insert), ("rpc", rpc)):
+                    for suffix, fleet in fleets.items():  # interleaved: drift hits all alike
+                        key = name + suffix
                         s0, b0 = server_cpu_s(postmaster), backends_cpu_s(fleet.backends)
-                        wall[name].append(fleet.run(args.calls, fn) / args.calls)
-                        cpu[name].append((server_cpu_s(postmaster) - s0) / args.calls)
-                        own[name].append((backends_cpu_s(fleet.backends) - b0) / args.calls)
-                profile = run_profile(url, fleet, args.calls, rpc) if args.profile else None
+                        wall.setdefault(key, []).append(
+                            fleet.run(args.calls, functools.partial(fn, fleet)) / args.calls)
+                        cpu.setdefault(key, []).append((server_cpu_s(postmaster) - s0) / args.calls)
+                        own.setdefault(key, []).append((backends_cpu_s(fleet.backends) - b0) / args.calls)
+            profile = (run_profile(url, fleets[""], args.calls, functools.partial(rpc, fleets[""]))
+                       if args.profile else None)
         finally:
-            fleet.close()
+            for fleet in fleets.values():
+                fleet.close()
 
+    report(version, args, labels, list(fleets), cpu, own, wall, profile)
+
+
+def report(version: str, args, labels: dict[str, str], suffixes: list[str], cpu: dict, own: dict,
+           wall: dict, profile) -> None:
     ms = {k: {m: statistics.median(v[k]) * 1000 for m, v in
-              (("cpu", cpu), ("own", own), ("wall", wall))} for k in phases}
-    spread = {k: (min(cpu[k]) * 1000, max(cpu[k]) * 1000) for k in phases}
+              (("cpu", cpu), ("own", own), ("wall", wall))} for k in cpu}
     print(f"PostgreSQL {version}; {args.devices} devices (a tetrahedron and a node each), "
           f"{args.threads} connections, {args.calls} one-heartbeat calls per phase; "
           f"median of {args.repeat}")
-    print(f"{'phase':<48}{'server CPU ms':>14}{'(range)':>16}{'backends ms':>13}{'wall ms':>9}")
-    for name, label in (("insert", "INSERT, one row per transaction (baseline)"),
-                        ("rpc", "record_mesh_heartbeats, one heartbeat per call")):
-        lo, hi = spread[name]
-        print(f"{label:<48}{ms[name]['cpu']:>14.3f}{f'({lo:.3f}-{hi:.3f})':>16}"
-              f"{ms[name]['own']:>13.3f}{ms[name]['wall']:>9.3f}")
-    print(f"rpc / INSERT (server CPU per call) = {ms['rpc']['cpu'] / ms['insert']['cpu']:.2f}x; "
-          f"the RPC adds {ms['rpc']['cpu'] - ms['insert']['cpu']:.3f} ms")
+    print(f"{'phase':<56}{'server CPU ms':>14}{'(range)':>16}{'backends ms':>13}{'wall ms':>9}")
+    for suffix in suffixes:
+        for name, label in labels.items():
+            key = name + suffix
+            lo, hi = min(cpu[key]) * 1000, max(cpu[key]) * 1000
+            print(f"{label + suffix:<56}{ms[key]['cpu']:>14.3f}{f'({lo:.3f}-{hi:.3f})':>16}"
+                  f"{ms[key]['own']:>13.3f}{ms[key]['wall']:>9.3f}")
+    for suffix in suffixes:
+        r, i = ms["rpc" + suffix]["cpu"], ms["insert" + suffix]["cpu"]
+        print(f"rpc / INSERT{suffix} (server CPU per call) = {r / i:.2f}x; the RPC adds {r - i:.3f} ms")
+    if args.before_sql:
+        for name in labels:
+            now, before = ms[name]["cpu"], ms[name + ", before"]["cpu"]
+            print(f"{name}: {before:.3f} ms before, {now:.3f} ms now = {now / before:.2f}x")
     if profile:
         print(f"\nPL/pgSQL functions in one rpc phase ({args.calls} calls), ms per call:")
         print(f"{'function':<44}{'calls/call':>11}{'total':>9}{'self':>9}")

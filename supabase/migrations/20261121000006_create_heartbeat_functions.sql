@@ -168,9 +168,11 @@ comment on function flowmesh.batch_writers(jsonb, text) is
 
 -- validation: one rule for the single and the batched RPC --------------------
 -- Returns null when the heartbeat is acceptable, else 'SQLSTATE message'.
+-- Both rules are inlinable (no SET clause, every name schema-qualified): the
+-- planner folds them into the statement that validates, so checking a
+-- heartbeat costs an expression, not a function call.
 create or replace function flowmesh.heartbeat_problem(src text, payload jsonb) returns text
-language sql immutable
-set search_path = ''
+language sql stable
 as $$
   select coalesce(flowmesh.node_id_problem(src, 'src'), case
     when payload is null then '22004 payload must not be null'
@@ -182,11 +184,10 @@ as $$
   end)
 $$;
 comment on function flowmesh.heartbeat_problem(text, jsonb) is
-  'Validation rule for one heartbeat: null when acceptable, else the SQLSTATE, a space and the reason.';
+  'Validation rule for one heartbeat: null when acceptable, else the SQLSTATE, a space and the reason. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified. Example: select flowmesh.heartbeat_problem(''pi'', ''[]''); -> 22023 payload must be a JSON object, got array';
 
 create or replace function flowmesh.batch_item_problem(item jsonb) returns text
 language sql stable
-set search_path = ''
 as $$
   select case
     when pg_catalog.jsonb_typeof(item) is distinct from 'object'
@@ -210,7 +211,7 @@ as $$
   end
 $$;
 comment on function flowmesh.batch_item_problem(jsonb) is
-  'Validation rule for one element of a record_mesh_heartbeats batch: {src, seq, at, payload}; at may be at most clock_ahead_max_s (flowmesh.limits()) ahead of the server clock.';
+  'Validation rule for one element of a record_mesh_heartbeats batch: {src, seq, at, payload}; at may be at most clock_ahead_max_s (flowmesh.limits()) ahead of the server clock. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified.';
 
 create or replace function flowmesh.raise_problem(problem text, context text default null) returns void
 language plpgsql immutable
@@ -247,21 +248,30 @@ begin
       flowmesh.limit_of('batch_max_items')
       using errcode = '54000', hint = 'Split the batch.';
   end if;
-  -- the first bad element, by the batch kind's own rule (a *_problem function)
-  execute pg_catalog.format(
-    'select i.ord - 1, p.problem
-       from pg_catalog.jsonb_array_elements($1) with ordinality as i(item, ord),
-            lateral (select %s(i.item) as problem) p
-      where p.problem is not null
-      order by i.ord
-      limit 1', element_problem)
-    into v_index, v_problem using batch;
+  -- the first bad element, by the batch kind's own rule; static SQL naming each
+  -- rule (a dynamic EXECUTE would be parsed and planned on every call), with
+  -- the rules inlined into it
+  if element_problem not in ('flowmesh.batch_item_problem'::pg_catalog.regproc,
+                             'flowmesh.mesh_event_problem'::pg_catalog.regproc) then
+    raise exception 'check_batch has no element rule %', element_problem using errcode = '22023';
+  end if;
+  select i.ord - 1, p.problem into v_index, v_problem
+    from pg_catalog.jsonb_array_elements(batch) with ordinality as i(item, ord),
+         lateral (select case element_problem
+                           when 'flowmesh.batch_item_problem'::pg_catalog.regproc
+                             then flowmesh.batch_item_problem(i.item)
+                           when 'flowmesh.mesh_event_problem'::pg_catalog.regproc
+                             then flowmesh.mesh_event_problem(i.item)
+                         end as problem) p
+   where p.problem is not null
+   order by i.ord
+   limit 1;
   perform flowmesh.raise_problem(v_problem, 'batch element ' || v_index);
   return pg_catalog.jsonb_array_length(batch);
 end
 $$;
 comment on function flowmesh.check_batch(jsonb, text, regproc) is
-  'Validation of a batch RPC''s batch, shared by every batch RPC: raises 22004/22023/54000 unless it is a JSON array of at most batch_max_items (flowmesh.limits()) elements, then the first problem element_problem(item) reports, prefixed by the element''s index; returns the number of elements. noun names them in messages. Example: select flowmesh.check_batch(''[]'', ''heartbeats'', ''flowmesh.batch_item_problem''); -> 0';
+  'Validation of a batch RPC''s batch, shared by every batch RPC: raises 22004/22023/54000 unless it is a JSON array of at most batch_max_items (flowmesh.limits()) elements, then the first problem element_problem(item) reports, prefixed by the element''s index; returns the number of elements. noun names them in messages. element_problem is one of the rules it names (flowmesh.batch_item_problem, flowmesh.mesh_event_problem of 0008): a batch RPC with a new kind of element adds its rule there. Example: select flowmesh.check_batch(''[]'', ''heartbeats'', ''flowmesh.batch_item_problem''); -> 0';
 
 -- derived state: one statement-level trigger for every write path -----------
 create or replace function flowmesh.apply_heartbeats() returns trigger
@@ -317,8 +327,7 @@ begin
     -- node's last change (a device clock a little behind the server's must not
     -- put history out of order)
     select l.tetrahedron_id, l.node_id, l.role, l.seq, l.at, m.metrics,
-           public.health_score(m.metrics) as health_score,
-           flowmesh.health_status(m.metrics) as health_status,
+           h.score as health_score, h.status as health_status,
            k.node_id is not null as known, k.health_status as was, k.health_score as was_score,
            k.health_status_since as was_since, k.heard_at, k.first_at, k.logged_offline_at,
            o.offline_start,
@@ -328,6 +337,7 @@ begin
       left join known k on k.tetrahedron_id = l.tetrahedron_id and k.node_id = l.node_id
      cross join lateral (select case when l.metrics = '{}'::jsonb and k.node_id is not null
                                      then k.metrics else l.metrics end as metrics) m
+     cross join lateral flowmesh.health(m.metrics) h
      cross join lateral (select case when k.logged_offline_at < k.first_at then k.logged_offline_at
                                      when k.offline_at < k.first_at then k.offline_at
                                 end as offline_start) o
