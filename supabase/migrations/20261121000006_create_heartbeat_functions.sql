@@ -27,7 +27,6 @@
 -- the role set with SET ROLE (as PostgREST does), else the session user.
 create or replace function flowmesh.caller() returns name
 language sql stable
-set search_path = ''
 as $$
   select case pg_catalog.current_setting('role')
            when 'none' then session_user
@@ -35,7 +34,7 @@ as $$
          end
 $$;
 comment on function flowmesh.caller() is
-  'The role that called into a security definer function: the SET ROLE role, else the session user.';
+  'The role that called into a security definer function: the SET ROLE role, else the session user. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified. Example: select flowmesh.caller(); -> postgres';
 
 create or replace function flowmesh.caller_is_privileged() returns boolean
 language sql stable
@@ -262,7 +261,8 @@ begin
                              then flowmesh.batch_item_problem(i.item)
                            when 'flowmesh.mesh_event_problem'::pg_catalog.regproc
                              then flowmesh.mesh_event_problem(i.item)
-                         end as problem) p
+                         end as problem
+                  offset 0) p  -- a fence: the rule is compiled once, not into both filter and output
    where p.problem is not null
    order by i.ord
    limit 1;
@@ -428,10 +428,12 @@ begin
   perform flowmesh.authorize_writer(t_uuid, flowmesh.batch_writers(batch, 'src'));
   v_received := flowmesh.check_batch(batch, 'heartbeats', 'flowmesh.batch_item_problem');
 
+  -- a call only for a day whose partition is missing (usually none is)
   perform flowmesh.ensure_heartbeat_partition(d.day)
      from (select distinct (pg_catalog.to_timestamp((i.item ->> 'at')::double precision)
                             at time zone 'UTC')::date as day
-             from pg_catalog.jsonb_array_elements(batch) as i(item)) d;
+             from pg_catalog.jsonb_array_elements(batch) as i(item)) d
+    where not flowmesh.heartbeat_partition_exists(d.day);
 
   insert into public.mesh_heartbeats (tetrahedron_id, source, seq, payload, created_at)
   select t_uuid, i.item ->> 'src', (i.item ->> 'seq')::bigint, i.item -> 'payload',
@@ -440,7 +442,10 @@ begin
   on conflict (tetrahedron_id, source, seq, created_at) do nothing;
   get diagnostics v_inserted = row_count;
 
-  return query select v_received, v_inserted, v_received - v_inserted;
+  received := v_received;  -- assignments, not a query: one row to return
+  inserted := v_inserted;
+  duplicates := v_received - v_inserted;
+  return next;
 end
 $$;
 comment on function public.record_mesh_heartbeats(uuid, jsonb) is
