@@ -232,7 +232,8 @@ language plpgsql stable
 set search_path = ''
 as $$
 declare
-  v_index bigint;
+  v_item jsonb;
+  v_index integer := 0;
   v_problem text;
 begin
   if batch is null then
@@ -247,26 +248,26 @@ begin
       flowmesh.limit_of('batch_max_items')
       using errcode = '54000', hint = 'Split the batch.';
   end if;
-  -- the first bad element, by the batch kind's own rule; static SQL naming each
-  -- rule (a dynamic EXECUTE would be parsed and planned on every call), with
-  -- the rules inlined into it
+  -- the first bad element, by the batch kind's own rule, element by element in
+  -- a plpgsql expression naming each rule (inlined into it): one scan of the
+  -- batch to start per call, where a dynamic EXECUTE was parsed and planned
+  -- every time
   if element_problem not in ('flowmesh.batch_item_problem'::pg_catalog.regproc,
                              'flowmesh.mesh_event_problem'::pg_catalog.regproc) then
     raise exception 'check_batch has no element rule %', element_problem using errcode = '22023';
   end if;
-  select i.ord - 1, p.problem into v_index, v_problem
-    from pg_catalog.jsonb_array_elements(batch) with ordinality as i(item, ord),
-         lateral (select case element_problem
-                           when 'flowmesh.batch_item_problem'::pg_catalog.regproc
-                             then flowmesh.batch_item_problem(i.item)
-                           when 'flowmesh.mesh_event_problem'::pg_catalog.regproc
-                             then flowmesh.mesh_event_problem(i.item)
-                         end as problem
-                  offset 0) p  -- a fence: the rule is compiled once, not into both filter and output
-   where p.problem is not null
-   order by i.ord
-   limit 1;
-  perform flowmesh.raise_problem(v_problem, 'batch element ' || v_index);
+  for v_item in select i.item from pg_catalog.jsonb_array_elements(batch) as i(item) loop
+    v_problem := case element_problem
+                   when 'flowmesh.batch_item_problem'::pg_catalog.regproc
+                     then flowmesh.batch_item_problem(v_item)
+                   when 'flowmesh.mesh_event_problem'::pg_catalog.regproc
+                     then flowmesh.mesh_event_problem(v_item)
+                 end;
+    if v_problem is not null then
+      perform flowmesh.raise_problem(v_problem, 'batch element ' || v_index);
+    end if;
+    v_index := v_index + 1;
+  end loop;
   return pg_catalog.jsonb_array_length(batch);
 end
 $$;
