@@ -60,14 +60,14 @@ grant select, insert on table public.mesh_heartbeats to authenticated;
 grant all on table public.mesh_heartbeats to service_role;
 
 -- partitions -----------------------------------------------------------------
+-- stable, as to_char is: declared immutable it could not be inlined
 create or replace function flowmesh.heartbeat_partition_name(day date) returns text
-language sql immutable
-set search_path = ''
+language sql stable
 as $$
   select 'mesh_heartbeats_' || pg_catalog.to_char(day, 'YYYYMMDD')
 $$;
 comment on function flowmesh.heartbeat_partition_name(date) is
-  'Name of the mesh_heartbeats partition holding the UTC day.';
+  'Name of the mesh_heartbeats partition holding the UTC day. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified. Example: select flowmesh.heartbeat_partition_name(''2026-11-22''); -> mesh_heartbeats_20261122';
 
 create or replace function flowmesh.heartbeat_partition_exists(day date) returns boolean
 language sql stable
