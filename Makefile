@@ -50,12 +50,14 @@ db-up: $(STAMP)
 db-stop: $(STAMP)
 	$(VENV)/bin/flowmesh db stop
 
-## bench: ingest, agent footprint, mesh (beside Serf), fleet-scale check and fleet size benchmarks
+## bench: ingest, server CPU per heartbeat, agent footprint, mesh (beside Serf), fleet-scale check
+## and fleet size benchmarks
 bench: $(STAMP) bench-deps
 	@# compiled once, as an installed package is: with PYTHONDONTWRITEBYTECODE set,
 	@# every mesh member process would otherwise compile the package at start
 	$(PY) -m compileall -q flowmesh flowmesh_edge bench
 	$(PY) bench/ingest.py
+	$(PY) bench/heartbeat_cost.py
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/mesh.py
 	$(PY) bench/check.py

@@ -38,6 +38,32 @@ insert into mesh_heartbeats (tetrahedron_id, source, payload) values (%s, %s, %s
 -- name: record_one
 select record_mesh_heartbeat(%s, %s, %s::jsonb);
 
+-- Server CPU per heartbeat (bench/heartbeat_cost.py) ---------------------------
+
+-- name: register_device
+select register_node(%s, %s);
+
+-- name: backend_pid
+select pg_backend_pid();
+
+-- name: insert_device_heartbeat
+-- The baseline: the row the RPC would insert, by a plain INSERT (the same trigger fires).
+insert into mesh_heartbeats (tetrahedron_id, source, seq, payload, created_at)
+values (%s, %s, %s, %s::jsonb, to_timestamp(%s));
+
+-- name: track_pl_functions
+set track_functions = 'pl';
+
+-- name: function_times
+select schemaname || '.' || funcname, calls, total_time, self_time
+  from pg_stat_user_functions;
+
+-- name: flush_stats
+select pg_stat_force_next_flush();
+
+-- name: clear_stats_snapshot
+select pg_stat_clear_snapshot();
+
 -- Fleet-scale check and prediction (bench/check.py) ----------------------------
 
 -- name: fill_heartbeats

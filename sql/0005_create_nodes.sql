@@ -64,45 +64,65 @@ $$;
 comment on function flowmesh.metric_score(double precision, double precision, double precision) is
   'One metric''s score: 1 at best, 0 at worst, linear between, clamped to [0, 1]. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified.';
 
+-- The health rule, written once: the score, the metrics past their thresholds
+-- and the status they give, in one pass over health_rules. Inlinable (a
+-- set-returning SQL function with no SET clause, used in FROM), so the
+-- heartbeat trigger plans it into its own statement instead of calling a
+-- function per heartbeat; the three functions after it read it.
+create or replace function flowmesh.health(metrics jsonb)
+returns table (score double precision, problems text[], status text)
+language sql stable
+as $$
+  select h.score, h.problems,
+         case when pg_catalog.cardinality(h.problems) > 0 or h.score < h.degraded_below
+              then 'degraded' else 'online' end
+    from (select sum(r.weight * flowmesh.metric_score((metrics ->> r.name)::double precision,
+                                                      r.best, r.worst))
+                   filter (where r.weight > 0
+                             and pg_catalog.jsonb_typeof(metrics -> r.name) = 'number')
+                 / nullif(sum(r.weight) filter (where r.weight > 0
+                                                  and pg_catalog.jsonb_typeof(metrics -> r.name) = 'number'),
+                          0) as score,
+                 coalesce(pg_catalog.array_agg(r.name order by r.name)
+                            filter (where r.degraded_at is not null and r.weight > 0
+                                      and pg_catalog.jsonb_typeof(metrics -> r.name) = 'number'
+                                      and case when r.worst > r.best
+                                               then (metrics ->> r.name)::double precision >= r.degraded_at
+                                               else (metrics ->> r.name)::double precision <= r.degraded_at
+                                          end),
+                          '{}') as problems,
+                 max(r.degraded_at) filter (where r.name = 'health_score') as degraded_below
+            from public.health_rules r) h
+$$;
+comment on function flowmesh.health(jsonb) is
+  'The health rule for a metrics object under health_rules, in one row: score, the weighted score in [0, 1] over the metrics present (null when none is scored); problems, the metrics past their degraded_at threshold (empty when none); status, online or degraded for a node that just sent these metrics (degraded when a metric is past its threshold or the score is below health_score.degraded_at). Inlinable in FROM: no SET clause (it would stop the planner inlining it), every name schema-qualified. Example: select status from flowmesh.health(''{"battery_percent": 9}''); -> degraded';
+
 create or replace function public.health_score(metrics jsonb) returns double precision
 language sql stable
 set search_path = ''
 as $$
-  select sum(r.weight * flowmesh.metric_score((metrics ->> r.name)::double precision, r.best, r.worst))
-         / nullif(sum(r.weight), 0)
-    from public.health_rules r
-   where r.weight > 0 and pg_catalog.jsonb_typeof(metrics -> r.name) = 'number'
+  select h.score from flowmesh.health(metrics) h
 $$;
 comment on function public.health_score(jsonb) is
-  'Weighted health score in [0, 1] of a metrics object under health_rules, over the metrics present; null when none is scored. Example: select health_score(''{"latency_ms": 28, "packet_loss": 0.02, "cpu_percent": 23, "battery_percent": 82}'') -> 0.97';
+  'Weighted health score in [0, 1] of a metrics object under health_rules, over the metrics present; null when none is scored (flowmesh.health). Example: select health_score(''{"latency_ms": 28, "packet_loss": 0.02, "cpu_percent": 23, "battery_percent": 82}'') -> 0.97';
 
 create or replace function public.health_problems(metrics jsonb) returns text[]
 language sql stable
 set search_path = ''
 as $$
-  select coalesce(pg_catalog.array_agg(r.name order by r.name), '{}')
-    from public.health_rules r
-   where r.degraded_at is not null and r.weight > 0
-     and pg_catalog.jsonb_typeof(metrics -> r.name) = 'number'
-     and case when r.worst > r.best then (metrics ->> r.name)::double precision >= r.degraded_at
-              else (metrics ->> r.name)::double precision <= r.degraded_at end
+  select h.problems from flowmesh.health(metrics) h
 $$;
 comment on function public.health_problems(jsonb) is
-  'The metrics past their degraded_at threshold under health_rules (empty when none). Example: select health_problems(''{"battery_percent": 9}'') -> {battery_percent}';
+  'The metrics past their degraded_at threshold under health_rules (empty when none; flowmesh.health). Example: select health_problems(''{"battery_percent": 9}'') -> {battery_percent}';
 
 create or replace function flowmesh.health_status(metrics jsonb) returns text
 language sql stable
 set search_path = ''
 as $$
-  select case
-    when pg_catalog.cardinality(public.health_problems(metrics)) > 0 then 'degraded'
-    when public.health_score(metrics) < (select r.degraded_at from public.health_rules r
-                                          where r.name = 'health_score') then 'degraded'
-    else 'online'
-  end
+  select h.status from flowmesh.health(metrics) h
 $$;
 comment on function flowmesh.health_status(jsonb) is
-  'The health rule: online or degraded for a node that just sent these metrics; degraded when a metric is past its threshold or the score is below health_score.degraded_at.';
+  'The health rule: online or degraded for a node that just sent these metrics; degraded when a metric is past its threshold or the score is below health_score.degraded_at (flowmesh.health).';
 
 -- nodes ---------------------------------------------------------------------------
 create table if not exists flowmesh.node_records (
@@ -313,11 +333,11 @@ comment on function public.record_offline_transitions() is
   'Log in node_status_history every node that is offline now and not logged yet, at the time it went offline (its last heartbeat plus the timeout), not the time this runs; returns how many. Idempotent. Run by the prediction pass and the schedules. Example: select record_offline_transitions(); -> 3';
 
 revoke all on function flowmesh.metric_score(double precision, double precision, double precision),
-  public.health_score(jsonb), public.health_problems(jsonb), flowmesh.health_status(jsonb),
+  flowmesh.health(jsonb), public.health_score(jsonb), public.health_problems(jsonb), flowmesh.health_status(jsonb),
   flowmesh.offline_since(timestamptz), flowmesh.node_status(text, timestamptz)
   from public, anon;
 grant execute on function flowmesh.metric_score(double precision, double precision, double precision),
-  public.health_score(jsonb), public.health_problems(jsonb), flowmesh.health_status(jsonb),
+  flowmesh.health(jsonb), public.health_score(jsonb), public.health_problems(jsonb), flowmesh.health_status(jsonb),
   flowmesh.offline_since(timestamptz), flowmesh.node_status(text, timestamptz)
   to authenticated, service_role;
 revoke all on function public.record_offline_transitions() from public, anon, authenticated;

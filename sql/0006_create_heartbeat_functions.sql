@@ -27,7 +27,6 @@
 -- the role set with SET ROLE (as PostgREST does), else the session user.
 create or replace function flowmesh.caller() returns name
 language sql stable
-set search_path = ''
 as $$
   select case pg_catalog.current_setting('role')
            when 'none' then session_user
@@ -35,7 +34,7 @@ as $$
          end
 $$;
 comment on function flowmesh.caller() is
-  'The role that called into a security definer function: the SET ROLE role, else the session user.';
+  'The role that called into a security definer function: the SET ROLE role, else the session user. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified. Example: select flowmesh.caller(); -> postgres';
 
 create or replace function flowmesh.caller_is_privileged() returns boolean
 language sql stable
@@ -168,9 +167,11 @@ comment on function flowmesh.batch_writers(jsonb, text) is
 
 -- validation: one rule for the single and the batched RPC --------------------
 -- Returns null when the heartbeat is acceptable, else 'SQLSTATE message'.
+-- Both rules are inlinable (no SET clause, every name schema-qualified): the
+-- planner folds them into the statement that validates, so checking a
+-- heartbeat costs an expression, not a function call.
 create or replace function flowmesh.heartbeat_problem(src text, payload jsonb) returns text
-language sql immutable
-set search_path = ''
+language sql stable
 as $$
   select coalesce(flowmesh.node_id_problem(src, 'src'), case
     when payload is null then '22004 payload must not be null'
@@ -182,11 +183,10 @@ as $$
   end)
 $$;
 comment on function flowmesh.heartbeat_problem(text, jsonb) is
-  'Validation rule for one heartbeat: null when acceptable, else the SQLSTATE, a space and the reason.';
+  'Validation rule for one heartbeat: null when acceptable, else the SQLSTATE, a space and the reason. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified. Example: select flowmesh.heartbeat_problem(''pi'', ''[]''); -> 22023 payload must be a JSON object, got array';
 
 create or replace function flowmesh.batch_item_problem(item jsonb) returns text
 language sql stable
-set search_path = ''
 as $$
   select case
     when pg_catalog.jsonb_typeof(item) is distinct from 'object'
@@ -210,7 +210,7 @@ as $$
   end
 $$;
 comment on function flowmesh.batch_item_problem(jsonb) is
-  'Validation rule for one element of a record_mesh_heartbeats batch: {src, seq, at, payload}; at may be at most clock_ahead_max_s (flowmesh.limits()) ahead of the server clock.';
+  'Validation rule for one element of a record_mesh_heartbeats batch: {src, seq, at, payload}; at may be at most clock_ahead_max_s (flowmesh.limits()) ahead of the server clock. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified.';
 
 create or replace function flowmesh.raise_problem(problem text, context text default null) returns void
 language plpgsql immutable
@@ -232,7 +232,8 @@ language plpgsql stable
 set search_path = ''
 as $$
 declare
-  v_index bigint;
+  v_item jsonb;
+  v_index integer := 0;
   v_problem text;
 begin
   if batch is null then
@@ -247,21 +248,31 @@ begin
       flowmesh.limit_of('batch_max_items')
       using errcode = '54000', hint = 'Split the batch.';
   end if;
-  -- the first bad element, by the batch kind's own rule (a *_problem function)
-  execute pg_catalog.format(
-    'select i.ord - 1, p.problem
-       from pg_catalog.jsonb_array_elements($1) with ordinality as i(item, ord),
-            lateral (select %s(i.item) as problem) p
-      where p.problem is not null
-      order by i.ord
-      limit 1', element_problem)
-    into v_index, v_problem using batch;
-  perform flowmesh.raise_problem(v_problem, 'batch element ' || v_index);
+  -- the first bad element, by the batch kind's own rule, element by element in
+  -- a plpgsql expression naming each rule (inlined into it): one scan of the
+  -- batch to start per call, where a dynamic EXECUTE was parsed and planned
+  -- every time
+  if element_problem not in ('flowmesh.batch_item_problem'::pg_catalog.regproc,
+                             'flowmesh.mesh_event_problem'::pg_catalog.regproc) then
+    raise exception 'check_batch has no element rule %', element_problem using errcode = '22023';
+  end if;
+  for v_item in select i.item from pg_catalog.jsonb_array_elements(batch) as i(item) loop
+    v_problem := case element_problem
+                   when 'flowmesh.batch_item_problem'::pg_catalog.regproc
+                     then flowmesh.batch_item_problem(v_item)
+                   when 'flowmesh.mesh_event_problem'::pg_catalog.regproc
+                     then flowmesh.mesh_event_problem(v_item)
+                 end;
+    if v_problem is not null then
+      perform flowmesh.raise_problem(v_problem, 'batch element ' || v_index);
+    end if;
+    v_index := v_index + 1;
+  end loop;
   return pg_catalog.jsonb_array_length(batch);
 end
 $$;
 comment on function flowmesh.check_batch(jsonb, text, regproc) is
-  'Validation of a batch RPC''s batch, shared by every batch RPC: raises 22004/22023/54000 unless it is a JSON array of at most batch_max_items (flowmesh.limits()) elements, then the first problem element_problem(item) reports, prefixed by the element''s index; returns the number of elements. noun names them in messages. Example: select flowmesh.check_batch(''[]'', ''heartbeats'', ''flowmesh.batch_item_problem''); -> 0';
+  'Validation of a batch RPC''s batch, shared by every batch RPC: raises 22004/22023/54000 unless it is a JSON array of at most batch_max_items (flowmesh.limits()) elements, then the first problem element_problem(item) reports, prefixed by the element''s index; returns the number of elements. noun names them in messages. element_problem is one of the rules it names (flowmesh.batch_item_problem, flowmesh.mesh_event_problem of 0008): a batch RPC with a new kind of element adds its rule there. Example: select flowmesh.check_batch(''[]'', ''heartbeats'', ''flowmesh.batch_item_problem''); -> 0';
 
 -- derived state: one statement-level trigger for every write path -----------
 create or replace function flowmesh.apply_heartbeats() returns trigger
@@ -317,8 +328,7 @@ begin
     -- node's last change (a device clock a little behind the server's must not
     -- put history out of order)
     select l.tetrahedron_id, l.node_id, l.role, l.seq, l.at, m.metrics,
-           public.health_score(m.metrics) as health_score,
-           flowmesh.health_status(m.metrics) as health_status,
+           h.score as health_score, h.status as health_status,
            k.node_id is not null as known, k.health_status as was, k.health_score as was_score,
            k.health_status_since as was_since, k.heard_at, k.first_at, k.logged_offline_at,
            o.offline_start,
@@ -328,6 +338,7 @@ begin
       left join known k on k.tetrahedron_id = l.tetrahedron_id and k.node_id = l.node_id
      cross join lateral (select case when l.metrics = '{}'::jsonb and k.node_id is not null
                                      then k.metrics else l.metrics end as metrics) m
+     cross join lateral flowmesh.health(m.metrics) h
      cross join lateral (select case when k.logged_offline_at < k.first_at then k.logged_offline_at
                                      when k.offline_at < k.first_at then k.offline_at
                                 end as offline_start) o
@@ -418,10 +429,12 @@ begin
   perform flowmesh.authorize_writer(t_uuid, flowmesh.batch_writers(batch, 'src'));
   v_received := flowmesh.check_batch(batch, 'heartbeats', 'flowmesh.batch_item_problem');
 
+  -- a call only for a day whose partition is missing (usually none is)
   perform flowmesh.ensure_heartbeat_partition(d.day)
      from (select distinct (pg_catalog.to_timestamp((i.item ->> 'at')::double precision)
                             at time zone 'UTC')::date as day
-             from pg_catalog.jsonb_array_elements(batch) as i(item)) d;
+             from pg_catalog.jsonb_array_elements(batch) as i(item)) d
+    where not flowmesh.heartbeat_partition_exists(d.day);
 
   insert into public.mesh_heartbeats (tetrahedron_id, source, seq, payload, created_at)
   select t_uuid, i.item ->> 'src', (i.item ->> 'seq')::bigint, i.item -> 'payload',
@@ -430,7 +443,10 @@ begin
   on conflict (tetrahedron_id, source, seq, created_at) do nothing;
   get diagnostics v_inserted = row_count;
 
-  return query select v_received, v_inserted, v_received - v_inserted;
+  received := v_received;  -- assignments, not a query: one row to return
+  inserted := v_inserted;
+  duplicates := v_received - v_inserted;
+  return next;
 end
 $$;
 comment on function public.record_mesh_heartbeats(uuid, jsonb) is

@@ -51,7 +51,9 @@ as $$
   select case
     when value is null then '22004 ' || what || ' must not be null'
     when not flowmesh.is_node_id(value)
-      then '22023 ' || what || ' must be 1 to ' || flowmesh.limit_of('node_id_max_bytes')
+      -- ::text: text || integer is only stable, which would stop an immutable
+      -- function inlining
+      then '22023 ' || what || ' must be 1 to ' || flowmesh.limit_of('node_id_max_bytes')::text
            || ' bytes of printable UTF-8'
   end
 $$;

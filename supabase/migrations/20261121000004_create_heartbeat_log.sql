@@ -60,14 +60,22 @@ grant select, insert on table public.mesh_heartbeats to authenticated;
 grant all on table public.mesh_heartbeats to service_role;
 
 -- partitions -----------------------------------------------------------------
+-- stable, as to_char is: declared immutable it could not be inlined
 create or replace function flowmesh.heartbeat_partition_name(day date) returns text
-language sql immutable
-set search_path = ''
+language sql stable
 as $$
   select 'mesh_heartbeats_' || pg_catalog.to_char(day, 'YYYYMMDD')
 $$;
 comment on function flowmesh.heartbeat_partition_name(date) is
-  'Name of the mesh_heartbeats partition holding the UTC day.';
+  'Name of the mesh_heartbeats partition holding the UTC day. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified. Example: select flowmesh.heartbeat_partition_name(''2026-11-22''); -> mesh_heartbeats_20261122';
+
+create or replace function flowmesh.heartbeat_partition_exists(day date) returns boolean
+language sql stable
+as $$
+  select pg_catalog.to_regclass('flowmesh_partitions.' || flowmesh.heartbeat_partition_name(day)) is not null
+$$;
+comment on function flowmesh.heartbeat_partition_exists(date) is
+  'Whether the mesh_heartbeats partition holding the UTC day exists. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified, so a writer checks the days it needs without a function call per day. Example: select flowmesh.heartbeat_partition_exists((now() at time zone ''UTC'')::date); -> true';
 
 create or replace function flowmesh.ensure_heartbeat_partition(day date) returns boolean
 language plpgsql security definer
@@ -76,7 +84,7 @@ as $$
 declare
   v_name text := flowmesh.heartbeat_partition_name(day);
 begin
-  if pg_catalog.to_regclass('flowmesh_partitions.' || v_name) is not null then
+  if flowmesh.heartbeat_partition_exists(day) then
     return false;
   end if;
   begin
@@ -93,10 +101,10 @@ $$;
 comment on function flowmesh.ensure_heartbeat_partition(date) is
   'Create the partition for a UTC day unless it exists; true when it created it.';
 
-revoke all on function flowmesh.heartbeat_partition_name(date), flowmesh.ensure_heartbeat_partition(date)
-  from public, anon, authenticated;
-grant execute on function flowmesh.heartbeat_partition_name(date), flowmesh.ensure_heartbeat_partition(date)
-  to service_role;
+revoke all on function flowmesh.heartbeat_partition_name(date), flowmesh.heartbeat_partition_exists(date),
+  flowmesh.ensure_heartbeat_partition(date) from public, anon, authenticated;
+grant execute on function flowmesh.heartbeat_partition_name(date), flowmesh.heartbeat_partition_exists(date),
+  flowmesh.ensure_heartbeat_partition(date) to service_role;
 
 -- retention --------------------------------------------------------------------
 create or replace function public.maintain_heartbeat_partitions(
