@@ -85,7 +85,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import Children, pct, q  # noqa: E402
+from support import Children, pct, q, server_cpu_s  # noqa: E402
 
 from flowmesh import __version__, database, devices, embedded, migrations, pooler, settings  # noqa: E402
 from flowmesh_edge.agent import backoff_delay  # noqa: E402
@@ -315,14 +315,7 @@ class Server:
 
     def cpu_s(self) -> float:
         """CPU seconds of the postmaster, its live children and the ones it reaped."""
-        pm = self.postmaster()
-        t = pm.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        for child in pm.children():
-            with contextlib.suppress(psutil.Error):
-                c = child.cpu_times()
-                total += c.user + c.system
-        return total
+        return server_cpu_s(self.postmaster())
 
     def backends_uss_mb(self) -> float:
         """Memory the server's processes hold of their own (USS), MB."""

@@ -34,7 +34,6 @@ measured) and the caller a superuser.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import statistics
@@ -49,7 +48,7 @@ from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import bench_database, q  # noqa: E402
+from support import bench_database, q, server_cpu_s  # noqa: E402
 
 from flowmesh import __version__, database  # noqa: E402
 from flowmesh.queries import query  # noqa: E402
@@ -65,17 +64,6 @@ def payload(device: int, seq: int) -> str:
                     "temperature_c": 45.0 + device % 10},
         "agent": {"version": __version__},
     }, separators=(",", ":"))
-
-
-def server_cpu_s(postmaster: psutil.Process) -> float:
-    """CPU seconds of the postmaster, its live children and the ones it reaped."""
-    t = postmaster.cpu_times()
-    total = t.user + t.system + t.children_user + t.children_system
-    for child in postmaster.children():
-        with contextlib.suppress(psutil.Error):
-            c = child.cpu_times()
-            total += c.user + c.system
-    return total
 
 
 def backends_cpu_s(backends: list[psutil.Process]) -> float:

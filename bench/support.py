@@ -54,6 +54,21 @@ def pct(values: list[float], p: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
+def server_cpu_s(postmaster) -> float:
+    """CPU seconds of a PostgreSQL server: its postmaster (a psutil.Process), the
+    children it reaped, and the ones alive now (backends that exited are in
+    the reaped figure, so a server's whole cost is counted)."""
+    import psutil  # noqa: PLC0415 (only the database benchmarks need it)
+
+    t = postmaster.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in postmaster.children():
+        with contextlib.suppress(psutil.Error):
+            c = child.cpu_times()
+            total += c.user + c.system
+    return total
+
+
 # -- child processes -----------------------------------------------------------
 
 _PR_SET_PDEATHSIG = 1
