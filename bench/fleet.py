@@ -68,6 +68,7 @@ import concurrent.futures
 import contextlib
 import heapq
 import itertools
+import logging
 import multiprocessing
 import os
 import queue
@@ -87,10 +88,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import Children, pct, q, server_cpu_s  # noqa: E402
 
-from flowmesh import __version__, database, devices, embedded, migrations, pooler, settings  # noqa: E402
+from flowmesh import __version__, database, devices, embedded, migrations, pooler  # noqa: E402
 from flowmesh_edge.agent import backoff_delay  # noqa: E402
 from flowmesh_edge.outbox import Outbox  # noqa: E402
 from flowmesh_edge.shipper import Rejected, Shipper, Unreachable  # noqa: E402
+
+log = logging.getLogger("bench.fleet")
 
 P99_GOAL_S = 2.0
 FLEET_GOAL = 10_000
@@ -184,6 +187,7 @@ class Shipping:
         self.lock = threading.Lock()  # guards the devices' busy/again flags and the retries
         self.retries: list[tuple[float, int, Device]] = []  # (retry at, order, device)
         self._order = itertools.count()  # ties in the heap; devices never compare
+        self.stopping = False
         self.threads = [threading.Thread(target=self._run, name=f"ship-{i}", daemon=True)
                         for i in range(threads)]
         for thread in self.threads:
@@ -208,6 +212,8 @@ class Shipping:
     def _run(self) -> None:
         while (dev := self.queue.get()) is not None:
             with self.lock:
+                if self.stopping:
+                    continue  # the phase is over: what is left stays in the outbox
                 if dev.busy or dev.retry_at is not None:
                     dev.again = dev.busy  # backing off: its retry ships what was queued
                     continue
@@ -221,7 +227,9 @@ class Shipping:
             dev.shipper.flush()
             dev.attempt = 0
             failed = False
-        except (Unreachable, Rejected):
+        except Exception as exc:  # as the agent's loop: any failure backs off, none ends it
+            if not isinstance(exc, (Unreachable, Rejected)):
+                log.exception("device %s: unexpected error while shipping", dev.node_id)
             dev.failures += 1
             failed = True
         with self.lock:
@@ -233,12 +241,16 @@ class Shipping:
             dev.busy, dev.again = again, False
         return again
 
-    def stop(self, timeout: float) -> None:
+    def stop(self) -> None:
+        """End the phase's shipping: queued wakes are skipped, flushes in
+        progress finish (each call is bounded by the shipper's deadline), and
+        every thread has ended before the next phase touches a device."""
+        with self.lock:
+            self.stopping = True
         for _ in self.threads:
             self.queue.put(None)
-        deadline = time.monotonic() + timeout
         for thread in self.threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join()
 
 
 def run_phase(devices: list[Device], shipping: Shipping, start: float, duration: float,
@@ -268,7 +280,10 @@ def run_phase(devices: list[Device], shipping: Shipping, start: float, duration:
         devices[i].beat(at)
         shipping.wake(devices[i])
     drain_until = stop + drain
-    while time.time() < drain_until and any(len(d.acked) < len(d.sampled) for d in devices):
+    # by sequence number, not by count: a backlog an earlier phase left in an
+    # outbox is acknowledged too, and must not stand in for this phase's
+    while time.time() < drain_until and any(
+            seq not in d.acked for d in devices for seq in d.sampled):
         shipping.wake_retries()
         time.sleep(0.2)
     beats = [(at, d.acked.get(seq, float("inf"))) for d in devices for seq, at in d.sampled.items()]
@@ -435,11 +450,11 @@ def worker_main(pipe, first: int, count: int, url: str | list[str], outboxes: st
         while (phase := pipe.recv()) is not None:
             shipping = Shipping(threads)  # no backoff carried over
             pipe.send(run_phase(devices, shipping, *phase))
-            shipping.stop(timeout=settings.CALL_TIMEOUT_S + 5)
+            shipping.stop()
             shipping = None
     finally:
         if shipping is not None:
-            shipping.stop(timeout=settings.CALL_TIMEOUT_S + 5)
+            shipping.stop()
         close_devices(devices)
 
 
@@ -555,7 +570,7 @@ def run_step(label: str, fleet: Fleet, server: Server, bouncer: Bouncer | None, 
     after, t1 = counters(), time.time()
     beats, failures = fleet.results()
     with database.connect(server.url) as conn:
-        (rows,) = conn.execute(q("heartbeat_count")).fetchone()
+        (rows,) = conn.execute(q("heartbeats_since"), {"since": start}).fetchone()
     latencies = [acked - at for at, acked in beats if t0 <= at < t1]
     secs = t1 - t0
     return Step(label, fleet.n, len(beats), rows, pct(latencies, 50), pct(latencies, 99),

@@ -7,6 +7,11 @@ show server_version;
 -- name: heartbeat_count
 select count(*) from mesh_heartbeats;
 
+-- name: heartbeats_since
+-- a fleet step's rows: heartbeats sampled from its start (a backlog an
+-- earlier step left in the outboxes is older, and not counted)
+select count(*) from mesh_heartbeats where created_at >= to_timestamp(%(since)s);
+
 -- Ingest (bench/ingest.py) ---------------------------------------------------
 
 -- name: register_bench_node

@@ -201,7 +201,16 @@ class Shipper:
         self.outbox.retime(fixed)
         return [replace(e, at=fixed[e.seq]) if e.seq in fixed else e for e in entries]
 
+    def _cut_if_open(self, conn: psycopg.Connection) -> None:
+        """The watchdog's cut: under the lock close() holds, and only while
+        ``conn`` is still this shipper's (never a descriptor closed and reused)."""
+        with self._closing:
+            if self._conn is conn:
+                _cut(conn)
+
     def close(self) -> None:
+        """Close the connection (the owning thread's; abort() is the one call
+        another thread may make)."""
         with self._closing:
             if self._conn is not None:
                 try:
@@ -304,7 +313,7 @@ class Shipper:
         path, nothing else would end the wait.
         """
         timeout = self._time_left()
-        alarm = WATCHDOG.arm(timeout, lambda: _cut(conn))
+        alarm = WATCHDOG.arm(timeout, lambda: self._cut_if_open(conn))
         try:
             # one statement, its own transaction (autocommit): one round trip
             return conn.execute(sql, params).fetchone()
