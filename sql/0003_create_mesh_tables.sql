@@ -60,24 +60,9 @@ create unique index if not exists guardian_alerts_tetrahedron_id_alert_type_node
 create index if not exists guardian_alerts_tetrahedron_id_created_at_idx
   on public.guardian_alerts (tetrahedron_id, created_at desc);
 
--- membership helper used by every policy -----------------------------------
+-- ownership: the nodes a user may write as (heartbeats, events, registration)
 -- security definer so policies can read tetrahedron_vertices without
 -- recursing into its own policy.
-create or replace function flowmesh.member_tetrahedron_ids()
-returns setof uuid
-language sql stable security definer
-set search_path = ''
-as $$
-  select v.tetrahedron_id
-    from public.tetrahedron_vertices v
-   where v.user_id = (select auth.uid())
-$$;
-comment on function flowmesh.member_tetrahedron_ids() is
-  'Ids of the tetrahedrons the current user (auth.uid()) is a vertex of; empty outside an authenticated request.';
-revoke all on function flowmesh.member_tetrahedron_ids() from public, anon;
-grant execute on function flowmesh.member_tetrahedron_ids() to authenticated, service_role;
-
--- ownership: the nodes a user may write as (heartbeats, events, registration)
 create or replace function flowmesh.owned_vertices()
 returns table (tetrahedron_id uuid, node_id text)
 language sql stable security definer
@@ -88,9 +73,22 @@ as $$
    where v.user_id = (select auth.uid())
 $$;
 comment on function flowmesh.owned_vertices() is
-  'The vertices (tetrahedron, node) the current user (auth.uid()) owns: the nodes they may write as; empty outside an authenticated request. flowmesh.authorize_writer and the heartbeat insert policy both read it. Example: select node_id from flowmesh.owned_vertices(); -> alice-pi';
+  'The vertices (tetrahedron, node) the current user (auth.uid()) owns: the nodes they may write as; empty outside an authenticated request. flowmesh.authorize_writer, the heartbeat insert policy and flowmesh.member_tetrahedron_ids all read it. Example: select node_id from flowmesh.owned_vertices(); -> alice-pi';
 revoke all on function flowmesh.owned_vertices() from public, anon;
 grant execute on function flowmesh.owned_vertices() to authenticated, service_role;
+
+-- membership helper used by every policy -----------------------------------
+create or replace function flowmesh.member_tetrahedron_ids()
+returns setof uuid
+language sql stable security definer
+set search_path = ''
+as $$
+  select o.tetrahedron_id from flowmesh.owned_vertices() o
+$$;
+comment on function flowmesh.member_tetrahedron_ids() is
+  'Ids of the tetrahedrons the current user (auth.uid()) is a vertex of (flowmesh.owned_vertices); empty outside an authenticated request.';
+revoke all on function flowmesh.member_tetrahedron_ids() from public, anon;
+grant execute on function flowmesh.member_tetrahedron_ids() to authenticated, service_role;
 
 -- row-level security -------------------------------------------------------
 alter table public.tetrahedrons enable row level security;
