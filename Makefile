@@ -7,16 +7,24 @@ STAMP  := $(VENV)/.installed
 #: Debian packages the tests use: PostgreSQL 15 with pg_cron (the schedule tests),
 #: iproute2 (network namespaces for the LAN discovery test), pgbouncer (the
 #: connection pooler beside the embedded server: `flowmesh db up --pooler` and
-#: the agent tests run through it).
-SYSTEM_PACKAGES := postgresql-15 postgresql-15-cron iproute2 pgbouncer
+#: the agent tests run through it), dbus-daemon (a private system bus with BlueZ
+#: mocked, for the BLE tests) with the headers python-dbusmock's dbus-python builds with.
+SYSTEM_PACKAGES := postgresql-15 postgresql-15-cron iproute2 pgbouncer dbus-daemon \
+                   libdbus-1-dev libglib2.0-dev
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test system-deps db-up db-stop bench bench-deps lint clean supabase-migrations
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
+
+# after system-deps: python-dbusmock builds dbus-python against Debian's headers
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
 ## run: start the embedded database (and its pooler, when pgbouncer is installed) and run
 ## the edge agent on this machine
@@ -30,10 +38,10 @@ run: $(STAMP)
 	fi
 
 ## test: install what the tests need and run them
-test: $(STAMP) system-deps
+test: system-deps $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## system-deps: Debian's PostgreSQL 15, pg_cron, iproute2 and pgbouncer, through apt-get (as root)
+## system-deps: Debian's PostgreSQL 15, pg_cron, iproute2, pgbouncer and dbus, through apt-get (as root)
 system-deps:
 	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -45,7 +45,8 @@ from .search import Search, SearchResult
 from .security import MacKey, ReplayGuard
 from .state_sync import StateSync
 from .stats import GossipStats, MemberCounts, MeshStats
-from .transport import Transport, UdpTransport
+from .transport import Transport
+from .transports.udp import UdpTransport
 from .wire import (
     ENVELOPE_TYPES,
     Envelope,

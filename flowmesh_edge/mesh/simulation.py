@@ -24,7 +24,7 @@ from typing import TypeVar
 from .address import Address
 from .config import MeshConfig
 from .node import MeshNode
-from .transport import InMemoryNetwork
+from .transports.memory import InMemoryNetwork
 
 T = TypeVar("T")
 
