@@ -79,6 +79,13 @@ from .wire import TAG_LEN
 MAX_RETIRED = 4
 
 
+def mesh_id_of(mesh_key: bytes | str) -> str:
+    """The mesh's public name, derived from its key: 16 hex digits that relays and
+    mDNS use to group members, and that say nothing about the key."""
+    raw = mesh_key.encode("utf-8") if isinstance(mesh_key, str) else bytes(mesh_key)
+    return hashlib.sha256(b"flowmesh mesh id v1\x00" + raw).hexdigest()[:16]
+
+
 class MacKey:
     def __init__(self, mesh_key: bytes | str):
         raw = mesh_key.encode("utf-8") if isinstance(mesh_key, str) else bytes(mesh_key)
