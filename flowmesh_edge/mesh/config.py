@@ -120,6 +120,37 @@ class MeshConfig:
     #: Seconds between retransmissions of an unacknowledged critical alert.
     critical_retry_s: float = 0.5
 
+    # -- paths: the connection train (paths.py), for members reachable several ways --
+    #: Transports in order of preference: a confirmed path of an earlier one is used
+    #: before any later one, whatever their round trips (the design's BLE, LAN, LAN
+    #: found by mDNS, relay; ``mem`` is the in-memory network of the tests). Among
+    #: paths of one transport, the shorter round trip wins. Unlisted ones come last.
+    path_priority: tuple[str, ...] = ("ble", "udp", "mem", "ws", "wss", "relay")
+    #: Seconds between probes of the path in use to a member (and of any path that is
+    #: not answering while another one is). Failover takes about twice this plus the
+    #: probe timeout: lower fails over sooner, for one 24-byte probe per second each.
+    path_probe_active_s: float = 1.0
+    #: Seconds between probes of a confirmed path that is not the one in use: how
+    #: stale the knowledge of the fallback may be when it is needed.
+    path_probe_standby_s: float = 5.0
+    #: Seconds a path probe waits for its answer (at least 3 round trips of the path).
+    path_probe_timeout_s: float = 1.0
+    #: Seconds a path stays confirmed after its last answer, beyond its probe interval;
+    #: a path with an unanswered probe is not confirmed (Tailscale trusts a direct
+    #: path 6.5 s after its last reply: this is faster and costs more probes).
+    path_trust_s: float = 1.5
+    #: Unanswered probes in a row after which a path is down: no longer sent on
+    #: (while another works), and probed with backoff from ``path_backoff_min_s``
+    #: doubling to ``path_backoff_max_s``, with jitter.
+    path_down_after: int = 2
+    path_backoff_min_s: float = 1.0
+    path_backoff_max_s: float = 60.0
+    #: Messages to one member kept for replay on the next path until the path they
+    #: went on proves it still works (a probe sent after them answered).
+    path_replay_max: int = 256
+    #: Endpoints remembered per member (the least recently heard dropped first).
+    path_endpoints_max: int = 8
+
     # -- routing --
     #: Seconds a learned route (destination -> next hop) is trusted.
     route_ttl_s: float = 60.0
@@ -143,6 +174,13 @@ class MeshConfig:
             raise ValueError("suspicion_mult must be above 0, confirm_probes at least 0")
         if self.ttl > 255 or self.hop_limit > 255:
             raise ValueError("ttl and hop_limit must be at most 255")
+        if not 0 < self.path_probe_active_s <= self.path_probe_standby_s:
+            raise ValueError("need 0 < path_probe_active_s <= path_probe_standby_s")
+        if not 0 < self.path_backoff_min_s <= self.path_backoff_max_s:
+            raise ValueError("need 0 < path_backoff_min_s <= path_backoff_max_s")
+        if self.path_down_after < 1 or self.path_replay_max < 0 or self.path_endpoints_max < 1:
+            raise ValueError("path_down_after and path_endpoints_max must be at least 1, "
+                             "path_replay_max at least 0")
 
     # derived values ---------------------------------------------------------
     def retransmit_limit(self, n: int) -> int:

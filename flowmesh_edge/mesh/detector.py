@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .address import Address
 from .membership import ALIVE, DEAD, SUSPECT, MemberEvent, PeerInfo
+from .paths import with_source_host
 from .stats import DetectorStats
 from .wire import (
     Frame,
@@ -116,6 +117,9 @@ class Host(Protocol):
                    *args: Any) -> asyncio.TimerHandle: ...
     def send_frame(self, mtype: MessageType, body: bytes, address: Address,
                    piggyback: bool = True) -> None: ...
+    def send_to(self, mtype: MessageType, body: bytes, node_id: str, *, fallback: Address | None = None,
+                piggyback: bool = True, every_path: bool = False, replay: bool = False) -> None: ...
+    def learn_member(self, update: Update) -> None: ...
     def spawn(self, coro: Coroutine[Any, Any, object]) -> None: ...
     def drop(self, reason: str) -> None: ...
     def member_event(self, event: MemberEvent) -> None: ...
@@ -233,7 +237,7 @@ class FailureDetector:
                        encode_ping(probe_id, target.node_id, host.state_stamp()))
         self._probes[probe_id] = probe
         self.stats.probes += 1
-        host.send_frame(MessageType.PING, probe.ping, probe.address)
+        host.send_to(MessageType.PING, probe.ping, probe.target, fallback=probe.address, every_path=True)
         probe.timer = host.call_later(host.config.probe_timeout_s, self._no_direct_ack, probe_id)
 
     def _no_direct_ack(self, probe_id: int) -> None:
@@ -244,12 +248,12 @@ class FailureDetector:
         host, cfg = self.host, self.host.config
         self.stats.probe_failures += 1
         host.route_table.direct_failed(probe.target)
-        host.send_frame(MessageType.PING, probe.ping, probe.address)
+        host.send_to(MessageType.PING, probe.ping, probe.target, fallback=probe.address, every_path=True)
         helpers = [m for m in host.members.alive() if m.node_id != probe.target]
         req = encode_ping_req(probe_id, probe.target, probe.address)
         for helper in self.rng.sample(helpers, min(cfg.indirect_checks, len(helpers))):
             self.stats.indirect_probes += 1
-            host.send_frame(MessageType.PING_REQ, req, helper.address)
+            host.send_to(MessageType.PING_REQ, req, helper.node_id, fallback=helper.address)
         probe.timer = host.call_later(cfg.probe_deadline_s() - cfg.probe_timeout_s, self._probe_failed,
                                       probe_id)
 
@@ -323,8 +327,11 @@ class FailureDetector:
             del self._relays[stale]
         probe_id = self._new_probe_id()
         self._relays[probe_id] = _Relay(addr, their_id, now + self.host.config.probe_deadline_s())
-        self.host.send_frame(MessageType.PING, encode_ping(probe_id, target, self.host.state_stamp()),
-                             target_addr)
+        ping = encode_ping(probe_id, target, self.host.state_stamp())
+        if self.host.members.get(target) is not None:  # every path we know to it
+            self.host.send_to(MessageType.PING, ping, target, fallback=target_addr, every_path=True)
+        else:
+            self.host.send_frame(MessageType.PING, ping, target_addr)
 
     def on_probe_ack(self, frame: Frame, addr: Address) -> None:
         probe_id, stamp = decode_probe_ack(frame.body)
@@ -358,9 +365,10 @@ class FailureDetector:
             if update.incarnation > host.incarnation:
                 self.refute(update.incarnation)  # a past self of ours, as members know it
             return
-        if update.kind == MessageType.ALIVE and update.node == sender and not update.address.host:
+        if update.kind == MessageType.ALIVE and update.node == sender:
             # a member bound to every interface: it is where its datagrams come from
-            update = replace(update, address=update.address.with_host(addr.host))
+            update = replace(update, address=with_source_host(update.address, addr),
+                             endpoints=tuple(with_source_host(a, addr) for a in update.endpoints))
         outcome = self.host.members.apply(update)
         if outcome.refute is not None:
             self.refute(outcome.refute)
@@ -368,6 +376,8 @@ class FailureDetector:
         if outcome.accepted:
             self.host.queue_update(update)
             self._arm()
+            if update.kind == MessageType.ALIVE:
+                self.host.learn_member(update)
         if outcome.event is not None:
             self.host.member_event(outcome.event)
             if outcome.event.kind == "suspect" and update.origin != self.host.node_id:
@@ -412,4 +422,4 @@ class FailureDetector:
         bye = encode_update(Update(MessageType.DEAD, me.node, me.incarnation, me.address, me.node))
         alive = host.members.alive()
         for m in self.rng.sample(alive, min(host.config.fanout, len(alive))):
-            host.send_frame(MessageType.DEAD, bye, m.address, piggyback=False)
+            host.send_to(MessageType.DEAD, bye, m.node_id, fallback=m.address, piggyback=False)

@@ -89,7 +89,10 @@ class Host(Protocol):
                    *args: Any) -> asyncio.TimerHandle: ...
     def send_frame(self, mtype: MessageType, body: bytes, address: Address,
                    piggyback: bool = True) -> None: ...
+    def send_to(self, mtype: MessageType, body: bytes, node_id: str, *, fallback: Address | None = None,
+                piggyback: bool = True, every_path: bool = False, replay: bool = False) -> None: ...
     def broadcast_frame(self, mtype: MessageType, body: bytes) -> bool: ...
+    def known_addresses(self) -> set[Address]: ...
     def apply(self, update: Update, sender: str, addr: Address) -> None: ...
     def on_envelope(self, mtype: MessageType, env: Envelope, sender: str) -> None: ...
     def self_update(self) -> Update: ...
@@ -185,7 +188,9 @@ class Dissemination:
             if not (len(self.updates) or len(self.messages)):
                 break
             entries = self.messages.take(self.message_budget, overhead=_ENTRY_OVERHEAD)[:255]
-            host.send_frame(MessageType.GOSSIP, encode_gossip(entries), target.address)
+            # application messages (critical alerts among them) go again should the path change
+            host.send_to(MessageType.GOSSIP, encode_gossip(entries), target.node_id,
+                         fallback=target.address, replay=bool(entries))
         self.wake()
 
     def member_event(self, event: MemberEvent) -> None:
@@ -197,14 +202,14 @@ class Dissemination:
         host = self.host
         candidates = host.members.alive_or_suspect()
         if candidates:
-            self.send_membership(self.rng.choice(candidates).address, reply_wanted=True)
+            self.send_membership(self.rng.choice(candidates).node_id, reply_wanted=True)
         jitter = 1 + (self.rng.random() - 0.5) * 0.2
         return host.config.push_pull_s(host.members.size()) * jitter
 
     def discovery_round(self) -> float:
         host = self.host
         alive = host.members.alive()
-        known = {m.address for m in alive}
+        known = host.known_addresses()
         peers = [p for p in host.bootstrap if p != host.address and p not in known]
         lan = not alive or self.rng.random() < 1 / host.members.size()
         if peers or lan:
@@ -216,23 +221,29 @@ class Dissemination:
                 host.broadcast_frame(MessageType.PEER_DISCOVERY, body)
         return host.config.discovery_interval_s * (6 if alive else 1)
 
-    def send_membership(self, address: Address, reply_wanted: bool) -> None:
-        """Our whole membership view, ourselves first, in as many frames as it takes."""
+    def send_membership(self, to: Address | str, reply_wanted: bool) -> None:
+        """Our whole membership view, ourselves first, in as many frames as it takes,
+        to an address or to a member (over its path)."""
         host = self.host
+
+        def send(body: bytes) -> None:
+            if isinstance(to, str):
+                host.send_to(MessageType.MEMBERSHIP, body, to, piggyback=False)
+            else:
+                host.send_frame(MessageType.MEMBERSHIP, body, to, piggyback=False)
+
         entries = [encode_update(host.self_update())] + [encode_update(u) for u in host.members.snapshot()]
         room = MAX_DATAGRAM - frame_overhead(host.node_id, 2) - 64
         chunk: list[bytes] = []
         size = 0
         for raw in entries:
             if chunk and (size + len(raw) + _ENTRY_OVERHEAD > room or len(chunk) == 255):
-                host.send_frame(MessageType.MEMBERSHIP, bytes((reply_wanted,)) + encode_gossip(chunk),
-                                address, piggyback=False)
+                send(bytes((reply_wanted,)) + encode_gossip(chunk))
                 chunk, size = [], 0
                 reply_wanted = False  # one reply is enough
             chunk.append(raw)
             size += len(raw) + _ENTRY_OVERHEAD
-        host.send_frame(MessageType.MEMBERSHIP, bytes((reply_wanted,)) + encode_gossip(chunk), address,
-                        piggyback=False)
+        send(bytes((reply_wanted,)) + encode_gossip(chunk))
 
     # -- handlers (the node's dispatch table points here) --------------------------------------
     def frame_handlers(self) -> dict[MessageType, Callable[[Frame, Address], None]]:

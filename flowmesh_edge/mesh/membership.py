@@ -43,6 +43,12 @@ class PeerInfo:
     #: The peer's versioned state (fps, battery...; see state_sync.py) and its version.
     node_state: dict = field(default_factory=dict)
     version: int = 0
+    #: Its other endpoints, as it advertises them (one per path besides ``address``).
+    endpoints: tuple[Address, ...] = ()
+    #: The path this node uses to reach it now, and that path's round trip (s),
+    #: from the connection train (paths.py); None until a path is chosen.
+    path: Address | None = None
+    rtt_s: float | None = None
 
     @property
     def ip_address(self) -> str:
@@ -60,7 +66,9 @@ class PeerInfo:
             "node_id": self.node_id, "address": str(self.address), "status": self.status,
             "incarnation": self.incarnation, "meta": self.meta,
             "last_heard": self.last_heard, "node_state": self.node_state,
-            "version": self.version,
+            "version": self.version, "endpoints": [str(a) for a in self.endpoints],
+            "path": str(self.path) if self.path else None,
+            "rtt_ms": round(self.rtt_s * 1000, 3) if self.rtt_s is not None else None,
         }
 
 
@@ -148,12 +156,14 @@ class MemberList:
                     return NOTHING
                 del self.tombstones[u.node]
             self.members[u.node] = PeerInfo(u.node, u.address, ALIVE, u.incarnation, now,
-                                            decode_meta(u.meta))
+                                            decode_meta(u.meta), endpoints=u.endpoints)
             return Outcome(True, MemberEvent("joined", u.node, u.incarnation))
         previous = m.status
         self._set(m, ALIVE, u.incarnation)
         if u.address.host:
             m.address = u.address
+        if u.endpoints:
+            m.endpoints = u.endpoints
         if u.meta:
             m.meta = decode_meta(u.meta)
         self.suspicions.pop(u.node, None)
@@ -247,5 +257,6 @@ class MemberList:
         """Every member as an update (membership anti-entropy)."""
         kinds = {ALIVE: MessageType.ALIVE, SUSPECT: MessageType.SUSPECT, DEAD: MessageType.DEAD}
         return [Update(kinds[m.status], m.node_id, m.incarnation, m.address, self.self_id,
-                       json.dumps(m.meta, separators=(",", ":")).encode() if m.meta else b"")
+                       json.dumps(m.meta, separators=(",", ":")).encode() if m.meta else b"",
+                       m.endpoints)
                 for m in self.members.values()]

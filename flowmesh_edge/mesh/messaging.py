@@ -68,7 +68,7 @@ class Messaging:
             return
         if hop != env.destination:
             self.routed += 1
-        node.send_frame(mtype, encode_envelope(env), node.members.members[hop].address)
+        node.send_to(mtype, encode_envelope(env), hop, replay=True)
 
     def _reachable(self, node_id: str) -> bool:
         m = self.node.members.get(node_id)

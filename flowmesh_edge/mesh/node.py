@@ -12,6 +12,7 @@ The concerns live beside it, one module each:
 * ``dissemination.py``: gossip rounds, push-pull, discovery;
 * ``envelopes.py``: seen-set, TTL, loop refusal, hop limit (pure);
 * ``routing.py``: next hops and direct-path health (pure);
+* ``paths.py``: the connection train, every path to each member, failover;
 * ``alerts.py``, ``search.py``, ``state_sync.py``: the application protocols,
   behind ``application.Application``.
 """
@@ -40,12 +41,13 @@ from .dissemination import Dissemination
 from .envelopes import Envelopes
 from .membership import ALIVE, DEAD, SUSPECT, MemberEvent, MemberList, PeerInfo
 from .messaging import Messaging
+from .paths import ConnectionTrain, PathHandler
 from .routing import RouteTable
 from .search import Search, SearchResult
 from .security import MacKey, ReplayGuard
 from .state_sync import StateSync
 from .stats import GossipStats, MemberCounts, MeshStats
-from .transport import Transport
+from .transport import Transport, Transports
 from .transports.udp import UdpTransport
 from .wire import (
     ENVELOPE_TYPES,
@@ -73,9 +75,11 @@ class MeshNode:
     """A mesh member. See the README for the API in use.
 
     ``peers`` are members to join through: addresses, or ``(host, port)`` UDP
-    pairs. ``wall_clock`` (default ``time.time``) gives the start incarnation
-    (its seconds), the boot epoch (its microseconds), the probe rounds and the
-    frames' timestamps; simulations inject their own.
+    pairs. ``transport`` is one transport or several (the first is the primary:
+    its address is the node's); by default UDP on ``bind:port``. ``wall_clock``
+    (default ``time.time``) gives the start incarnation (its seconds), the boot
+    epoch (its microseconds), the probe rounds and the frames' timestamps;
+    simulations inject their own.
     """
 
     def __init__(
@@ -88,7 +92,7 @@ class MeshNode:
         heartbeat_interval: float | None = None,
         *,
         config: MeshConfig | None = None,
-        transport: Transport | None = None,
+        transport: Transport | Iterable[Transport] | None = None,
         meta: dict | None = None,
         seed: int | None = None,
         wall_clock: Callable[[], float] | None = None,
@@ -103,7 +107,9 @@ class MeshNode:
         self.meta = dict(meta or {})
         self.bootstrap = [Address.of(p) for p in peers]
         self._mac = MacKey(mesh_key)
-        self._transport = transport or UdpTransport(cfg.bind, cfg.port, cfg.effective_broadcast_address())
+        if transport is None:
+            transport = UdpTransport(cfg.bind, cfg.port, cfg.effective_broadcast_address())
+        self._transport = transport if isinstance(transport, Transport) else Transports(transport)
         self._rng = random.Random(seed)
         self._wall = wall_clock or time.time
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -122,6 +128,8 @@ class MeshNode:
         self._replay = ReplayGuard(cfg.replay_window, cfg.max_skew_s)
         self.detector = FailureDetector(self, self._rng)
         self.dissemination = Dissemination(self, self._rng)
+        self.paths = ConnectionTrain(self, cfg, self._rng)
+        self._path_handlers: list[PathHandler] = []
         self._call = functools.partial(run_handler, self.spawn)
         self.messaging = Messaging(self, self.envelopes, self._call)
         self._handlers = self.messaging.handlers  # type -> user handlers
@@ -132,6 +140,7 @@ class MeshNode:
         #: The dispatch table: each frame type to the one handler its module declares.
         self._dispatch: dict[MessageType, Callable[[Frame, Address], None]] = {
             **self.detector.frame_handlers(), **self.dissemination.frame_handlers(),
+            **self.paths.frame_handlers(),
             **dict.fromkeys(ENVELOPE_TYPES, self.messaging.on_frame), MessageType.EPOCH: self._on_epoch}
         self._background: set[asyncio.Task] = set()
         self._running = False
@@ -151,6 +160,7 @@ class MeshNode:
         self._loop = asyncio.get_running_loop()
         if local_state:
             self.state_sync.set_initial(local_state)
+        self._transport.on_discovered(self.add_peer)
         await self._transport.start(self._on_datagram)
         self._running = True
         self.queue_update(self.self_update())
@@ -199,6 +209,26 @@ class MeshNode:
     def on_member(self, handler: MemberHandler) -> None:
         """Call ``handler(event, peer)`` on joined/suspect/dead/left/recovered/removed."""
         self._member_handlers.append(handler)
+
+    def on_path(self, handler: PathHandler) -> None:
+        """Call ``handler(node_id, address, previous, rtt_s)`` when the path this node
+        uses to a member changes (paths.py): the address now in use, the one before
+        (None for the first) and the new path's round trip in seconds (None: unknown)."""
+        self._path_handlers.append(handler)
+
+    def add_peer(self, address: Address | tuple[str, int] | str, node_id: str | None = None,
+                 source: str = "config") -> None:
+        """Somewhere a member may be (found by mDNS, a relay, a BLE scan, a saved
+        mesh): ask it to join, and, when its id is known, count it as one of its paths."""
+        address = Address.of(address)
+        if node_id is not None and node_id != self.node_id:
+            self.paths.learn(node_id, address, source)
+        if address not in self.bootstrap and address != self.address:
+            if len(self.bootstrap) >= 256:  # found over and over: keep the newest
+                del self.bootstrap[0]
+            self.bootstrap.append(address)
+            if self._running:
+                self.dissemination.discover_now()
 
     def register(self, app: Application) -> None:
         """Plug in an application protocol for the message types it names."""
@@ -250,7 +280,7 @@ class MeshNode:
             GossipStats(env.seen, env.duplicates, env.propagated, len(queues.updates), len(queues.messages)),
             replace(self.detector.stats), MemberCounts(counts[ALIVE], counts[SUSPECT], counts[DEAD]),
             replace(self.alerts.stats), self.messaging.routed, env.forwarded,
-            getattr(self._transport, "errors", [0])[0])
+            self._transport.error_count, self.paths.stats())
 
     # -- engine services: what the concern modules and applications call ---------------------
     def now(self) -> float:
@@ -302,12 +332,37 @@ class MeshNode:
 
     def self_update(self) -> Update:
         """ALIVE about this node, at the address members should use (no host when
-        bound to every interface: they take the one our datagrams come from)."""
-        address = self.address
-        if address.is_wildcard:
-            address = address.with_host("")
+        bound to every interface: they take the one our datagrams come from), with
+        the endpoints of its other transports."""
+        address, *others = [a.with_host("") if a.is_wildcard else a
+                            for a in [self.address, *self._transport.endpoints()]]
+        endpoints = tuple(dict.fromkeys(a for a in others if a != address))
         meta = json.dumps(self.meta, separators=(",", ":")).encode() if self.meta else b""
-        return Update(MessageType.ALIVE, self.node_id, self.incarnation, address, self.node_id, meta)
+        return Update(MessageType.ALIVE, self.node_id, self.incarnation, address, self.node_id, meta,
+                      endpoints)
+
+    def handles(self, address: Address) -> bool:
+        """Whether one of this node's transports can send to ``address``."""
+        return self._transport.handles(address)
+
+    def learn_member(self, update: Update) -> None:
+        """An accepted ALIVE: where the member says it can be reached."""
+        self.paths.learn_member(update.node, update.address, update.endpoints)
+
+    def known_addresses(self) -> set[Address]:
+        """Addresses of live members, every path included (discovery skips them)."""
+        known = {m.address for m in self.members.alive()}
+        for m in self.members.alive():
+            known.update(a for a in self.paths.every_path(m.node_id, m.address))
+        return known
+
+    def path_changed(self, node_id: str, address: Address, previous: Address | None,
+                     rtt_s: float | None) -> None:
+        peer = self.members.get(node_id)
+        if peer is not None:
+            peer.path, peer.rtt_s = address, rtt_s
+        for handler in self._path_handlers:
+            self._call(handler, node_id, address, previous, rtt_s)
 
     def queue_update(self, update: Update) -> None:
         self.dissemination.queue_update(update)
@@ -319,6 +374,8 @@ class MeshNode:
         self.dissemination.member_event(event)
         if event.kind in ("dead", "left", "removed"):
             self.route_table.forget(event.node_id)
+        if event.kind == "removed":
+            self.paths.forget(event.node_id)
         level = logging.INFO if event.kind in ("joined", "dead", "left", "recovered") else logging.DEBUG
         log.log(level, "mesh %s: %s %s (incarnation %d)", self.node_id, event.node_id, event.kind,
                 event.incarnation)
@@ -347,6 +404,23 @@ class MeshNode:
             return
         self._sent[mtype] += 1
         self._transport.send(datagram, address)
+
+    def send_to(self, mtype: MessageType, body: bytes, node_id: str, *, fallback: Address | None = None,
+                piggyback: bool = True, every_path: bool = False, replay: bool = False) -> None:
+        """Send to a member over the path(s) the connection train picks (paths.py):
+        ``every_path`` for probes (dead only when no path answers), ``replay`` for
+        messages to send again should the path change before they are known delivered."""
+        if fallback is None:
+            member = self.members.get(node_id)
+            if member is None:
+                self.drop("unknown_member")
+                return
+            fallback = member.address
+        train = self.paths
+        for address in (train.every_path if every_path else train.plan)(node_id, fallback):
+            self.send_frame(mtype, body, address, piggyback)
+        if replay:
+            train.sent(node_id, mtype, body)
 
     def broadcast_frame(self, mtype: MessageType, body: bytes) -> bool:
         """Send one datagram to the local segment, when the transport can."""
@@ -437,4 +511,6 @@ class MeshNode:
             self.drop("unexpected")
             return
         handler(frame, addr)
+        if peer is not None or self.members.get(frame.sender) is not None:
+            self.paths.heard(frame.sender, addr)
 

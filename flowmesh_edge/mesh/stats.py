@@ -68,6 +68,8 @@ class MeshStats(Mapping):
     routed: int = 0  #: messages of ours sent through a next hop
     forwarded: int = 0  #: messages of others passed on toward their destination
     transport_errors: int = 0
+    #: Per member: the path in use, its round trip, every endpoint and its state (paths.py).
+    paths: dict[str, dict] = field(default_factory=dict)
 
     @property
     def dropped_total(self) -> int:
@@ -104,6 +106,7 @@ class MeshStats(Mapping):
             "routed": self.routed,
             "forwarded": self.forwarded,
             "transport_errors": self.transport_errors,
+            "paths": self.paths,
         }
 
     # mapping access, for callers written against the dict stats() used to be

@@ -2,7 +2,7 @@
 
 Every datagram is one frame (all integers big-endian)::
 
-    u8   version (3)
+    u8   version (4)
     u8   type (MessageType)
     u8   flags (reserved, 0)
     u8   L, then L bytes: sender node id, UTF-8, 1..NODE_ID_MAX_BYTES (128) bytes
@@ -40,6 +40,12 @@ keeps its number, unused).
 Membership update (piggybacked, or the body of SUSPECT/ALIVE/DEAD)::
 
     u8 kind (ALIVE/SUSPECT/DEAD)  str node  u32 incarnation  addr  str from  bytes meta
+    u8 E, then E addr: the member's other endpoints (its paths over other transports)
+
+The connection train's path probes (``paths.py``), to one endpoint of a member::
+
+    PATH_PROBE  u32 probe id
+    PATH_ACK    u32 probe id (sent back to where the probe came from)
 
 Application messages (state sync, search, alerts, hash registry, route
 broadcasts, direct messages, acks, search results) share one envelope::
@@ -55,7 +61,8 @@ Version 2 added the transport name to every address (version 1 had host and
 port only) and the DIRECT type. Version 3 put the state stamp in PING and
 PROBE_ACK, the ``alone`` flag in PEER_DISCOVERY, the boot epoch in every
 frame (replay windows no longer hang on the incarnation), and added EPOCH.
-A frame of another version is dropped as ``version``.
+Version 4 added the endpoints to membership updates, and PATH_PROBE and
+PATH_ACK. A frame of another version is dropped as ``version``.
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ from flowmesh.limits import NODE_ID_MAX_BYTES
 
 from .address import NOWHERE, Address
 
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 MAX_DATAGRAM = 1400
 TAG_LEN = 16
 #: Node ids on the wire: the one limit the database and the agent use too.
@@ -105,6 +112,9 @@ class MessageType(IntEnum):
     GOSSIP = 23
     #: "I track a boot epoch of yours this high": the replay guard's notice (security.py).
     EPOCH = 24
+    # the connection train (paths.py): is this endpoint of a member answering, how fast?
+    PATH_PROBE = 25
+    PATH_ACK = 26
 
 
 #: Types whose body is an application Envelope.
@@ -135,6 +145,8 @@ class Update:
     address: Address = NOWHERE
     origin: str = ""  # who says so (suspicion confirmations count distinct origins)
     meta: bytes = b""
+    #: The member's other endpoints (one per path besides ``address``), most preferred first.
+    endpoints: tuple[Address, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -237,9 +249,15 @@ def _bytes16(value: bytes) -> bytes:
 # -- updates ----------------------------------------------------------------
 
 
+#: Most endpoints an update carries besides its address.
+MAX_ENDPOINTS = 8
+
+
 def encode_update(u: Update) -> bytes:
+    endpoints = u.endpoints[:MAX_ENDPOINTS]
     return (bytes((u.kind,)) + _str(u.node, max_len=MAX_ID_LEN) + struct.pack(">I", u.incarnation)
-            + _addr(u.address) + _str(u.origin, max_len=MAX_ID_LEN) + _bytes16(u.meta))
+            + _addr(u.address) + _str(u.origin, max_len=MAX_ID_LEN) + _bytes16(u.meta)
+            + bytes((len(endpoints),)) + b"".join(_addr(a) for a in endpoints))
 
 
 def _read_update(r: _Reader) -> Update:
@@ -249,7 +267,12 @@ def _read_update(r: _Reader) -> Update:
     node = r.str(max_len=MAX_ID_LEN)
     if not node:
         raise WireError("malformed", "membership update without a node")
-    return Update(MessageType(kind), node, r.u32(), r.addr(), r.str(max_len=MAX_ID_LEN), r.bytes16())
+    incarnation, address, origin, meta = r.u32(), r.addr(), r.str(max_len=MAX_ID_LEN), r.bytes16()
+    count = r.u8()
+    if count > MAX_ENDPOINTS:
+        raise WireError("malformed", f"{count} endpoints, limit {MAX_ENDPOINTS}")
+    return Update(MessageType(kind), node, incarnation, address, origin, meta,
+                  tuple(r.addr() for _ in range(count)))
 
 
 def _update_end(buf: bytes, pos: int) -> int:
@@ -261,6 +284,11 @@ def _update_end(buf: bytes, pos: int) -> int:
         p += 1 + buf[p] + 2  # host, port
         p += 1 + buf[p]  # origin
         p += 2 + (buf[p] << 8 | buf[p + 1])  # meta
+        count = buf[p]
+        p += 1
+        for _ in range(count):  # endpoints
+            p += 1 + buf[p]  # transport
+            p += 1 + buf[p] + 2  # host, port
     except IndexError:
         raise WireError("truncated", f"membership update at offset {pos}") from None
     if p > len(buf):
@@ -488,3 +516,14 @@ def decode_gossip(body: bytes) -> list[bytes]:
     out = [r.bytes16() for _ in range(r.u8())]
     r.done()
     return out
+
+
+def encode_path_probe(probe_id: int) -> bytes:
+    """PATH_PROBE and PATH_ACK: the probe's id."""
+    return _U32.pack(probe_id)
+
+
+def decode_path_probe(body: bytes) -> int:
+    if len(body) != 4:
+        raise WireError("malformed", f"path probe of {len(body)} bytes")
+    return _U32.unpack(body)[0]

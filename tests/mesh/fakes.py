@@ -93,6 +93,19 @@ class FakeHost:
     def send_frame(self, mtype, body, address, piggyback=True) -> None:
         self.sent.append(Sent(mtype, body, address, piggyback))
 
+    def send_to(self, mtype, body, node_id, *, fallback=None, piggyback=True, every_path=False,
+                replay=False) -> None:
+        """One path per member here: its address."""
+        if fallback is None:
+            fallback = self.members.get(node_id).address
+        self.send_frame(mtype, body, fallback, piggyback)
+
+    def learn_member(self, update: Update) -> None:
+        pass
+
+    def known_addresses(self) -> set[Address]:
+        return {m.address for m in self.members.alive()}
+
     def broadcast_frame(self, mtype, body) -> bool:
         self.broadcasts.append((mtype, body))
         return True

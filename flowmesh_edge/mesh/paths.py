@@ -1,0 +1,381 @@
+"""The connection train: every path to each member, probed, ranked, the best one used.
+
+A member may be reachable several ways: Bluetooth LE, the LAN (UDP), a
+WebSocket, a relay. For each member this keeps every endpoint known (the
+transport address, where it was learned, when a frame last came from it,
+its measured round trip), learned from the member's frames, its gossiped
+ALIVE (address and endpoints), mDNS, the relay's peer list and saved meshes.
+
+While a member has one endpoint (a mesh on one LAN) none of this costs a
+datagram: frames go to that endpoint and SWIM alone watches the member.
+With two or more, each endpoint is probed on its own cadence (PATH_PROBE,
+answered by PATH_ACK on the same path):
+
+* the path in use every ``path_probe_active_s``; a confirmed standby every
+  ``path_probe_standby_s``; a path that stopped answering every
+  ``path_probe_active_s`` until it is down, then with backoff from
+  ``path_backoff_min_s`` doubling to ``path_backoff_max_s`` (with jitter), so
+  a member with no working path is still probed, ever more rarely; a frame
+  from the member on a down path has it probed at once.
+* A path is *confirmed* while its last probe was answered, no later than its
+  probe interval plus ``path_trust_s`` ago; *down* after
+  ``path_down_after`` unanswered probes in a row.
+
+Frames go on the best confirmed path, by ``path_priority`` then round trip.
+While a better path is unproven (new, or answering again after a cut), or
+when the path in use stops answering, frames go on both it and the best
+confirmed one, as Tailscale keeps sending through DERP while a direct path
+is unproven; duplicates are dropped by the receiver's seen-set. Probes of the
+failure detector go on every path that is not down, so that a member is
+declared dead only when no path to it answers.
+
+When the path in use changes, the messages sent to the member that no probe
+has yet proven delivered (routed messages, gossip carrying application
+messages such as critical alerts) are sent again on the new path, and the
+switch is logged and reported to ``on_path`` handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .address import Address
+from .wire import MessageType, decode_path_probe, encode_path_probe
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .config import MeshConfig
+
+log = logging.getLogger("flowmesh_edge.mesh")
+
+#: How an endpoint was learned, in order of trust when all else is equal.
+SOURCES = ("heard", "config", "saved", "gossip", "relay", "mdns", "ble")
+#: Transports whose addresses are IP hosts: an endpoint advertised with no host
+#: (bound to every interface) takes the host its frames come from.
+IP_TRANSPORTS = frozenset({"udp", "ws", "wss", "mem"})
+#: Probes in flight remembered per endpoint (answers to older ones are ignored).
+_OUTSTANDING_MAX = 8
+
+
+def with_source_host(advertised: Address, source: Address) -> Address:
+    """An address a member advertised with no host (bound to every interface) takes
+    the host its frame came from, when both are IP paths; others are kept as said."""
+    if advertised.host or advertised.transport not in IP_TRANSPORTS \
+            or source.transport not in IP_TRANSPORTS:
+        return advertised
+    return advertised.with_host(source.host)
+
+
+@dataclass
+class Endpoint:
+    address: Address
+    source: str
+    #: Wall-clock time a frame from the member last arrived on this path.
+    last_seen: float | None = None
+    #: Loop time of the last answered probe, and when that probe was sent.
+    confirmed_at: float | None = None
+    acked_sent_at: float = -math.inf
+    rtt_s: float | None = None
+    #: Probes in a row that went unanswered.
+    unanswered: int = 0
+    next_probe: float = 0.0
+    outstanding: dict[int, float] = field(default_factory=dict)  #: probe id -> loop time sent
+
+    def to_dict(self, state: str) -> dict:
+        return {"address": str(self.address), "source": self.source, "state": state,
+                "rtt_ms": round(self.rtt_s * 1000, 3) if self.rtt_s is not None else None,
+                "last_seen": self.last_seen}
+
+
+@dataclass
+class _Peer:
+    node_id: str
+    endpoints: dict[Address, Endpoint] = field(default_factory=dict)
+    active: Address | None = None
+    #: (loop time sent, type, body) of messages not yet proven delivered.
+    replay: deque = field(default_factory=deque)
+
+
+PathHandler = Callable[[str, Address, "Address | None", "float | None"], object]
+
+
+class ConnectionTrain:
+    """Per-member paths. ``host`` is the node: ``now``, ``wall``, ``call_later``,
+    ``handles`` (whether one of our transports can send to an address),
+    ``send_frame`` and ``path_changed``."""
+
+    def __init__(self, host, config: MeshConfig, rng: random.Random):
+        self.host = host
+        self.config = config
+        self.rng = rng
+        self._peers: dict[str, _Peer] = {}
+        self._probe_ids = 0
+        self._probes: dict[int, tuple[str, Address]] = {}  #: probe id -> (member, endpoint)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self.switches = 0
+        self.replayed = 0
+
+    # -- learning endpoints ------------------------------------------------------------
+    def learn(self, node_id: str, address: Address, source: str) -> None:
+        """``node_id`` may be reachable at ``address``; we will see."""
+        if not address.host or address.is_wildcard or not self.host.handles(address):
+            return
+        peer = self._peers.get(node_id)
+        if peer is None:
+            peer = self._peers[node_id] = _Peer(node_id)
+        if address in peer.endpoints:
+            return
+        if len(peer.endpoints) >= self.config.path_endpoints_max:
+            stalest = min(peer.endpoints.values(),
+                          key=lambda e: (e.confirmed_at or -math.inf, e.last_seen or -math.inf))
+            if stalest.address == peer.active:
+                return
+            del peer.endpoints[stalest.address]
+        peer.endpoints[address] = Endpoint(address, source, next_probe=self.host.now())
+        if len(peer.endpoints) == 2:  # from now on this member's paths are probed
+            for endpoint in peer.endpoints.values():
+                endpoint.next_probe = self.host.now()
+        self._wake(self.host.now())
+
+    def learn_member(self, node_id: str, address: Address, endpoints: tuple[Address, ...]) -> None:
+        """What a member's ALIVE says about where it is. Endpoints an earlier ALIVE
+        named that this one does not (a restart on another port) are forgotten,
+        unless they answer."""
+        said = {address, *endpoints}
+        peer = self._peers.get(node_id)
+        if peer is not None:
+            now = self.host.now()
+            for e in list(peer.endpoints.values()):
+                if e.source == "gossip" and e.address not in said and e.address != peer.active \
+                        and not self._confirmed(peer, e, now):
+                    del peer.endpoints[e.address]
+        for a in (address, *endpoints):
+            self.learn(node_id, a, "gossip")
+
+    def heard(self, node_id: str, address: Address) -> None:
+        """A frame from ``node_id`` arrived over ``address``."""
+        peer = self._peers.get(node_id)
+        endpoint = peer.endpoints.get(address) if peer is not None else None
+        if endpoint is None:
+            self.learn(node_id, address, "heard")
+            peer = self._peers.get(node_id)
+            endpoint = peer.endpoints.get(address) if peer is not None else None
+            if endpoint is None:
+                return
+        endpoint.last_seen = self.host.wall()
+        if endpoint.unanswered >= self.config.path_down_after and len(peer.endpoints) > 1:
+            # it talks to us again that way: find out now whether we can talk back
+            now = self.host.now()
+            if endpoint.next_probe > now:
+                endpoint.next_probe = now
+                self._wake(now)
+
+    def forget(self, node_id: str) -> None:
+        self._peers.pop(node_id, None)
+
+    # -- choosing where to send -----------------------------------------------------------
+    def plan(self, node_id: str, fallback: Address) -> list[Address]:
+        """Where a frame to ``node_id`` goes: one address, or two while a path is unproven."""
+        peer = self._peers.get(node_id)
+        if peer is None or len(peer.endpoints) < 2:
+            if peer is not None and peer.endpoints:
+                return [next(iter(peer.endpoints))]
+            return [fallback]
+        return self._choose(peer)
+
+    def every_path(self, node_id: str, fallback: Address) -> list[Address]:
+        """Every path to ``node_id`` that is not down (all of them when all are)."""
+        peer = self._peers.get(node_id)
+        if peer is None or len(peer.endpoints) < 2:
+            return self.plan(node_id, fallback)
+        down = self.config.path_down_after
+        live = [e.address for e in peer.endpoints.values() if e.unanswered < down]
+        return live or list(peer.endpoints)
+
+    def sent(self, node_id: str, mtype: MessageType, body: bytes) -> None:
+        """A message to ``node_id`` that must survive a change of path: keep it until a
+        probe sent after it is answered on the path in use."""
+        peer = self._peers.get(node_id)
+        if peer is None or len(peer.endpoints) < 2 or not self.config.path_replay_max:
+            return
+        if len(peer.replay) >= self.config.path_replay_max:
+            peer.replay.popleft()
+        peer.replay.append((self.host.now(), mtype, body))
+
+    def _rank(self, e: Endpoint) -> tuple:
+        priority = self.config.path_priority
+        t = e.address.transport
+        return (priority.index(t) if t in priority else len(priority),
+                e.rtt_s if e.rtt_s is not None else math.inf, SOURCES.index(e.source))
+
+    def _interval(self, peer: _Peer, e: Endpoint) -> float:
+        cfg = self.config
+        if e.unanswered >= cfg.path_down_after:
+            doublings = min(e.unanswered - cfg.path_down_after, 16)
+            nominal = min(cfg.path_backoff_min_s * 2 ** doublings, cfg.path_backoff_max_s)
+            return min(nominal * self.rng.uniform(0.8, 1.2), cfg.path_backoff_max_s)
+        if e.unanswered or e.confirmed_at is None or e.address == peer.active:
+            return cfg.path_probe_active_s
+        return cfg.path_probe_standby_s
+
+    def _confirmed(self, peer: _Peer, e: Endpoint, now: float) -> bool:
+        return (e.confirmed_at is not None and not e.unanswered
+                and now - e.confirmed_at <= self._interval(peer, e) + self.config.path_trust_s)
+
+    def state(self, peer: _Peer, e: Endpoint, now: float) -> str:
+        if self._confirmed(peer, e, now):
+            return "active" if e.address == peer.active else "standby"
+        if e.unanswered >= self.config.path_down_after:
+            return "down"
+        return "unconfirmed"
+
+    def _choose(self, peer: _Peer) -> list[Address]:
+        now = self.host.now()
+        ranked = sorted(peer.endpoints.values(), key=self._rank)
+        live = [e for e in ranked if e.unanswered < self.config.path_down_after]
+        confirmed = [e for e in ranked if self._confirmed(peer, e, now)]
+        if confirmed:
+            best = confirmed[0]
+            chosen = [best.address]
+            better = live[0] if live and live[0] is not best and self._rank(live[0]) < self._rank(best) \
+                else None
+            if better is not None:  # unproven, or answering again: try it alongside
+                chosen.append(better.address)
+        else:
+            chosen = [e.address for e in (live or ranked)[:2]]
+        if chosen[0] != peer.active:
+            self._switch(peer, chosen)
+        return chosen
+
+    def _switch(self, peer: _Peer, chosen: list[Address]) -> None:
+        previous, peer.active = peer.active, chosen[0]
+        endpoint = peer.endpoints[chosen[0]]
+        if previous is not None:
+            self.switches += 1
+            rtt = f"{endpoint.rtt_s * 1000:.1f} ms" if endpoint.rtt_s is not None else "round trip unknown"
+            log.info("mesh %s: %s now over %s (%s), was %s", self.host.node_id, peer.node_id, chosen[0],
+                     rtt, previous)
+        # what went out on the old path since its last proof of life goes again
+        pending, peer.replay = list(peer.replay), deque()
+        for _, mtype, body in pending:
+            self.replayed += 1
+            for address in chosen:
+                self.host.send_frame(mtype, body, address)
+            self.sent(peer.node_id, mtype, body)
+        self.host.path_changed(peer.node_id, chosen[0], previous, endpoint.rtt_s)
+
+    # -- probing -------------------------------------------------------------------------
+    def _wake(self, at: float) -> None:
+        """Have the tick run no later than ``at`` (loop time)."""
+        if at >= self._timer_at or not self.host.running:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.host.call_later(max(at - self.host.now(), 0.0), self._tick)
+
+    def _tick(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now = self.host.now()
+        due = math.inf
+        for peer in list(self._peers.values()):
+            if len(peer.endpoints) < 2:
+                continue
+            for e in list(peer.endpoints.values()):
+                self._expire(e, now)
+                if e.next_probe <= now:
+                    self._probe(peer, e, now)
+                due = min(due, e.next_probe, *(t + self._timeout(e) for t in e.outstanding.values()))
+            self._choose(peer)  # notice a lost path even while nothing is sent
+        if due < math.inf:
+            self._wake(due)
+
+    def _timeout(self, e: Endpoint) -> float:
+        return max(self.config.path_probe_timeout_s, 3 * (e.rtt_s or 0.0))
+
+    def _expire(self, e: Endpoint, now: float) -> None:
+        for probe_id, sent_at in list(e.outstanding.items()):
+            if now - sent_at >= self._timeout(e):
+                del e.outstanding[probe_id]
+                self._probes.pop(probe_id, None)
+                e.unanswered += 1
+
+    def _probe(self, peer: _Peer, e: Endpoint, now: float) -> None:
+        self._probe_ids = (self._probe_ids + 1) & 0xFFFFFFFF
+        probe_id = self._probe_ids
+        if len(e.outstanding) >= _OUTSTANDING_MAX:
+            oldest = min(e.outstanding, key=e.outstanding.__getitem__)
+            del e.outstanding[oldest]
+            self._probes.pop(oldest, None)
+        e.outstanding[probe_id] = now
+        self._probes[probe_id] = (peer.node_id, e.address)
+        e.next_probe = now + self._interval(peer, e)
+        self.host.send_frame(MessageType.PATH_PROBE, encode_path_probe(probe_id), e.address,
+                             piggyback=False)
+
+    # -- handlers (the node's dispatch table points here) -----------------------------------
+    def frame_handlers(self) -> dict:
+        return {MessageType.PATH_PROBE: self.on_probe, MessageType.PATH_ACK: self.on_ack}
+
+    def on_probe(self, frame, addr: Address) -> None:
+        probe_id = decode_path_probe(frame.body)
+        self.host.send_frame(MessageType.PATH_ACK, encode_path_probe(probe_id), addr, piggyback=False)
+
+    def on_ack(self, frame, addr: Address) -> None:
+        probe_id = decode_path_probe(frame.body)
+        who = self._probes.pop(probe_id, None)
+        if who is None or who[0] != frame.sender:
+            return  # late, or not ours
+        peer = self._peers.get(who[0])
+        e = peer.endpoints.get(who[1]) if peer is not None else None
+        if e is None:
+            return
+        now = self.host.now()
+        sent_at = e.outstanding.pop(probe_id, now)
+        sample = now - sent_at
+        e.rtt_s = sample if e.rtt_s is None else 0.8 * e.rtt_s + 0.2 * sample
+        was_down = e.unanswered
+        e.unanswered = 0
+        e.confirmed_at = now
+        e.acked_sent_at = max(e.acked_sent_at, sent_at)
+        if e.address == peer.active:  # proven delivered on the path in use
+            while peer.replay and peer.replay[0][0] <= sent_at:
+                peer.replay.popleft()
+        e.next_probe = min(e.next_probe, now + self._interval(peer, e))
+        if was_down:
+            self._choose(peer)  # a better path may be back
+        self._wake(e.next_probe)
+
+    # -- reporting ------------------------------------------------------------------------
+    def active(self, node_id: str) -> tuple[Address | None, float | None]:
+        peer = self._peers.get(node_id)
+        if peer is None or not peer.endpoints:
+            return None, None
+        if len(peer.endpoints) < 2:
+            e = next(iter(peer.endpoints.values()))
+            return e.address, e.rtt_s
+        e = peer.endpoints.get(peer.active) if peer.active else None
+        return (e.address, e.rtt_s) if e else (None, None)
+
+    def stats(self) -> dict[str, dict]:
+        """Per member: the path in use, its round trip, and every endpoint with its state."""
+        now = self.host.now()
+        out = {}
+        for node_id, peer in self._peers.items():
+            address, rtt = self.active(node_id)
+            out[node_id] = {
+                "path": str(address) if address else None,
+                "transport": address.transport if address else None,
+                "rtt_ms": round(rtt * 1000, 3) if rtt is not None else None,
+                "endpoints": [e.to_dict(self.state(peer, e, now) if len(peer.endpoints) > 1 else "only")
+                              for e in sorted(peer.endpoints.values(), key=self._rank)],
+            }
+        return out
