@@ -192,9 +192,11 @@ class SavedMeshes:
     def find(self, prefix: str) -> SavedMesh:
         """The mesh whose id is ``prefix`` or starts with it, when only one does."""
         prefix = prefix.strip().lower()
+        if not prefix:
+            raise MeshNotFound("no mesh id given")
         if prefix in self._meshes:
             return self._meshes[prefix]
-        matches = sorted(i for i in self._meshes if prefix and i.startswith(prefix))
+        matches = sorted(i for i in self._meshes if i.startswith(prefix))
         if not matches:
             raise MeshNotFound(f"no saved mesh has an id starting with {prefix!r}")
         if len(matches) > 1:
@@ -311,6 +313,8 @@ class SavedMeshes:
             for mesh_id in self._changed - gone:
                 if mesh_id in self._meshes:
                     merged[mesh_id] = self._meshes[mesh_id]
+            # in the order joined, so that the file reads (and diffs) the same every time
+            merged = dict(sorted(merged.items(), key=lambda item: (item[1].joined_at, item[0])))
             _write_atomically(self.path, _dump(list(merged.values())))
         self._meshes = merged
         self._on_disk = set(merged)
