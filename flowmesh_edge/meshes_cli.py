@@ -31,15 +31,20 @@ meshes_file_option = click.option(
 
 @click.group("meshes")
 def meshes() -> None:
-    """The meshes this device joined, saved with their keys (mode 0600) so that
-    `flowmesh-edge run` rejoins them by itself."""
+    """The meshes this device joined: list them, forget one.
+
+    They are saved with their keys (mode 0600) so that `flowmesh-edge run`
+    rejoins them by itself."""
 
 
 @meshes.command("list")
 @meshes_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def meshes_list(meshes_file: Path | None, as_json: bool) -> None:
-    """List saved meshes: id, name, state, auto-reconnect, endpoints known."""
+    """List the saved meshes (never their keys or tokens).
+
+    Each with its state (connected over which transport, or last seen when),
+    auto-reconnect, and how many endpoints are known."""
     store = _load(meshes_file)
     now = time.time()
     saved = sorted(store, key=lambda m: (m.name, m.mesh_id))
@@ -55,8 +60,10 @@ def meshes_list(meshes_file: Path | None, as_json: bool) -> None:
 @click.argument("mesh_id", metavar="ID")
 @meshes_file_option
 def meshes_forget(mesh_id: str, meshes_file: Path | None) -> None:
-    """Remove a saved mesh (its key with it): the agent no longer rejoins it.
-    ID may be the start of the id when only one mesh has it."""
+    """Remove a saved mesh, its key with it.
+
+    The agent no longer rejoins it. ID may be the start of the id when only
+    one saved mesh has it."""
     store = _load(meshes_file)
     try:
         mesh = store.find(mesh_id)

@@ -13,7 +13,8 @@ import time
 import uuid
 from collections import Counter
 
-from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+from zeroconf import ServiceStateChange
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from flowmesh_edge.mesh.address import Address
 from flowmesh_edge.mesh.mdns import (
@@ -146,6 +147,17 @@ async def test_two_members_find_each_other_on_loopback_and_ignore_other_meshes()
         await _until(lambda: any(len(e) == 2 for n, e in found["a"]), "a hears b's new endpoints")
         assert found["a"][-1] == (f"b-{run}", [Address("udp", "127.0.0.1", 7002),
                                                Address("ws", "192.0.2.8", 9000)])
+        # closing unregisters: a browser sees the service go (a goodbye, not a TTL expiry)
+        removed: list[str] = []
+        watcher = AsyncServiceBrowser(rogue.zeroconf, SERVICE_TYPE, handlers=[
+            lambda zeroconf, service_type, name, state_change:
+            removed.append(name) if state_change is ServiceStateChange.Removed else None])
+        try:
+            b_name = b.name
+            await b.close()
+            await _until(lambda: b_name in removed, "b's service removed on close")
+        finally:
+            await watcher.async_cancel()
     finally:
         await asyncio.gather(a.close(), b.close(), c.close())
         await rogue.async_close()
