@@ -36,6 +36,7 @@ import copy
 import fcntl
 import json
 import logging
+import math
 import os
 import stat
 import time
@@ -131,9 +132,12 @@ def default_path() -> Path:
 
 
 class SavedMeshes:
-    """The saved meshes of one file. Changes are in memory until :meth:`save`."""
+    """The saved meshes of one file. Changes are in memory until :meth:`save`, and
+    are made through the methods below (a ``SavedMesh`` changed by hand is not
+    known to have changed, and the file's copy wins at the next save)."""
 
     def __init__(self, path: Path | str, meshes: list[SavedMesh] | None = None):
+        """``meshes`` (usually none: see :meth:`load`) are saved by the next ``save``."""
         self.path = Path(path)
         self._meshes: dict[str, SavedMesh] = {m.mesh_id: m for m in meshes or []}
         #: Why the file could not be loaded (``lenient`` loads only); ``save`` then refuses.
@@ -141,8 +145,8 @@ class SavedMeshes:
         #: What was loaded with a problem worth telling (a loose file mode).
         self.warnings: list[str] = []
         self._on_disk: set[str] = set()  # ids in the file as of the last load or save
-        self._changed: set[str] = set()  # ids added or changed here since then
-        self._joined: set[str] = set()  # ids added here (add_or_update) since then
+        self._changed: set[str] = set(self._meshes)  # ids added or changed here since then
+        self._joined: set[str] = set(self._meshes)  # ids added here (add_or_update) since then
         self._forgotten: set[str] = set()  # ids forgotten here since then
 
     # -- loading ----------------------------------------------------------
@@ -253,6 +257,8 @@ class SavedMeshes:
             mesh.endpoints.append(endpoint)
         endpoint.last_seen = max(seen_at, endpoint.last_seen or seen_at)
         if rtt_ms is not None:
+            if not math.isfinite(rtt_ms) or rtt_ms < 0:
+                raise ValueError(f"a round trip of {rtt_ms} ms")
             endpoint.rtt_ms = float(rtt_ms)
             endpoint.last_success = max(seen_at, endpoint.last_success or seen_at)
         if len(mesh.endpoints) > MAX_ENDPOINTS:
@@ -468,7 +474,8 @@ def _parse_endpoint(item: object, where: str) -> KnownEndpoint:
     except ValueError:
         raise _Invalid(f"{where}.address: {address!r} is not transport:host:port") from None
     rtt = fields.get("rtt_ms")
-    if rtt is not None and (isinstance(rtt, bool) or not isinstance(rtt, int | float) or rtt < 0):
+    if rtt is not None and (isinstance(rtt, bool) or not isinstance(rtt, int | float)
+                            or not math.isfinite(rtt) or rtt < 0):
         raise _Invalid(f"{where}.rtt_ms: expected a number of milliseconds, found {_kind(rtt)}")
     return KnownEndpoint(node_id=_string(fields, "node", where), address=address,
                          last_seen=_time(fields, "last_seen", where), rtt_ms=rtt,

@@ -20,6 +20,7 @@ from flowmesh_edge.meshes import (
     KnownEndpoint,
     MeshesFileError,
     MeshNotFound,
+    SavedMesh,
     SavedMeshes,
 )
 
@@ -159,6 +160,10 @@ WRONG_TYPES = {
     "auto_reconnect a string": (_mesh_json(auto_reconnect="yes"), "meshes[0].auto_reconnect"),
     "rtt a string": (_mesh_json(endpoints=[{"node": "n", "address": "udp:h:1", "rtt_ms": "3"}]),
                      "meshes[0].endpoints[0].rtt_ms"),
+    "rtt not finite": (b'{"version": 1, "meshes": [{"id": "%s", "name": "h", "key": "%s", '
+                       b'"joined_at": "2026-11-22T08:00:00+00:00", '
+                       b'"endpoints": [{"node": "n", "address": "udp:h:1", "rtt_ms": NaN}]}]}'
+                       % (mesh_id_of(KEY).encode(), KEY.encode()), "meshes[0].endpoints[0].rtt_ms"),
     "bad address": (_mesh_json(endpoints=[{"node": "n", "address": "nowhere"}]),
                     "meshes[0].endpoints[0].address"),
     "key a number": (_mesh_json(key=12345678901234567890), "meshes[0].key: expected a non-empty string"),
@@ -230,6 +235,12 @@ def test_permission_denied_is_reported_and_untouched(path):
 
 
 # -- the store -----------------------------------------------------------------
+
+
+def test_a_store_built_from_meshes_saves_them(path):
+    store = SavedMeshes(path, [SavedMesh(mesh_key=KEY, name="home", joined_at=T0)])
+    store.save()
+    assert [m.name for m in SavedMeshes.load(path)] == ["home"]
 
 
 def test_joining_again_keeps_what_is_known(path):
