@@ -36,3 +36,9 @@ def test_the_package_still_exports_every_name_lazily():
             "assert all(getattr(f, n) is not None for n in f.__all__)\n"
             "from flowmesh_edge import *")
     assert loaded(code, ("psycopg",)) == ["psycopg"]
+
+
+def test_mdns_is_loaded_only_when_configured():
+    statement = "from flowmesh_edge.mesh import MeshNode\nimport flowmesh_edge.cli, flowmesh_edge.meshes"
+    assert loaded(statement, ("zeroconf", "ifaddr")) == []
+    assert loaded("import flowmesh_edge.mesh.mdns", ("zeroconf",)) == ["zeroconf"]
