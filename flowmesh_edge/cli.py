@@ -21,6 +21,7 @@ from .agent import Agent
 from .config import AgentConfig, default_node_id
 from .mesh import DEFAULT_PORT, MeshNode
 from .outbox import Outbox
+from .relay.command import relay
 from .shipper import Rejected, Shipper, Unreachable
 
 #: Exit code of `beat` when the heartbeat is queued but not yet in Postgres
@@ -242,6 +243,8 @@ def beat(database_url, node, tetrahedron, role, latency_ms, packet_loss, cpu_per
     note = f" (and {report.shipped - 1} queued earlier)" if report.shipped > 1 else ""
     click.echo(f"heartbeat {seq} from {node} recorded in tetrahedron {tetrahedron}{note}")
 
+
+main.add_command(relay)
 
 if __name__ == "__main__":
     main()
