@@ -20,7 +20,8 @@ Defaults, and what each trades:
   client can make the relay fan out (a broadcast costs one token and is
   delivered to n - 1 members).
 * ``hello_timeout`` (:data:`relay_protocol.HELLO_TIMEOUT_S`, 5 s): a
-  connection that has not authenticated by then is closed (1008); longer
+  connection that has not finished its HTTP upgrade by then is dropped, and
+  one that has not authenticated in as long after it is closed (1008); longer
   lets idle sockets pile up, shorter fails members on slow links.
 * ``max_buffer`` (:data:`DEFAULT_MAX_BUFFER`, 256 KiB): bytes queued towards a
   member that reads too slowly; beyond it, frames for it are dropped (and
@@ -111,6 +112,7 @@ class Relay:
         # compression off: datagrams are MAC'd binary, and inflating costs CPU an attacker chooses
         self._server = await serve(self._serve, self.bind, self.port, max_size=self.max_frame,
                                    compression=None, max_queue=16, close_timeout=2,
+                                   open_timeout=self.hello_timeout,  # the HTTP upgrade is late too
                                    logger=logging.getLogger("flowmesh_edge.relay.websockets"))
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("relay listening on ws://%s:%d (%d token(s), frames up to %d bytes, %g msg/s burst %d)",
@@ -190,7 +192,7 @@ class Relay:
             task = asyncio.create_task(older.connection.close(rp.CLOSE_REPLACED, rp.REASON_REPLACED))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
-        await connection.send(rp.encode_ok([m.node for m in others]))
+        await connection.send(rp.encode_ok(sorted(m.node for m in others)))
         if older is None:
             for other in others:
                 self._push(other, rp.encode_joined(hello.node))
