@@ -36,3 +36,9 @@ def test_the_package_still_exports_every_name_lazily():
             "assert all(getattr(f, n) is not None for n in f.__all__)\n"
             "from flowmesh_edge import *")
     assert loaded(code, ("psycopg",)) == ["psycopg"]
+
+
+def test_the_cli_and_the_mesh_load_no_transport_library_until_one_is_configured():
+    transports = ("websockets", "zeroconf", "bleak", "bless")
+    assert loaded("import flowmesh_edge.cli, flowmesh_edge.mesh", transports) == []
+    assert loaded("import flowmesh_edge.mesh.transports.relay", transports) == ["websockets"]
