@@ -19,7 +19,8 @@ a relay can drop or delay frames but cannot forge or alter one unnoticed.
 A refusal is a WebSocket close with a code and a reason the member logs:
 1008 (policy violation) for a missing or bad hello, a wrong token, a hello
 that came too late and a flood; 1009 (message too big) for a frame over the
-relay's size limit; 4000 when a newer connection of the same node (same
+relay's size limit; 1013 (try again later) when the relay holds as many
+members as it may; 4000 when a newer connection of the same node (same
 mesh, same node id) replaced this one.
 """
 
@@ -48,6 +49,7 @@ HELLO_TIMEOUT_S = 5.0
 #: Close codes (RFC 6455 section 7.4.1; 4000-4999 are the application's).
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1013
 CLOSE_REPLACED = 4000
 
 REASON_AUTH_REQUIRED = "authentication required"
@@ -55,6 +57,7 @@ REASON_BAD_TOKEN = "bad token"
 REASON_HELLO_TIMEOUT = "hello timeout"
 REASON_RATE_LIMIT = "rate limit"
 REASON_REPLACED = "replaced by a newer connection of the same node"
+REASON_FULL = "relay full"
 
 _MESH_ID = re.compile(r"[0-9a-f]{16}")
 

@@ -27,6 +27,10 @@ Defaults, and what each trades:
   member that reads too slowly; beyond it, frames for it are dropped (and
   counted) rather than held, so one stalled member costs memory only up to
   this and never slows delivery to the others. SWIM retransmits what matters.
+* ``max_members`` (:data:`DEFAULT_MAX_MEMBERS`, 10,000): authenticated
+  connections across all meshes; one more is closed with 1013 (try again
+  later). Each costs a socket, and at worst (a member that stopped reading)
+  ``max_buffer`` of frames queued to it: on a small host, lower both.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ DEFAULT_MAX_FRAME = rp.MAX_DATA_MESSAGE
 DEFAULT_RATE = 200.0
 DEFAULT_BURST = 400
 DEFAULT_MAX_BUFFER = 256 * 1024
+DEFAULT_MAX_MEMBERS = 10_000
 
 
 class TokenBucket:
@@ -91,7 +96,7 @@ class Relay:
     def __init__(self, bind: str = "127.0.0.1", port: int = 8765, tokens: Iterable[str] = (), *,
                  max_frame: int = DEFAULT_MAX_FRAME, rate: float = DEFAULT_RATE,
                  burst: int = DEFAULT_BURST, hello_timeout: float = rp.HELLO_TIMEOUT_S,
-                 max_buffer: int = DEFAULT_MAX_BUFFER):
+                 max_buffer: int = DEFAULT_MAX_BUFFER, max_members: int = DEFAULT_MAX_MEMBERS):
         self._tokens = [t.encode() for t in tokens]
         if not self._tokens:
             raise ValueError("a relay needs at least one token")
@@ -99,7 +104,7 @@ class Relay:
             raise ValueError(f"max_frame must be at least {rp.MAX_HELLO}, rate and burst positive")
         self.bind, self.port = bind, port
         self.max_frame, self.rate, self.burst = max_frame, rate, burst
-        self.hello_timeout, self.max_buffer = hello_timeout, max_buffer
+        self.hello_timeout, self.max_buffer, self.max_members = hello_timeout, max_buffer, max_members
         self.counters: Counter[str] = Counter()
         self.forwarded = 0
         self.connections = 0  #: accepted since start
@@ -181,10 +186,16 @@ class Relay:
             log.info("relay: bad token from %s (node %r of mesh %s)", _peer(connection), hello.node,
                      hello.mesh)
             return await self._refuse(connection, "bad_token", rp.REASON_BAD_TOKEN)
-        member = _Member(connection, hello.mesh, hello.node,
-                         TokenBucket(self.rate, self.burst, time.monotonic()))
         mesh = self._meshes.setdefault(hello.mesh, {})
         older = mesh.get(hello.node)
+        if older is None and sum(map(len, self._meshes.values())) >= self.max_members:
+            self.counters["full"] += 1
+            if not mesh:
+                del self._meshes[hello.mesh]
+            await connection.close(rp.CLOSE_TRY_AGAIN, rp.REASON_FULL)
+            return None
+        member = _Member(connection, hello.mesh, hello.node,
+                         TokenBucket(self.rate, self.burst, time.monotonic()))
         others = [m for n, m in mesh.items() if n != hello.node]
         mesh[hello.node] = member
         if older is not None:

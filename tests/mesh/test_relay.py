@@ -230,24 +230,61 @@ async def test_a_newer_connection_of_the_same_node_replaces_the_older(relay, pai
     await until(lambda: relay.members(MESH) == ["a", "b"], 5)
 
 
+async def test_a_full_relay_asks_newcomers_to_come_back_later():
+    async with Relay("127.0.0.1", 0, [TOKEN], max_members=1) as small:
+        first = await authenticated(small, "first")
+        assert rp.decode_control(await asyncio.wait_for(first.recv(), 5)).kind == "ok"
+        second = await authenticated(small, "second")
+        assert await close_of(second) == (rp.CLOSE_TRY_AGAIN, rp.REASON_FULL)
+        again = await authenticated(small, "first")  # a reconnection still replaces its older self
+        assert rp.decode_control(await asyncio.wait_for(again.recv(), 5)).kind == "ok"
+        assert await close_of(first) == (rp.CLOSE_REPLACED, rp.REASON_REPLACED)
+        await again.close()
+        assert small.counters == {"full": 1, "replaced": 1}
+
+
 async def test_members_reconnect_when_the_relay_comes_back(relay, pair):
     a, b = pair
     port = relay.port
     await relay.close()
     await until(lambda: not a._transport.connected() and not b._transport.connected(), 5)
-    await a.send("b", {"queued": True})  # waits in the transport's queue
-    got = []
-    b.on(MessageType.DIRECT, got.append)
     again = Relay("127.0.0.1", port, [TOKEN], rate=RATE, burst=BURST)
     await again.start()
     try:
         took = await until(lambda: a._transport.connected() and b._transport.connected(), 10)
-        await until(lambda: any(m.payload == {"queued": True} for m in got), 5)
+        await converged(a, b, 15)  # the outage may have cost b its place in a's view: it comes back
         await exchange(a, b, "after the restart")
     finally:
         await again.close()
     # first retry after 1 s +/- 25 %, the next 2 s later: both are back within ~3.5 s
     assert took < 4.5
+
+
+async def test_datagrams_wait_for_the_relay_within_a_bound():
+    port = free_port()
+    transport = RelayTransport("a", MESH, [(f"ws://127.0.0.1:{port}", TOKEN)], queue_limit=3, seed=1)
+    await transport.start(lambda data, source: None)
+    b = relay_address("b", "127.0.0.1", port)
+    try:
+        await until(lambda: transport._relays[0].failures >= 1, 5)  # refused: backing off >= 0.75 s
+        for n in range(5):
+            transport.send(b"datagram %d" % n, b)
+        assert transport.dropped == {"queue_full": 2} and transport.errors == [2]
+        assert not transport.broadcast(b"nobody hears this")
+        async with Relay("127.0.0.1", port, [TOKEN]) as server:
+            client = await authenticated(server, "b")  # there before a comes back
+            assert rp.decode_control(await asyncio.wait_for(client.recv(), 5)).kind == "ok"
+            got = []
+            async with asyncio.timeout(10):
+                while len(got) < 3:
+                    message = await client.recv()
+                    if isinstance(message, bytes):
+                        got.append(rp.decode_data(message))
+            assert got == [("a", b"datagram %d" % n) for n in range(3)]
+            assert transport.broadcast(b"now it goes out")
+            await client.close()
+    finally:
+        await transport.close()
 
 
 async def test_a_wrong_token_is_retried_with_backoff_and_never_logged(relay, caplog):
