@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import ssl as ssl_module
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -96,7 +97,8 @@ class Relay:
     def __init__(self, bind: str = "127.0.0.1", port: int = 8765, tokens: Iterable[str] = (), *,
                  max_frame: int = DEFAULT_MAX_FRAME, rate: float = DEFAULT_RATE,
                  burst: int = DEFAULT_BURST, hello_timeout: float = rp.HELLO_TIMEOUT_S,
-                 max_buffer: int = DEFAULT_MAX_BUFFER, max_members: int = DEFAULT_MAX_MEMBERS):
+                 max_buffer: int = DEFAULT_MAX_BUFFER, max_members: int = DEFAULT_MAX_MEMBERS,
+                 ssl: ssl_module.SSLContext | None = None):
         self._tokens = [t.encode() for t in tokens]
         if not self._tokens:
             raise ValueError("a relay needs at least one token")
@@ -105,6 +107,7 @@ class Relay:
         self.bind, self.port = bind, port
         self.max_frame, self.rate, self.burst = max_frame, rate, burst
         self.hello_timeout, self.max_buffer, self.max_members = hello_timeout, max_buffer, max_members
+        self._ssl = ssl  #: a server context: members then dial wss://
         self.counters: Counter[str] = Counter()
         self.forwarded = 0
         self.connections = 0  #: accepted since start
@@ -115,13 +118,13 @@ class Relay:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         # compression off: datagrams are MAC'd binary, and inflating costs CPU an attacker chooses
-        self._server = await serve(self._serve, self.bind, self.port, max_size=self.max_frame,
+        self._server = await serve(self._serve, self.bind, self.port, ssl=self._ssl, max_size=self.max_frame,
                                    compression=None, max_queue=16, close_timeout=2,
                                    open_timeout=self.hello_timeout,  # the HTTP upgrade is late too
                                    logger=logging.getLogger("flowmesh_edge.relay.websockets"))
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("relay listening on ws://%s:%d (%d token(s), frames up to %d bytes, %g msg/s burst %d)",
-                 self.bind, self.port, len(self._tokens), self.max_frame, self.rate, self.burst)
+        log.info("relay listening on %s (%d token(s), frames up to %d bytes, %g msg/s burst %d)",
+                 self.url, len(self._tokens), self.max_frame, self.rate, self.burst)
 
     async def close(self) -> None:
         if self._server is None:
@@ -143,7 +146,7 @@ class Relay:
     @property
     def url(self) -> str:
         host = f"[{self.bind}]" if ":" in self.bind else self.bind
-        return f"ws://{host}:{self.port}"
+        return f"{'wss' if self._ssl else 'ws'}://{host}:{self.port}"
 
     def members(self, mesh: str) -> list[str]:
         """Node ids of ``mesh`` connected now."""

@@ -24,6 +24,7 @@ from flowmesh_edge.mesh.transports.relay import RelayTransport, relay_address
 from flowmesh_edge.mesh.wire import Frame
 from flowmesh_edge.relay.server import Relay
 from tests.conftest import until
+from tests.mesh.test_websocket import self_signed
 
 KEY = b"relay-test-mesh-key-0123456789"
 MESH = mesh_id_of(KEY)
@@ -285,6 +286,24 @@ async def test_datagrams_wait_for_the_relay_within_a_bound():
             await client.close()
     finally:
         await transport.close()
+
+
+async def test_members_reach_a_relay_over_tls(tmp_path):
+    server_ctx, client_ctx = self_signed(tmp_path)
+    async with Relay("127.0.0.1", 0, [TOKEN], ssl=server_ctx) as secure:
+        assert secure.url.startswith("wss://")
+        relays = [(secure.url, TOKEN)]
+        a = MeshNode("a", mesh_key=KEY, transport=RelayTransport("a", MESH, relays, ssl=client_ctx),
+                     peers=[relay_address("b", "127.0.0.1", secure.port)])
+        b = MeshNode("b", mesh_key=KEY, transport=RelayTransport("b", MESH, relays, ssl=client_ctx))
+        await b.start()
+        await a.start()
+        try:
+            await converged(a, b)
+            await exchange(a, b, "over tls")
+        finally:
+            await a.stop()
+            await b.stop()
 
 
 async def test_a_wrong_token_is_retried_with_backoff_and_never_logged(relay, caplog):

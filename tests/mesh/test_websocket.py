@@ -175,8 +175,7 @@ def test_the_hello_names_a_websocket_listen_address_or_none():
             decode_hello(bad)
 
 
-@pytest.fixture
-def tls(tmp_path):
+def self_signed(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A self-signed certificate for 127.0.0.1: (server context, client context)."""
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -190,6 +189,11 @@ def tls(tmp_path):
     server.load_cert_chain(cert, key)
     client = ssl.create_default_context(cafile=str(cert))
     return server, client
+
+
+@pytest.fixture
+def tls(tmp_path):
+    return self_signed(tmp_path)
 
 
 async def test_members_talk_over_wss(tls):
