@@ -379,3 +379,38 @@ async def test_the_relay_command_serves_with_a_private_token_file(tmp_path):
     assert proc.returncode == 0, err
     assert f"relay listening on ws://127.0.0.1:{port}" in err and "relay stopped" in err
     assert TOKEN not in err and "second-token" not in err
+
+
+async def test_the_relay_command_serves_wss_with_a_private_key(tmp_path):
+    _, client_ctx = self_signed(tmp_path)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKEN)
+    tokens.chmod(0o600)
+    key = tmp_path / "key.pem"
+    key.chmod(0o640)
+    tls = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(key)]
+    refused = subprocess.run([sys.executable, "-m", "flowmesh_edge.cli", "relay", "--port", str(free_port()),
+                              "--token-file", str(tokens), *tls], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "TLS key" in refused.stderr and "mode 0640" in refused.stderr
+    key.chmod(0o600)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "flowmesh_edge.cli", "relay", "--port", str(port),
+                             "--token-file", str(tokens), *tls], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        client = None
+        while client is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                client = await connect(f"wss://127.0.0.1:{port}", ssl=client_ctx, open_timeout=2)
+            except OSError:
+                await asyncio.sleep(0.1)
+        assert client is not None, "the relay did not start"
+        await client.send(rp.encode_hello(rp.Hello(TOKEN, MESH, "probe")))
+        assert rp.decode_control(await asyncio.wait_for(client.recv(), 5)) == rp.Control("ok")
+        await client.close()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        _, err = await asyncio.to_thread(proc.communicate, timeout=20)
+    assert proc.returncode == 0, err
+    assert f"relay listening on wss://127.0.0.1:{port}" in err
