@@ -414,3 +414,34 @@ async def test_the_relay_command_serves_wss_with_a_private_key(tmp_path):
         _, err = await asyncio.to_thread(proc.communicate, timeout=20)
     assert proc.returncode == 0, err
     assert f"relay listening on wss://127.0.0.1:{port}" in err
+
+
+async def test_a_member_on_two_relays_is_reachable_through_either():
+    other = "another-token-0123456789"
+    async with Relay("127.0.0.1", 0, [TOKEN]) as one, Relay("127.0.0.1", 0, [other]) as two:
+        relays = [(one.url, TOKEN), (two.url, other)]
+        found, inbox = [], []
+        a = RelayTransport("a", MESH, relays)
+        b = RelayTransport("b", MESH, relays)
+        a.on_discovered(found.append)
+        await a.start(lambda data, source: inbox.append((data, source)))
+        await b.start(lambda data, source: b.send(data[::-1], source))  # answer the way it came
+        try:
+            assert a.endpoints() == [relay_address("a", "127.0.0.1", one.port),
+                                     relay_address("a", "127.0.0.1", two.port)]
+            via_one = relay_address("b", "127.0.0.1", one.port)
+            via_two = relay_address("b", "127.0.0.1", two.port)
+            await until(lambda: via_one in found and via_two in found, 10)
+            a.send(b"ping one", via_one)
+            a.send(b"ping two", via_two)
+            await until(lambda: len(inbox) == 2, 5)
+            assert sorted(inbox, key=lambda x: x[1].port) == sorted(
+                [(b"eno gnip", via_one), (b"owt gnip", via_two)], key=lambda x: x[1].port)
+            await one.close()
+            await until(lambda: a.connected() == [relay_address("a", "127.0.0.1", two.port)], 5)
+            assert a.broadcast(b"still here")  # one relay left is enough
+            a.send(b"ping again", via_two)
+            await until(lambda: (b"niaga gnip", via_two) in inbox, 5)
+        finally:
+            await a.close()
+            await b.close()
