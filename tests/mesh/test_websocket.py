@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from flowmesh_edge import MeshNode, MessageType
@@ -161,6 +162,17 @@ async def test_a_peer_that_cannot_be_dialled_costs_one_attempt_per_backoff():
         transport.send(b"x" * (MAX_DATAGRAM + 1), nowhere)
         transport.send(b"x", Address("udp", "127.0.0.1", port))
         assert transport.dropped["oversized"] == 1 and transport.dropped["not_a_websocket_address"] == 1
+        # a listener that takes the connection and then refuses us: backed off the same way
+        async def refuse(connection):
+            await connection.close(1008, "not for you")
+
+        async with serve(refuse, "127.0.0.1", 0) as server:
+            grumpy = Address("ws", "127.0.0.1", server.sockets[0].getsockname()[1])
+            transport.send(b"x" * 10, grumpy)
+            link = transport._links[grumpy]
+            await until(lambda: link.failures == 1 and link.task is None, 5)
+            transport.send(b"x" * 10, grumpy)
+            assert transport.dropped["backoff"] == 6
     finally:
         await transport.close()
 

@@ -5,7 +5,9 @@ its first send to it and keeps that one connection; datagrams sent while it
 opens wait in a short queue (the rest are dropped and counted), and after a
 failed dial the next one is tried on a later send once a backoff (1 s
 doubling to 30 s) has passed, so a peer that is gone costs one attempt per
-backoff, not one per datagram.
+backoff, not one per datagram. A connection that ends with an error (the
+peer refused our hello, vanished, sent too much) backs off the same way; one
+closed cleanly (the peer restarting) is redialled on the next send.
 
 Whoever dials speaks first, with a hello (one text message) naming the
 address it listens on, or none::
@@ -233,15 +235,13 @@ class WebSocketTransport(Transport):
                 self._deliver(message, address)
         except asyncio.CancelledError:
             raise
-        except ConnectionClosed as exc:
-            if exc.sent is not None and exc.sent.code == 1009:
-                self.dropped["oversized"] += 1
-        except Exception as exc:  # refused, unreachable, TLS, handshake: back off
+        except ConnectionClosed as exc:  # closed with an error (a clean close ends the loop quietly)
+            self._closed(exc)
+            log.debug("websocket %s closed: %s", uri, exc)
+            self._back_off(link, loop.time())
+        except Exception as exc:  # refused, unreachable, TLS, handshake
             log.debug("websocket dial %s failed: %s", uri, exc)
-            link.failures += 1
-            delay = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** (link.failures - 1))
-            link.retry_at = loop.time() + delay * (1 + BACKOFF_JITTER * (2 * self._rng.random() - 1))
-            self.errors[0] += 1
+            self._back_off(link, loop.time())
             self.dropped["dial_failed"] += len(link.queue)
         finally:
             link.queue.clear()
@@ -249,6 +249,13 @@ class WebSocketTransport(Transport):
             link.task = None
             if connection is not None:
                 await connection.close()
+
+    def _back_off(self, link: _Link, now: float) -> None:
+        """No new dial to this peer before a backoff that doubles with each failure."""
+        link.failures += 1
+        delay = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** (link.failures - 1))
+        link.retry_at = now + delay * (1 + BACKOFF_JITTER * (2 * self._rng.random() - 1))
+        self.errors[0] += 1
 
     # -- listening ------------------------------------------------------------------------------
     async def _serve(self, connection: ServerConnection) -> None:
