@@ -66,7 +66,7 @@ def read_token_file(path: Path) -> list[str]:
 @click.command()
 @click.option("--bind", default="127.0.0.1", show_default=True, envvar="FLOWMESH_RELAY_BIND",
               show_envvar=True,
-              help="Address to listen on; 0.0.0.0 to serve other hosts (put TLS in front for wss://).")
+              help="Address to listen on; 0.0.0.0 to serve other hosts (with --tls-cert for wss://).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               envvar="FLOWMESH_RELAY_PORT", show_envvar=True, help="TCP port (0: any free port).")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
