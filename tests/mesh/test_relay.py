@@ -445,3 +445,34 @@ async def test_a_member_on_two_relays_is_reachable_through_either():
         finally:
             await a.close()
             await b.close()
+
+
+def test_the_token_bucket_allows_the_burst_then_the_rate():
+    from flowmesh_edge.relay.server import TokenBucket
+
+    bucket = TokenBucket(rate=10, burst=5, now=0.0)
+    assert [bucket.take(0.0) for _ in range(6)] == [True] * 5 + [False]
+    assert bucket.take(0.05) is False  # half a token
+    assert bucket.take(0.1) is True and bucket.take(0.1) is False
+    assert sum(bucket.take(100.0) for _ in range(10)) == 5  # saving never exceeds the burst
+
+
+def test_token_files_hold_usable_tokens_only(tmp_path):
+    from flowmesh_edge.relay.command import TokenFileError, read_token_file
+
+    path = tmp_path / "tokens"
+    for text, expected in ((f"{TOKEN}", [TOKEN]), (f"# a comment\n\n  {TOKEN}  \nsecond-token-0123456789\n",
+                                                    [TOKEN, "second-token-0123456789"])):
+        path.write_text(text)
+        path.chmod(0o600)
+        assert read_token_file(path) == expected
+    for text, problem in (("short\n", "token 1 in"), (f"{TOKEN}\n{'x' * 300}\n", "token 2 in")):
+        path.write_text(text)
+        with pytest.raises(TokenFileError, match=problem) as info:
+            read_token_file(path)
+        assert "short" not in str(info.value) and "x" * 20 not in str(info.value)
+    path.chmod(0o640)
+    with pytest.raises(TokenFileError, match="mode 0640"):
+        read_token_file(path)
+    with pytest.raises(TokenFileError, match="not a regular file"):
+        read_token_file(tmp_path)
