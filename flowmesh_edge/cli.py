@@ -22,6 +22,7 @@ from .config import AgentConfig, default_node_id
 from .mesh import DEFAULT_PORT, MeshNode
 from .meshes_cli import meshes
 from .outbox import Outbox
+from .relay.command import relay
 from .shipper import Rejected, Shipper, Unreachable
 
 #: Exit code of `beat` when the heartbeat is queued but not yet in Postgres
@@ -245,6 +246,7 @@ def beat(database_url, node, tetrahedron, role, latency_ms, packet_loss, cpu_per
 
 
 main.add_command(meshes)
+main.add_command(relay)
 
 if __name__ == "__main__":
     main()

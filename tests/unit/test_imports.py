@@ -42,3 +42,9 @@ def test_mdns_is_loaded_only_when_configured():
     statement = "from flowmesh_edge.mesh import MeshNode\nimport flowmesh_edge.cli, flowmesh_edge.meshes"
     assert loaded(statement, ("zeroconf", "ifaddr")) == []
     assert loaded("import flowmesh_edge.mesh.mdns", ("zeroconf",)) == ["zeroconf"]
+
+
+def test_the_cli_and_the_mesh_load_no_transport_library_until_one_is_configured():
+    transports = ("websockets", "zeroconf", "bleak", "bless")
+    assert loaded("import flowmesh_edge.cli, flowmesh_edge.mesh", transports) == []
+    assert loaded("import flowmesh_edge.mesh.transports.relay", transports) == ["websockets"]
