@@ -214,7 +214,8 @@ class Dissemination:
         lan = not alive or self.rng.random() < 1 / host.members.size()
         if peers or lan:
             meta = json.dumps(host.meta, separators=(",", ":")).encode() if host.meta else b""
-            body = encode_discovery(host.self_update().address, meta, alone=not alive)
+            me = host.self_update()
+            body = encode_discovery(me.address, meta, alone=not alive, endpoints=me.endpoints)
             for peer in peers:
                 host.send_frame(MessageType.PEER_DISCOVERY, body, peer, piggyback=False)
             if lan:
@@ -251,11 +252,11 @@ class Dissemination:
                 MessageType.GOSSIP: self.on_gossip}
 
     def on_discovery(self, frame: Frame, addr: Address) -> None:
-        address, meta, alone = decode_discovery(frame.body)
+        address, meta, alone, endpoints = decode_discovery(frame.body)
         known = self.host.members.get(frame.sender)
         new = known is None or known.status != ALIVE or frame.incarnation > known.incarnation
         self.host.apply(Update(MessageType.ALIVE, frame.sender, frame.incarnation, address, frame.sender,
-                               meta), frame.sender, addr)
+                               meta, endpoints), frame.sender, addr)
         if alone or new:
             self.send_membership(addr, reply_wanted=False)
 

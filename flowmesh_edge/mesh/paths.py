@@ -14,9 +14,11 @@ answered by PATH_ACK on the same path):
 * the path in use every ``path_probe_active_s``; a confirmed standby every
   ``path_probe_standby_s``; a path that stopped answering every
   ``path_probe_active_s`` until it is down, then with backoff from
-  ``path_backoff_min_s`` doubling to ``path_backoff_max_s`` (with jitter), so
-  a member with no working path is still probed, ever more rarely; a frame
-  from the member on a down path has it probed at once.
+  ``path_backoff_min_s`` doubling to ``path_backoff_max_s`` (with jitter),
+  at most ``path_probe_standby_s`` apart while another path to the member
+  works, so that its return is noticed; a member with no working path is
+  still probed, ever more rarely; a frame from the member on a down path has
+  it probed at once.
 * A path is *confirmed* while its last probe was answered, no later than its
   probe interval plus ``path_trust_s`` ago; *down* after
   ``path_down_after`` unanswered probes in a row.
@@ -86,6 +88,8 @@ class Endpoint:
     #: Probes in a row that went unanswered.
     unanswered: int = 0
     next_probe: float = 0.0
+    #: The gap before the next probe, as last scheduled: how long a confirmation lasts.
+    interval: float = 1.0
     outstanding: dict[int, float] = field(default_factory=dict)  #: probe id -> loop time sent
 
     def to_dict(self, state: str) -> dict:
@@ -139,7 +143,8 @@ class ConnectionTrain:
             if stalest.address == peer.active:
                 return
             del peer.endpoints[stalest.address]
-        peer.endpoints[address] = Endpoint(address, source, next_probe=self.host.now())
+        peer.endpoints[address] = Endpoint(address, source, next_probe=self.host.now(),
+                                           interval=self.config.path_probe_active_s)
         if len(peer.endpoints) == 2:  # from now on this member's paths are probed
             for endpoint in peer.endpoints.values():
                 endpoint.next_probe = self.host.now()
@@ -221,14 +226,19 @@ class ConnectionTrain:
         if e.unanswered >= cfg.path_down_after:
             doublings = min(e.unanswered - cfg.path_down_after, 16)
             nominal = min(cfg.path_backoff_min_s * 2 ** doublings, cfg.path_backoff_max_s)
-            return min(nominal * self.rng.uniform(0.8, 1.2), cfg.path_backoff_max_s)
+            backoff = min(nominal * self.rng.uniform(0.8, 1.2), cfg.path_backoff_max_s)
+            now = self.host.now()
+            if any(self._confirmed(peer, o, now) for o in peer.endpoints.values() if o is not e):
+                # the member is reachable another way: notice this path's return soon
+                return min(backoff, cfg.path_probe_standby_s)
+            return backoff
         if e.unanswered or e.confirmed_at is None or e.address == peer.active:
             return cfg.path_probe_active_s
         return cfg.path_probe_standby_s
 
     def _confirmed(self, peer: _Peer, e: Endpoint, now: float) -> bool:
         return (e.confirmed_at is not None and not e.unanswered
-                and now - e.confirmed_at <= self._interval(peer, e) + self.config.path_trust_s)
+                and now - e.confirmed_at <= e.interval + self.config.path_trust_s)
 
     def state(self, peer: _Peer, e: Endpoint, now: float) -> str:
         if self._confirmed(peer, e, now):
@@ -258,6 +268,10 @@ class ConnectionTrain:
     def _switch(self, peer: _Peer, chosen: list[Address]) -> None:
         previous, peer.active = peer.active, chosen[0]
         endpoint = peer.endpoints[chosen[0]]
+        now = self.host.now()
+        if endpoint.next_probe > now + self.config.path_probe_active_s:
+            endpoint.next_probe = now  # in use now: probed at the active cadence from here
+            self._wake(now)
         if previous is not None:
             self.switches += 1
             rtt = f"{endpoint.rtt_s * 1000:.1f} ms" if endpoint.rtt_s is not None else "round trip unknown"
@@ -303,7 +317,7 @@ class ConnectionTrain:
 
     def _expire(self, e: Endpoint, now: float) -> None:
         for probe_id, sent_at in list(e.outstanding.items()):
-            if now - sent_at >= self._timeout(e):
+            if sent_at + self._timeout(e) <= now:  # the very sum the tick was timed by
                 del e.outstanding[probe_id]
                 self._probes.pop(probe_id, None)
                 e.unanswered += 1
@@ -317,9 +331,11 @@ class ConnectionTrain:
             self._probes.pop(oldest, None)
         e.outstanding[probe_id] = now
         self._probes[probe_id] = (peer.node_id, e.address)
-        e.next_probe = now + self._interval(peer, e)
-        self.host.send_frame(MessageType.PATH_PROBE, encode_path_probe(probe_id), e.address,
-                             piggyback=False)
+        e.interval = self._interval(peer, e)
+        e.next_probe = now + e.interval
+        # gossip rides along: a member held dead on both sides learns of the other's
+        # refutation this way, once a path answers again
+        self.host.send_frame(MessageType.PATH_PROBE, encode_path_probe(probe_id), e.address)
 
     # -- handlers (the node's dispatch table points here) -----------------------------------
     def frame_handlers(self) -> dict:
@@ -327,7 +343,7 @@ class ConnectionTrain:
 
     def on_probe(self, frame, addr: Address) -> None:
         probe_id = decode_path_probe(frame.body)
-        self.host.send_frame(MessageType.PATH_ACK, encode_path_probe(probe_id), addr, piggyback=False)
+        self.host.send_frame(MessageType.PATH_ACK, encode_path_probe(probe_id), addr)
 
     def on_ack(self, frame, addr: Address) -> None:
         probe_id = decode_path_probe(frame.body)
@@ -349,7 +365,8 @@ class ConnectionTrain:
         if e.address == peer.active:  # proven delivered on the path in use
             while peer.replay and peer.replay[0][0] <= sent_at:
                 peer.replay.popleft()
-        e.next_probe = min(e.next_probe, now + self._interval(peer, e))
+        e.interval = self._interval(peer, e)
+        e.next_probe = min(e.next_probe, now + e.interval)
         if was_down:
             self._choose(peer)  # a better path may be back
         self._wake(e.next_probe)

@@ -12,13 +12,15 @@ frame timestamps) follows virtual time: a node restarted a virtual minute
 later starts a minute's worth of incarnations higher, as a real one would.
 
 ``start_mesh`` starts n nodes on a network and joins them through the first.
+A node given several networks (``start_node(id, [lan, relay])``) has one
+transport on each: several paths, for the connection train (paths.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TypeVar
 
 from .address import Address
@@ -89,18 +91,21 @@ async def start_mesh(n: int, network: InMemoryNetwork, *, mesh_key: bytes = b"si
     return nodes
 
 
-async def start_node(node_id: str, network: InMemoryNetwork, *, mesh_key: bytes = b"simulation-mesh-key!",
+async def start_node(node_id: str, network: InMemoryNetwork | Sequence[InMemoryNetwork], *,
+                     mesh_key: bytes = b"simulation-mesh-key!",
                      config: MeshConfig | None = None, peers: list[Address] | None = None,
                      seed: int | None = None, wall_clock: Callable[[], float] | None = None) -> MeshNode:
     """Start one node on ``network`` (a new process, as far as the mesh can tell).
 
     Its wall clock is ``virtual_wall_clock`` on a virtual-time loop, unless given.
     """
-    transport = network.transport()
+    networks = [network] if isinstance(network, InMemoryNetwork) else list(network)
+    transports = [net.transport() for net in networks]
     wall = wall_clock
     if wall is None and isinstance(asyncio.get_running_loop(), VirtualTimeLoop):
         wall = virtual_wall_clock
-    node = MeshNode(node_id, mesh_key=mesh_key, config=config, transport=transport, peers=peers or [],
+    node = MeshNode(node_id, mesh_key=mesh_key, config=config,
+                    transport=transports[0] if len(transports) == 1 else transports, peers=peers or [],
                     seed=seed, wall_clock=wall)
     await node.start()
     return node

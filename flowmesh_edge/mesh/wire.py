@@ -30,6 +30,7 @@ least that high (its frames from a lower one are refused; see security.py).
 Discovery (PEER_DISCOVERY), to bootstrap peers and the LAN::
 
     u8 alone (1: the sender knows no member and wants the membership)  addr  bytes meta
+    u8 E, then E addr: the sender's other endpoints
 
 ``stamp`` is the sender's state stamp, u32 incarnation + u32 version (see
 ``state_sync.py``): every probe and ack tells its receiver how new the
@@ -493,16 +494,22 @@ def decode_epoch(body: bytes) -> int:
     return struct.unpack(">Q", body)[0]
 
 
-def encode_discovery(address: Address, meta: bytes, alone: bool) -> bytes:
-    return bytes((alone,)) + _addr(address) + _bytes16(meta)
+def encode_discovery(address: Address, meta: bytes, alone: bool,
+                     endpoints: tuple[Address, ...] = ()) -> bytes:
+    endpoints = endpoints[:MAX_ENDPOINTS]
+    return (bytes((alone,)) + _addr(address) + _bytes16(meta) + bytes((len(endpoints),))
+            + b"".join(_addr(a) for a in endpoints))
 
 
-def decode_discovery(body: bytes) -> tuple[Address, bytes, bool]:
+def decode_discovery(body: bytes) -> tuple[Address, bytes, bool, tuple[Address, ...]]:
     r = _Reader(body)
     alone = r.u8()
     if alone > 1:
         raise WireError("malformed", f"discovery flag {alone}")
-    out = (r.addr(), r.bytes16(), bool(alone))
+    address, meta, count = r.addr(), r.bytes16(), r.u8()
+    if count > MAX_ENDPOINTS:
+        raise WireError("malformed", f"{count} endpoints, limit {MAX_ENDPOINTS}")
+    out = (address, meta, bool(alone), tuple(r.addr() for _ in range(count)))
     r.done()
     return out
 

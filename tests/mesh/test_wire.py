@@ -19,7 +19,8 @@ u32 = st.integers(0, 2**32 - 1)
 addresses = st.builds(Address, st.sampled_from(["udp", "mem", "ws", "ble-gatt"]), st.text(max_size=20),
                       st.integers(0, 65535))
 updates = st.builds(Update, st.sampled_from(wire.UPDATE_KINDS), ids, u32, addresses,
-                    st.one_of(st.just(""), ids), st.binary(max_size=40))
+                    st.one_of(st.just(""), ids), st.binary(max_size=40),
+                    st.lists(addresses, max_size=wire.MAX_ENDPOINTS).map(tuple))
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 payloads = st.dictionaries(st.text(max_size=10), json_scalars, max_size=6)
 envelopes = st.builds(Envelope, ids, u32, payloads, st.integers(0, 255), st.integers(0, 255),

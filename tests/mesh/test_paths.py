@@ -1,0 +1,174 @@
+"""The connection train (paths.py), in virtual time on in-memory networks.
+
+Two members share a LAN (``mem``, fast) and a relay-like path (``relay``,
+30 ms each way, no broadcast). The LAN is cut and restored while one sends a
+numbered stream to the other: the sender must move to the relay within 3 s
+and back to the LAN when it returns, with every message delivered exactly once,
+and nobody declared dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from flowmesh_edge.mesh import Address, InMemoryNetwork, LinkConditions, MeshConfig, MessageType
+from flowmesh_edge.mesh.simulation import converge, run_virtual, start_mesh, start_node
+from tests.conftest import until
+
+
+def networks(seed: int) -> tuple[InMemoryNetwork, InMemoryNetwork]:
+    lan = InMemoryNetwork(seed=seed)
+    relay = InMemoryNetwork(seed=seed + 1, name="relay", broadcast=False,
+                            conditions=LinkConditions(delay_s=0.03, jitter_s=0.01))
+    return lan, relay
+
+
+def on(network: InMemoryNetwork, node) -> Address:
+    """The node's address on that network."""
+    return node._transport.get(network.name).address
+
+
+async def pair(seed: int, config: MeshConfig | None = None):
+    """Two members, each on both networks, joined through the LAN; both paths confirmed."""
+    lan, relay = networks(seed)
+    a = await start_node("a", [lan, relay], seed=seed, config=config)
+    b = await start_node("b", [lan, relay], peers=[a.address], seed=seed + 100, config=config)
+    await converge([a, b])
+
+    def both_paths_confirmed() -> bool:
+        for node, other in ((a, "b"), (b, "a")):
+            endpoints = node.stats().paths.get(other, {}).get("endpoints", [])
+            if sorted(e["state"] for e in endpoints) != ["active", "standby"]:
+                return False
+        return True
+
+    await until(both_paths_confirmed, 15)
+    return lan, relay, a, b
+
+
+def test_a_member_learns_every_path_of_another_and_uses_the_preferred_one():
+    async def main():
+        _, _, a, b = await pair(1)
+        view = a.stats().paths["b"]
+        assert view["transport"] == "mem"  # the LAN before the relay
+        assert [e["address"].split(":")[0] for e in view["endpoints"]] == ["mem", "relay"]
+        assert all(e["rtt_ms"] is not None for e in view["endpoints"])
+        assert a.peers()["b"].path.transport == "mem"
+        await a.stop()
+        await b.stop()
+
+    run_virtual(main())
+
+
+async def stream_through_a_cut(seed: int, *, rng: random.Random) -> dict:
+    """Send 1 message every 50 ms from a to b for 30 s; cut a's LAN at a random time
+    in the first 10 s for 8-12 s. Return what happened."""
+    loop = asyncio.get_running_loop()
+    lan, relay, a, b = await pair(seed)
+    received: list[int] = []
+    b.on(MessageType.DIRECT, lambda m: received.append(m.payload["n"]))
+    switches: list[tuple[float, str]] = []
+    a.on_path(lambda node, address, previous, rtt: switches.append((loop.time(), address.transport))
+              if node == "b" else None)
+    deaths: list[str] = []
+    for node in (a, b):
+        node.on_member(lambda e, p: deaths.append(e.node_id) if e.kind == "dead" else None)
+    cut_at = loop.time() + rng.uniform(2, 10)
+    restore_at = cut_at + rng.uniform(8, 12)
+    cut = restored = False
+    total = 600
+    for n in range(total):
+        now = loop.time()
+        if not cut and now >= cut_at:
+            lan.cut(a.address)
+            cut, cut_at = True, now
+        if cut and not restored and now >= restore_at:
+            lan.restore(a.address)
+            restored, restore_at = True, now
+        await a.send("b", {"n": n})
+        await asyncio.sleep(0.05)
+    await until(lambda: len(set(received)) == total, 10)
+    await asyncio.sleep(1)  # any late duplicate would show now
+    to_relay = [t - cut_at for t, transport in switches if transport == "relay" and t >= cut_at]
+    back = [t - restore_at for t, transport in switches if transport == "mem" and t >= restore_at]
+    result = {"received": received, "total": total, "failover_s": to_relay[0] if to_relay else None,
+              "return_s": back[0] if back else None, "deaths": deaths,
+              "replayed": a.paths.replayed, "final": a.stats().paths["b"]["transport"]}
+    await a.stop()
+    await b.stop()
+    return result
+
+
+def test_a_cut_lan_fails_over_to_the_relay_within_3s_and_back_with_every_message_once():
+    """20 trials with random cut times and lengths: each one fails over within 3 s,
+    returns to the LAN, delivers all 600 messages exactly once, declares nobody dead."""
+
+    async def main():
+        rng = random.Random(9)
+        return [await stream_through_a_cut(seed, rng=rng) for seed in range(20)]
+
+    results = run_virtual(main())
+    for r in results:
+        assert sorted(r["received"]) == list(range(r["total"])), "lost or duplicated"
+        assert r["failover_s"] is not None and r["failover_s"] <= 3.0, r["failover_s"]
+        assert r["return_s"] is not None and r["return_s"] <= 6.0, r["return_s"]
+        assert r["final"] == "mem"
+        assert r["deaths"] == []
+    # messages sent on the LAN after it was cut, before the switch, were sent again
+    assert sum(r["replayed"] for r in results) > 0
+
+
+def test_a_member_reachable_only_over_the_relay_stays_alive():
+    async def main():
+        lan, _, a, b = await pair(2)
+        events: list[str] = []
+        a.on_member(lambda e, p: events.append(e.kind))
+        lan.cut(b.address)
+        await asyncio.sleep(60)
+        assert a.peers()["b"].status == "alive"
+        assert "dead" not in events
+        assert a.stats().paths["b"]["transport"] == "relay"
+        await a.stop()
+        await b.stop()
+
+    run_virtual(main())
+
+
+def test_with_every_path_cut_probes_back_off_and_the_member_comes_back_when_one_returns():
+    async def main():
+        # the dead stay listed (and probed) for the whole test
+        lan, relay, a, b = await pair(3, MeshConfig(dead_reap_s=600))
+        lan.cut(b.address)
+        relay.cut(on(relay, b))
+        await until(lambda: a.peers()["b"].status == "dead", 30)
+        probes = a.stats().sent_by_type.get("PATH_PROBE", 0)
+        await asyncio.sleep(240)
+        later = a.stats().sent_by_type.get("PATH_PROBE", 0) - probes
+        # two paths probed every second: 480 probes; doubling waits up to 60 s: about 12
+        assert 4 <= later <= 30, later
+        relay.restore(on(relay, b))
+        # a probe gets through; b, told it is held dead, refutes
+        await until(lambda: a.peers()["b"].status == "alive", 90)
+        await until(lambda: a.stats().paths["b"]["transport"] == "relay", 10)
+        await a.stop()
+        await b.stop()
+
+    run_virtual(main())
+
+
+def test_a_mesh_on_one_network_sends_no_path_probes():
+    """One endpoint per member: SWIM alone watches them, as before the train."""
+
+    async def main():
+        net = InMemoryNetwork(seed=4)
+        nodes = await start_mesh(5, net)
+        await converge(nodes)
+        await asyncio.sleep(30)
+        sent = [n.stats().sent_by_type for n in nodes]
+        for n in nodes:
+            await n.stop()
+        return sent
+
+    for by_type in run_virtual(main()):
+        assert "PATH_PROBE" not in by_type and "PATH_ACK" not in by_type
