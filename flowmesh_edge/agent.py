@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from flowmesh import __version__
 
 from .config import AgentConfig
-from .mesh import MeshMessage, MeshNode, MessageType
+from .links import MeshLinks
+from .mesh import Address, MeshMessage, MeshNode, MessageType
 from .mesh.membership import MemberEvent, PeerInfo
 from .metrics import MetricsSampler
 from .outbox import EVENT, Outbox
@@ -104,11 +105,15 @@ class Agent:
         shipper: Shipper,
         sample: Callable[[], dict] | None = None,
         mesh: MeshNode | None = None,
+        links: MeshLinks | None = None,
     ):
+        """``mesh``: one mesh node to run; ``links``: every mesh the agent joins
+        (links.py), the first of which reports in the heartbeats."""
         self.config = config
         self.outbox = outbox
         self.shipper = shipper
-        self.mesh = mesh
+        self.links = links
+        self.mesh = links.primary if links is not None else mesh
         self._pending_events: set[asyncio.Task] = set()
         self._sample = sample or MetricsSampler().sample
         self._wake = asyncio.Event()
@@ -145,6 +150,14 @@ class Agent:
             self._record_event({"kind": event.kind, "subject": event.node_id,
                                 "incarnation": event.incarnation, "details": details})
 
+    def _on_path(self, peer: str, address: Address, previous: Address | None, rtt_s: float | None) -> None:
+        """The path to a member changed (the connection train): record it, so that an
+        operator sees a device alive over the relay (nodes.mesh_transport)."""
+        self._record_event({"kind": "path", "subject": peer, "details": {
+            "transport": address.transport, "address": str(address),
+            "previous": str(previous) if previous is not None else None,
+            "rtt_ms": round(rtt_s * 1000, 3) if rtt_s is not None else None}})
+
     def _on_alert(self, message: MeshMessage) -> None:
         self._record_event({
             "kind": "alert", "subject": message.origin,
@@ -169,9 +182,15 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> AgentStats:
         """Run until ``stop`` is set, then try to ship what is queued."""
-        if self.mesh is not None:
-            self.mesh.on_member(self._on_member)
-            self.mesh.on(MessageType.ALERT, self._on_alert)
+        nodes = [link.node for link in self.links.links] if self.links is not None else \
+            [self.mesh] if self.mesh is not None else []
+        for node in nodes:
+            node.on_member(self._on_member)
+            node.on(MessageType.ALERT, self._on_alert)
+            node.on_path(self._on_path)
+        if self.links is not None:
+            await self.links.start()
+        elif self.mesh is not None:
             await self.mesh.start()
         self._shipper_thread = ShipperThread()
         sampler = asyncio.create_task(self._sample_loop(stop), name="flowmesh-sampler")
@@ -184,8 +203,10 @@ class Agent:
             # the sampler is not cancelled: it ends at once, after the heartbeat
             # it may be writing (a cancelled write would be queued but not counted)
             shipper.cancel()  # a call in flight goes on in its thread; the flush queues behind it
-            if self.mesh is not None:
-                await self.mesh.stop()  # says goodbye, so peers record "left" at once
+            if self.links is not None:
+                await self.links.stop()  # says goodbye, so peers record "left" at once
+            elif self.mesh is not None:
+                await self.mesh.stop()
             await asyncio.gather(*self._pending_events, return_exceptions=True)
             await asyncio.gather(sampler, shipper, return_exceptions=True)
             await self._final_flush(deadline)

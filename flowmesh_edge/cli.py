@@ -19,8 +19,9 @@ from flowmesh.errors import DatabaseUnreachable
 
 from .agent import Agent
 from .config import AgentConfig, default_node_id
-from .mesh import DEFAULT_PORT, MeshNode
-from .meshes_cli import meshes
+from .links import MeshLinks, MeshOptions
+from .mesh import DEFAULT_PORT, Address
+from .meshes_cli import meshes, meshes_file_option
 from .outbox import Outbox
 from .relay.command import relay
 from .shipper import Rejected, Shipper, Unreachable
@@ -102,24 +103,45 @@ def main() -> None:
 @outbox_option
 @click.option("--mesh-key", envvar="FLOWMESH_MESH_KEY", show_envvar=True, metavar="SECRET",
               help="Join the peer mesh, authenticating every datagram with this shared secret "
-              "(16+ bytes). Without it the agent does not join a mesh.")
+              "(16+ bytes); the mesh is saved (meshes.json). Without it the agent rejoins the saved "
+              "meshes, if any.")
 @click.option("--mesh-port", type=click.IntRange(0, 65535), default=DEFAULT_PORT,
               show_default=True, envvar="FLOWMESH_MESH_PORT", show_envvar=True,
               help="UDP port of the mesh (discovery broadcasts go to it).")
 @click.option("--mesh-bind", default="0.0.0.0", show_default=True, envvar="FLOWMESH_MESH_BIND",
               show_envvar=True,
               help="Address to listen on; 0.0.0.0 also enables LAN broadcast discovery.")
-@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT",
-              help="A member to join through (repeatable); not needed on one LAN.")
+@click.option("--mesh-name", envvar="FLOWMESH_MESH_NAME", show_envvar=True,
+              help="A name for the mesh of --mesh-key in the saved meshes [default: its id].")
+@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT|ADDRESS",
+              help="A member to join through (repeatable): HOST:PORT over UDP, or an address "
+              "such as ws:HOST:PORT; not needed on one LAN.")
+@click.option("--relay", "relays", multiple=True, metavar="URL", envvar="FLOWMESH_RELAY", show_envvar=True,
+              help="A relay to reach members through, ws://HOST:PORT or wss://HOST:PORT "
+              "(repeatable; the variable holds URLs separated by spaces).")
+@click.option("--relay-token-file", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="FLOWMESH_RELAY_TOKEN_FILE", show_envvar=True,
+              help="The relay token, in a file of mode 0600 (needed with --relay).")
+@click.option("--ws-port", type=click.IntRange(0, 65535), envvar="FLOWMESH_WS_PORT", show_envvar=True,
+              help="Listen for WebSocket peers on this port (0: a free one) [default: off].")
+@click.option("--mdns/--no-mdns", default=False, show_default=True, envvar="FLOWMESH_MDNS",
+              show_envvar=True, help="Advertise this member and find others over mDNS.")
+@click.option("--ble/--no-ble", default=False, show_default=True, envvar="FLOWMESH_BLE", show_envvar=True,
+              help="Reach members over Bluetooth LE (needs BlueZ).")
+@meshes_file_option
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backoff_max_s,
-        flush_timeout_s, db_timeout_s, outbox, mesh_key, mesh_port, mesh_bind, peers, log_level) -> None:
+        flush_timeout_s, db_timeout_s, outbox, mesh_key, mesh_port, mesh_bind, mesh_name, peers, relays,
+        relay_token_file, ws_port, mdns, ble, meshes_file, log_level) -> None:
     """Sample local metrics and send heartbeats until stopped (SIGINT/SIGTERM).
 
     With --mesh-key the agent also joins the peer mesh: it finds the other
-    members of its tetrahedron, watches them, and records what it sees
-    (joined, suspect, dead, left, recovered, alerts) in Postgres.
+    members of its tetrahedron (over the LAN, and the relays, WebSocket peers,
+    mDNS and Bluetooth LE given), watches them, fails over between the paths
+    to each, and records what it sees (joined, suspect, dead, left, recovered,
+    alerts, the path in use) in Postgres. The mesh is saved in meshes.json; a
+    later run without --mesh-key rejoins every saved mesh by itself.
     """
     _setup_logging(log_level)
     config = _config(
@@ -129,14 +151,29 @@ def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backof
         flush_timeout_s=flush_timeout_s, db_timeout_s=db_timeout_s, database_url=database_url,
         outbox_path=outbox,
     )
-    mesh_options = None
-    if mesh_key:
-        if len(mesh_key.encode()) < 16:
-            raise click.BadParameter("must be at least 16 bytes", param_hint="--mesh-key")
-        mesh_options = {"mesh_key": mesh_key, "port": mesh_port, "bind": mesh_bind,
-                        "peers": [_host_port(p) for p in peers]}
-    elif peers:
-        raise click.UsageError("--peer needs --mesh-key (the mesh is authenticated)")
+    if mesh_key and len(mesh_key.encode()) < 16:
+        raise click.BadParameter("must be at least 16 bytes", param_hint="--mesh-key")
+    if not mesh_key and (peers or relays or ws_port is not None or mdns or ble or mesh_name):
+        raise click.UsageError("--peer, --relay, --ws-port, --mdns, --ble and --mesh-name need "
+                               "--mesh-key (the mesh is authenticated)")
+    relays = [url for value in relays for url in value.split()]
+    for url in relays:
+        if not re.fullmatch(r"wss?://[^/\s]+(/\S*)?", url):
+            raise click.BadParameter(f"{url!r} is not a ws:// or wss:// URL", param_hint="--relay")
+    token = None
+    if relays:
+        if relay_token_file is None:
+            raise click.UsageError("--relay needs --relay-token-file (the relay refuses strangers)")
+        from .relay.command import TokenFileError, read_token_file
+
+        try:
+            token = read_token_file(relay_token_file)[0]
+        except TokenFileError as exc:
+            raise click.BadParameter(str(exc), param_hint="--relay-token-file") from None
+    mesh_options = MeshOptions(
+        mesh_key=mesh_key, mesh_name=mesh_name, port=mesh_port, bind=mesh_bind,
+        peers=[_peer_address(p) for p in peers], relays=relays, relay_token=token, ws_port=ws_port,
+        mdns=mdns, ble=ble, meshes_file=meshes_file)
     # Found (the embedded server started, created, migrated) on the first
     # connection, not here: a database that is down, starting or full at
     # start-up is retried with backoff while the agent samples into its outbox.
@@ -152,25 +189,34 @@ def _config(**values) -> AgentConfig:
         raise click.UsageError(str(exc)) from None
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def _peer_address(text: str) -> Address:
+    """HOST:PORT (UDP) or an address naming its transport (ws:HOST:PORT)."""
+    transport, sep, rest = text.partition(":")
+    if sep and re.fullmatch(r"[a-z][a-z0-9-]{0,15}", transport) and ":" in rest:
+        try:
+            return Address.parse(text)
+        except ValueError:
+            pass
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint="--peer")
-    return host, int(port)
+        raise click.BadParameter(f"{text!r} is not HOST:PORT or TRANSPORT:HOST:PORT", param_hint="--peer")
+    return Address.udp(host.strip("[]"), int(port))
 
 
 async def _run(config: AgentConfig, url: str | Callable[[], str],
-               mesh_options: dict | None = None) -> None:
+               mesh_options: MeshOptions | None = None) -> None:
     log = logging.getLogger("flowmesh_edge")
     path = config.resolved_outbox_path()
     with Outbox(path) as outbox:
         shipper = Shipper(outbox, url, batch_size=config.batch_size,
                           call_timeout_s=config.db_timeout_s)
-        mesh = None
+        links = None
         if mesh_options is not None:
             meta = {"tetrahedron": config.tetrahedron, **({"role": config.role} if config.role else {})}
-            mesh = MeshNode(config.node_id, meta=meta, **mesh_options)
-        agent = Agent(config, outbox, shipper, mesh=mesh)
+            links = MeshLinks(config.node_id, mesh_options, meta)
+            if not links.build():
+                links = None
+        agent = Agent(config, outbox, shipper, links=links)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -181,8 +227,8 @@ async def _run(config: AgentConfig, url: str | Callable[[], str],
             outbox.pending(),
         )
         stats = await agent.run(stop)
-        if mesh is not None:
-            log.info("mesh: %s", mesh.stats().as_dict())
+        for link in links.links if links is not None else []:
+            log.info("mesh %s: %s", link.mesh_id, link.node.stats().as_dict())
         log.info(
             "stopped: %d heartbeats sampled, %d mesh events, %d shipped, %d in the outbox",
             stats.sampled, stats.events, stats.shipped.shipped, outbox.pending(),

@@ -330,16 +330,19 @@ class MeshNode:
     def handlers(self, mtype: MessageType) -> list[Handler]:
         return list(self._handlers.get(mtype, ()))
 
+    def endpoints(self) -> list[Address]:
+        """Where members can reach this node, its address first, one per path (no
+        host when bound to every interface: they take the one our datagrams come from)."""
+        every = [self.address, *self._transport.endpoints()]
+        return list(dict.fromkeys(a.with_host("") if a.is_wildcard else a for a in every))
+
     def self_update(self) -> Update:
-        """ALIVE about this node, at the address members should use (no host when
-        bound to every interface: they take the one our datagrams come from), with
-        the endpoints of its other transports."""
-        address, *others = [a.with_host("") if a.is_wildcard else a
-                            for a in [self.address, *self._transport.endpoints()]]
-        endpoints = tuple(dict.fromkeys(a for a in others if a != address))
+        """ALIVE about this node, at the address members should use, with the
+        endpoints of its other transports."""
+        address, *endpoints = self.endpoints()
         meta = json.dumps(self.meta, separators=(",", ":")).encode() if self.meta else b""
         return Update(MessageType.ALIVE, self.node_id, self.incarnation, address, self.node_id, meta,
-                      endpoints)
+                      tuple(endpoints))
 
     def handles(self, address: Address) -> bool:
         """Whether one of this node's transports can send to ``address``."""

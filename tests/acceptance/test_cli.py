@@ -292,7 +292,7 @@ def test_two_agents_on_the_mesh_record_a_death(db_url, tmp_path):
         procs[0].send_signal(signal.SIGTERM)
         assert procs[0].wait(timeout=20) == 0, logs[0].close()
         err = logs[0].close()
-        assert "mesh: " in err and "Traceback" not in err
+        assert re.search(r"mesh [0-9a-f]{16}: \{", err) and "Traceback" not in err
     finally:
         for p in procs:
             if p.poll() is None:
@@ -303,9 +303,12 @@ def test_two_agents_on_the_mesh_record_a_death(db_url, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--peer", "127.0.0.1:9"], "--peer needs --mesh-key"),
+    (["--peer", "127.0.0.1:9"], "need --mesh-key"),
+    (["--relay", "ws://127.0.0.1:9"], "need --mesh-key"),
     (["--mesh-key", "short"], "at least 16 bytes"),
     (["--mesh-key", "0123456789abcdef0", "--peer", "nonsense"], "is not HOST:PORT"),
+    (["--mesh-key", "0123456789abcdef0", "--relay", "http://x:1"], "is not a ws:// or wss:// URL"),
+    (["--mesh-key", "0123456789abcdef0", "--relay", "ws://127.0.0.1:9"], "needs --relay-token-file"),
 ])
 def test_mesh_flags_are_checked(args, message):
     result = run([*script("flowmesh-edge"), "run", "--database-url", UNREACHABLE, *args])

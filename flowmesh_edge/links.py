@@ -1,0 +1,248 @@
+"""Which meshes the agent joins, over which transports, and what it remembers of them.
+
+``flowmesh-edge run`` joins the mesh of ``--mesh-key`` (saving it in
+``meshes.json``) and every saved mesh with auto-reconnect on. Each mesh is one
+:class:`~flowmesh_edge.mesh.MeshNode` with its own transports:
+
+* UDP, always (the primary: its address is the member's), on ``--mesh-port``
+  for the first mesh and a free port for the others (one socket per port);
+* a WebSocket listener with ``--ws-port`` (first mesh);
+* the relays: ``--relay`` URLs with the ``--relay-token-file`` token for the
+  first mesh, and each saved mesh's own relay;
+* Bluetooth LE with ``--ble`` (first mesh);
+
+and, with ``--mdns``, an mDNS advertisement and browser feeding the node what
+it finds. A transport that is not configured is not imported.
+
+Saved endpoints seed each node's peers, most recently successful first. While
+running, every path switch and every member joined is recorded in the saved
+mesh (endpoint, round trip, connected over which transport), written at most
+every ``SAVE_EVERY_S`` and at stop. A mesh forgotten meanwhile
+(``flowmesh-edge meshes forget``) is left at the next write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .mesh import Address, MeshNode
+from .mesh.membership import MemberEvent, PeerInfo
+from .mesh.security import mesh_id_of
+from .mesh.transport import Transport
+from .mesh.transports.udp import UdpTransport
+from .meshes import MeshesFileError, SavedMesh, SavedMeshes
+
+log = logging.getLogger("flowmesh_edge.links")
+
+#: Seconds between writes of meshes.json while the agent runs (and at stop).
+SAVE_EVERY_S = 30.0
+
+
+@dataclass
+class MeshOptions:
+    """What the command line says about the mesh."""
+
+    mesh_key: str | None = None
+    mesh_name: str | None = None
+    port: int = 9999
+    bind: str = "0.0.0.0"
+    peers: list[Address] = field(default_factory=list)
+    relays: list[str] = field(default_factory=list)
+    relay_token: str | None = None
+    ws_port: int | None = None
+    mdns: bool = False
+    ble: bool = False
+    meshes_file: Path | None = None
+    #: mDNS interfaces (None: zeroconf's default, every one); tests use 127.0.0.1.
+    mdns_interfaces: list[str] | None = None
+
+
+@dataclass
+class Link:
+    """One joined mesh: its node, its saved record's id, its mDNS discovery."""
+
+    mesh_id: str
+    node: MeshNode
+    mdns: object | None = None
+
+
+class MeshLinks:
+    """Every mesh this agent is a member of. ``meta`` goes to every node."""
+
+    def __init__(self, node_id: str, options: MeshOptions, meta: dict | None = None):
+        self.node_id = node_id
+        self.options = options
+        self.meta = dict(meta or {})
+        self.links: list[Link] = []
+        self.store: SavedMeshes | None = None
+        self._saver: asyncio.Task | None = None
+        self._dirty = False
+        self._mtime: int | None = None  #: of meshes.json, as we last read or wrote it
+
+    # -- what to join ----------------------------------------------------------------------
+    def plan(self) -> list[tuple[SavedMesh | None, str]]:
+        """(saved record, mesh key) of each mesh to join, the command line's first."""
+        opts = self.options
+        try:
+            self.store = SavedMeshes.load(opts.meshes_file)
+            with contextlib.suppress(OSError):
+                self._mtime = self.store.path.stat().st_mtime_ns
+        except MeshesFileError as exc:
+            # reported, left as it is, never overwritten: the agent runs without it
+            log.error("%s; saved meshes are not used or updated", exc)
+            self.store = None
+        joined: list[tuple[SavedMesh | None, str]] = []
+        if opts.mesh_key:
+            saved = None
+            if self.store is not None:
+                saved = self.store.add_or_update(
+                    opts.mesh_key, opts.mesh_name, founder=None,
+                    relay_url=opts.relays[0] if opts.relays else None,
+                    relay_token=opts.relay_token if opts.relays else None)
+                self._dirty = True
+            joined.append((saved, opts.mesh_key))
+        if self.store is not None:
+            first = mesh_id_of(opts.mesh_key) if opts.mesh_key else None
+            for saved in self.store.auto_reconnect():
+                if saved.mesh_id != first:
+                    joined.append((saved, saved.mesh_key))
+        return joined
+
+    def build(self) -> list[Link]:
+        """The nodes, one per mesh to join (none: no key given, nothing saved)."""
+        for index, (saved, key) in enumerate(self.plan()):
+            self.links.append(Link(mesh_id_of(key), self._node(index, saved, key)))
+        return self.links
+
+    def _node(self, index: int, saved: SavedMesh | None, key: str) -> MeshNode:
+        opts = self.options
+        first = index == 0
+        port = opts.port if first else 0
+        udp = UdpTransport(opts.bind, port, "255.255.255.255" if first and opts.bind in ("0.0.0.0", "")
+                           else None)
+        transports: list[Transport] = [udp]
+        if first and opts.ws_port is not None:
+            from .mesh.transports.websocket import WebSocketTransport
+
+            transports.append(WebSocketTransport(opts.bind, opts.ws_port))
+        relays = [(url, opts.relay_token or "") for url in opts.relays] if first else []
+        if saved is not None and saved.relay_url and saved.relay_token \
+                and saved.relay_url not in {url for url, _ in relays}:
+            relays.append((saved.relay_url, saved.relay_token))
+        if relays:
+            from .mesh.transports.relay import RelayTransport
+
+            transports.append(RelayTransport(self.node_id, mesh_id_of(key), relays))
+        if first and opts.ble:
+            from .mesh.transports.ble import BleTransport
+
+            transports.append(BleTransport(self.node_id, mesh_id_of(key)))
+        peers = list(opts.peers) if first else []
+        if saved is not None:
+            for endpoint in saved.endpoints:  # most recent success first (auto_reconnect's order)
+                with contextlib.suppress(ValueError):
+                    address = Address.parse(endpoint.address)
+                    if address not in peers:
+                        peers.append(address)
+        return MeshNode(self.node_id, port=port, bind=opts.bind, mesh_key=key, peers=peers,
+                        meta=self.meta, transport=transports if len(transports) > 1 else udp)
+
+    @property
+    def primary(self) -> MeshNode | None:
+        return self.links[0].node if self.links else None
+
+    # -- running ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        for link in self.links:
+            node = link.node
+            node.on_path(self._path_handler(link))
+            node.on_member(self._member_handler(link))
+            await node.start()
+            if self.options.mdns:
+                from .mesh.mdns import MdnsDiscovery
+
+                def found(peer: str, addresses: list[Address], node: MeshNode = node) -> None:
+                    for address in addresses:
+                        node.add_peer(address, peer, "mdns")
+
+                link.mdns = MdnsDiscovery(self.node_id, link.mesh_id, node.endpoints, found,
+                                          interfaces=self.options.mdns_interfaces)
+                try:
+                    await link.mdns.start()
+                except Exception as exc:  # no multicast here: the mesh goes on without it
+                    log.warning("mDNS discovery is off for mesh %s: %s", link.mesh_id, exc)
+                    link.mdns = None
+        if self.store is not None:
+            self._saver = asyncio.get_running_loop().create_task(self._save_every(), name="meshes.json")
+
+    async def stop(self) -> None:
+        if self._saver is not None:
+            self._saver.cancel()
+            await asyncio.gather(self._saver, return_exceptions=True)
+            self._saver = None
+        for link in self.links:
+            if link.mdns is not None:
+                await link.mdns.close()
+                link.mdns = None
+            await link.node.stop()
+        await self.save()
+
+    def _path_handler(self, link: Link) -> Callable[..., None]:
+        def on_path(peer: str, address: Address, previous: Address | None, rtt_s: float | None) -> None:
+            if self.store is None or link.mesh_id not in self.store:
+                return
+            now = time.time()
+            self.store.record_endpoint(link.mesh_id, peer, address,
+                                       rtt_s * 1000 if rtt_s is not None else None, now)
+            self.store.record_connected(link.mesh_id, address.transport, now)
+            self._dirty = True
+        return on_path
+
+    def _member_handler(self, link: Link) -> Callable[[MemberEvent, PeerInfo | None], None]:
+        def on_member(event: MemberEvent, peer: PeerInfo | None) -> None:
+            if event.kind not in ("joined", "recovered") or peer is None or self.store is None \
+                    or link.mesh_id not in self.store or not peer.address.host:
+                return
+            now = time.time()
+            self.store.record_endpoint(link.mesh_id, peer.node_id, peer.address, None, now)
+            self.store.record_connected(link.mesh_id, peer.address.transport, now)
+            self._dirty = True
+        return on_member
+
+    async def _save_every(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_EVERY_S)
+            if self._file_changed():  # another process wrote it: perhaps a forget
+                self._dirty = True
+            await self.save()
+
+    def _file_changed(self) -> bool:
+        try:
+            return self.store is not None and self.store.path.stat().st_mtime_ns != self._mtime
+        except OSError:
+            return False
+
+    async def save(self) -> None:
+        """Write meshes.json when something changed; leave the meshes forgotten meanwhile."""
+        if self.store is None or not self._dirty:
+            return
+        self._dirty = False
+        try:
+            forgotten = await asyncio.to_thread(self.store.save)
+            self._mtime = self.store.path.stat().st_mtime_ns
+        except (MeshesFileError, OSError) as exc:
+            log.error("%s; saved meshes are no longer updated", exc)
+            self.store = None
+            return
+        for link in [x for x in self.links if x.mesh_id in forgotten]:
+            log.info("mesh %s was forgotten (flowmesh-edge meshes forget): leaving it", link.mesh_id)
+            if link.mdns is not None:
+                await link.mdns.close()
+            await link.node.stop()
+            self.links.remove(link)
