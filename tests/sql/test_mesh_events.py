@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from flowmesh.queries import query
 from tests.conftest import acting_as, register
 
 
@@ -53,8 +57,9 @@ def path(seq, subject, transport, observer="pi", at=None, **details):
 
 
 def transport_of(conn, node_id):
-    return conn.execute("select mesh_transport, mesh_transport_rtt_ms, extract(epoch from mesh_transport_at), "
-                        "mesh_transport_reported_by from nodes where node_id = %s", (node_id,)).fetchone()
+    return conn.execute("select mesh_transport, mesh_transport_rtt_ms, "
+                        "extract(epoch from mesh_transport_at), mesh_transport_reported_by "
+                        "from nodes where node_id = %s", (node_id,)).fetchone()
 
 
 def test_path_events_set_the_transport_idempotently_and_only_forward(conn):
@@ -95,6 +100,23 @@ def test_a_path_event_leaves_mesh_status_alone(conn):
     events(conn, tid, [path(4, "door", "ble", at=now)])
     assert conn.execute("select mesh_status, mesh_transport from nodes where node_id = 'door'"
                         ).fetchone() == (None, "ble")
+
+
+def test_flowmesh_nodes_shows_a_member_alive_but_on_the_relay(conn, db_url):
+    tid = register(conn, "home", "pi")
+    now = time.time() - 60
+    events(conn, tid, [ev(1, "joined", "cam", at=now - 1), path(2, "cam", "relay", at=now, rtt_ms=71.9)])
+    cur = conn.execute(query("list_nodes"), {"tetrahedron": "home"})
+    names = [c.name for c in cur.description]
+    assert {r[names.index("node_id")]: (r[names.index("mesh_status")], r[names.index("mesh_transport")])
+            for r in cur} == {"pi": (None, None), "cam": ("alive", "relay")}
+    # the command's table: a mesh_transport column, cam's row reading relay under it
+    flowmesh = Path(sys.executable).parent / "flowmesh"
+    out = subprocess.run([str(flowmesh), "nodes", "--database-url", db_url],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    column = out[0].index("mesh_transport")
+    cam = next(line for line in out[1:] if line.split()[1] == "cam")
+    assert cam[column:].split()[0] == "relay"
 
 
 BAD_PATH_DETAILS = [
