@@ -57,9 +57,10 @@ select t.id, t.name, t.last_heartbeat_at,
 
 -- name: list_nodes
 -- Nodes with their status as of now and since when (public.nodes), and what
--- the peer mesh last said of them, optionally of one tetrahedron (by name).
+-- the peer mesh last said of them (its status, and the transport a member last
+-- reached it over), optionally of one tetrahedron (by name).
 select t.name as tetrahedron, n.node_id, n.role, n.status, n.status_since, n.health_score,
-       n.mesh_status, n.last_heartbeat_at, n.last_seq, n.metrics
+       n.mesh_status, n.mesh_transport, n.last_heartbeat_at, n.last_seq, n.metrics
   from public.nodes n
   join public.tetrahedrons t on t.id = n.tetrahedron_id
  where %(tetrahedron)s::text is null or t.name = %(tetrahedron)s::text

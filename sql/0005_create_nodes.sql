@@ -141,6 +141,10 @@ create table if not exists flowmesh.node_records (
   mesh_status         text,
   mesh_status_at      timestamptz,
   mesh_reported_by    flowmesh.node_id,
+  mesh_transport      text,
+  mesh_transport_at   timestamptz,
+  mesh_transport_rtt_ms double precision,
+  mesh_transport_reported_by flowmesh.node_id,
   state               jsonb not null default '{}'::jsonb,
   state_version       bigint not null default 0,
   created_at          timestamptz not null default now(),
@@ -152,7 +156,7 @@ create table if not exists flowmesh.node_records (
   constraint node_records_mesh_status_check check (mesh_status in ('alive', 'suspect', 'dead', 'left'))
 );
 comment on table flowmesh.node_records is
-  'What is stored about each node; read it through public.nodes, which adds the status as of now. Maintained by triggers: heartbeats set role, metrics, health, last_seq and last_heartbeat_at; mesh events set mesh_status; the prediction pass sets predicted_risk; offline_at follows last_heartbeat_at and the tetrahedron''s node_timeout_seconds.';
+  'What is stored about each node; read it through public.nodes, which adds the status as of now. Maintained by triggers: heartbeats set role, metrics, health, last_seq and last_heartbeat_at; mesh events set mesh_status and mesh_transport; the prediction pass sets predicted_risk; offline_at follows last_heartbeat_at and the tetrahedron''s node_timeout_seconds.';
 comment on column flowmesh.node_records.health_status is
   'online or degraded: the health rule (flowmesh.health_status) applied to the latest heartbeat''s metrics. Never offline: that depends on the time it is read (see public.nodes).';
 comment on column flowmesh.node_records.health_status_since is
@@ -165,6 +169,12 @@ comment on column flowmesh.node_records.mesh_status is
   'The node''s state as the peer mesh last reported it (alive, suspect, dead, left); null when no member has reported on it.';
 comment on column flowmesh.node_records.mesh_status_at is 'When the mesh observed mesh_status.';
 comment on column flowmesh.node_records.mesh_reported_by is 'The member whose observation set mesh_status.';
+comment on column flowmesh.node_records.mesh_transport is
+  'How the peer mesh last reported reaching this node: the transport (udp, ws, relay, ble, ...) of the newest path event about it, from whichever member; null when none has reported a path. Each member''s own path is in mesh_events (kind path).';
+comment on column flowmesh.node_records.mesh_transport_at is 'When the mesh observed mesh_transport (the path switch).';
+comment on column flowmesh.node_records.mesh_transport_rtt_ms is
+  'The round trip in milliseconds over mesh_transport that the path event reported; null when it reported none.';
+comment on column flowmesh.node_records.mesh_transport_reported_by is 'The member whose path event set mesh_transport.';
 
 alter table flowmesh.node_records enable row level security;
 drop policy if exists node_records_select_authenticated on flowmesh.node_records;
@@ -287,10 +297,11 @@ select n.tetrahedron_id, n.node_id, n.role,
        coalesce(flowmesh.offline_since(n.offline_at), n.health_status_since) as status_since,
        n.health_status, n.health_score, n.predicted_risk, n.predicted_at, n.metrics,
        n.state, n.state_version, n.last_seq, n.last_heartbeat_at, n.offline_at,
-       n.mesh_status, n.mesh_status_at, n.mesh_reported_by, n.created_at, n.updated_at
+       n.mesh_status, n.mesh_status_at, n.mesh_reported_by, n.mesh_transport, n.mesh_transport_at,
+       n.mesh_transport_rtt_ms, n.mesh_transport_reported_by, n.created_at, n.updated_at
   from flowmesh.node_records n;
 comment on view public.nodes is
-  'One row per device: role, status as of now (online, degraded, or offline once silent past its tetrahedron''s node_timeout_seconds) and since when, health score, predicted risk, latest metrics, the mesh''s view of it (mesh_status) and versioned state. Every FlowMesh reader reads nodes here. Row-level security applies (security_invoker); plain columns can be written through it by service_role.';
+  'One row per device: role, status as of now (online, degraded, or offline once silent past its tetrahedron''s node_timeout_seconds) and since when, health score, predicted risk, latest metrics, the mesh''s view of it (mesh_status, and mesh_transport: how a member last reached it, e.g. alive but on the relay) and versioned state. Every FlowMesh reader reads nodes here. Row-level security applies (security_invoker); plain columns can be written through it by service_role.';
 comment on column public.nodes.status is
   'online, degraded or offline as of now: flowmesh.node_status(health_status, offline_at).';
 comment on column public.nodes.status_since is

@@ -1,10 +1,11 @@
 -- 0008_create_mesh_events.sql
 -- What agents observe on the peer mesh: membership changes (joined, suspect,
--- dead, left, recovered) and alerts received from other members. Agents ship
--- them through their outbox with record_mesh_events, idempotently by
--- (observer, seq). A trigger keeps the node records' mesh_status current and
--- turns mesh alerts into guardian alerts, opened once however many members
--- report them.
+-- dead, left, recovered), the path each member uses to reach a peer (path:
+-- its transport, address and round trip, one event per switch) and alerts
+-- received from other members. Agents ship them through their outbox with
+-- record_mesh_events, idempotently by (observer, seq). A trigger keeps the
+-- node records' mesh_status and mesh_transport current and turns mesh alerts
+-- into guardian alerts, opened once however many members report them.
 
 create table if not exists public.mesh_events (
   id             bigint generated always as identity,
@@ -19,11 +20,11 @@ create table if not exists public.mesh_events (
   created_at     timestamptz not null default now(),
   constraint mesh_events_pkey primary key (id, tetrahedron_id),
   constraint mesh_events_kind_check
-    check (kind in ('joined', 'suspect', 'dead', 'left', 'recovered', 'alert')),
+    check (kind in ('joined', 'suspect', 'dead', 'left', 'recovered', 'path', 'alert')),
   constraint mesh_events_details_check check (jsonb_typeof(details) = 'object')
 );
 comment on table public.mesh_events is
-  'Append-only log of what members observed on the peer mesh: membership changes about subject, and alerts (subject = the alert''s origin). Unique per tetrahedron, observer and seq.';
+  'Append-only log of what members observed on the peer mesh: membership changes about subject, the path observer switched to for reaching subject (kind path; details: transport, address, previous, rtt_ms), and alerts (subject = the alert''s origin). Unique per tetrahedron, observer and seq.';
 create unique index if not exists mesh_events_tetrahedron_id_observer_seq_idx
   on public.mesh_events (tetrahedron_id, observer, seq);
 create index if not exists mesh_events_tetrahedron_id_subject_observed_at_idx
@@ -51,8 +52,8 @@ as $$
          or (item ->> 'seq')::numeric <> pg_catalog.trunc((item ->> 'seq')::numeric)
       then '22023 seq must be a positive integer'
     when item ->> 'kind' is null
-         or item ->> 'kind' not in ('joined', 'suspect', 'dead', 'left', 'recovered', 'alert')
-      then '22023 kind must be one of joined, suspect, dead, left, recovered, alert'
+         or item ->> 'kind' not in ('joined', 'suspect', 'dead', 'left', 'recovered', 'path', 'alert')
+      then '22023 kind must be one of joined, suspect, dead, left, recovered, path, alert'
     when pg_catalog.jsonb_typeof(item -> 'observer') is distinct from 'string'
       then '22023 observer must be a string'
     when flowmesh.node_id_problem(item ->> 'observer', 'observer') is not null
@@ -68,13 +69,40 @@ as $$
       then '22023 at must be a Unix time in seconds'
     when item ? 'details' and pg_catalog.jsonb_typeof(item -> 'details') is distinct from 'object'
       then '22023 details must be a JSON object'
+    -- a path event: how observer now reaches subject. Each test guards its
+    -- cast with a nested case: OR does not promise to evaluate left to right
+    when item ->> 'kind' = 'path' and pg_catalog.jsonb_typeof(item -> 'details') is distinct from 'object'
+      then '22023 details of a path event must be a JSON object with a transport'
+    when item ->> 'kind' = 'path'
+         and case when pg_catalog.jsonb_typeof(item -> 'details' -> 'transport') = 'string'
+                  then item -> 'details' ->> 'transport' !~ '^[a-z][a-z0-9-]{0,15}$'
+                  else true end
+      then '22023 details.transport must be a transport name: 1 to 16 characters, a lowercase letter then lowercase letters, digits or -'
+    when item ->> 'kind' = 'path'
+         and case pg_catalog.jsonb_typeof(item -> 'details' -> 'rtt_ms')
+               when 'number' then (item -> 'details' ->> 'rtt_ms')::numeric not between 0 and 86400000
+               when 'null' then false
+               else item -> 'details' ? 'rtt_ms' end
+      then '22023 details.rtt_ms must be null or a number of milliseconds from 0 to 86400000'
+    when item ->> 'kind' = 'path'
+         and case pg_catalog.jsonb_typeof(item -> 'details' -> 'address')
+               when 'string' then pg_catalog.length(item -> 'details' ->> 'address') > 300
+               when 'null' then false
+               else item -> 'details' ? 'address' end
+      then '22023 details.address must be null or a string of at most 300 characters'
+    when item ->> 'kind' = 'path'
+         and case pg_catalog.jsonb_typeof(item -> 'details' -> 'previous')
+               when 'string' then pg_catalog.length(item -> 'details' ->> 'previous') > 300
+               when 'null' then false
+               else item -> 'details' ? 'previous' end
+      then '22023 details.previous must be null or a string of at most 300 characters'
     when pg_catalog.pg_column_size(item) > flowmesh.limit_of('payload_max_bytes')
       then '54000 event is ' || pg_catalog.pg_column_size(item) || ' bytes; the limit is '
            || flowmesh.limit_of('payload_max_bytes')
   end
 $$;
 comment on function flowmesh.mesh_event_problem(jsonb) is
-  'Validation rule for one record_mesh_events element: null when acceptable, else the SQLSTATE, a space and the reason.';
+  'Validation rule for one record_mesh_events element: null when acceptable, else the SQLSTATE, a space and the reason. A path element''s details must hold transport (a transport name, [a-z][a-z0-9-]*, 1 to 16 characters) and may hold rtt_ms (null or 0 to 86400000), address and previous (null or at most 300 characters each).';
 
 -- derived state -----------------------------------------------------------------
 create or replace function flowmesh.apply_mesh_events() returns trigger
@@ -82,6 +110,8 @@ language plpgsql security definer
 set search_path = ''
 as $$
 begin
+  -- membership: a path event only says which way a member reaches the subject,
+  -- not whether it is a member, so it leaves mesh_status as it was
   insert into flowmesh.node_records as n
          (tetrahedron_id, node_id, mesh_status, mesh_status_at, mesh_reported_by)
   select distinct on (e.tetrahedron_id, e.subject)
@@ -90,7 +120,7 @@ begin
                      when 'left' then 'left' else 'alive' end,
          e.observed_at, e.observer
     from new_events e
-   where e.kind <> 'alert'
+   where e.kind not in ('alert', 'path')
    order by e.tetrahedron_id, e.subject, e.observed_at desc, e.id desc
   on conflict (tetrahedron_id, node_id) do update
      set mesh_status = excluded.mesh_status,
@@ -98,6 +128,27 @@ begin
          mesh_reported_by = excluded.mesh_reported_by,
          updated_at = now()
    where n.mesh_status_at is null or n.mesh_status_at <= excluded.mesh_status_at;
+
+  -- paths: the newest path event about a subject, whoever observed it, sets
+  -- how the mesh reaches it; an older one arriving late never moves it back
+  insert into flowmesh.node_records as n
+         (tetrahedron_id, node_id, mesh_transport, mesh_transport_at, mesh_transport_rtt_ms,
+          mesh_transport_reported_by)
+  select distinct on (e.tetrahedron_id, e.subject)
+         e.tetrahedron_id, e.subject, e.details ->> 'transport', e.observed_at,
+         case when pg_catalog.jsonb_typeof(e.details -> 'rtt_ms') = 'number'
+              then (e.details ->> 'rtt_ms')::double precision end,
+         e.observer
+    from new_events e
+   where e.kind = 'path'
+   order by e.tetrahedron_id, e.subject, e.observed_at desc, e.id desc
+  on conflict (tetrahedron_id, node_id) do update
+     set mesh_transport = excluded.mesh_transport,
+         mesh_transport_at = excluded.mesh_transport_at,
+         mesh_transport_rtt_ms = excluded.mesh_transport_rtt_ms,
+         mesh_transport_reported_by = excluded.mesh_transport_reported_by,
+         updated_at = now()
+   where n.mesh_transport_at is null or n.mesh_transport_at <= excluded.mesh_transport_at;
 
   insert into public.guardian_alerts (tetrahedron_id, alert_type, node_id, severity, message, details)
   select distinct on (e.tetrahedron_id, e.details -> 'alert' ->> 'type', e.subject)
@@ -116,7 +167,7 @@ begin
 end
 $$;
 comment on function flowmesh.apply_mesh_events() is
-  'Trigger: after mesh events are inserted, set each subject''s mesh_status (flowmesh.node_records, read through public.nodes) from the newest membership event, and open a mesh-<type> guardian alert for each alert (once while open).';
+  'Trigger: after mesh events are inserted, set each subject''s mesh_status (flowmesh.node_records, read through public.nodes) from the newest membership event, its mesh_transport, mesh_transport_at, mesh_transport_rtt_ms and mesh_transport_reported_by from the newest path event (path events leave mesh_status alone), each only forward in time, and open a mesh-<type> guardian alert for each alert (once while open).';
 revoke all on function flowmesh.apply_mesh_events() from public, anon, authenticated;
 
 create or replace trigger mesh_events_apply
@@ -151,7 +202,7 @@ begin
 end
 $$;
 comment on function public.record_mesh_events(uuid, jsonb) is
-  'Record what members observed on the mesh, atomically and idempotently by (observer, seq). batch is a JSON array of {"observer", "seq", "kind": joined|suspect|dead|left|recovered|alert, "subject", "incarnation"?, "at": Unix seconds, "details"?: object}. Updates the subjects'' mesh_status (public.nodes); alerts open mesh-<type> guardian alerts. Example: select * from record_mesh_events(''6f1c...''::uuid, ''[{"observer": "pi", "seq": 1, "kind": "dead", "subject": "cam", "at": 1763740000}]'') -> (1, 1, 0).';
+  'Record what members observed on the mesh, atomically and idempotently by (observer, seq). batch is a JSON array of {"observer", "seq", "kind": joined|suspect|dead|left|recovered|path|alert, "subject", "incarnation"?, "at": Unix seconds, "details"?: object}. A path event (observer now reaches subject this way) needs "details": {"transport", "address"?, "previous"?, "rtt_ms"?}. Membership events update the subjects'' mesh_status, path events their mesh_transport (public.nodes); alerts open mesh-<type> guardian alerts. Example: select * from record_mesh_events(''6f1c...''::uuid, ''[{"observer": "pi", "seq": 1, "kind": "dead", "subject": "cam", "at": 1763740000}]'') -> (1, 1, 0).';
 
 revoke all on function flowmesh.mesh_event_problem(jsonb) from public, anon;
 grant execute on function flowmesh.mesh_event_problem(jsonb) to authenticated, service_role;

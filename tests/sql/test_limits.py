@@ -57,7 +57,7 @@ def test_every_stored_node_id_has_the_node_id_type(conn):
          where c.relnamespace in ('public'::regnamespace, 'flowmesh'::regnamespace)
            and c.relkind in ('r', 'p') and a.attnum > 0 and not a.attisdropped
            and a.attname in ('node_id', 'source', 'observer', 'subject', 'voter', 'proposed_by',
-                             'mesh_reported_by')""").fetchall()
+                             'mesh_reported_by', 'mesh_transport_reported_by')""").fetchall()
     assert len(columns) >= 10
     assert {name: kind for name, kind in columns if kind != "flowmesh.node_id"} == {}
     assert conn.execute("select atttypid::regtype::text from pg_attribute "
