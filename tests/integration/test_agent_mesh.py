@@ -92,3 +92,48 @@ async def test_agents_record_membership_and_alerts(db_url, tmp_path):
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
         for box in boxes:
             box.close()
+
+
+async def test_a_member_reached_over_the_relay_shows_in_nodes_as_alive_on_the_relay(db_url, tmp_path):
+    """cam's LAN is cut: pi fails over to the relay, and Postgres says so (a path event,
+    nodes.mesh_transport) while cam stays alive."""
+    from flowmesh_edge.mesh.security import mesh_id_of
+    from flowmesh_edge.mesh.transports.lossy import CuttableTransport
+    from flowmesh_edge.mesh.transports.relay import RelayTransport
+    from flowmesh_edge.mesh.transports.udp import UdpTransport
+    from flowmesh_edge.relay.server import Relay
+
+    token = "agent-mesh-relay-token-0123456789"
+    relay = Relay("127.0.0.1", 0, [token])
+    await relay.start()
+    stops, tasks, boxes, lans = [], [], [], {}
+    try:
+        for name in ("pi", "cam"):
+            config = AgentConfig(node_id=name, tetrahedron="home", interval_s=0.2,
+                                 backoff_initial_s=0.05, backoff_max_s=0.2)
+            box = Outbox(tmp_path / f"{name}.sqlite3")
+            lans[name] = CuttableTransport(UdpTransport("127.0.0.1", 0))
+            mesh = MeshNode(name, mesh_key=KEY, meta={"tetrahedron": "home"}, transport=[
+                lans[name], RelayTransport(name, mesh_id_of(KEY), [(relay.url, token)])])
+            stop = asyncio.Event()
+            tasks.append(asyncio.create_task(
+                Agent(config, box, Shipper(box, db_url), sample=lambda: {}, mesh=mesh).run(stop)))
+            stops.append(stop)
+            boxes.append(box)
+        # they find each other through the relay, then prefer UDP
+        await settle(db_url, "select node_id, mesh_transport from nodes",
+                     {("pi", "udp"), ("cam", "udp")}, timeout=30)
+        lans["cam"].cut()
+        await settle(db_url, "select node_id, mesh_status, mesh_transport from nodes where node_id = 'cam'",
+                     {("cam", "alive", "relay")}, timeout=30)
+        switch = await asyncio.to_thread(query, db_url, "select details ->> 'previous', details -> 'rtt_ms' "
+                                         "from mesh_events where kind = 'path' and observer = 'pi' "
+                                         "and details ->> 'transport' = 'relay'")
+        assert switch and switch[0][0].startswith("udp:") and switch[0][1] is not None
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+        for box in boxes:
+            box.close()
+        await relay.close()
