@@ -58,8 +58,8 @@ db-up: $(STAMP)
 db-stop: $(STAMP)
 	$(VENV)/bin/flowmesh db stop
 
-## bench: ingest, server CPU per heartbeat, agent footprint, mesh (beside Serf), fleet-scale check
-## and fleet size benchmarks
+## bench: ingest, server CPU per heartbeat, agent footprint, mesh (beside Serf), fleet-scale check,
+## fleet size, relay round trip and path failover benchmarks
 bench: $(STAMP) bench-deps
 	@# compiled once, as an installed package is: with PYTHONDONTWRITEBYTECODE set,
 	@# every mesh member process would otherwise compile the package at start
@@ -70,6 +70,8 @@ bench: $(STAMP) bench-deps
 	$(PY) bench/mesh.py
 	$(PY) bench/check.py
 	$(PY) bench/fleet.py --direct
+	$(PY) bench/relay.py
+	$(PY) bench/failover.py
 
 ## bench-deps: Debian's serf (the mesh benchmark's comparison), nftables (its datagram
 ## counters) and pgbouncer (the fleet benchmark's pooler, started by the benchmark itself:
