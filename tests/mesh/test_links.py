@@ -80,3 +80,19 @@ async def test_a_corrupt_saved_meshes_file_is_reported_and_left_untouched(tmp_pa
 
 async def test_without_a_key_or_a_saved_mesh_there_is_no_mesh(tmp_path):
     assert MeshLinks("b", options(tmp_path / "meshes.json")).build() == []
+
+
+async def test_two_members_with_no_peers_find_each_other_over_mdns(tmp_path):
+    """Bound to 127.0.0.1 (no broadcast), no peer given: mDNS on loopback is the only way."""
+    members = [MeshLinks(name, options(tmp_path / f"{name}.json", mesh_key=KEY, mdns=True,
+                                       mdns_interfaces=["127.0.0.1"])) for name in ("a", "b")]
+    for links in members:
+        links.build()
+        await links.start()
+    try:
+        a, b = (links.primary for links in members)
+        await until(lambda: status(a, "b") == "alive" and status(b, "a") == "alive", 15)
+        assert all(link.mdns is not None for links in members for link in links.links)
+    finally:
+        for links in members:
+            await links.stop()
