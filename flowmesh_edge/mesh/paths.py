@@ -20,8 +20,9 @@ answered by PATH_ACK on the same path):
   still probed, ever more rarely; a frame from the member on a down path has
   it probed at once.
 * A path is *confirmed* while its last probe was answered, no later than its
-  probe interval plus ``path_trust_s`` ago; *down* after
-  ``path_down_after`` unanswered probes in a row.
+  probe interval (as of that answer) plus ``path_trust_s`` ago; *down* after
+  ``path_down_after`` unanswered probes in a row. An answer makes the probes
+  sent before it moot (lost in a cut that is over), not unanswered.
 
 Frames go on the best confirmed path, by ``path_priority`` then round trip.
 While a better path is unproven (new, or answering again after a cut), or
@@ -88,8 +89,9 @@ class Endpoint:
     #: Probes in a row that went unanswered.
     unanswered: int = 0
     next_probe: float = 0.0
-    #: The gap before the next probe, as last scheduled: how long a confirmation lasts.
-    interval: float = 1.0
+    #: Loop time until which the last answer confirms the path: its probe period
+    #: as of that answer, plus ``path_trust_s``.
+    trusted_until: float = -math.inf
     outstanding: dict[int, float] = field(default_factory=dict)  #: probe id -> loop time sent
 
     def to_dict(self, state: str) -> dict:
@@ -143,8 +145,7 @@ class ConnectionTrain:
             if stalest.address == peer.active:
                 return
             del peer.endpoints[stalest.address]
-        peer.endpoints[address] = Endpoint(address, source, next_probe=self.host.now(),
-                                           interval=self.config.path_probe_active_s)
+        peer.endpoints[address] = Endpoint(address, source, next_probe=self.host.now())
         if len(peer.endpoints) == 2:  # from now on this member's paths are probed
             for endpoint in peer.endpoints.values():
                 endpoint.next_probe = self.host.now()
@@ -232,13 +233,13 @@ class ConnectionTrain:
                 # the member is reachable another way: notice this path's return soon
                 return min(backoff, cfg.path_probe_standby_s)
             return backoff
-        if e.unanswered or e.confirmed_at is None or e.address == peer.active:
-            return cfg.path_probe_active_s
+        if e.address == peer.active or not self._confirmed(peer, e, self.host.now()):
+            return cfg.path_probe_active_s  # in use, or its confirmation lapsed: find out soon
         return cfg.path_probe_standby_s
 
     def _confirmed(self, peer: _Peer, e: Endpoint, now: float) -> bool:
         return (e.confirmed_at is not None and not e.unanswered
-                and now - e.confirmed_at <= e.interval + self.config.path_trust_s)
+                and now <= e.trusted_until)
 
     def state(self, peer: _Peer, e: Endpoint, now: float) -> str:
         if self._confirmed(peer, e, now):
@@ -331,8 +332,7 @@ class ConnectionTrain:
             self._probes.pop(oldest, None)
         e.outstanding[probe_id] = now
         self._probes[probe_id] = (peer.node_id, e.address)
-        e.interval = self._interval(peer, e)
-        e.next_probe = now + e.interval
+        e.next_probe = now + self._interval(peer, e)
         # gossip rides along: a member held dead on both sides learns of the other's
         # refutation this way, once a path answers again
         self.host.send_frame(MessageType.PATH_PROBE, encode_path_probe(probe_id), e.address)
@@ -356,17 +356,22 @@ class ConnectionTrain:
             return
         now = self.host.now()
         sent_at = e.outstanding.pop(probe_id, now)
+        for older in [i for i, t in e.outstanding.items() if t <= sent_at]:
+            del e.outstanding[older]  # lost in a cut that is over: the path answers now
+            self._probes.pop(older, None)
         sample = now - sent_at
         e.rtt_s = sample if e.rtt_s is None else 0.8 * e.rtt_s + 0.2 * sample
         was_down = e.unanswered
         e.unanswered = 0
         e.confirmed_at = now
+        cfg = self.config
+        interval = cfg.path_probe_active_s if e.address == peer.active else cfg.path_probe_standby_s
+        e.trusted_until = now + interval + cfg.path_trust_s
         e.acked_sent_at = max(e.acked_sent_at, sent_at)
         if e.address == peer.active:  # proven delivered on the path in use
             while peer.replay and peer.replay[0][0] <= sent_at:
                 peer.replay.popleft()
-        e.interval = self._interval(peer, e)
-        e.next_probe = min(e.next_probe, now + e.interval)
+        e.next_probe = min(e.next_probe, now + interval)
         if was_down:
             self._choose(peer)  # a better path may be back
         self._wake(e.next_probe)
