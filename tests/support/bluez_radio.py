@@ -13,8 +13,9 @@ GATT server to meet:
   adapter as a remote ``Device1`` (``dev_<MAC>``), with ``ManufacturerData`` and
   ``ServiceData`` as dicts (the template's are arrays, which bleak cannot read)
   and the advertised service UUIDs;
-* ``StartDiscovery`` bumps the RSSI of every advertising device on that adapter
-  (bleak reports a device to a scan only when its properties change);
+* while an adapter discovers, the RSSI of every advertising device on it changes
+  every 200 ms, as advertisements are heard (bleak reports a device to a scan
+  only when its properties change);
 * ``Device1.Connect`` mirrors the peripheral's GATT services and characteristics
   under the device (``serviceXXXX/charYYYY``, announced with ``InterfacesAdded``
   as BlueZ does) and sets ``ServicesResolved``, which the template's never does;
@@ -30,6 +31,8 @@ BlueZ's before an exchange), exposed as the characteristics' ``MTU`` property.
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import dbus
 import dbus.service
@@ -59,9 +62,32 @@ mirrors: dict[str, tuple[str, str]] = {}
 settings = {"mtu": 23}
 
 
+#: How often an advertising device is "heard" by the adapters that scan (ms).
+ADVERTISING_INTERVAL_MS = 200
+_glib = ctypes.CDLL("libglib-2.0.so.0")
+_SOURCE_FUNC = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+
+
 def load(mock, parameters):
     bluez5.load(mock, parameters)
     settings["mtu"] = int(parameters.get("mtu", 23))
+    # the mock runs GLib's main loop (through ctypes, without PyGObject): tick on it
+    settings["tick"] = _SOURCE_FUNC(_advertising_tick)  # kept referenced while the timer lives
+    _glib.g_timeout_add(ctypes.c_uint(ADVERTISING_INTERVAL_MS), settings["tick"], None)
+
+
+def _advertising_tick(_data) -> int:
+    """Every advertising interval, each scanning adapter hears the advertising devices
+    again (an RSSI change, which is what bleak reports to a scan)."""
+    try:
+        for obj in list(mockobject.objects.values()):
+            peer = getattr(obj, "radio_peer", None)
+            if peer is not None and radios.get(peer, {}).get("advert") is not None \
+                    and mockobject.objects[obj.radio_central].props[ADAPTER_IFACE]["Discovering"]:
+                _bump_rssi(obj)
+    except Exception as e:  # a timer that raises would stop the radio
+        _manager().log(f"advertising tick failed: {e!r}")
+    return 1  # G_SOURCE_CONTINUE
 
 
 def _bus() -> dbus.bus.BusConnection:
