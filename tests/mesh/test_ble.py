@@ -113,7 +113,7 @@ async def test_malformed_and_incomplete_fragments_are_dropped_and_counted(bluez)
     from flowmesh_edge.mesh.transports import ble_fragments as bf
     from flowmesh_edge.mesh.transports.ble import SERVICE_UUID, WRITE_UUID
 
-    b = transport("hci1", central=False)
+    b = transport("hci1", scan=False)
     got = []
     await b.start(lambda data, src: got.append((data, src)))
     client = None
@@ -144,7 +144,7 @@ async def test_send_never_raises_and_counts_what_it_cannot_deliver(bluez):
     from flowmesh_edge.mesh.address import Address
     from flowmesh_edge.mesh.wire import MAX_DATAGRAM
 
-    a = transport("hci0", peripheral=False, central=False, queue_limit=2)
+    a = transport("hci0", serve=False, scan=False, queue_limit=2)
     a.connect_timeout_s = 0.5
     await a.start(lambda data, src: None)
     try:
@@ -162,6 +162,33 @@ async def test_send_never_raises_and_counts_what_it_cannot_deliver(bluez):
         assert a.errors[0] == sum(failures.values())
     finally:
         await a.close()
+
+
+async def test_a_peer_that_goes_away_costs_counted_failures_and_is_reached_again_when_back(bluez):
+    a, b = transport("hci0"), transport("hci1")
+    got_b = []
+    await a.start(lambda data, src: None)
+    await b.start(lambda data, src: got_b.append(data))
+    try:
+        a.send(b"one", b.address)
+        await until(lambda: got_b == [b"one"], timeout=10)
+        await b.close()                                   # the peer's server goes: the link drops
+        a.send(b"lost", b.address)
+        await until(lambda: a.send_failures["link"] >= 1, timeout=10)
+        assert not a.stats()["peers"][b.address.host]["linked"]
+
+        b = transport("hci1")
+        await b.start(lambda data, src: got_b.append(data))
+        for _ in range(100):  # a backs off (about 1 s), then finds b again and connects anew
+            if b"two" in got_b:
+                break
+            a.send(b"two", b.address)
+            await asyncio.sleep(0.1)
+        assert got_b[:2] == [b"one", b"two"] and a.stats()["peers"][b.address.host]["linked"]
+        assert a.errors[0] == sum(a.send_failures.values()) and set(a.send_failures) <= {"link", "backoff"}
+    finally:
+        await a.close()
+        await b.close()
 
 
 @pytest.mark.parametrize("bluez", [185], indirect=True)

@@ -137,8 +137,9 @@ class RadioAdapter(DBusMockObject):
             raise dbus.exceptions.DBusException("Does Not Exist", name="org.bluez.Error.DoesNotExist")
         radio["match"].remove()
         radio["app"], radio["gatt"], radio["match"] = None, [], None
-        for device in _devices_of(self.path):  # the server went away: its links drop
+        for device in _devices_of(self.path):  # the server went away: its links drop, its GATT goes
             _drop_link(device)
+            _remove_gatt(device)
 
     @dbus.service.method(ADVERTISING_IFACE, in_signature="oa{sv}", out_signature="", sender_keyword="sender")
     def RegisterAdvertisement(self, adv_path, options, sender=None):
@@ -274,7 +275,7 @@ def _stop_discovery(adapter):
 def _connect(device):
     radio = radios[device.radio_peer]
     if radio["app"] is None and radio["advert"] is None:
-        raise _failed("le-connection-abort-by-local")
+        raise _failed("Software caused connection abort")  # nothing there to answer
     if device.radio_connected:
         raise dbus.exceptions.DBusException("Already Connected", name="org.bluez.Error.AlreadyConnected")
     device.radio_connected = True
@@ -299,6 +300,19 @@ def _drop_link(device) -> None:
             char.notifying = False
     device.UpdateProperties(DEVICE_IFACE, {"ServicesResolved": dbus.Boolean(False),
                                            "Connected": dbus.Boolean(False)})
+
+
+def _remove_gatt(device) -> None:
+    for path in reversed(device.radio_gatt):
+        mirrors.pop(path, None)
+        obj = mockobject.objects.get(path)
+        if obj is None:
+            continue
+        interfaces = dbus.Array(list(obj.props), signature="s")
+        _manager().RemoveObject(path)
+        _manager().EmitSignal(OBJECT_MANAGER_IFACE, "InterfacesRemoved", "oas",
+                              [dbus.ObjectPath(path), interfaces])
+    device.radio_gatt = []
 
 
 def _mirror_gatt(device) -> None:

@@ -102,12 +102,15 @@ class BleTransport(Transport):
 
     name = BLE
 
-    def __init__(self, adapter: str = "hci0", *, local_name: str = "flowmesh", central: bool = True,
-                 peripheral: bool = True, scan_window_s: float = 10.0, scan_interval_s: float = 30.0,
+    def __init__(self, adapter: str = "hci0", *, local_name: str = "flowmesh", scan: bool = True,
+                 serve: bool = True, scan_window_s: float = 10.0, scan_interval_s: float = 30.0,
                  connect_timeout_s: float = 10.0, io_timeout_s: float = 5.0, queue_limit: int = 64,
                  max_peers: int = 32, reassembly_timeout_s: float = 5.0, central_ttl_s: float = 30.0,
                  rediscover_s: float = 60.0, write_with_response: bool = True):
         """
+        ``scan``: look for members (else only the addresses given are reached, bleak
+        looking each up when first connecting); ``serve``: run the GATT server and
+        advertise (else this member only connects out, and cannot be found).
         ``scan_window_s`` of every ``scan_interval_s`` is spent scanning (equal values
         scan all the time: finds members sooner, costs power and radio time); ``queue_limit``
         datagrams wait per peer, beyond which sends are refused and counted;
@@ -116,7 +119,7 @@ class BleTransport(Transport):
         """
         self.adapter = adapter
         self.local_name = local_name
-        self.central, self.peripheral = central, peripheral
+        self.scan, self.serve = scan, serve
         self.scan_window_s, self.scan_interval_s = scan_window_s, scan_interval_s
         self.connect_timeout_s, self.io_timeout_s = connect_timeout_s, io_timeout_s
         self.queue_limit, self.max_peers = queue_limit, max_peers
@@ -139,6 +142,7 @@ class BleTransport(Transport):
         self._message_id = random.getrandbits(16)
         self._server: BlessServer | None = None
         self._scan_task: asyncio.Task | None = None
+        self._scanning = False
         self._running = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -148,9 +152,9 @@ class BleTransport(Transport):
         self.address = Address(BLE, mac, 0)
         self._running = True
         try:
-            if self.peripheral:
+            if self.serve:
                 await self._start_server()
-            if self.central:
+            if self.scan:
                 self._scan_task = asyncio.create_task(self._scan_loop(), name=f"ble-scan-{self.adapter}")
         except BaseException:
             await self.close()
@@ -244,6 +248,7 @@ class BleTransport(Transport):
                 peer.retry_at = time.monotonic() + peer.backoff_s * random.uniform(0.8, 1.2)
                 log.info("BLE link to %s failed (%s: %s); retrying in %.1f s",
                          peer.mac, type(e).__name__, e, peer.backoff_s)
+                self._devices.pop(peer.mac, None)  # BlueZ may have forgotten it: the scan finds it anew
                 await self._drop_client(peer)
 
     async def _deliver(self, peer: _Peer, data: bytes) -> None:
@@ -279,6 +284,10 @@ class BleTransport(Transport):
         if peer.client is not None and peer.client.is_connected:
             return peer.client
         await self._drop_client(peer)
+        if peer.mac not in self._devices and self._scanning:
+            deadline = time.monotonic() + self.connect_timeout_s
+            while peer.mac not in self._devices and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # our scan may see it: one scan per adapter at a time
         target = self._devices.get(peer.mac, peer.mac)  # a bare MAC makes bleak scan for it
         client = BleakClient(target, disconnected_callback=None, timeout=self.connect_timeout_s,
                              bluez={"adapter": self.adapter})
@@ -349,9 +358,11 @@ class BleTransport(Transport):
                                    bluez={"adapter": self.adapter})
             try:
                 await asyncio.wait_for(scanner.start(), self.io_timeout_s)
+                self._scanning = True
                 try:
                     await asyncio.sleep(float("inf") if continuous else self.scan_window_s)
                 finally:
+                    self._scanning = False
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(scanner.stop(), self.io_timeout_s)
             except asyncio.CancelledError:
