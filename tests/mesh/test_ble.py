@@ -222,6 +222,15 @@ async def test_two_mesh_nodes_over_ble_exchange_direct_messages(bluez):
         await node_a.stop()
 
 
+def test_a_member_without_ble_loads_none_of_its_libraries():
+    from tests.unit.test_imports import loaded
+
+    libraries = ("bleak", "bless", "dbus_fast", "dbus_next")
+    assert loaded("from flowmesh_edge.mesh import MeshNode", libraries) == []
+    assert loaded("from flowmesh_edge.mesh.transports import ble_fragments", libraries) == []
+    assert loaded("from flowmesh_edge.mesh.transports import ble", libraries) == list(libraries)
+
+
 HARDWARE_ENV = "FLOWMESH_BLE_HARDWARE"
 
 
@@ -232,10 +241,12 @@ async def test_real_adapter_serves_and_scans():
     """On a real adapter (hci0, or FLOWMESH_BLE_ADAPTER): the GATT server registers
     and advertises, and a scan runs without error for a few seconds."""
     from flowmesh_edge.mesh.transports.ble import BleTransport
+    from flowmesh_edge.mesh.transports.ble_fragments import mac_bytes
 
     t = BleTransport(os.environ.get("FLOWMESH_BLE_ADAPTER", "hci0"), scan_window_s=3, scan_interval_s=3)
     await t.start(lambda data, src: None)
     try:
+        assert len(mac_bytes(t.address.host)) == 6 and t.address.host != "00:00:00:00:00:00"
         await asyncio.sleep(4)
         assert t.errors[0] == 0, t.stats()
     finally:

@@ -42,7 +42,7 @@ import logging
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from bleak import BleakClient, BleakScanner
@@ -94,7 +94,7 @@ class _Central:
 
     mtu: int
     seen: float
-    sent: int = field(default=0)
+    sent: int = 0  #: datagrams notified to it
 
 
 class BleTransport(Transport):
@@ -383,6 +383,8 @@ class BleTransport(Transport):
         now = time.monotonic()
         if now - self._announced.get(mac, -self.rediscover_s - 1) <= self.rediscover_s:
             return
+        if mac not in self._announced and len(self._announced) >= 4 * self.max_peers:
+            del self._announced[min(self._announced, key=self._announced.__getitem__)]
         self._announced[mac] = now
         for callback in self._discovered:
             try:
