@@ -160,6 +160,12 @@ async def test_send_never_raises_and_counts_what_it_cannot_deliver(bluez):
         assert failures["oversized"] == failures["not_ble"] == failures["bad_address"] == 1
         assert failures["queue_full"] >= 1 and failures["backoff"] >= 1, failures
         assert a.errors[0] == sum(failures.values())
+        # peers are bounded: idle ones make room, busy ones do not
+        a.max_peers = 2
+        a.send(b"x", Address("ble", "00:11:22:33:44:E1", 0))  # retires the idle "nowhere"
+        a.send(b"x", Address("ble", "00:11:22:33:44:E2", 0))
+        a.send(b"x", Address("ble", "00:11:22:33:44:E3", 0))  # both still have theirs queued
+        assert len(a.stats()["peers"]) <= 2 and a.send_failures["too_many_peers"] >= 1
     finally:
         await a.close()
 

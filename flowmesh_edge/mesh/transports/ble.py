@@ -86,6 +86,8 @@ class _Peer:
     mtu: int = fragments.MIN_ATT_MTU
     backoff_s: float = 0.0
     retry_at: float = 0.0
+    used: float = 0.0  #: when a datagram was last queued for it
+    busy: bool = False  #: a datagram is on its way
 
 
 @dataclass
@@ -142,6 +144,7 @@ class BleTransport(Transport):
         self._message_id = random.getrandbits(16)
         self._server: BlessServer | None = None
         self._scan_task: asyncio.Task | None = None
+        self._retiring: set[asyncio.Task] = set()
         self._scanning = False
         self._running = False
 
@@ -165,7 +168,7 @@ class BleTransport(Transport):
         tasks = [t for t in [self._scan_task, *(p.task for p in self._peers.values())] if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._retiring, return_exceptions=True)
         self._scan_task = None
         for peer in self._peers.values():
             await self._drop_client(peer)
@@ -223,11 +226,30 @@ class BleTransport(Transport):
     def _peer(self, mac: str) -> _Peer | None:
         peer = self._peers.get(mac)
         if peer is None:
-            if len(self._peers) >= self.max_peers:
+            if len(self._peers) >= self.max_peers and not self._retire_idle_peer():
                 return None
             peer = self._peers[mac] = _Peer(mac, asyncio.Queue(self.queue_limit))
             peer.task = asyncio.create_task(self._drain(peer), name=f"ble-send-{mac}")
+        peer.used = time.monotonic()
         return peer
+
+    def _retire_idle_peer(self) -> bool:
+        """Make room: the least recently used peer with nothing queued is let go."""
+        idle = [p for p in self._peers.values() if p.queue.empty() and not p.busy]
+        if not idle:
+            return False
+        peer = min(idle, key=lambda p: p.used)
+        del self._peers[peer.mac]
+        task = asyncio.create_task(self._retire(peer), name=f"ble-retire-{peer.mac}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return True
+
+    async def _retire(self, peer: _Peer) -> None:
+        if peer.task is not None:
+            peer.task.cancel()
+            await asyncio.gather(peer.task, return_exceptions=True)
+        await self._drop_client(peer)
 
     async def _drain(self, peer: _Peer) -> None:
         while True:
@@ -236,6 +258,7 @@ class BleTransport(Transport):
                 self.errors[0] += 1
                 self.send_failures["backoff"] += 1
                 continue
+            peer.busy = True
             try:
                 await self._deliver(peer, data)
                 peer.backoff_s = 0.0
@@ -250,6 +273,8 @@ class BleTransport(Transport):
                          peer.mac, type(e).__name__, e, peer.backoff_s)
                 self._devices.pop(peer.mac, None)  # BlueZ may have forgotten it: the scan finds it anew
                 await self._drop_client(peer)
+            finally:
+                peer.busy = False
 
     async def _deliver(self, peer: _Peer, data: bytes) -> None:
         central = self._centrals.get(peer.mac)
