@@ -197,7 +197,7 @@ async def test_a_peer_that_goes_away_costs_counted_failures_and_is_reached_again
         await b.close()
 
 
-@pytest.mark.parametrize("bluez", [185], indirect=True)
+@pytest.mark.parametrize("bluez", [23, 185], indirect=True)  # ATT MTU: the default, a common one
 async def test_two_mesh_nodes_over_ble_exchange_direct_messages(bluez):
     """Two MeshNodes whose only transport is BLE: b knows a's BLE address, joins
     through it, and each delivers a DIRECT message to the other."""
