@@ -74,7 +74,7 @@ async def test_a_member_finds_connects_to_and_exchanges_frames_with_a_peer(bluez
     await b.start(lambda data, src: got_b.append((data, src)))
     try:
         assert a.address == Address("ble", MAC_A, 0) and b.address == Address("ble", MAC_B, 0)
-        assert str(b.address) == f"ble:[{MAC_B}]:0"
+        assert str(b.address) == f"ble:[{MAC_B}]:0" and Address.parse(str(b.address)) == b.address
         await until(lambda: b.address in found, timeout=10)
 
         rng = random.Random(9)
@@ -103,6 +103,30 @@ async def test_a_member_finds_connects_to_and_exchanges_frames_with_a_peer(bluez
         await a.close()
         await b.close()
     assert (await asyncio.to_thread(bluez.state))["applications"] == []
+
+
+async def test_a_peripheral_answers_each_of_two_centrals_on_its_own(bluez):
+    """Every subscribed central receives every notification: each keeps only those
+    addressed to it, so answers do not cross."""
+    a, b, c = transport("hci0"), transport("hci1", scan=False), transport("hci2")
+    got = {"a": [], "b": [], "c": []}
+    for name, t in (("a", a), ("b", b), ("c", c)):
+        await t.start(lambda data, src, name=name: got[name].append((data, src)))
+    try:
+        a.send(b"from a", b.address)
+        c.send(b"from c", b.address)
+        await until(lambda: len(got["b"]) == 2, timeout=10)
+        for data, src in list(got["b"]):
+            b.send(b"answer to " + data, src)
+        await until(lambda: got["a"] and got["c"], timeout=10)
+        await asyncio.sleep(0.2)  # anything misdelivered would arrive by now
+        assert got["a"] == [(b"answer to from a", b.address)]
+        assert got["c"] == [(b"answer to from c", b.address)]
+        assert a.overheard >= 1 and c.overheard >= 1  # each saw the other's answer go by
+        assert sorted(b.stats()["centrals"]) == [a.address.host, c.address.host]
+    finally:
+        for t in (a, b, c):
+            await t.close()
 
 
 async def test_malformed_and_incomplete_fragments_are_dropped_and_counted(bluez):
