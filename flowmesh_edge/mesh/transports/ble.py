@@ -166,9 +166,8 @@ class BleTransport(Transport):
     async def close(self) -> None:
         self._running = False
         tasks = [t for t in [self._scan_task, *(p.task for p in self._peers.values())] if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, *self._retiring, return_exceptions=True)
+        await _cancel(tasks)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         self._scan_task = None
         for peer in self._peers.values():
             await self._drop_client(peer)
@@ -176,10 +175,10 @@ class BleTransport(Transport):
         if self._server is not None:
             server, self._server = self._server, None
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.stop(), self.io_timeout_s)
+                await _within(server.stop(), self.io_timeout_s)
             with contextlib.suppress(Exception):
                 server.bus.disconnect()
-                await asyncio.wait_for(server.bus.wait_for_disconnect(), self.io_timeout_s)
+                await _within(server.bus.wait_for_disconnect(), self.io_timeout_s)
             with contextlib.suppress(Exception):
                 server.bus._sock.close()  # dbus-next shuts its socket down but never closes it
 
@@ -247,8 +246,7 @@ class BleTransport(Transport):
 
     async def _retire(self, peer: _Peer) -> None:
         if peer.task is not None:
-            peer.task.cancel()
-            await asyncio.gather(peer.task, return_exceptions=True)
+            await _cancel([peer.task])
         await self._drop_client(peer)
 
     async def _drain(self, peer: _Peer) -> None:
@@ -285,7 +283,7 @@ class BleTransport(Transport):
             return
         client = await self._connect(peer)
         for fragment in fragments.split(data, self._next_message_id(), self.address.host, peer.mtu):
-            await asyncio.wait_for(client.write_gatt_char(WRITE_UUID, fragment,
+            await _within(client.write_gatt_char(WRITE_UUID, fragment,
                                                           response=self.write_with_response),
                                    self.io_timeout_s)
 
@@ -302,7 +300,7 @@ class BleTransport(Transport):
             signal = NextMessage.new_signal(gatt.path, "org.freedesktop.DBus.Properties", "PropertiesChanged",
                                             "sa{sv}as", [gatt.interface_name,
                                                          {"Value": NextVariant("ay", fragment)}, []])
-            await asyncio.wait_for(bus.send(signal), self.io_timeout_s)
+            await _within(bus.send(signal), self.io_timeout_s)
         central.sent += 1
 
     async def _connect(self, peer: _Peer) -> BleakClient:
@@ -317,12 +315,12 @@ class BleTransport(Transport):
         client = BleakClient(target, disconnected_callback=None, timeout=self.connect_timeout_s,
                              bluez={"adapter": self.adapter})
         peer.client = client
-        await asyncio.wait_for(client.connect(), self.connect_timeout_s + 1)
+        await _within(client.connect(), self.connect_timeout_s + 1)
         write = client.services.get_characteristic(WRITE_UUID)
         if write is None or client.services.get_characteristic(NOTIFY_UUID) is None:
             raise BleUnavailable(f"{peer.mac} does not serve the FlowMesh GATT service")
         peer.mtu = write.max_write_without_response_size + fragments.ATT_OVERHEAD
-        await asyncio.wait_for(client.start_notify(NOTIFY_UUID, partial(self._on_notification, peer.mac)),
+        await _within(client.start_notify(NOTIFY_UUID, partial(self._on_notification, peer.mac)),
                                self.io_timeout_s)
         log.info("BLE link to %s up (ATT MTU %d)", peer.mac, peer.mtu)
         return client
@@ -331,7 +329,7 @@ class BleTransport(Transport):
         client, peer.client = peer.client, None
         if client is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), self.io_timeout_s)
+                await _within(client.disconnect(), self.io_timeout_s)
 
     def _next_message_id(self) -> int:
         self._message_id = (self._message_id + 1) & 0xFFFF
@@ -382,14 +380,14 @@ class BleTransport(Transport):
             scanner = BleakScanner(self._on_advertisement, service_uuids=[SERVICE_UUID],
                                    bluez={"adapter": self.adapter})
             try:
-                await asyncio.wait_for(scanner.start(), self.io_timeout_s)
+                await _within(scanner.start(), self.io_timeout_s)
                 self._scanning = True
                 try:
                     await asyncio.sleep(float("inf") if continuous else self.scan_window_s)
                 finally:
                     self._scanning = False
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(scanner.stop(), self.io_timeout_s)
+                        await _within(scanner.stop(), self.io_timeout_s)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -424,7 +422,7 @@ class BleTransport(Transport):
         self._server = server
         server.read_request_func = self._read
         server.write_request_func = self._on_write
-        await asyncio.wait_for(server.add_new_service(SERVICE_UUID), self.io_timeout_s)
+        await _within(server.add_new_service(SERVICE_UUID), self.io_timeout_s)
         await server.add_new_characteristic(
             SERVICE_UUID, WRITE_UUID,
             GATTCharacteristicProperties.write | GATTCharacteristicProperties.write_without_response,
@@ -433,7 +431,27 @@ class BleTransport(Transport):
             SERVICE_UUID, NOTIFY_UUID,
             GATTCharacteristicProperties.notify | GATTCharacteristicProperties.read,
             bytearray(), GATTAttributePermissions.readable)
-        await asyncio.wait_for(server.start(), self.io_timeout_s)
+        await _within(server.start(), self.io_timeout_s)
+
+
+async def _within(awaitable, seconds: float):
+    """``asyncio.wait_for`` without its flaw before Python 3.12: a cancellation that
+    arrives just as the awaited completes is lost there (the caller's loop then runs on
+    after ``close`` cancelled it); ``asyncio.timeout`` keeps it."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
+
+
+async def _cancel(tasks: list[asyncio.Task]) -> None:
+    """Cancel and await, cancelling again any task that let a cancellation pass (bounded)."""
+    for _ in range(20):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
+    log.warning("BLE tasks still running after being cancelled: %s", [t.get_name() for t in pending])
 
 
 async def adapter_address(adapter: str) -> str:
@@ -443,14 +461,14 @@ async def adapter_address(adapter: str) -> str:
     except Exception as e:
         raise BleUnavailable(f"no system D-Bus for BlueZ: {e}") from e
     try:
-        reply = await asyncio.wait_for(bus.call(Message(
+        reply = await _within(bus.call(Message(
             destination="org.bluez", path=f"/org/bluez/{adapter}",
             interface="org.freedesktop.DBus.Properties", member="Get", signature="ss",
             body=["org.bluez.Adapter1", "Address"])), 10)
     finally:
         bus.disconnect()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(bus.wait_for_disconnect(), 5)
+            await _within(bus.wait_for_disconnect(), 5)
     if reply is None or reply.message_type == MessageType.ERROR:
         detail = reply.body[0] if reply is not None and reply.body else "no reply"
         raise BleUnavailable(f"Bluetooth adapter {adapter} not found through BlueZ ({detail})")
