@@ -283,9 +283,8 @@ class BleTransport(Transport):
             return
         client = await self._connect(peer)
         for fragment in fragments.split(data, self._next_message_id(), self.address.host, peer.mtu):
-            await _within(client.write_gatt_char(WRITE_UUID, fragment,
-                                                          response=self.write_with_response),
-                                   self.io_timeout_s)
+            await _within(client.write_gatt_char(WRITE_UUID, fragment, response=self.write_with_response),
+                          self.io_timeout_s)
 
     async def _notify(self, mac: str, central: _Central, data: bytes) -> None:
         """Notify each fragment as BlueZ expects of a GATT server: a PropertiesChanged of
@@ -312,8 +311,7 @@ class BleTransport(Transport):
             while peer.mac not in self._devices and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)  # our scan may see it: one scan per adapter at a time
         target = self._devices.get(peer.mac, peer.mac)  # a bare MAC makes bleak scan for it
-        client = BleakClient(target, disconnected_callback=None, timeout=self.connect_timeout_s,
-                             bluez={"adapter": self.adapter})
+        client = BleakClient(target, timeout=self.connect_timeout_s, bluez={"adapter": self.adapter})
         peer.client = client
         await _within(client.connect(), self.connect_timeout_s + 1)
         write = client.services.get_characteristic(WRITE_UUID)
@@ -321,7 +319,7 @@ class BleTransport(Transport):
             raise BleUnavailable(f"{peer.mac} does not serve the FlowMesh GATT service")
         peer.mtu = write.max_write_without_response_size + fragments.ATT_OVERHEAD
         await _within(client.start_notify(NOTIFY_UUID, partial(self._on_notification, peer.mac)),
-                               self.io_timeout_s)
+                      self.io_timeout_s)
         log.info("BLE link to %s up (ATT MTU %d)", peer.mac, peer.mtu)
         return client
 
@@ -345,9 +343,13 @@ class BleTransport(Transport):
         if fragment is None:
             self._reassembler.feed("", None)
             return
-        self._centrals[fragment.peer] = _Central(max(fragment.mtu, fragments.MIN_ATT_MTU), time.monotonic())
-        if len(self._centrals) > self.max_peers:  # forget the longest silent
-            del self._centrals[min(self._centrals, key=lambda m: self._centrals[m].seen)]
+        mtu, now = max(fragment.mtu, fragments.MIN_ATT_MTU), time.monotonic()
+        central = self._centrals.get(fragment.peer)
+        if central is None:
+            if len(self._centrals) >= self.max_peers:  # forget the longest silent
+                del self._centrals[min(self._centrals, key=lambda m: self._centrals[m].seen)]
+            central = self._centrals[fragment.peer] = _Central(mtu, now)
+        central.mtu, central.seen = mtu, now
         self._deliver_up("w/" + fragment.peer, fragment.peer, fragment)
 
     def _on_notification(self, mac: str, _characteristic, value: bytearray) -> None:
