@@ -15,7 +15,9 @@ starts with a 12-byte header, big-endian::
     bytes 10-11 the ATT MTU the sender negotiated (0 if unknown); a central's
                 writes tell the peripheral what size its notifications may be
 
-A link delivers writes and notifications in order, so fragments of one message
+The peer MAC is not authenticated: a forged one can only misdirect a reply,
+as a forged UDP source can, since every mesh datagram is authenticated end to
+end under the mesh key. A link delivers writes and notifications in order, so fragments of one message
 arrive in sequence: a gap, a repeat or a new message before the last fragment
 means the partial message is lost and is dropped, never patched.
 """
