@@ -274,7 +274,8 @@ async def until(predicate, timeout: float = 15.0, interval: float = 0.02, *, blo
 
 
 #: With this set (CI sets it), a skipped test fails instead: CI's machine can
-#: run every test, so a skip there means a missing package or privilege.
+#: run every test, so a skip there means a missing package or privilege. Tests
+#: marked ``hardware`` are exempt: no CI machine has the hardware, they are opt-in.
 STRICT_SKIPS_ENV = "FLOWMESH_NO_SKIP"
 
 
@@ -282,7 +283,8 @@ STRICT_SKIPS_ENV = "FLOWMESH_NO_SKIP"
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and os.environ.get(STRICT_SKIPS_ENV) and not hasattr(report, "wasxfail"):
+    if report.skipped and os.environ.get(STRICT_SKIPS_ENV) and not hasattr(report, "wasxfail") \
+            and item.get_closest_marker("hardware") is None:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped where {STRICT_SKIPS_ENV} forbids skips: {reason}"
