@@ -142,7 +142,7 @@ class MeshLinks:
         if first and opts.ble:
             from .mesh.transports.ble import BleTransport
 
-            transports.append(BleTransport(self.node_id, mesh_id_of(key)))
+            transports.append(BleTransport())
         peers = list(opts.peers) if first else []
         if saved is not None:
             for endpoint in saved.endpoints:  # most recent success first (auto_reconnect's order)

@@ -93,7 +93,8 @@ async def stream_through_a_cut(seed: int, *, rng: random.Random, config: MeshCon
     to_relay = [t - cut_at for t, transport in switches if transport == "relay" and t >= cut_at]
     back = [t - restore_at for t, transport in switches if transport == "mem" and t >= restore_at]
     after_cut = [transport for t, transport in switches if t >= cut_at]
-    result = {"after_cut": after_cut, "received": received, "total": total, "failover_s": to_relay[0] if to_relay else None,
+    result = {"after_cut": after_cut, "received": received, "total": total,
+              "failover_s": to_relay[0] if to_relay else None,
               "return_s": back[0] if back else None, "deaths": deaths,
               "replayed": a.paths.replayed, "final": a.stats().paths["b"]["transport"]}
     await a.stop()
