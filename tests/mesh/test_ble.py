@@ -252,6 +252,24 @@ async def test_two_mesh_nodes_over_ble_exchange_direct_messages(bluez):
         await node_a.stop()
 
 
+async def test_two_mesh_nodes_with_no_peers_find_each_other_by_scanning(bluez):
+    """No address given: each one's scan reports the other (on_discovered), the node
+    sends it a discovery, and they join."""
+    from flowmesh_edge import MeshNode
+
+    node_a = MeshNode("ble-a", mesh_key=KEY, transport=transport("hci0"))
+    node_b = MeshNode("ble-b", mesh_key=KEY, transport=transport("hci1"))
+    await node_a.start()
+    await node_b.start()
+    try:
+        await until(lambda: node_a.peers().get("ble-b") and node_b.peers().get("ble-a")
+                    and node_a.peers()["ble-b"].status == node_b.peers()["ble-a"].status == "alive",
+                    timeout=20)
+    finally:
+        await node_b.stop()
+        await node_a.stop()
+
+
 def test_a_member_without_ble_loads_none_of_its_libraries():
     from tests.unit.test_imports import loaded
 
