@@ -157,9 +157,11 @@ def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backof
         raise click.UsageError("--peer, --relay, --ws-port, --mdns, --ble and --mesh-name need "
                                "--mesh-key (the mesh is authenticated)")
     relays = [url for value in relays for url in value.split()]
+    from .mesh.relay_protocol import relay_url_problem
+
     for url in relays:
-        if not re.fullmatch(r"wss?://[^/\s]+(/\S*)?", url):
-            raise click.BadParameter(f"{url!r} is not a ws:// or wss:// URL", param_hint="--relay")
+        if problem := relay_url_problem(url):
+            raise click.BadParameter(problem, param_hint="--relay")
     token = None
     if relays:
         if relay_token_file is None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .mesh import Address, MeshNode
 from .mesh.membership import MemberEvent, PeerInfo
+from .mesh.relay_protocol import relay_url_problem
 from .mesh.security import mesh_id_of
 from .mesh.transport import Transport
 from .mesh.transports.udp import UdpTransport
@@ -134,7 +135,11 @@ class MeshLinks:
         relays = [(url, opts.relay_token or "") for url in opts.relays] if first else []
         if saved is not None and saved.relay_url and saved.relay_token \
                 and saved.relay_url not in {url for url, _ in relays}:
-            relays.append((saved.relay_url, saved.relay_token))
+            problem = relay_url_problem(saved.relay_url)
+            if problem:  # a hand-edited file: the mesh is joined without that relay
+                log.error("saved mesh %s: %s; joining it without that relay", saved.mesh_id, problem)
+            else:
+                relays.append((saved.relay_url, saved.relay_token))
         if relays:
             from .mesh.transports.relay import RelayTransport
 
@@ -168,8 +173,10 @@ class MeshLinks:
                 from .mesh.mdns import MdnsDiscovery
 
                 def found(peer: str, addresses: list[Address], node: MeshNode = node) -> None:
+                    # mDNS is unauthenticated: what it finds is only asked to join; the
+                    # member's own authenticated frames then say where it is
                     for address in addresses:
-                        node.add_peer(address, peer, "mdns")
+                        node.add_peer(address)
 
                 link.mdns = MdnsDiscovery(self.node_id, link.mesh_id, node.endpoints, found,
                                           interfaces=self.options.mdns_interfaces)

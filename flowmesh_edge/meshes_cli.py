@@ -10,12 +10,12 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from flowmesh.table import render
 
+from .mesh.relay_protocol import public_url
 from .meshes import MeshesFileError, MeshNotFound, SavedMesh, SavedMeshes
 
 MESHES_FILE_ENV = "FLOWMESH_MESHES_FILE"
@@ -91,21 +91,6 @@ def ago(seconds: float) -> str:
         if seconds < up_to:
             return f"{int(seconds // size)} {unit} ago"
     return f"{int(seconds // 86400)} d ago"
-
-
-def public_url(url: str | None) -> str | None:
-    """A relay URL without what could be a credential (user info, query string)."""
-    if url is None:
-        return None
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-    except ValueError:
-        return "(unparsable URL)"
-    return urlunsplit((parts.scheme, netloc, parts.path, "..." if parts.query else "", ""))
 
 
 def _iso(moment: float | None) -> str | None:

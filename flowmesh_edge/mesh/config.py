@@ -134,7 +134,10 @@ class MeshConfig:
     #: stale the knowledge of the fallback may be when it is needed.
     path_probe_standby_s: float = 5.0
     #: Seconds a path probe waits for its answer (at least 3 round trips of the path).
-    path_probe_timeout_s: float = 1.0
+    #: An unanswered probe of the path in use is repeated at once; a second one in a row
+    #: (``path_down_after``) moves the traffic: failover takes at most about
+    #: ``path_probe_active_s + 2 * path_probe_timeout_s`` (2 s at the defaults).
+    path_probe_timeout_s: float = 0.5
     #: Seconds a path stays confirmed after its last answer, beyond its probe interval;
     #: a path with an unanswered probe is not confirmed (Tailscale trusts a direct
     #: path 6.5 s after its last reply: this is faster and costs more probes).
@@ -145,6 +148,9 @@ class MeshConfig:
     path_down_after: int = 2
     path_backoff_min_s: float = 1.0
     path_backoff_max_s: float = 60.0
+    #: Seconds after which an endpoint down all along is forgotten, unless the member
+    #: itself advertises it (a source address it no longer uses, an mDNS or saved one).
+    path_forget_s: float = 600.0
     #: Messages to one member kept for replay on the next path until the path they
     #: went on proves it still works (a probe sent after them answered).
     path_replay_max: int = 256
@@ -176,6 +182,8 @@ class MeshConfig:
             raise ValueError("ttl and hop_limit must be at most 255")
         if not 0 < self.path_probe_active_s <= self.path_probe_standby_s:
             raise ValueError("need 0 < path_probe_active_s <= path_probe_standby_s")
+        if not (self.path_probe_timeout_s > 0 and self.path_trust_s >= 0 and self.path_forget_s > 0):
+            raise ValueError("need path_probe_timeout_s > 0, path_trust_s >= 0, path_forget_s > 0")
         if not 0 < self.path_backoff_min_s <= self.path_backoff_max_s:
             raise ValueError("need 0 < path_backoff_min_s <= path_backoff_max_s")
         if self.path_down_after < 1 or self.path_replay_max < 0 or self.path_endpoints_max < 1:

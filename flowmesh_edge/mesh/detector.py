@@ -120,6 +120,7 @@ class Host(Protocol):
     def send_to(self, mtype: MessageType, body: bytes, node_id: str, *, fallback: Address | None = None,
                 piggyback: bool = True, every_path: bool = False, replay: bool = False) -> None: ...
     def learn_member(self, update: Update) -> None: ...
+    def probe_timeout_for(self, node_id: str) -> float: ...
     def spawn(self, coro: Coroutine[Any, Any, object]) -> None: ...
     def drop(self, reason: str) -> None: ...
     def member_event(self, event: MemberEvent) -> None: ...
@@ -143,6 +144,8 @@ class _Probe:
     target: str
     address: Address
     ping: bytes
+    #: Seconds for the direct ack: probe_timeout_s, or more on a slow path (a relay).
+    timeout: float = 0.1
     timer: asyncio.TimerHandle | None = None
 
 
@@ -234,11 +237,12 @@ class FailureDetector:
         host = self.host
         probe_id = self._new_probe_id()
         probe = _Probe(target.node_id, target.address,
-                       encode_ping(probe_id, target.node_id, host.state_stamp()))
+                       encode_ping(probe_id, target.node_id, host.state_stamp()),
+                       host.probe_timeout_for(target.node_id))
         self._probes[probe_id] = probe
         self.stats.probes += 1
         host.send_to(MessageType.PING, probe.ping, probe.target, fallback=probe.address, every_path=True)
-        probe.timer = host.call_later(host.config.probe_timeout_s, self._no_direct_ack, probe_id)
+        probe.timer = host.call_later(probe.timeout, self._no_direct_ack, probe_id)
 
     def _no_direct_ack(self, probe_id: int) -> None:
         """No direct answer: ask k others, and try once more ourselves."""
@@ -254,8 +258,9 @@ class FailureDetector:
         for helper in self.rng.sample(helpers, min(cfg.indirect_checks, len(helpers))):
             self.stats.indirect_probes += 1
             host.send_to(MessageType.PING_REQ, req, helper.node_id, fallback=helper.address)
-        probe.timer = host.call_later(cfg.probe_deadline_s() - cfg.probe_timeout_s, self._probe_failed,
-                                      probe_id)
+        # the rest of the probe deadline, in the same proportion on a slow path
+        rest = (cfg.probe_deadline_s() - cfg.probe_timeout_s) * probe.timeout / cfg.probe_timeout_s
+        probe.timer = host.call_later(rest, self._probe_failed, probe_id)
 
     def _probe_failed(self, probe_id: int) -> None:
         """No ack by the end of the probe, not even through a helper: suspect the target."""

@@ -163,6 +163,7 @@ class MeshNode:
         self._transport.on_discovered(self.add_peer)
         await self._transport.start(self._on_datagram)
         self._running = True
+        self.paths.start()
         self.queue_update(self.self_update())
         self.detector.start()
         self.dissemination.start()
@@ -219,7 +220,9 @@ class MeshNode:
     def add_peer(self, address: Address | tuple[str, int] | str, node_id: str | None = None,
                  source: str = "config") -> None:
         """Somewhere a member may be (found by mDNS, a relay, a BLE scan, a saved
-        mesh): ask it to join, and, when its id is known, count it as one of its paths."""
+        mesh): ask it to join. With ``node_id``, from a source the caller trusts,
+        also count it as one of that member's paths; an unauthenticated finding
+        (mDNS) must not: the member's own authenticated frames say where it is."""
         address = Address.of(address)
         if node_id is not None and node_id != self.node_id:
             self.paths.learn(node_id, address, source)
@@ -351,6 +354,16 @@ class MeshNode:
     def learn_member(self, update: Update) -> None:
         """An accepted ALIVE: where the member says it can be reached."""
         self.paths.learn_member(update.node, update.address, update.endpoints)
+
+    def probe_timeout_for(self, node_id: str) -> float:
+        """How long a probe of ``node_id`` waits for its direct ack: ``probe_timeout_s``,
+        or twice the round trip of the slowest path the probe goes on when that is
+        longer: the member is dead only when no path answers, so the slowest one is
+        waited for (a member reached only through a distant relay must not be
+        suspected for its distance)."""
+        rtt = self.paths.slowest_rtt(node_id)
+        base = self.config.probe_timeout_s
+        return max(base, 2 * rtt) if rtt is not None else base
 
     def known_addresses(self) -> set[Address]:
         """Addresses of live members, every path included (discovery skips them)."""

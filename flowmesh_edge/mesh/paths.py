@@ -93,6 +93,8 @@ class Endpoint:
     #: as of that answer, plus ``path_trust_s``.
     trusted_until: float = -math.inf
     outstanding: dict[int, float] = field(default_factory=dict)  #: probe id -> loop time sent
+    #: Loop time the path went down (None while it is not).
+    down_since: float | None = None
 
     def to_dict(self, state: str) -> dict:
         return {"address": str(self.address), "source": self.source, "state": state,
@@ -105,6 +107,8 @@ class _Peer:
     node_id: str
     endpoints: dict[Address, Endpoint] = field(default_factory=dict)
     active: Address | None = None
+    #: The second path frames go on while the one in use is unconfirmed.
+    fallback: Address | None = None
     #: (loop time sent, type, body) of messages not yet proven delivered.
     replay: deque = field(default_factory=deque)
 
@@ -144,8 +148,11 @@ class ConnectionTrain:
                           key=lambda e: (e.confirmed_at or -math.inf, e.last_seen or -math.inf))
             if stalest.address == peer.active:
                 return
-            del peer.endpoints[stalest.address]
+            self._delete(peer, stalest)
         peer.endpoints[address] = Endpoint(address, source, next_probe=self.host.now())
+        if peer.active is None:  # its first path: in use, and reported as such
+            peer.active = address
+            self.host.path_changed(node_id, address, None, None)
         if len(peer.endpoints) == 2:  # from now on this member's paths are probed
             for endpoint in peer.endpoints.values():
                 endpoint.next_probe = self.host.now()
@@ -162,7 +169,7 @@ class ConnectionTrain:
             for e in list(peer.endpoints.values()):
                 if e.source == "gossip" and e.address not in said and e.address != peer.active \
                         and not self._confirmed(peer, e, now):
-                    del peer.endpoints[e.address]
+                    self._delete(peer, e)
         for a in (address, *endpoints):
             self.learn(node_id, a, "gossip")
 
@@ -171,6 +178,12 @@ class ConnectionTrain:
         peer = self._peers.get(node_id)
         endpoint = peer.endpoints.get(address) if peer is not None else None
         if endpoint is None:
+            if peer is not None and any(e.address.transport == address.transport
+                                        and e.unanswered < self.config.path_down_after
+                                        for e in peer.endpoints.values()):
+                # a multi-homed or wildcard-bound member's other source address: one live
+                # path per transport is enough (and costs no probes)
+                return
             self.learn(node_id, address, "heard")
             peer = self._peers.get(node_id)
             endpoint = peer.endpoints.get(address) if peer is not None else None
@@ -185,7 +198,22 @@ class ConnectionTrain:
                 self._wake(now)
 
     def forget(self, node_id: str) -> None:
-        self._peers.pop(node_id, None)
+        peer = self._peers.pop(node_id, None)
+        for e in peer.endpoints.values() if peer is not None else ():
+            for probe_id in e.outstanding:
+                self._probes.pop(probe_id, None)
+
+    def _delete(self, peer: _Peer, e: Endpoint) -> None:
+        del peer.endpoints[e.address]
+        for probe_id in e.outstanding:
+            self._probes.pop(probe_id, None)
+        if peer.fallback == e.address:
+            peer.fallback = None
+
+    def start(self) -> None:
+        """The node started: probe what was learned before."""
+        if any(len(p.endpoints) > 1 for p in self._peers.values()):
+            self._wake(self.host.now())
 
     # -- choosing where to send -----------------------------------------------------------
     def plan(self, node_id: str, fallback: Address) -> list[Address]:
@@ -253,17 +281,32 @@ class ConnectionTrain:
         ranked = sorted(peer.endpoints.values(), key=self._rank)
         live = [e for e in ranked if e.unanswered < self.config.path_down_after]
         confirmed = [e for e in ranked if self._confirmed(peer, e, now)]
-        if confirmed:
-            best = confirmed[0]
-            chosen = [best.address]
-            better = live[0] if live and live[0] is not best and self._rank(live[0]) < self._rank(best) \
-                else None
-            if better is not None:  # unproven, or answering again: try it alongside
-                chosen.append(better.address)
+        active = peer.endpoints.get(peer.active) if peer.active is not None else None
+        if active is not None and active in live:
+            # the path in use stays while it is not down: a lost probe or two is no
+            # reason to move; a confirmed path of a preferred transport is
+            primary = active
+            if confirmed and self._rank(confirmed[0])[0] < self._rank(active)[0]:
+                primary = confirmed[0]
         else:
-            chosen = [e.address for e in (live or ranked)[:2]]
+            primary = confirmed[0] if confirmed else (live or ranked)[0]
+        chosen = [primary.address]
+        if primary in confirmed:
+            better = next((e for e in live if e.confirmed_at is None), None)
+            if better is not None and self._rank(better) < self._rank(primary):  # new: try it alongside
+                chosen.append(better.address)
+        else:  # unproven or not answering: the best confirmed other path carries it too
+            other = next((e for e in confirmed if e is not primary), None) or \
+                next((e for e in (live or ranked) if e is not primary), None)
+            if other is not None:
+                chosen.append(other.address)
         if chosen[0] != peer.active:
             self._switch(peer, chosen)
+        else:
+            fallback = chosen[1] if len(chosen) > 1 else None
+            if fallback is not None and fallback != peer.fallback:
+                self._resend(peer, [fallback])  # what may have been lost goes this way too
+            peer.fallback = fallback
         return chosen
 
     def _switch(self, peer: _Peer, chosen: list[Address]) -> None:
@@ -279,13 +322,18 @@ class ConnectionTrain:
             log.info("mesh %s: %s now over %s (%s), was %s", self.host.node_id, peer.node_id, chosen[0],
                      rtt, previous)
         # what went out on the old path since its last proof of life goes again
+        peer.fallback = chosen[1] if len(chosen) > 1 else None
+        self._resend(peer, chosen)
+        self.host.path_changed(peer.node_id, chosen[0], previous, endpoint.rtt_s)
+
+    def _resend(self, peer: _Peer, addresses: list[Address]) -> None:
+        """Send again, on ``addresses``, the messages no probe has proven delivered."""
         pending, peer.replay = list(peer.replay), deque()
         for _, mtype, body in pending:
             self.replayed += 1
-            for address in chosen:
+            for address in addresses:
                 self.host.send_frame(mtype, body, address)
             self.sent(peer.node_id, mtype, body)
-        self.host.path_changed(peer.node_id, chosen[0], previous, endpoint.rtt_s)
 
     # -- probing -------------------------------------------------------------------------
     def _wake(self, at: float) -> None:
@@ -305,7 +353,11 @@ class ConnectionTrain:
             if len(peer.endpoints) < 2:
                 continue
             for e in list(peer.endpoints.values()):
-                self._expire(e, now)
+                self._expire(peer, e, now)
+                if e.down_since is not None and now - e.down_since > self.config.path_forget_s \
+                        and e.source != "gossip" and e.address != peer.active:
+                    self._delete(peer, e)  # a source address it no longer uses; gossip ones go by ALIVE
+                    continue
                 if e.next_probe <= now:
                     self._probe(peer, e, now)
                 due = min(due, e.next_probe, *(t + self._timeout(e) for t in e.outstanding.values()))
@@ -316,12 +368,16 @@ class ConnectionTrain:
     def _timeout(self, e: Endpoint) -> float:
         return max(self.config.path_probe_timeout_s, 3 * (e.rtt_s or 0.0))
 
-    def _expire(self, e: Endpoint, now: float) -> None:
+    def _expire(self, peer: _Peer, e: Endpoint, now: float) -> None:
         for probe_id, sent_at in list(e.outstanding.items()):
             if sent_at + self._timeout(e) <= now:  # the very sum the tick was timed by
                 del e.outstanding[probe_id]
                 self._probes.pop(probe_id, None)
                 e.unanswered += 1
+                if e.unanswered >= self.config.path_down_after and e.down_since is None:
+                    e.down_since = now
+                if e.address == peer.active and e.unanswered < self.config.path_down_after:
+                    e.next_probe = now  # lost, or cut? ask again at once
 
     def _probe(self, peer: _Peer, e: Endpoint, now: float) -> None:
         self._probe_ids = (self._probe_ids + 1) & 0xFFFFFFFF
@@ -363,12 +419,13 @@ class ConnectionTrain:
         e.rtt_s = sample if e.rtt_s is None else 0.8 * e.rtt_s + 0.2 * sample
         was_down = e.unanswered
         e.unanswered = 0
+        e.down_since = None
         e.confirmed_at = now
         cfg = self.config
         interval = cfg.path_probe_active_s if e.address == peer.active else cfg.path_probe_standby_s
         e.trusted_until = now + interval + cfg.path_trust_s
         e.acked_sent_at = max(e.acked_sent_at, sent_at)
-        if e.address == peer.active:  # proven delivered on the path in use
+        if e.address in (peer.active, peer.fallback):  # proven delivered on a path it went on
             while peer.replay and peer.replay[0][0] <= sent_at:
                 peer.replay.popleft()
         e.next_probe = min(e.next_probe, now + interval)
@@ -386,6 +443,14 @@ class ConnectionTrain:
             return e.address, e.rtt_s
         e = peer.endpoints.get(peer.active) if peer.active else None
         return (e.address, e.rtt_s) if e else (None, None)
+
+    def slowest_rtt(self, node_id: str) -> float | None:
+        """The longest round trip among the paths to ``node_id`` that are not down."""
+        peer = self._peers.get(node_id)
+        down = self.config.path_down_after
+        rtts = [e.rtt_s for e in peer.endpoints.values() if e.rtt_s is not None and e.unanswered < down] \
+            if peer is not None else []
+        return max(rtts, default=None)
 
     def stats(self) -> dict[str, dict]:
         """Per member: the path in use, its round trip, and every endpoint with its state."""

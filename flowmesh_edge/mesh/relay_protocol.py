@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from flowmesh.limits import NODE_ID_MAX_BYTES, node_id_problem
 
@@ -189,3 +190,31 @@ def decode_data(message: bytes) -> tuple[str, bytes]:
     if len(datagram) > MAX_DATAGRAM:
         raise ProtocolError("datagram over the size limit")
     return node, datagram
+
+
+def relay_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a relay URL (``ws://HOST:PORT`` or ``wss://HOST:PORT``), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a port out of range)
+    except ValueError as exc:
+        return f"relay URL {public_url(url)!r}: {exc}"
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        return f"relay URL {public_url(url)!r}: want ws://HOST:PORT or wss://HOST:PORT"
+    return None
+
+
+def public_url(url: str | None) -> str | None:
+    """A relay URL without what could be a credential (user info, query string): for
+    logs and listings."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    except ValueError:
+        return "(unparsable URL)"
+    return urlunsplit((parts.scheme, netloc, parts.path, "..." if parts.query else "", ""))

@@ -307,7 +307,9 @@ def test_two_agents_on_the_mesh_record_a_death(db_url, tmp_path):
     (["--relay", "ws://127.0.0.1:9"], "need --mesh-key"),
     (["--mesh-key", "short"], "at least 16 bytes"),
     (["--mesh-key", "0123456789abcdef0", "--peer", "nonsense"], "is not HOST:PORT"),
-    (["--mesh-key", "0123456789abcdef0", "--relay", "http://x:1"], "is not a ws:// or wss:// URL"),
+    (["--mesh-key", "0123456789abcdef0", "--relay", "http://x:1"], "want ws://HOST:PORT"),
+    (["--mesh-key", "0123456789abcdef0", "--relay", "ws://x:99999"], "out of range"),
+    (["--mesh-key", "0123456789abcdef0", "--relay", "ws://:8765"], "want ws://HOST:PORT"),
     (["--mesh-key", "0123456789abcdef0", "--relay", "ws://127.0.0.1:9"], "needs --relay-token-file"),
 ])
 def test_mesh_flags_are_checked(args, message):

@@ -103,6 +103,9 @@ class FakeHost:
     def learn_member(self, update: Update) -> None:
         pass
 
+    def probe_timeout_for(self, node_id: str) -> float:
+        return self.config.probe_timeout_s
+
     def known_addresses(self) -> set[Address]:
         return {m.address for m in self.members.alive()}
 

@@ -4,6 +4,7 @@ after a restart with nothing on the command line, left when forgotten."""
 from __future__ import annotations
 
 import json
+import uuid
 
 from click.testing import CliRunner
 
@@ -83,15 +84,18 @@ async def test_without_a_key_or_a_saved_mesh_there_is_no_mesh(tmp_path):
 
 
 async def test_two_members_with_no_peers_find_each_other_over_mdns(tmp_path):
-    """Bound to 127.0.0.1 (no broadcast), no peer given: mDNS on loopback is the only way."""
-    members = [MeshLinks(name, options(tmp_path / f"{name}.json", mesh_key=KEY, mdns=True,
-                                       mdns_interfaces=["127.0.0.1"])) for name in ("a", "b")]
+    """Bound to 127.0.0.1 (no broadcast), no peer given: mDNS on loopback is the only way.
+    A key and names of this run only: another run on the host is another mesh."""
+    run = uuid.uuid4().hex[:8]
+    key, names = f"{KEY}-{run}", (f"a-{run}", f"b-{run}")
+    members = [MeshLinks(name, options(tmp_path / f"{name}.json", mesh_key=key, mdns=True,
+                                       mdns_interfaces=["127.0.0.1"])) for name in names]
     for links in members:
         links.build()
         await links.start()
     try:
         a, b = (links.primary for links in members)
-        await until(lambda: status(a, "b") == "alive" and status(b, "a") == "alive", 15)
+        await until(lambda: status(a, names[1]) == "alive" and status(b, names[0]) == "alive", 15)
         assert all(link.mdns is not None for links in members for link in links.links)
     finally:
         for links in members:

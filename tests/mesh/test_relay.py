@@ -324,6 +324,18 @@ async def test_a_wrong_token_is_retried_with_backoff_and_never_logged(relay, cap
     assert "a-token-the-relay-does-not-know" not in caplog.text and TOKEN not in caplog.text
 
 
+async def test_a_relay_url_is_logged_without_its_user_info_or_query(relay, caplog):
+    caplog.set_level("INFO", logger="flowmesh_edge")
+    url = relay.url.replace("ws://", "ws://user:url-secret@") + "/?token=query-secret"
+    transport = RelayTransport("a", MESH, [(url, TOKEN)])
+    await transport.start(lambda data, source: None)
+    try:
+        await until(lambda: "relay ws://127.0.0.1" in caplog.text, 5)
+    finally:
+        await transport.close()
+    assert "url-secret" not in caplog.text and "query-secret" not in caplog.text
+
+
 # -- the command ------------------------------------------------------------------------------
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ addresses = st.builds(Address, st.sampled_from(["udp", "mem", "ws", "ble-gatt"])
                       st.integers(0, 65535))
 updates = st.builds(Update, st.sampled_from(wire.UPDATE_KINDS), ids, u32, addresses,
                     st.one_of(st.just(""), ids), st.binary(max_size=40),
-                    st.lists(addresses, max_size=wire.MAX_ENDPOINTS).map(tuple))
+                    st.lists(addresses, max_size=2).map(tuple))
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 payloads = st.dictionaries(st.text(max_size=10), json_scalars, max_size=6)
 envelopes = st.builds(Envelope, ids, u32, payloads, st.integers(0, 255), st.integers(0, 255),
@@ -133,3 +133,15 @@ def test_ids_up_to_the_shared_limit_pass_and_longer_ones_do_not():
     assert roundtrip(frame) == frame
     with pytest.raises(ValueError):
         wire.encode_frame(Frame(MessageType.PING, longest + "n", 1, 1, 1, b""), KEY.sign)
+
+
+def test_an_update_carries_up_to_max_endpoints_and_a_longer_list_is_refused():
+    endpoints = tuple(Address("ws", f"10.0.0.{i}", 8000 + i) for i in range(wire.MAX_ENDPOINTS))
+    update = Update(MessageType.ALIVE, "cam", 7, Address.udp("10.0.0.1", 9999), "cam", b"", endpoints)
+    assert wire.decode_update(wire.encode_update(update)) == update
+    raw = bytearray(wire.encode_update(update))
+    count_at = len(raw) - sum(len(wire._addr(a)) for a in endpoints) - 1
+    assert raw[count_at] == wire.MAX_ENDPOINTS
+    raw[count_at] += 1
+    with pytest.raises(WireError):
+        wire.decode_update(bytes(raw))

@@ -67,9 +67,10 @@ class _Relay:
     """One relay: where it is, its connection when up, what waits for it."""
 
     def __init__(self, url: str, token: str, node_id: str):
+        problem = rp.relay_url_problem(url)
+        if problem:
+            raise ValueError(problem)
         parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(f"relay URL {url!r}: want ws://HOST:PORT or wss://HOST:PORT")
         self.url, self.token = url, token
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "wss" else 80)
@@ -213,7 +214,7 @@ class RelayTransport(Transport):
             delay = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** relay.failures)
             delay *= 1 + BACKOFF_JITTER * (2 * self._rng.random() - 1)
             relay.failures += 1
-            log.info("relay %s: %s; reconnecting in %.1fs", relay.url, relay.last_close, delay)
+            log.info("relay %s: %s; reconnecting in %.1fs", rp.public_url(relay.url), relay.last_close, delay)
             await asyncio.sleep(delay)
 
     async def _session(self, relay: _Relay) -> None:
@@ -231,7 +232,8 @@ class RelayTransport(Transport):
                 raise rp.ProtocolError(f"relay answered {answer.kind} to the hello")
             relay.connection = connection
             relay.peers = set(answer.peers)
-            log.info("relay %s: connected as %s, %d member(s) of mesh %s there", relay.url, self.node_id,
+            log.info("relay %s: connected as %s, %d member(s) of mesh %s there", rp.public_url(relay.url),
+                     self.node_id,
                      len(answer.peers), self.mesh_id)
             for peer in answer.peers:
                 self._discover(relay, peer)
