@@ -241,7 +241,9 @@ class MeshLinks:
             return
         self._dirty = False
         try:
-            forgotten = await asyncio.to_thread(self.store.save)
+            # in the loop's thread: the path and member handlers change the store in it,
+            # and it is not made for two threads (a write is a few milliseconds every 30 s)
+            forgotten = self.store.save()
             self._mtime = self.store.path.stat().st_mtime_ns
         except (MeshesFileError, OSError) as exc:
             log.error("%s; saved meshes are no longer updated", exc)
