@@ -124,10 +124,12 @@ class Agent:
         payload: dict = {"metrics": metrics, "agent": {"version": __version__}}
         if self.config.role:
             payload["role"] = self.config.role
-        if self.mesh is not None:
-            counts = self.mesh.stats()["members"]
-            payload["mesh"] = {**counts, "incarnation": self.mesh.incarnation}
-            self.mesh.update_state({k: metrics[k] for k in SHARED_METRICS if k in metrics})
+        # the first mesh still joined (a forgotten one is left while the agent runs)
+        mesh = self.links.primary if self.links is not None else self.mesh
+        if mesh is not None:
+            counts = mesh.stats()["members"]
+            payload["mesh"] = {**counts, "incarnation": mesh.incarnation}
+            mesh.update_state({k: metrics[k] for k in SHARED_METRICS if k in metrics})
         return payload
 
     # -- mesh observations -> outbox ----------------------------------------------

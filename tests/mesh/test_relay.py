@@ -319,6 +319,10 @@ async def test_a_wrong_token_is_retried_with_backoff_and_never_logged(relay, cap
         transport.send(b"x" * 100, relay_address("b", "elsewhere", 1))
         transport.send(b"x" * 100, Address("udp", "127.0.0.1", 1))
         assert transport.dropped == {"unknown_relay": 1, "not_a_relay_address": 1}
+        # only our relays' addresses are paths of ours
+        assert transport.handles(relay_address("b", "127.0.0.1", relay.port))
+        assert not transport.handles(relay_address("b", "elsewhere", 1))
+        assert not transport.handles(Address("relay", "no-at-sign", relay.port))
     finally:
         await transport.close()
     assert "a-token-the-relay-does-not-know" not in caplog.text and TOKEN not in caplog.text

@@ -119,6 +119,17 @@ class RelayTransport(Transport):
         for relay in self._relays:
             relay.task = asyncio.create_task(self._keep_connected(relay), name=f"relay {relay.url}")
 
+    def handles(self, address: Address) -> bool:
+        """Addresses at one of our relays only: a member's endpoint at a relay we are not
+        connected to is no path of ours (the connection train does not probe it)."""
+        if address.transport != RELAY:
+            return False
+        try:
+            _, host = split_relay_address(address)
+        except ValueError:
+            return False
+        return (host, address.port) in self._by_place
+
     def send(self, data: bytes, address: Address) -> None:
         if not self._running:
             return
