@@ -88,7 +88,9 @@ def main() -> None:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             command += ["--mesh-key", MESH_KEY, "--mesh-bind", "127.0.0.1", "--mesh-port", str(port)]
-        proc = subprocess.Popen(command)
+        # a saved meshes file of its own: the user's saved meshes are neither joined nor written
+        proc = subprocess.Popen(command, env={**os.environ,
+                                              "FLOWMESH_MESHES_FILE": os.path.join(tmp, "meshes.json")})
         if args.mesh_peers:
             _, stop_peers = start_mesh_peers(args.mesh_peers, port)
         try:

@@ -43,6 +43,8 @@ log = logging.getLogger("flowmesh_edge.links")
 
 #: Seconds between writes of meshes.json while the agent runs (and at stop).
 SAVE_EVERY_S = 30.0
+#: Saved endpoints of a mesh a restarted agent rejoins through (the most recently successful).
+SAVED_PEERS_MAX = 8
 
 
 @dataclass
@@ -150,7 +152,9 @@ class MeshLinks:
             transports.append(BleTransport())
         peers = list(opts.peers) if first else []
         if saved is not None:
-            for endpoint in saved.endpoints:  # most recent success first (auto_reconnect's order)
+            # most recent success first (auto_reconnect's order); a few are enough to rejoin,
+            # and each one is sent a discovery every few seconds until then
+            for endpoint in saved.endpoints[:SAVED_PEERS_MAX]:
                 with contextlib.suppress(ValueError):
                     address = Address.parse(endpoint.address)
                     if address not in peers:

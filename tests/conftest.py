@@ -26,6 +26,10 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from flowmesh import embedded, migrations, pooler
 
+# An agent a test starts saves the meshes it joins: never in the user's data directory.
+os.environ.setdefault("FLOWMESH_MESHES_FILE",
+                      os.path.join(tempfile.mkdtemp(prefix="flowmesh-test-meshes-"), "meshes.json"))
+
 TEMPLATE = "flowmesh_template"
 
 

@@ -262,6 +262,7 @@ def test_two_agents_on_the_mesh_record_a_death(db_url, tmp_path):
     key = "cli-mesh-key-0123456789abcdef"
     env = {k: v for k, v in os.environ.items() if k != "FLOWMESH_DATABASE_URL"}
     env["FLOWMESH_MESH_KEY"] = key
+    env["FLOWMESH_DATA_DIR"] = str(tmp_path / "data")  # their saved meshes, not the user's
     procs, logs = [], []
 
     def start(name: str, *extra: str) -> int:
