@@ -26,10 +26,6 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from flowmesh import embedded, migrations, pooler
 
-# An agent a test starts saves the meshes it joins: never in the user's data directory.
-os.environ.setdefault("FLOWMESH_MESHES_FILE",
-                      os.path.join(tempfile.mkdtemp(prefix="flowmesh-test-meshes-"), "meshes.json"))
-
 TEMPLATE = "flowmesh_template"
 
 
@@ -87,6 +83,13 @@ def route(request) -> TestPooler | None:
     if getattr(request, "param", "direct") == "pooled":
         return request.getfixturevalue("pgbouncer")
     return None
+
+
+@pytest.fixture(autouse=True)
+def _own_meshes_file(monkeypatch, tmp_path_factory):
+    """An agent a test starts saves the meshes it joins in a file of the test's own:
+    never the user's meshes.json, never another test's (which it would rejoin)."""
+    monkeypatch.setenv("FLOWMESH_MESHES_FILE", str(tmp_path_factory.mktemp("meshes") / "meshes.json"))
 
 
 def pytest_configure(config):

@@ -373,6 +373,7 @@ def test_cli_list_never_connected_and_empty(path, monkeypatch):
     store.add_or_update(KEY, "home")
     store.save()
     # the data directory's variable places the file, as for the other commands
+    monkeypatch.delenv("FLOWMESH_MESHES_FILE", raising=False)
     monkeypatch.setenv("FLOWMESH_DATA_DIR", str(path.parent))
     result = CliRunner().invoke(main, ["meshes", "list"])
     assert "never connected" in result.output
