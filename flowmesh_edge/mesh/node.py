@@ -51,6 +51,7 @@ from .transport import Transport, Transports
 from .transports.udp import UdpTransport
 from .wire import (
     ENVELOPE_TYPES,
+    MAX_HOST_BYTES,
     Envelope,
     Frame,
     MessageType,
@@ -337,7 +338,13 @@ class MeshNode:
         """Where members can reach this node, its address first, one per path (no
         host when bound to every interface: they take the one our datagrams come from)."""
         every = [self.address, *self._transport.endpoints()]
-        return list(dict.fromkeys(a.with_host("") if a.is_wildcard else a for a in every))
+        # a host the wire cannot carry (a long node id at a long relay host name) is left out
+        # rather than making every ALIVE of ours unsendable
+        fits = [a for a in every if len(a.host.encode()) <= MAX_HOST_BYTES]
+        if len(fits) < len(every):
+            log.warning("mesh %s: %d endpoint(s) with a host over %d bytes not advertised", self.node_id,
+                        len(every) - len(fits), MAX_HOST_BYTES)
+        return list(dict.fromkeys(a.with_host("") if a.is_wildcard else a for a in fits))
 
     def self_update(self) -> Update:
         """ALIVE about this node, at the address members should use, with the

@@ -85,6 +85,8 @@ TAG_LEN = 16
 MAX_ID_LEN = NODE_ID_MAX_BYTES
 #: Transport names on the wire (see address.py).
 MAX_TRANSPORT_LEN = 16
+#: An address's host on the wire (a str: one length byte).
+MAX_HOST_BYTES = 255
 
 
 class MessageType(IntEnum):
@@ -239,7 +241,7 @@ def _str(value: str, *, max_len: int = 255) -> bytes:
 
 
 def _addr(address: Address) -> bytes:
-    return (_str(address.transport, max_len=MAX_TRANSPORT_LEN) + _str(address.host)
+    return (_str(address.transport, max_len=MAX_TRANSPORT_LEN) + _str(address.host, max_len=MAX_HOST_BYTES)
             + struct.pack(">H", address.port))
 
 

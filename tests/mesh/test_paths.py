@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from flowmesh_edge.mesh import Address, InMemoryNetwork, LinkConditions, MeshConfig, MessageType
+from flowmesh_edge.mesh import Address, InMemoryNetwork, LinkConditions, MeshConfig, MeshNode, MessageType
 from flowmesh_edge.mesh.simulation import converge, run_virtual, start_mesh, start_node
 from tests.conftest import until
 
@@ -305,3 +305,20 @@ def test_a_member_on_a_distant_relay_alone_is_not_suspected_for_its_round_trip()
         return events
 
     assert run_virtual(main()) == []
+
+
+def test_an_endpoint_the_wire_cannot_carry_is_left_out_not_fatal():
+    """A 128-byte node id at a long relay host name makes a host over 255 bytes: the
+    node starts, and advertises its other endpoints."""
+
+    async def main():
+        lan, relay = networks(8)
+        node = MeshNode("a", mesh_key=b"simulation-mesh-key!",
+                        transport=[lan.transport(), relay.transport("h" * 300)])
+        await node.start()
+        update = node.self_update()
+        await node.stop()
+        return update
+
+    update = run_virtual(main())
+    assert update.address.transport == "mem" and update.endpoints == ()
