@@ -134,8 +134,9 @@ class ConnectionTrain:
         self.replayed = 0
 
     # -- learning endpoints ------------------------------------------------------------
-    def learn(self, node_id: str, address: Address, source: str) -> None:
-        """``node_id`` may be reachable at ``address``; we will see."""
+    def learn(self, node_id: str, address: Address, source: str, *, replaced: Address | None = None) -> None:
+        """``node_id`` may be reachable at ``address``; we will see. ``replaced``: the
+        path in use before, now forgotten (reported as the previous one)."""
         if not address.host or address.is_wildcard or not self.host.handles(address):
             return
         peer = self._peers.get(node_id)
@@ -150,9 +151,9 @@ class ConnectionTrain:
                 return
             self._delete(peer, stalest)
         peer.endpoints[address] = Endpoint(address, source, next_probe=self.host.now())
-        if peer.active is None:  # its first path: in use, and reported as such
+        if peer.active is None:  # its first path (or its only one, moved): in use, and reported
             peer.active = address
-            self.host.path_changed(node_id, address, None, None)
+            self.host.path_changed(node_id, address, replaced, None)
         if len(peer.endpoints) == 2:  # from now on this member's paths are probed
             for endpoint in peer.endpoints.values():
                 endpoint.next_probe = self.host.now()
@@ -164,14 +165,16 @@ class ConnectionTrain:
         unless they answer."""
         said = {address, *endpoints}
         peer = self._peers.get(node_id)
+        previous = peer.active if peer is not None else None
         if peer is not None:
             now = self.host.now()
             for e in list(peer.endpoints.values()):
-                if e.source == "gossip" and e.address not in said and e.address != peer.active \
-                        and not self._confirmed(peer, e, now):
+                # the path in use too: a member that restarted on another port is gone from it
+                if e.source == "gossip" and e.address not in said and not self._confirmed(peer, e, now):
                     self._delete(peer, e)
+        replaced = previous if peer is not None and peer.active is None else None
         for a in (address, *endpoints):
-            self.learn(node_id, a, "gossip")
+            self.learn(node_id, a, "gossip", replaced=replaced)
 
     def heard(self, node_id: str, address: Address) -> None:
         """A frame from ``node_id`` arrived over ``address``."""
@@ -205,6 +208,8 @@ class ConnectionTrain:
 
     def _delete(self, peer: _Peer, e: Endpoint) -> None:
         del peer.endpoints[e.address]
+        if peer.active == e.address:
+            peer.active = None  # the next path learned or chosen takes its place
         for probe_id in e.outstanding:
             self._probes.pop(probe_id, None)
         if peer.fallback == e.address:

@@ -322,3 +322,34 @@ def test_an_endpoint_the_wire_cannot_carry_is_left_out_not_fatal():
 
     update = run_virtual(main())
     assert update.address.transport == "mem" and update.endpoints == ()
+
+
+def test_a_member_restarted_on_another_port_leaves_one_path_and_no_probes():
+    """Its new ALIVE names only the new address: the old one, the path in use, goes
+    (it never answered a path probe: a one-path member is not probed), and a mesh on
+    one network stays probe-free; the move is reported with the old path as previous."""
+
+    async def main():
+        net = InMemoryNetwork(seed=3, broadcast=False)
+        nodes = await start_mesh(3, net)
+        await converge(nodes)
+        old = nodes[2].address
+        moves: list[tuple] = []
+        nodes[0].on_path(lambda peer, address, previous, rtt: moves.append((peer, address, previous)))
+        await nodes[2].stop(leave=False)
+        await asyncio.sleep(2)
+        nodes[2] = await start_node("node-002", net, peers=[nodes[0].address], seed=50)
+        await converge(nodes, timeout=30)
+        await asyncio.sleep(5)
+        before = [n.stats().sent_by_type.get("PATH_PROBE", 0) for n in nodes]
+        await asyncio.sleep(60)
+        after = [n.stats().sent_by_type.get("PATH_PROBE", 0) for n in nodes]
+        endpoints = [len(v["endpoints"]) for v in nodes[0].stats().paths.values()]
+        new = nodes[2].address
+        for n in nodes:
+            await n.stop()
+        return before, after, endpoints, moves, old, new
+
+    before, after, endpoints, moves, old, new = run_virtual(main())
+    assert after == before and endpoints == [1, 1]
+    assert ("node-002", new, old) in moves
