@@ -216,9 +216,14 @@ class ConnectionTrain:
             peer.fallback = None
 
     def start(self) -> None:
-        """The node started: probe what was learned before."""
+        """The node started: probe what was learned before (at once: its times were
+        taken before the loop's clock was ours)."""
+        now = self.host.now()
+        for peer in self._peers.values():
+            for e in peer.endpoints.values():
+                e.next_probe = now
         if any(len(p.endpoints) > 1 for p in self._peers.values()):
-            self._wake(self.host.now())
+            self._wake(now)
 
     # -- choosing where to send -----------------------------------------------------------
     def plan(self, node_id: str, fallback: Address) -> list[Address]:

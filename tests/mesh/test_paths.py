@@ -353,3 +353,20 @@ def test_a_member_restarted_on_another_port_leaves_one_path_and_no_probes():
     before, after, endpoints, moves, old, new = run_virtual(main())
     assert after == before and endpoints == [1, 1]
     assert ("node-002", new, old) in moves
+
+
+def test_paths_learned_before_the_node_starts_are_probed_once_it_does():
+    async def main():
+        lan, relay = networks(12)
+        b = await start_node("b", [lan, relay], seed=13)
+        a = MeshNode("a", mesh_key=b"simulation-mesh-key!", transport=[lan.transport(), relay.transport()])
+        for address in (b.address, on(relay, b)):
+            a.add_peer(address, "b", "saved")  # as from a saved mesh, before start
+        await a.start()
+        await asyncio.sleep(3)
+        probes = a.stats().sent_by_type.get("PATH_PROBE", 0)
+        await a.stop()
+        await b.stop()
+        return probes
+
+    assert run_virtual(main()) >= 2
