@@ -96,11 +96,25 @@ class Outbox:
         self._db = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=False, timeout=30
         )
-        self._db.execute(q("journal_wal"))
+        self._enter_wal()
         self._db.execute(q("synchronous_full"))
         with self._lock, self._transaction():
             self._upgrade()
             self._db.execute(q("init_next_seq"), {"start": int(time.time() * 1_000_000)})
+
+    def _enter_wal(self, wait_s: float = 30.0) -> None:
+        """Switch the file to write-ahead logging. Another process opening a new outbox
+        at the same moment (``beat`` beside ``run``) can hold the lock this takes, and
+        SQLite does not wait on it as it does for writes: retry, within the same 30 s."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self._db.execute(q("journal_wal"))
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _upgrade(self) -> None:
         """Create the tables, and bring an outbox written by an older agent up to date."""
