@@ -89,7 +89,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import Children, pct, q, server_cpu_s  # noqa: E402
 
 from flowmesh import __version__, database, devices, embedded, migrations, pooler  # noqa: E402
-from flowmesh_edge.agent import backoff_delay  # noqa: E402
+from flowmesh_edge.backoff import backoff_delay  # noqa: E402
 from flowmesh_edge.outbox import Outbox  # noqa: E402
 from flowmesh_edge.shipper import Rejected, Shipper, Unreachable  # noqa: E402
 

@@ -19,7 +19,6 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 
 from flowmesh import __version__
 
+from .backoff import backoff_delay
 from .config import AgentConfig
 from .links import MeshLinks
 from .mesh import Address, MeshMessage, MeshNode, MessageType
@@ -41,19 +41,6 @@ RECORDED_EVENTS = frozenset({"joined", "suspect", "dead", "left", "recovered"})
 SHARED_METRICS = ("cpu_percent", "memory_percent", "battery_percent", "temperature_c")
 
 log = logging.getLogger("flowmesh_edge.agent")
-
-#: Each wait is its nominal value times a factor drawn from this range, so a
-#: fleet cut off together does not retry in step.
-BACKOFF_JITTER = (0.8, 1.2)
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float,
-                  uniform: Callable[[float, float], float] = random.uniform) -> float:
-    """Seconds to wait after ``attempt + 1`` failures in a row: ``initial_s``
-    doubled per failure, capped at ``max_s``, with +-20% jitter (never above ``max_s``)."""
-    nominal = min(initial_s * 2 ** min(attempt, 62), max_s)
-    return min(nominal * uniform(*BACKOFF_JITTER), max_s)
-
 
 class ShipperThread:
     """One daemon thread running blocking calls in the order submitted.

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..backoff import backoff_delay
 from .address import Address
 from .wire import MessageType, decode_path_probe, encode_path_probe
 
@@ -263,9 +264,8 @@ class ConnectionTrain:
     def _interval(self, peer: _Peer, e: Endpoint) -> float:
         cfg = self.config
         if e.unanswered >= cfg.path_down_after:
-            doublings = min(e.unanswered - cfg.path_down_after, 16)
-            nominal = min(cfg.path_backoff_min_s * 2 ** doublings, cfg.path_backoff_max_s)
-            backoff = min(nominal * self.rng.uniform(0.8, 1.2), cfg.path_backoff_max_s)
+            backoff = backoff_delay(e.unanswered - cfg.path_down_after, cfg.path_backoff_min_s,
+                                    cfg.path_backoff_max_s, self.rng.uniform)
             now = self.host.now()
             if any(self._confirmed(peer, o, now) for o in peer.endpoints.values() if o is not e):
                 # the member is reachable another way: notice this path's return soon

@@ -6,7 +6,7 @@ import psutil
 import pytest
 
 from flowmesh import limits
-from flowmesh_edge.agent import backoff_delay
+from flowmesh_edge.backoff import backoff_delay
 from flowmesh_edge.config import AgentConfig
 from flowmesh_edge.metrics import MetricsSampler
 
