@@ -21,6 +21,9 @@ UDP = "udp"
 _TRANSPORT_NAME = re.compile(r"[a-z][a-z0-9-]{0,15}")
 #: Hosts that mean "every interface": never advertised as such to peers.
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+#: Transports whose addresses are IP hosts: an endpoint advertised with no host
+#: (bound to every interface) takes the host its frames come from.
+IP_TRANSPORTS = frozenset({"udp", "ws", "wss", "mem"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,13 @@ class Address:
 
     def with_host(self, host: str) -> Address:
         return replace(self, host=host)
+
+    def with_source_host(self, source: Address) -> Address:
+        """Advertised with no host (bound to every interface): the host its frame came
+        from, when both are IP paths; otherwise as advertised."""
+        if self.host or self.transport not in IP_TRANSPORTS or source.transport not in IP_TRANSPORTS:
+            return self
+        return self.with_host(source.host)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -74,7 +74,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .address import Address
 from .membership import ALIVE, DEAD, SUSPECT, MemberEvent, PeerInfo
-from .paths import with_source_host
 from .stats import DetectorStats
 from .wire import (
     Frame,
@@ -372,8 +371,8 @@ class FailureDetector:
             return
         if update.kind == MessageType.ALIVE and update.node == sender:
             # a member bound to every interface: it is where its datagrams come from
-            update = replace(update, address=with_source_host(update.address, addr),
-                             endpoints=tuple(with_source_host(a, addr) for a in update.endpoints))
+            update = replace(update, address=update.address.with_source_host(addr),
+                             endpoints=tuple(a.with_source_host(addr) for a in update.endpoints))
         outcome = self.host.members.apply(update)
         if outcome.refute is not None:
             self.refute(outcome.refute)

@@ -61,20 +61,8 @@ log = logging.getLogger("flowmesh_edge.mesh")
 
 #: How an endpoint was learned, in order of trust when all else is equal.
 SOURCES = ("heard", "config", "saved", "gossip", "relay", "mdns", "ble")
-#: Transports whose addresses are IP hosts: an endpoint advertised with no host
-#: (bound to every interface) takes the host its frames come from.
-IP_TRANSPORTS = frozenset({"udp", "ws", "wss", "mem"})
 #: Probes in flight remembered per endpoint (answers to older ones are ignored).
 _OUTSTANDING_MAX = 8
-
-
-def with_source_host(advertised: Address, source: Address) -> Address:
-    """An address a member advertised with no host (bound to every interface) takes
-    the host its frame came from, when both are IP paths; others are kept as said."""
-    if advertised.host or advertised.transport not in IP_TRANSPORTS \
-            or source.transport not in IP_TRANSPORTS:
-        return advertised
-    return advertised.with_host(source.host)
 
 
 @dataclass
@@ -83,9 +71,8 @@ class Endpoint:
     source: str
     #: Wall-clock time a frame from the member last arrived on this path.
     last_seen: float | None = None
-    #: Loop time of the last answered probe, and when that probe was sent.
+    #: Loop time of the last answered probe.
     confirmed_at: float | None = None
-    acked_sent_at: float = -math.inf
     rtt_s: float | None = None
     #: Probes in a row that went unanswered.
     unanswered: int = 0
@@ -131,8 +118,7 @@ class ConnectionTrain:
         self._probes: dict[int, tuple[str, Address]] = {}  #: probe id -> (member, endpoint)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
-        self.switches = 0
-        self.replayed = 0
+        self.replayed = 0  #: messages sent again on a new path
 
     # -- learning endpoints ------------------------------------------------------------
     def learn(self, node_id: str, address: Address, source: str, *, replaced: Address | None = None) -> None:
@@ -203,18 +189,17 @@ class ConnectionTrain:
 
     def forget(self, node_id: str) -> None:
         peer = self._peers.pop(node_id, None)
-        for e in peer.endpoints.values() if peer is not None else ():
-            for probe_id in e.outstanding:
-                self._probes.pop(probe_id, None)
+        for e in list(peer.endpoints.values()) if peer is not None else ():
+            self._delete(peer, e)
 
     def _delete(self, peer: _Peer, e: Endpoint) -> None:
         del peer.endpoints[e.address]
         if peer.active == e.address:
             peer.active = None  # the next path learned or chosen takes its place
-        for probe_id in e.outstanding:
-            self._probes.pop(probe_id, None)
         if peer.fallback == e.address:
             peer.fallback = None
+        for probe_id in e.outstanding:
+            self._probes.pop(probe_id, None)
 
     def start(self) -> None:
         """The node started: probe what was learned before (at once: its times were
@@ -327,7 +312,6 @@ class ConnectionTrain:
             endpoint.next_probe = now  # in use now: probed at the active cadence from here
             self._wake(now)
         if previous is not None:
-            self.switches += 1
             rtt = f"{endpoint.rtt_s * 1000:.1f} ms" if endpoint.rtt_s is not None else "round trip unknown"
             log.info("mesh %s: %s now over %s (%s), was %s", self.host.node_id, peer.node_id, chosen[0],
                      rtt, previous)
@@ -434,7 +418,6 @@ class ConnectionTrain:
         cfg = self.config
         interval = cfg.path_probe_active_s if e.address == peer.active else cfg.path_probe_standby_s
         e.trusted_until = now + interval + cfg.path_trust_s
-        e.acked_sent_at = max(e.acked_sent_at, sent_at)
         if e.address in (peer.active, peer.fallback):  # proven delivered on a path it went on
             while peer.replay and peer.replay[0][0] <= sent_at:
                 peer.replay.popleft()
