@@ -15,8 +15,9 @@ and, with ``--mdns``, an mDNS advertisement and browser feeding the node what
 it finds. A transport that is not configured is not imported.
 
 Saved endpoints seed each node's peers, most recently successful first. While
-running, every path switch and every member joined is recorded in the saved
-mesh (endpoint, round trip, connected over which transport), written at most
+running, each member's first path, every path switch and every recovery are
+recorded in the saved mesh (endpoint, round trip, connected over which
+transport), written at most
 every ``SAVE_EVERY_S`` and at stop. A mesh forgotten meanwhile
 (``flowmesh-edge meshes forget``) is left at the next write.
 """
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .mesh import Address, MeshNode
+from .mesh import DEFAULT_PORT, Address, MeshConfig, MeshNode
 from .mesh.membership import MemberEvent, PeerInfo
 from .mesh.relay_protocol import relay_url_problem
 from .mesh.security import mesh_id_of
@@ -53,7 +54,7 @@ class MeshOptions:
 
     mesh_key: str | None = None
     mesh_name: str | None = None
-    port: int = 9999
+    port: int = DEFAULT_PORT
     bind: str = "0.0.0.0"
     peers: list[Address] = field(default_factory=list)
     relays: list[str] = field(default_factory=list)
@@ -127,8 +128,9 @@ class MeshLinks:
         opts = self.options
         first = index == 0
         port = opts.port if first else 0
-        udp = UdpTransport(opts.bind, port, "255.255.255.255" if first and opts.bind in ("0.0.0.0", "")
-                           else None)
+        # LAN broadcast discovery on the first mesh's port only, as MeshConfig decides it
+        broadcast = MeshConfig(bind=opts.bind).effective_broadcast_address() if first else None
+        udp = UdpTransport(opts.bind, port, broadcast)
         transports: list[Transport] = [udp]
         if first and opts.ws_port is not None:
             from .mesh.transports.websocket import WebSocketTransport
@@ -204,26 +206,27 @@ class MeshLinks:
             await link.node.stop()
         await self.save()
 
+    def _reached(self, link: Link, peer: str, address: Address, rtt_s: float | None) -> None:
+        """A member of the mesh is reached at ``address``: remember it in the saved mesh."""
+        if self.store is None or link.mesh_id not in self.store:
+            return
+        now = time.time()
+        self.store.record_endpoint(link.mesh_id, peer, address, rtt_s * 1000 if rtt_s is not None else None,
+                                   now)
+        self.store.record_connected(link.mesh_id, address.transport, now)
+        self._dirty = True
+
     def _path_handler(self, link: Link) -> Callable[..., None]:
+        """A member's first path, and every switch (a joined member's included)."""
         def on_path(peer: str, address: Address, previous: Address | None, rtt_s: float | None) -> None:
-            if self.store is None or link.mesh_id not in self.store:
-                return
-            now = time.time()
-            self.store.record_endpoint(link.mesh_id, peer, address,
-                                       rtt_s * 1000 if rtt_s is not None else None, now)
-            self.store.record_connected(link.mesh_id, address.transport, now)
-            self._dirty = True
+            self._reached(link, peer, address, rtt_s)
         return on_path
 
     def _member_handler(self, link: Link) -> Callable[[MemberEvent, PeerInfo | None], None]:
+        """A member back from suspect or dead, on the path it had: no path event says so."""
         def on_member(event: MemberEvent, peer: PeerInfo | None) -> None:
-            if event.kind not in ("joined", "recovered") or peer is None or self.store is None \
-                    or link.mesh_id not in self.store or not peer.address.host:
-                return
-            now = time.time()
-            self.store.record_endpoint(link.mesh_id, peer.node_id, peer.address, None, now)
-            self.store.record_connected(link.mesh_id, peer.address.transport, now)
-            self._dirty = True
+            if event.kind == "recovered" and peer is not None and peer.address.host:
+                self._reached(link, peer.node_id, peer.address, None)
         return on_member
 
     async def _save_every(self) -> None:

@@ -131,6 +131,7 @@ class MeshNode:
         self.dissemination = Dissemination(self, self._rng)
         self.paths = ConnectionTrain(self, cfg, self._rng)
         self._path_handlers: list[PathHandler] = []
+        self._unadvertised: set[Address] = set()  #: endpoints too long for the wire (warned of)
         self._call = functools.partial(run_handler, self.spawn)
         self.messaging = Messaging(self, self.envelopes, self._call)
         self._handlers = self.messaging.handlers  # type -> user handlers
@@ -341,9 +342,10 @@ class MeshNode:
         # a host the wire cannot carry (a long node id at a long relay host name) is left out
         # rather than making every ALIVE of ours unsendable
         fits = [a for a in every if len(a.host.encode()) <= MAX_HOST_BYTES]
-        if len(fits) < len(every):
-            log.warning("mesh %s: %d endpoint(s) with a host over %d bytes not advertised", self.node_id,
-                        len(every) - len(fits), MAX_HOST_BYTES)
+        for a in set(every) - set(fits) - self._unadvertised:  # said once, not at every ALIVE
+            self._unadvertised.add(a)
+            log.warning("mesh %s: endpoint %s not advertised: its host is over %d bytes", self.node_id,
+                        a, MAX_HOST_BYTES)
         return list(dict.fromkeys(a.with_host("") if a.is_wildcard else a for a in fits))
 
     def self_update(self) -> Update:
@@ -374,9 +376,10 @@ class MeshNode:
 
     def known_addresses(self) -> set[Address]:
         """Addresses of live members, every path included (discovery skips them)."""
-        known = {m.address for m in self.members.alive()}
+        known: set[Address] = set()
         for m in self.members.alive():
-            known.update(a for a in self.paths.every_path(m.node_id, m.address))
+            known.add(m.address)
+            known.update(self.paths.every_path(m.node_id, m.address))
         return known
 
     def path_changed(self, node_id: str, address: Address, previous: Address | None,
