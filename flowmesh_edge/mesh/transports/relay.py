@@ -26,7 +26,6 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import broadcast
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.protocol import State
 
@@ -34,6 +33,7 @@ from .. import relay_protocol as rp
 from ..address import Address
 from ..transport import Discovered, Receiver, Transport
 from ..wire import MAX_DATAGRAM
+from .websocket import write_without_waiting
 
 RELAY = "relay"
 log = logging.getLogger("flowmesh_edge.mesh.relay")
@@ -45,8 +45,6 @@ BACKOFF_JITTER = 0.25
 #: A connection that lived this long resets the backoff to its first step; one the
 #: relay closes sooner (a bad token, a rate limit) keeps doubling it.
 STABLE_AFTER_S = 10.0
-#: Bytes waiting on a relay connection beyond which datagrams are dropped, not buffered.
-WRITE_LIMIT = 64 * 1024
 #: Seconds for the TCP, TLS and WebSocket handshakes and the relay's answer to the hello.
 OPEN_TIMEOUT_S = 10.0
 
@@ -191,15 +189,10 @@ class RelayTransport(Transport):
             self._drop("queue_full")
 
     def _write(self, relay: _Relay, message: bytes) -> None:
-        connection = relay.connection
-        assert connection is not None
-        if connection.transport.get_write_buffer_size() > WRITE_LIMIT:
-            self._drop("congested")
-            return
-        try:
-            broadcast([connection], message, raise_exceptions=True)
-        except Exception:
-            self._drop("send_failed")
+        assert relay.connection is not None
+        refused = write_without_waiting(relay.connection, message)
+        if refused:
+            self._drop(refused)
 
     # -- the connection to one relay ------------------------------------------------------------
     async def _keep_connected(self, relay: _Relay) -> None:

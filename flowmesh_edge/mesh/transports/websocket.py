@@ -63,11 +63,25 @@ OPEN_TIMEOUT_S = 5.0
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 30.0
 BACKOFF_JITTER = 0.25
-#: Bytes waiting on one connection beyond which datagrams are dropped, not buffered.
+#: Bytes waiting on one connection (to a peer or a relay) beyond which datagrams are
+#: dropped, not buffered.
 WRITE_LIMIT = 64 * 1024
 PROTOCOL_VERSION = 1
 
 Connection = ClientConnection | ServerConnection
+
+
+def write_without_waiting(connection: Connection, data: bytes) -> str | None:
+    """Queue one binary message on ``connection`` from synchronous code (a transport's
+    ``send`` never blocks); the reason it was dropped instead, or None. Beyond
+    WRITE_LIMIT bytes waiting, a slow peer costs drops, not memory."""
+    if connection.transport.get_write_buffer_size() > WRITE_LIMIT:
+        return "congested"
+    try:
+        broadcast([connection], data, raise_exceptions=True)
+    except Exception:
+        return "send_failed"
+    return None
 
 
 class _Link:
@@ -206,13 +220,9 @@ class WebSocketTransport(Transport):
         self.errors[0] += 1
 
     def _write(self, connection: Connection, data: bytes) -> None:
-        if connection.transport.get_write_buffer_size() > WRITE_LIMIT:
-            self._drop("congested")
-            return
-        try:
-            broadcast([connection], data, raise_exceptions=True)
-        except Exception:
-            self._drop("send_failed")
+        refused = write_without_waiting(connection, data)
+        if refused:
+            self._drop(refused)
 
     # -- dialling --------------------------------------------------------------------------------
     async def _dial(self, link: _Link) -> None:
