@@ -88,6 +88,7 @@ class Transports(Transport):
         names = [t.name for t in self.members]
         if len(set(names)) != len(names):
             raise ValueError(f"one transport per name, got {names}")
+        self.unroutable = 0  #: sends to an address no transport handles
 
     @property
     def address(self) -> Address:  # type: ignore[override]
@@ -113,8 +114,6 @@ class Transports(Transport):
                 transport.send(data, address)
                 return
         self.unroutable += 1
-
-    unroutable = 0  #: sends to an address no transport handles
 
     def broadcast(self, data: bytes) -> bool:
         sent = False
