@@ -10,6 +10,11 @@ The shipper's calls run, one at a time, on a thread of their own, a daemon:
 a call stuck on a dead path can then never hold the process at exit, and a
 stop always ends within the flush timeout (the call in flight is aborted, its
 batch stays queued).
+
+What the agent knows of itself (the last metrics sampled, the outbox's depth,
+the last shipment and the last error) is kept in memory, so that its own
+endpoints (``--http-port``, http_endpoints.py, imported only then) answer
+without touching SQLite or the database from the event loop.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from .links import MeshLinks
 from .mesh import Address, MeshMessage, MeshNode, MessageType
 from .mesh.membership import MemberEvent, PeerInfo
 from .metrics import MetricsSampler
-from .outbox import EVENT, Outbox
+from .outbox import EVENT, HEARTBEAT, Outbox
 from .shipper import Rejected, Shipper, ShipReport, Unreachable
 
 #: Membership events worth a row in mesh_events (``removed`` is bookkeeping).
@@ -81,7 +86,20 @@ class AgentStats:
     #: The shipper's own count (Shipper.shipped), kept batch by batch.
     shipped: ShipReport = field(default_factory=ShipReport)
     failures: int = 0
+    #: The failure of the last shipment attempt; None once one succeeds.
     last_error: str | None = None
+    #: The most recent failure and its wall-clock time, kept after a recovery.
+    last_failure: str | None = None
+    last_failure_at: float | None = None
+    #: Wall-clock time of the last flush that moved entries into the database.
+    last_shipped_at: float | None = None
+    #: The last heartbeat's metrics and when they were sampled (wall clock).
+    last_metrics: dict | None = None
+    last_sampled_at: float | None = None
+    #: Entries waiting in the outbox by kind (heartbeat, event): counted in the
+    #: shipper's thread at start and after each shipment attempt, plus what the
+    #: agent queued since; None until first counted.
+    outbox_depth: dict[str, int] | None = None
 
 
 class Agent:
@@ -105,19 +123,48 @@ class Agent:
         self._sample = sample or MetricsSampler().sample
         self._wake = asyncio.Event()
         self.stats = AgentStats(shipped=shipper.shipped)
+        #: Loop-independent start time, for the uptime the endpoints report.
+        self.started_monotonic = time.monotonic()
+        self.started_at = time.time()
+        #: The agent's own endpoints while they run (http_endpoints.AgentEndpoints).
+        self.http = None
+
+    def meshes(self) -> list[tuple[str | None, MeshNode]]:
+        """(mesh id, node) of every mesh joined, the primary first; the id is None
+        for a node given directly (``mesh=``), whose key the agent never saw."""
+        if self.links is not None:
+            return [(link.mesh_id, link.node) for link in self.links.links]
+        return [(None, self.mesh)] if self.mesh is not None else []
 
     def heartbeat_payload(self) -> dict:
         metrics = self._sample()
+        self.stats.last_metrics, self.stats.last_sampled_at = metrics, time.time()
         payload: dict = {"metrics": metrics, "agent": {"version": __version__}}
         if self.config.role:
             payload["role"] = self.config.role
         # the first mesh still joined (a forgotten one is left while the agent runs)
         mesh = self.links.primary if self.links is not None else self.mesh
         if mesh is not None:
-            counts = mesh.stats()["members"]
-            payload["mesh"] = {**counts, "incarnation": mesh.incarnation}
+            stats = mesh.stats()
+            gossip = stats.gossip
+            payload["mesh"] = {**stats["members"], "incarnation": mesh.incarnation,
+                               # read by SQL's gossip_summary(): three integers, a few dozen bytes
+                               "gossip": {"seen": gossip.seen, "duplicates": gossip.duplicates,
+                                          "propagated": gossip.propagated}}
             mesh.update_state({k: metrics[k] for k in SHARED_METRICS if k in metrics})
         return payload
+
+    def _queued(self, kind: str) -> None:
+        """One more entry of ``kind`` in the outbox (until the next count)."""
+        if self.stats.outbox_depth is not None:
+            self.stats.outbox_depth[kind] = self.stats.outbox_depth.get(kind, 0) + 1
+
+    async def _count_outbox(self) -> None:
+        """Recount the outbox on the shipper's thread (never on the loop)."""
+        try:
+            self.stats.outbox_depth = await self._shipper_thread.run(self.outbox.pending_by_kind)
+        except Exception as exc:  # a failing disk: the depth stays as it was
+            log.debug("could not count the outbox: %s", exc)
 
     # -- mesh observations -> outbox ----------------------------------------------
     def _record_event(self, event: dict) -> None:
@@ -127,6 +174,7 @@ class Agent:
             await asyncio.to_thread(self.outbox.put, self.config.tetrahedron, self.config.node_id,
                                     event, role=self.config.role, kind=EVENT)
             self.stats.events += 1
+            self._queued(EVENT)
             self._wake.set()
 
         task = asyncio.get_running_loop().create_task(put())
@@ -166,6 +214,7 @@ class Agent:
             role=self.config.role,
         )
         self.stats.sampled += 1
+        self._queued(HEARTBEAT)
         self._wake.set()
         return seq
 
@@ -182,6 +231,11 @@ class Agent:
         elif self.mesh is not None:
             await self.mesh.start()
         self._shipper_thread = ShipperThread()
+        await self._count_outbox()
+        if self.config.http_port is not None:
+            from .http_endpoints import AgentEndpoints  # starlette and uvicorn: only when asked for
+
+            self.http = await AgentEndpoints.start(self, self.config.http_bind, self.config.http_port)
         sampler = asyncio.create_task(self._sample_loop(stop), name="flowmesh-sampler")
         shipper = asyncio.create_task(self._ship_loop(stop), name="flowmesh-shipper")
         try:
@@ -189,6 +243,9 @@ class Agent:
         finally:
             # the whole stop, goodbyes and flush included, fits in flush_timeout_s
             deadline = time.monotonic() + self.config.flush_timeout_s
+            if self.http is not None:
+                await self.http.stop(timeout=min(1.0, self.config.flush_timeout_s))
+                self.http = None
             # the sampler is not cancelled: it ends at once, after the heartbeat
             # it may be writing (a cancelled write would be queued but not counted)
             shipper.cancel()  # a call in flight goes on in its thread; the flush queues behind it
@@ -236,21 +293,28 @@ class Agent:
             except (Unreachable, Rejected) as exc:
                 backoff = self._backoff(attempt)
                 attempt += 1
+                await self._count_outbox()
                 self._report_failure(exc, backoff)
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
                 except TimeoutError:
                     self._wake.set()  # retry even when nothing new was sampled
                 continue
-            except Exception:
+            except Exception as exc:
                 backoff = self._backoff(attempt)
                 attempt += 1
                 log.exception("unexpected error while shipping; retrying in %.1fs", backoff)
+                self.stats.failures += 1
+                self._failed(f"unexpected error while shipping: {type(exc).__name__}")
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
                 except TimeoutError:
                     self._wake.set()
                 continue
+            if report.shipped or report.dead_lettered:
+                self.stats.last_shipped_at = time.time()
+                if self.http is not None:  # only its /health reads the depth between failures
+                    await self._count_outbox()
             if backoff:
                 log.warning("database reachable again; shipped %d queued heartbeats", report.shipped)
             elif report.shipped or report.dead_lettered:
@@ -271,9 +335,14 @@ class Agent:
             message = f"database refused the shipment [{exc.sqlstate}]: {message}"
         # say it once per kind of failure, not once per retry
         level = logging.WARNING if message != self.stats.last_error else logging.DEBUG
+        depth = self.stats.outbox_depth or {}
         log.log(level, "%s; %d heartbeats kept in the outbox; retrying in %.1fs",
-                message, self.outbox.pending(), backoff)
-        self.stats.last_error = message
+                message, sum(depth.values()), backoff)
+        self._failed(message)
+
+    def _failed(self, message: str) -> None:
+        self.stats.last_error = self.stats.last_failure = message
+        self.stats.last_failure_at = time.time()
 
     async def _final_flush(self, deadline: float) -> None:
         """Ship what is queued until ``deadline`` (monotonic); then abort the call

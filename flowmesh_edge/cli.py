@@ -15,7 +15,7 @@ import click
 
 from flowmesh import database, embedded, limits
 from flowmesh.clisupport import FriendlyGroup, database_url_option
-from flowmesh.errors import DatabaseUnreachable
+from flowmesh.errors import DatabaseUnreachable, redact_secrets
 
 from .agent import Agent
 from .config import AgentConfig, default_node_id
@@ -47,15 +47,10 @@ outbox_option = click.option(
 )
 
 
-def _redact(url: str) -> str:
-    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return re.sub(r"(password=)('[^']*'|[^\s&]*)", r"\1***", url)  # conninfo or query string
-
-
 def _where(config: AgentConfig) -> str:
     """The database, for the log: its URL without the password, or the embedded server."""
     url = database.configured_url(config.database_url)
-    return _redact(url) if url else f"embedded ({embedded.pgdata()})"
+    return redact_secrets(url) if url else f"embedded ({embedded.pgdata()})"
 
 
 def _setup_logging(level: str) -> None:

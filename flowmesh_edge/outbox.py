@@ -197,6 +197,12 @@ class Outbox:
         with self._lock:
             return self._db.execute(q("count_entries")).fetchone()[0]
 
+    def pending_by_kind(self) -> dict[str, int]:
+        """Entries waiting, by kind: ``{"heartbeat": n, "event": m}`` (0 for a kind with none)."""
+        with self._lock:
+            rows = self._db.execute(q("count_entries_by_kind")).fetchall()
+        return {HEARTBEAT: 0, EVENT: 0, **dict(rows)}
+
     def dead_letters(self) -> list[tuple[int, str, str | None, str]]:
         """(seq, src, sqlstate, error) of every dead-lettered heartbeat."""
         with self._lock:

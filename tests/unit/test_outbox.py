@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowmesh_edge.outbox import Outbox
+from flowmesh_edge.outbox import EVENT, Outbox
 
 
 def test_put_peek_remove_in_order(tmp_path):
@@ -23,6 +23,17 @@ def test_put_peek_remove_in_order(tmp_path):
         box.remove([e.seq for e in entries])
         assert box.pending() == 2
         assert [e.seq for e in box.peek(10)] == seqs[3:]
+
+
+def test_pending_by_kind_counts_heartbeats_and_events_apart(tmp_path):
+    with Outbox(tmp_path / "o.sqlite3") as box:
+        assert box.pending_by_kind() == {"heartbeat": 0, "event": 0}
+        first = box.put("home", "pi", {})
+        box.put("home", "pi", {})
+        box.put("home", "pi", {"kind": "joined", "subject": "cam"}, kind=EVENT)
+        assert box.pending_by_kind() == {"heartbeat": 2, "event": 1}
+        box.remove([first])
+        assert box.pending_by_kind() == {"heartbeat": 1, "event": 1}
 
 
 def test_survives_reopen_and_never_reuses_a_sequence(tmp_path):
