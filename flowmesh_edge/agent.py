@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flowmesh import __version__
+from flowmesh.errors import redact_secrets
 
 from .backoff import backoff_delay
 from .config import AgentConfig
@@ -334,6 +335,7 @@ class Agent:
         else:
             message = f"database refused the shipment [{exc.sqlstate}]: {message}"
         # say it once per kind of failure, not once per retry
+        message = redact_secrets(message)  # a resolver's or driver's text may quote a URL
         level = logging.WARNING if message != self.stats.last_error else logging.DEBUG
         depth = self.stats.outbox_depth or {}
         log.log(level, "%s; %d heartbeats kept in the outbox; retrying in %.1fs",
@@ -341,7 +343,7 @@ class Agent:
         self._failed(message)
 
     def _failed(self, message: str) -> None:
-        self.stats.last_error = self.stats.last_failure = message
+        self.stats.last_error = self.stats.last_failure = redact_secrets(message)
         self.stats.last_failure_at = time.time()
 
     async def _final_flush(self, deadline: float) -> None:
