@@ -221,6 +221,10 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> AgentStats:
         """Run until ``stop`` is set, then try to ship what is queued."""
+        if self.config.http_port is not None:
+            # starlette and uvicorn, only when asked for; loaded (about 0.1 s) before the mesh
+            # runs, whose timers the import would otherwise hold up
+            from .http_endpoints import AgentEndpoints
         nodes = [link.node for link in self.links.links] if self.links is not None else \
             [self.mesh] if self.mesh is not None else []
         for node in nodes:
@@ -234,8 +238,6 @@ class Agent:
         self._shipper_thread = ShipperThread()
         await self._count_outbox()
         if self.config.http_port is not None:
-            from .http_endpoints import AgentEndpoints  # starlette and uvicorn: only when asked for
-
             self.http = await AgentEndpoints.start(self, self.config.http_bind, self.config.http_port)
         sampler = asyncio.create_task(self._sample_loop(stop), name="flowmesh-sampler")
         shipper = asyncio.create_task(self._ship_loop(stop), name="flowmesh-shipper")

@@ -203,6 +203,7 @@ async function refresh() {
     const answer = await fetch("network", { cache: "no-store" });
     if (!answer.ok) throw new Error("HTTP " + answer.status);
     render(await answer.json());
+    document.getElementById("meshes").dataset.refreshed = new Date().toISOString();
     document.getElementById("stale").textContent = "";
   } catch (err) {
     document.getElementById("stale").textContent = "(agent unreachable: " + err.message + ")";
@@ -308,6 +309,7 @@ class AgentEndpoints:
         config = uvicorn.Config(create_app(agent), lifespan="off", log_level="warning", log_config=None,
                                 access_log=False, http="h11", ws="none", server_header=False,
                                 timeout_graceful_shutdown=1)
+        config.load()  # its protocol modules, imported now rather than inside the server's task
         server = _Server(config)
         task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]),
                                                       name="flowmesh-http")
