@@ -12,7 +12,7 @@ stop always ends within the flush timeout (the call in flight is aborted, its
 batch stays queued).
 
 What the agent knows of itself (the last metrics sampled, the outbox's depth,
-the last shipment and the last error) is kept in memory, so that its own
+which the outbox keeps, the last shipment and the last error) is kept in memory, so that its own
 endpoints (``--http-port``, http_endpoints.py, imported only then) answer
 without touching SQLite or the database from the event loop.
 """
@@ -38,7 +38,7 @@ from .links import MeshLinks
 from .mesh import Address, MeshMessage, MeshNode, MessageType
 from .mesh.membership import MemberEvent, PeerInfo
 from .metrics import MetricsSampler
-from .outbox import EVENT, HEARTBEAT, Outbox
+from .outbox import EVENT, Outbox
 from .shipper import Rejected, Shipper, ShipReport, Unreachable
 
 #: Membership events worth a row in mesh_events (``removed`` is bookkeeping).
@@ -97,10 +97,6 @@ class AgentStats:
     #: The last heartbeat's metrics and when they were sampled (wall clock).
     last_metrics: dict | None = None
     last_sampled_at: float | None = None
-    #: Entries waiting in the outbox by kind (heartbeat, event): counted in the
-    #: shipper's thread at start and after each shipment attempt, plus what the
-    #: agent queued since; None until first counted.
-    outbox_depth: dict[str, int] | None = None
 
 
 class Agent:
@@ -155,18 +151,6 @@ class Agent:
             mesh.update_state({k: metrics[k] for k in SHARED_METRICS if k in metrics})
         return payload
 
-    def _queued(self, kind: str) -> None:
-        """One more entry of ``kind`` in the outbox (until the next count)."""
-        if self.stats.outbox_depth is not None:
-            self.stats.outbox_depth[kind] = self.stats.outbox_depth.get(kind, 0) + 1
-
-    async def _count_outbox(self) -> None:
-        """Recount the outbox on the shipper's thread (never on the loop)."""
-        try:
-            self.stats.outbox_depth = await self._shipper_thread.run(self.outbox.pending_by_kind)
-        except Exception as exc:  # a failing disk: the depth stays as it was
-            log.debug("could not count the outbox: %s", exc)
-
     # -- mesh observations -> outbox ----------------------------------------------
     def _record_event(self, event: dict) -> None:
         """Queue a mesh event durably (in a worker thread) and wake the shipper."""
@@ -175,7 +159,6 @@ class Agent:
             await asyncio.to_thread(self.outbox.put, self.config.tetrahedron, self.config.node_id,
                                     event, role=self.config.role, kind=EVENT)
             self.stats.events += 1
-            self._queued(EVENT)
             self._wake.set()
 
         task = asyncio.get_running_loop().create_task(put())
@@ -215,7 +198,6 @@ class Agent:
             role=self.config.role,
         )
         self.stats.sampled += 1
-        self._queued(HEARTBEAT)
         self._wake.set()
         return seq
 
@@ -236,7 +218,6 @@ class Agent:
         elif self.mesh is not None:
             await self.mesh.start()
         self._shipper_thread = ShipperThread()
-        await self._count_outbox()
         if self.config.http_port is not None:
             self.http = await AgentEndpoints.start(self, self.config.http_bind, self.config.http_port)
         sampler = asyncio.create_task(self._sample_loop(stop), name="flowmesh-sampler")
@@ -296,7 +277,6 @@ class Agent:
             except (Unreachable, Rejected) as exc:
                 backoff = self._backoff(attempt)
                 attempt += 1
-                await self._count_outbox()
                 self._report_failure(exc, backoff)
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
@@ -316,8 +296,6 @@ class Agent:
                 continue
             if report.shipped or report.dead_lettered:
                 self.stats.last_shipped_at = time.time()
-                if self.http is not None:  # only its /health reads the depth between failures
-                    await self._count_outbox()
             if backoff:
                 log.warning("database reachable again; shipped %d queued heartbeats", report.shipped)
             elif report.shipped or report.dead_lettered:
@@ -339,9 +317,8 @@ class Agent:
         # say it once per kind of failure, not once per retry
         message = redact_secrets(message)  # a resolver's or driver's text may quote a URL
         level = logging.WARNING if message != self.stats.last_error else logging.DEBUG
-        depth = self.stats.outbox_depth or {}
         log.log(level, "%s; %d heartbeats kept in the outbox; retrying in %.1fs",
-                message, sum(depth.values()), backoff)
+                message, sum(self.outbox.depth.values()), backoff)  # no SQL on the loop
         self._failed(message)
 
     def _failed(self, message: str) -> None:

@@ -16,9 +16,9 @@ the agent's raw facts, never a health verdict of their own.
 
 Starlette on uvicorn, served from the agent's own event loop; this module, and
 with it both libraries, is imported only when the port is given. Handlers are
-coroutines that read memory only: the outbox's depth is the agent's count
-(kept on the shipper's thread), and nothing here touches SQLite or the
-database. The endpoints are unauthenticated, hence loopback by default.
+coroutines that read memory only: the outbox's depth is the count the outbox
+keeps as it changes (``Outbox.depth``), and nothing here touches SQLite or
+the database. The endpoints are unauthenticated, hence loopback by default.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import contextlib
 import html
 import ipaddress
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -74,7 +75,7 @@ def _error_line(text: str | None) -> str | None:
 
 def health(agent: Agent) -> dict:
     stats, config = agent.stats, agent.config
-    depth = stats.outbox_depth
+    depth = agent.outbox.depth  # kept by the outbox as it changes: no SQL here
     return {
         "node_id": config.node_id,
         "tetrahedron": config.tetrahedron,
@@ -86,8 +87,7 @@ def health(agent: Agent) -> dict:
         "sampled_at": _iso(stats.last_sampled_at),
         "heartbeats_sampled": stats.sampled,
         "events_recorded": stats.events,
-        "outbox": None if depth is None else {
-            "heartbeats": depth.get(HEARTBEAT, 0), "events": depth.get(EVENT, 0)},
+        "outbox": {"heartbeats": depth.get(HEARTBEAT, 0), "events": depth.get(EVENT, 0)},
         "shipping": {
             "last_shipped_at": _iso(stats.last_shipped_at),
             "shipped": stats.shipped.shipped,
@@ -216,7 +216,12 @@ setInterval(refresh, __REFRESH__ * 1000);
 
 
 def map_page(agent: Agent) -> str:
-    """The page, with the peers as of now already in it (the script refreshes them)."""
+    return render_map(agent.config.node_id, agent.config.tetrahedron, network(agent))
+
+
+def render_map(node_id: str, tetrahedron: str, view: dict) -> str:
+    """The page, with the peers of ``view`` (a /network answer) already in it; its script
+    refreshes them. Every name is escaped: a member's id is any printable text."""
     def row(peer: dict) -> str:
         node, status = html.escape(peer["node_id"]), html.escape(peer["status"])
         rtt = "-" if peer["rtt_ms"] is None else f"{peer['rtt_ms']:.1f} ms"
@@ -224,15 +229,15 @@ def map_page(agent: Agent) -> str:
                 f'<td>{status}</td><td>{html.escape(peer["transport"] or "-")}</td><td>{rtt}</td></tr>')
 
     tables = []
-    for mesh in network(agent)["meshes"]:
+    for mesh in view["meshes"]:
         rows = "".join(row(peer) for peer in mesh["peers"])
         tables.append(f'<p>mesh {html.escape(mesh["mesh_id"] or "")} on {html.escape(mesh["address"])}</p>'
                       f"<table><tr><th>peer</th><th>status</th><th>transport</th><th>round trip</th></tr>"
                       f"{rows}</table>")
-    page = _MAP_PAGE.replace("__REFRESH__", str(MAP_REFRESH_S))
-    page = page.replace("__TETRAHEDRON__", html.escape(agent.config.tetrahedron))
-    page = page.replace("__NODE__", html.escape(agent.config.node_id))
-    return page.replace("__MESHES__", "".join(tables) or "<p>no mesh joined</p>")
+    values = {"REFRESH": str(MAP_REFRESH_S), "NODE": html.escape(node_id),
+              "TETRAHEDRON": html.escape(tetrahedron), "MESHES": "".join(tables) or "<p>no mesh joined</p>"}
+    # one pass: a value that happens to contain a placeholder is left as it is
+    return re.sub(r"__([A-Z]+)__", lambda m: values[m.group(1)], _MAP_PAGE)
 
 
 # -- the application ------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import pytest
 
 from flowmesh.errors import DatabaseUnreachable
 from flowmesh_edge import Agent, AgentConfig, Outbox, Shipper
-from flowmesh_edge.http_endpoints import is_loopback
 from flowmesh_edge.links import MeshLinks, MeshOptions
 from flowmesh_edge.mesh.security import mesh_id_of
 from tests.conftest import until
@@ -122,10 +121,10 @@ async def test_the_endpoints_show_the_device_its_outbox_its_peers_and_its_gossip
 async def check_health_through_an_outage(base: str, gate: Gate) -> None:
     # the database away: heartbeats pile up, the error shows on one line, its password masked
     away = await poll(f"{base}/health", lambda h: h["shipping"]["failing"]
-                      and h["outbox"]["heartbeats"] >= 3)
+                      and h["outbox"]["heartbeats"] >= 3 and h["heartbeats_sampled"] >= 3)
     assert away["node_id"] == "pi" and away["tetrahedron"] == "home" and away["version"]
     assert away["metrics"] == {"cpu_percent": 3.0} and away["sampled_at"]
-    assert away["uptime_s"] > 0 and away["heartbeats_sampled"] >= 3
+    assert away["uptime_s"] > 0
     assert away["shipping"]["last_shipped_at"] is None and away["shipping"]["failures"] >= 1
     error = away["shipping"]["last_error"]
     assert error.startswith("database unreachable: gate closed") and "\n" not in error
@@ -233,14 +232,6 @@ async def test_without_a_port_nothing_listens_and_a_busy_port_leaves_the_agent_r
             stop.set()
             await asyncio.wait_for(task, timeout=20)
             busy.outbox.close()
-
-
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True), ("localhost", True),
-    ("0.0.0.0", False), ("::", False), ("192.168.1.10", False), ("pi.example.org", False),
-])
-def test_only_loopback_binds_go_unwarned(host, loopback):
-    assert is_loopback(host) is loopback
 
 
 def test_the_command_line_takes_the_port_from_the_environment(db_url, tmp_path):
