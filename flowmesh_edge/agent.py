@@ -11,10 +11,10 @@ a call stuck on a dead path can then never hold the process at exit, and a
 stop always ends within the flush timeout (the call in flight is aborted, its
 batch stays queued).
 
-What the agent knows of itself (the last metrics sampled, the outbox's depth,
-which the outbox keeps, the last shipment and the last error) is kept in memory, so that its own
-endpoints (``--http-port``, http_endpoints.py, imported only then) answer
-without touching SQLite or the database from the event loop.
+What the agent knows of itself (the last metrics sampled, the last shipment
+and the last error; the outbox keeps its own depth) is kept in memory, so
+that its own endpoints (``--http-port``, http_endpoints.py, imported only
+then) answer without touching SQLite or the database from the event loop.
 """
 
 from __future__ import annotations
@@ -219,7 +219,10 @@ class Agent:
             await self.mesh.start()
         self._shipper_thread = ShipperThread()
         if self.config.http_port is not None:
-            self.http = await AgentEndpoints.start(self, self.config.http_bind, self.config.http_port)
+            try:  # a view of the device, never a reason for it to stop reporting
+                self.http = await AgentEndpoints.start(self, self.config.http_bind, self.config.http_port)
+            except Exception:
+                log.exception("http endpoints off: they could not start")
         sampler = asyncio.create_task(self._sample_loop(stop), name="flowmesh-sampler")
         shipper = asyncio.create_task(self._ship_loop(stop), name="flowmesh-shipper")
         try:
@@ -322,7 +325,7 @@ class Agent:
         self._failed(message)
 
     def _failed(self, message: str) -> None:
-        self.stats.last_error = self.stats.last_failure = redact_secrets(message)
+        self.stats.last_error = self.stats.last_failure = message
         self.stats.last_failure_at = time.time()
 
     async def _final_flush(self, deadline: float) -> None:
