@@ -234,13 +234,18 @@ async def test_without_a_port_nothing_listens_and_a_busy_port_leaves_the_agent_r
             busy.outbox.close()
 
 
-def test_the_command_line_takes_the_port_from_the_environment(db_url, tmp_path):
-    """`flowmesh-edge run` with FLOWMESH_HTTP_PORT=0: a free port, logged, serving /health."""
-    env = {k: v for k, v in os.environ.items() if k != "FLOWMESH_DATABASE_URL"}
-    env.update(FLOWMESH_HTTP_PORT="0", FLOWMESH_HTTP_BIND="127.0.0.1")
+@pytest.mark.parametrize("given", ["flags", "environment"])
+def test_the_command_line_serves_the_endpoints_on_the_port_given(given, db_url, tmp_path):
+    """`flowmesh-edge run --http-port 0` (or FLOWMESH_HTTP_PORT=0): a free port, logged,
+    serving /health."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FLOWMESH_DATABASE_URL", "FLOWMESH_HTTP"))}
+    flags = ["--http-port", "0", "--http-bind", "127.0.0.1"] if given == "flags" else []
+    if given == "environment":
+        env.update(FLOWMESH_HTTP_PORT="0", FLOWMESH_HTTP_BIND="127.0.0.1")
     proc = subprocess.Popen(
         [str(BIN / "flowmesh-edge"), "run", "--database-url", db_url, "--node-id", "pi",
-         "--tetrahedron", "home", "--interval", "0.2", "--outbox", str(tmp_path / "pi.sqlite3")],
+         "--tetrahedron", "home", "--interval", "0.2", "--outbox", str(tmp_path / "pi.sqlite3"), *flags],
         stderr=subprocess.PIPE, text=True, env=env)
     lines = Lines(proc.stderr)
     try:
