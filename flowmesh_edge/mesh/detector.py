@@ -120,6 +120,7 @@ class Host(Protocol):
                 piggyback: bool = True, every_path: bool = False, replay: bool = False) -> None: ...
     def learn_member(self, update: Update) -> None: ...
     def probe_timeout_for(self, node_id: str) -> float: ...
+    def probe_answered(self, node_id: str, address: Address, rtt_s: float) -> None: ...
     def spawn(self, coro: Coroutine[Any, Any, object]) -> None: ...
     def drop(self, reason: str) -> None: ...
     def member_event(self, event: MemberEvent) -> None: ...
@@ -146,6 +147,8 @@ class _Probe:
     #: Seconds for the direct ack: probe_timeout_s, or more on a slow path (a relay).
     timeout: float = 0.1
     timer: asyncio.TimerHandle | None = None
+    #: When the first PING went; None once it went again (an ack can no longer be timed).
+    sent_at: float | None = None
 
 
 class FailureDetector:
@@ -237,7 +240,7 @@ class FailureDetector:
         probe_id = self._new_probe_id()
         probe = _Probe(target.node_id, target.address,
                        encode_ping(probe_id, target.node_id, host.state_stamp()),
-                       host.probe_timeout_for(target.node_id))
+                       host.probe_timeout_for(target.node_id), sent_at=host.now())
         self._probes[probe_id] = probe
         self.stats.probes += 1
         host.send_to(MessageType.PING, probe.ping, probe.target, fallback=probe.address, every_path=True)
@@ -249,6 +252,7 @@ class FailureDetector:
         if probe is None:
             return
         host, cfg = self.host, self.host.config
+        probe.sent_at = None
         self.stats.probe_failures += 1
         host.route_table.direct_failed(probe.target)
         host.send_to(MessageType.PING, probe.ping, probe.target, fallback=probe.address, every_path=True)
@@ -353,6 +357,8 @@ class FailureDetector:
         host = self.host
         if frame.sender != probe.target:  # reached only through a relay: remember the way
             host.route_table.learn(probe.target, frame.sender, 2)
+        elif probe.sent_at is not None:  # the direct answer to our first PING: a round trip
+            host.probe_answered(probe.target, addr, host.now() - probe.sent_at)
         target = host.members.get(probe.target)
         if target is not None and target.status == SUSPECT:
             host.members.restart_suspicion(probe.target)  # alive now, whatever others say

@@ -364,6 +364,11 @@ class MeshNode:
         """An accepted ALIVE: where the member says it can be reached."""
         self.paths.learn_member(update.node, update.address, update.endpoints)
 
+    def probe_answered(self, node_id: str, address: Address, rtt_s: float) -> None:
+        """A direct PING's ack: the round trip of a member's only path (with several,
+        the path probes time each one)."""
+        self.paths.observe_rtt(node_id, address, rtt_s)
+
     def probe_timeout_for(self, node_id: str) -> float:
         """How long a probe of ``node_id`` waits for its direct ack: ``probe_timeout_s``,
         or twice the round trip of the slowest path the probe goes on when that is

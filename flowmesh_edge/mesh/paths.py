@@ -409,8 +409,7 @@ class ConnectionTrain:
         for older in [i for i, t in e.outstanding.items() if t <= sent_at]:
             del e.outstanding[older]  # lost in a cut that is over: the path answers now
             self._probes.pop(older, None)
-        sample = now - sent_at
-        e.rtt_s = sample if e.rtt_s is None else 0.8 * e.rtt_s + 0.2 * sample
+        _sample_rtt(e, now - sent_at)
         was_down = e.unanswered
         e.unanswered = 0
         e.down_since = None
@@ -425,6 +424,16 @@ class ConnectionTrain:
         if was_down:
             self._choose(peer)  # a better path may be back
         self._wake(e.next_probe)
+
+    def observe_rtt(self, node_id: str, address: Address, rtt_s: float) -> None:
+        """A round trip SWIM's PING measured to a member with one path, which sends
+        no path probes: so its path in use has a round trip too."""
+        peer = self._peers.get(node_id)
+        if peer is None or len(peer.endpoints) != 1:
+            return
+        e = peer.endpoints.get(address)
+        if e is not None:
+            _sample_rtt(e, rtt_s)
 
     # -- reporting ------------------------------------------------------------------------
     def active(self, node_id: str) -> tuple[Address | None, float | None]:
@@ -459,3 +468,8 @@ class ConnectionTrain:
                               for e in sorted(peer.endpoints.values(), key=self._rank)],
             }
         return out
+
+
+def _sample_rtt(e: Endpoint, sample: float) -> None:
+    """Fold one round trip into an endpoint's smoothed one (as TCP's SRTT, gain 1/5)."""
+    e.rtt_s = sample if e.rtt_s is None else 0.8 * e.rtt_s + 0.2 * sample

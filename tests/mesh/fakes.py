@@ -73,6 +73,7 @@ class FakeHost:
         self.envelopes: list[tuple[MessageType, Envelope, str]] = []
         self.dropped: Counter[str] = Counter()
         self.events: list[MemberEvent] = []
+        self.round_trips: list[tuple[str, float]] = []
         self.queued: list[Update] = []
         self.user_handlers: dict[MessageType, list[Handler]] = {}
         self.tasks: list[asyncio.Task] = []
@@ -105,6 +106,9 @@ class FakeHost:
 
     def probe_timeout_for(self, node_id: str) -> float:
         return self.config.probe_timeout_s
+
+    def probe_answered(self, node_id: str, address, rtt_s: float) -> None:
+        self.round_trips.append((node_id, rtt_s))
 
     def known_addresses(self) -> set[Address]:
         return {m.address for m in self.members.alive()}

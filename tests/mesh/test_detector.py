@@ -57,6 +57,22 @@ def test_a_member_that_answers_is_not_suspected():
     host, det = run_virtual(main())
     assert det.stats.probes == 1 and det.stats.probe_failures == 0 and det.stats.suspicions == 0
     assert host.members.get("b").status == "alive" and host.sent_of(MessageType.PING_REQ) == []
+    # the direct answer timed the member's path: the ack came 10 ms after the PING
+    assert [(n, round(rtt, 3)) for n, rtt in host.round_trips] == [("b", 0.01)]
+
+
+def test_an_ack_to_the_second_ping_is_not_timed_as_a_round_trip():
+    async def main():
+        host, det = setup("b", "c")
+        det.probe(host.members.get("b"))
+        await asyncio.sleep(CFG.probe_timeout_s + 0.01)  # the first PING went unanswered
+        probe_id = decode_ping(host.sent_of(MessageType.PING)[-1].body)[0]
+        det.on_probe_ack(frame(MessageType.PROBE_ACK, "b", encode_probe_ack(probe_id, (1, 0))),
+                         host.members.get("b").address)
+        return host, det
+
+    host, det = run_virtual(main())
+    assert host.members.get("b").status == "alive" and host.round_trips == []
 
 
 def test_a_silent_member_is_pinged_again_asked_about_and_then_suspected():
