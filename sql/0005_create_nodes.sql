@@ -337,11 +337,33 @@ as $$
       from flowmesh.unlogged_offline_periods u
     on conflict (tetrahedron_id, node_id, changed_at) where status = 'offline' do nothing
     returning 1
+  ), opened as (
+    -- a device that went silent is an alarm of its own, open until it is heard from
+    insert into public.guardian_alerts (tetrahedron_id, alert_type, node_id, severity, message, details)
+    select n.tetrahedron_id, 'node-offline', n.node_id, 'warning',
+           pg_catalog.format('%s is offline: no heartbeat for more than %s s', n.node_id,
+                             t.node_timeout_seconds),
+           pg_catalog.jsonb_build_object('offline_since', n.offline_at,
+                                         'last_heartbeat_at', n.last_heartbeat_at)
+      from flowmesh.node_records n
+      join public.tetrahedrons t on t.id = n.tetrahedron_id
+     where flowmesh.node_status(n.health_status, n.offline_at) = 'offline'
+       and not exists (select 1 from public.guardian_alerts a
+                        where a.tetrahedron_id = n.tetrahedron_id and a.alert_type = 'node-offline'
+                          and a.node_id = n.node_id and a.resolved_at is null)
+    on conflict (tetrahedron_id, alert_type, node_id) where resolved_at is null do nothing
+  ), resolved as (
+    update public.guardian_alerts a
+       set resolved_at = greatest(now(), a.created_at)
+      from flowmesh.node_records n
+     where a.alert_type = 'node-offline' and a.resolved_at is null
+       and n.tetrahedron_id = a.tetrahedron_id and n.node_id = a.node_id
+       and flowmesh.node_status(n.health_status, n.offline_at) <> 'offline'
   )
   select count(*)::integer from logged
 $$;
 comment on function public.record_offline_transitions() is
-  'Log in node_status_history every node that is offline now and not logged yet, at the time it went offline (its last heartbeat plus the timeout), not the time this runs; returns how many. Idempotent. Run by the prediction pass and the schedules. Example: select record_offline_transitions(); -> 3';
+  'Log in node_status_history every node that is offline now and not logged yet, at the time it went offline (its last heartbeat plus the timeout), not the time this runs; returns how many. Opens a node-offline guardian alert (warning) for each node offline now, once while open, and resolves those of nodes heard from again. Idempotent. Run by the prediction pass and the schedules. Example: select record_offline_transitions(); -> 3';
 
 revoke all on function flowmesh.metric_score(double precision, double precision, double precision),
   flowmesh.health(jsonb), public.health_score(jsonb), public.health_problems(jsonb), flowmesh.health_status(jsonb),

@@ -22,6 +22,24 @@ $$;
 comment on function flowmesh.bucket_problem(interval, integer) is
   'Validation rule for a time series request: null when bucket (1 minute to 1 day) and buckets (1 to series_max_buckets of flowmesh.limits()) are acceptable, else the SQLSTATE, a space and the reason (raised by flowmesh.raise_problem). Inlinable: no SET clause. Example: select flowmesh.bucket_problem(''2 days'', 40); -> 22023 bucket is 2 days; it must be between 1 minute and 1 day';
 
+create or replace function public.heatmap_buckets(bucket interval default '5 minutes',
+                                                  buckets integer default 40)
+returns table (bucket_start timestamptz)
+language plpgsql stable
+set search_path = ''
+as $$
+begin
+  perform flowmesh.raise_problem(flowmesh.bucket_problem(bucket, buckets));
+  -- aligned on the Unix epoch, so two readers asking at different moments see
+  -- the same buckets; the newest holds now()
+  return query
+    select pg_catalog.date_bin(bucket, now(), timestamptz '1970-01-01 00:00:00+00') - bucket * g.i
+      from pg_catalog.generate_series(buckets - 1, 0, -1) as g(i);
+end
+$$;
+comment on function public.heatmap_buckets(interval, integer) is
+  'The starts of the last buckets time buckets of length bucket (1 minute to 1 day), oldest first, aligned on the Unix epoch, the newest holding now(): the columns of node_health_heatmap, empty ones included. 22023 for a bucket or count out of range. Example: select * from heatmap_buckets(''1 hour'', 3);';
+
 -- heatmap -------------------------------------------------------------------------
 create or replace function public.node_health_heatmap(t_uuid uuid, bucket interval default '5 minutes',
                                                       buckets integer default 40)
@@ -33,10 +51,7 @@ as $$
 declare
   v_from timestamptz;
 begin
-  perform flowmesh.raise_problem(flowmesh.bucket_problem(bucket, buckets));
-  -- buckets aligned on the Unix epoch, so two readers asking at different
-  -- moments see the same ones; the newest holds now()
-  v_from := pg_catalog.date_bin(bucket, now(), timestamptz '1970-01-01 00:00:00+00') - bucket * (buckets - 1);
+  select min(b.bucket_start) into v_from from public.heatmap_buckets(bucket, buckets) b;
   return query
     select h.source::text,
            pg_catalog.date_bin(bucket, h.created_at, timestamptz '1970-01-01 00:00:00+00'),
@@ -50,7 +65,7 @@ begin
 end
 $$;
 comment on function public.node_health_heatmap(uuid, interval, integer) is
-  'Each node''s health over time: for each of the last buckets buckets of length bucket (1 minute to 1 day, aligned on the epoch) in which a node sent heartbeats, how many it sent and their average and lowest health score (flowmesh.health of each heartbeat''s metrics). Buckets with no heartbeat are left out. Row-level security applies. 22023 for a bucket or count out of range. Example: select node_id, bucket_start, health_score from node_health_heatmap(''6f1c...''::uuid, ''1 hour'', 24);';
+  'Each node''s health over time: for each of the last buckets buckets of length bucket (1 minute to 1 day, aligned on the epoch: heatmap_buckets lists them) in which a node sent heartbeats, how many it sent and their average and lowest health score (flowmesh.health of each heartbeat''s metrics). Buckets with no heartbeat are left out. Row-level security applies. 22023 for a bucket or count out of range. Example: select node_id, bucket_start, health_score from node_health_heatmap(''6f1c...''::uuid, ''1 hour'', 24);';
 
 -- one node over time ------------------------------------------------------------
 create or replace function public.node_metric_series(t_uuid uuid, node text, since interval default '1 hour',
@@ -189,9 +204,9 @@ create or replace trigger mesh_events_notify
   for each statement execute function flowmesh.notify_changes('mesh_event');
 
 -- privileges ----------------------------------------------------------------------
-revoke all on function public.node_health_heatmap(uuid, interval, integer),
+revoke all on function public.heatmap_buckets(interval, integer), public.node_health_heatmap(uuid, interval, integer),
   public.node_metric_series(uuid, text, interval, integer), public.gossip_summary(uuid)
   from public, anon;
-grant execute on function public.node_health_heatmap(uuid, interval, integer),
+grant execute on function public.heatmap_buckets(interval, integer), public.node_health_heatmap(uuid, interval, integer),
   public.node_metric_series(uuid, text, interval, integer), public.gossip_summary(uuid)
   to authenticated, service_role;

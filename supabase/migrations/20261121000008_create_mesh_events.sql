@@ -69,9 +69,15 @@ create or replace view public.mesh_links with (security_invoker = true) as
 select l.tetrahedron_id, l.observer, l.subject, l.state, l.transport, l.address, l.rtt_ms,
        greatest(l.state_at, l.transport_at) as observed_at
   from flowmesh.mesh_link_records l
- where l.state in ('alive', 'suspect');
+ where l.state in ('alive', 'suspect')
+   -- what a member that is gone last saw is no longer true: a dead, departed or
+   -- offline observer has no edges
+   and not exists (select 1 from flowmesh.node_records o
+                    where o.tetrahedron_id = l.tetrahedron_id and o.node_id = l.observer
+                      and (o.mesh_status in ('dead', 'left')
+                           or flowmesh.node_status(o.health_status, o.offline_at) = 'offline'));
 comment on view public.mesh_links is
-  'Who hears whom on the peer mesh now: one row per member (observer) and peer (subject) that the member last saw alive or suspect, with the transport, address and round trip of the path it last switched to (null until it reported one). The edges of the dashboard''s mesh map. Row-level security applies. Example: select observer, subject, transport, rtt_ms from mesh_links where tetrahedron_id = ''6f1c...'';';
+  'Who hears whom on the peer mesh now: one row per member (observer) and peer (subject) that the member last saw alive or suspect, unless the observer itself is dead or left (as the mesh last reported) or offline, with the transport, address and round trip of the path it last switched to (null until it reported one). The edges of the dashboard''s mesh map. Row-level security applies. Example: select observer, subject, transport, rtt_ms from mesh_links where tetrahedron_id = ''6f1c...'';';
 revoke all on public.mesh_links from anon, authenticated, service_role;
 grant select on public.mesh_links to authenticated, service_role;
 
@@ -190,21 +196,27 @@ begin
   -- set its state, path events its path (and that it hears the peer)
   insert into flowmesh.mesh_link_records as l
          (tetrahedron_id, observer, subject, state, state_at, transport, address, rtt_ms, transport_at)
-  select distinct on (e.tetrahedron_id, e.observer, e.subject)
-         e.tetrahedron_id, e.observer, e.subject,
-         case e.kind when 'suspect' then 'suspect' when 'dead' then 'dead'
-                     when 'left' then 'left' else 'alive' end,
-         e.observed_at, p.details ->> 'transport', p.details ->> 'address',
-         case when pg_catalog.jsonb_typeof(p.details -> 'rtt_ms') = 'number'
-              then (p.details ->> 'rtt_ms')::double precision end,
-         p.observed_at
-    from new_events e
-    left join lateral (select q.details, q.observed_at from new_events q
-                        where q.tetrahedron_id = e.tetrahedron_id and q.observer = e.observer
-                          and q.subject = e.subject and q.kind = 'path'
-                        order by q.observed_at desc, q.id desc limit 1) p on true
-   where e.kind <> 'alert' and e.observer <> e.subject
-   order by e.tetrahedron_id, e.observer, e.subject, e.observed_at desc, e.id desc
+  select s.tetrahedron_id, s.observer, s.subject, s.state, s.state_at,
+         p.transport, p.address, p.rtt_ms, p.transport_at
+    from (select distinct on (e.tetrahedron_id, e.observer, e.subject)
+                 e.tetrahedron_id, e.observer, e.subject,
+                 case e.kind when 'suspect' then 'suspect' when 'dead' then 'dead'
+                             when 'left' then 'left' else 'alive' end as state,
+                 e.observed_at as state_at
+            from new_events e
+           where e.kind <> 'alert' and e.observer <> e.subject
+           order by e.tetrahedron_id, e.observer, e.subject, e.observed_at desc, e.id desc) s
+    -- two sorts and a join, not a look-up per event: a batch costs n log n
+    left join (select distinct on (e.tetrahedron_id, e.observer, e.subject)
+                      e.tetrahedron_id, e.observer, e.subject, e.details ->> 'transport' as transport,
+                      e.details ->> 'address' as address,
+                      case when pg_catalog.jsonb_typeof(e.details -> 'rtt_ms') = 'number'
+                           then (e.details ->> 'rtt_ms')::double precision end as rtt_ms,
+                      e.observed_at as transport_at
+                 from new_events e
+                where e.kind = 'path' and e.observer <> e.subject
+                order by e.tetrahedron_id, e.observer, e.subject, e.observed_at desc, e.id desc) p
+      on p.tetrahedron_id = s.tetrahedron_id and p.observer = s.observer and p.subject = s.subject
   on conflict (tetrahedron_id, observer, subject) do update
      set state = case when excluded.state_at >= l.state_at then excluded.state else l.state end,
          state_at = greatest(l.state_at, excluded.state_at),

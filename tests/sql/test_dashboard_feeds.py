@@ -96,6 +96,43 @@ def test_mesh_links_follow_each_members_newest_observation(conn):
         assert conn.execute("select count(*) from mesh_links").fetchone() == (0,)
 
 
+def test_a_gone_member_has_no_edges_and_a_big_batch_costs_no_look_up_per_event(conn):
+    now = time.time()
+    tid = register(conn, "home", "pi")
+    # 40 members, each reporting a path to every other one, in one batch of 1,560 events
+    members = [f"m{i:02d}" for i in range(40)]
+    batch = [event(k + 1, "path", b, a, now - 5, transport="udp", rtt_ms=1.0)
+             for a in members for k, b in enumerate(m for m in members if m != a)]
+    mesh_events(conn, tid, batch)
+    assert conn.execute("select count(*) from mesh_links where tetrahedron_id = %s",
+                        (tid,)).fetchone() == (40 * 39,)
+    # m00 dies (as m01 reports it) and m02 goes silent past its timeout: what they saw last is no edge
+    mesh_events(conn, tid, [event(100, "dead", "m00", "m01", now)])
+    conn.execute("select register_node('home', 'm02')")
+    conn.execute("update flowmesh.node_records set created_at = now() - interval '1 hour' "
+                 "where node_id = 'm02'")
+    observers = {r[0] for r in conn.execute("select distinct observer from mesh_links")}
+    assert "m00" not in observers and "m02" not in observers and len(observers) == 38
+    # m01 no longer hears m00; everyone else still does until they say otherwise
+    assert conn.execute("select count(*) from mesh_links where subject = 'm00'").fetchone() == (37,)
+
+
+def test_a_silent_node_opens_one_offline_alert_that_its_next_heartbeat_resolves(conn):
+    tid = register(conn, "home", "pi")
+    conn.execute("update flowmesh.node_records set created_at = now() - interval '1 hour' "
+                 "where node_id = 'pi'")
+    assert conn.execute("select record_offline_transitions()").fetchone() == (1,)
+    conn.execute("select record_offline_transitions()")  # idempotent: still one alert
+    rows = conn.execute("select alert_type, node_id, severity, message from guardian_alerts "
+                        "where resolved_at is null").fetchall()
+    assert rows == [("node-offline", "pi", "warning", "pi is offline: no heartbeat for more than 300 s")]
+    beats(conn, tid, [beat("pi", 1, time.time(), HEALTHY)])
+    conn.execute("select record_offline_transitions()")
+    assert conn.execute("select count(*) from guardian_alerts where resolved_at is null").fetchone() == (0,)
+    assert conn.execute("select count(*) from guardian_alerts where alert_type = 'node-offline'").fetchone() \
+        == (1,)
+
+
 def test_the_heatmap_buckets_each_nodes_health_and_refuses_bad_buckets(conn):
     tid = register(conn, "home", "pi")
     (bucket_now,) = conn.execute(
@@ -113,6 +150,10 @@ def test_the_heatmap_buckets_each_nodes_health_and_refuses_bad_buckets(conn):
     assert rows == [("cam", int(bucket_now) - 3 * 3600, 1, pytest.approx(pi_score), pytest.approx(pi_score)),
                     ("cam", int(bucket_now), 1, pytest.approx(sick_score), pytest.approx(sick_score)),
                     ("pi", int(bucket_now), 1, pytest.approx(pi_score), pytest.approx(pi_score))]
+    starts = [int(r[0]) for r in conn.execute(
+        "select extract(epoch from bucket_start) from heatmap_buckets('1 hour', 4)")]
+    assert starts == [int(bucket_now) - 3 * 3600, int(bucket_now) - 2 * 3600, int(bucket_now) - 3600,
+                      int(bucket_now)]
     for bucket, count, reason in [("30 seconds", 40, "between 1 minute and 1 day"),
                                   ("2 days", 40, "between 1 minute and 1 day"),
                                   ("1 hour", 0, "between 1 and 1000"),
