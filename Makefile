@@ -30,7 +30,7 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 ## its pooler, this device's agent, the scheduled checks and the dashboard, whose URL comes first;
 ## `make run DEMO=1` adds a simulated fleet (flowmesh demo)
 run: $(STAMP)
-	$(VENV)/bin/flowmesh up$(if $(DEMO), --demo)
+	@$(VENV)/bin/flowmesh up$(if $(DEMO), --demo)
 
 ## test: install what the tests need and run them
 test: system-deps $(TEST_STAMP)

@@ -448,6 +448,31 @@ def up(database_url: str | None, bind: str, port: int, demo: bool) -> None:
     sys.exit(stack.run(children, echo))
 
 
+@main.command("demo")
+@database_url_option
+@click.option("--reset", is_flag=True, help="Only remove the previous demo tetrahedron, and exit.")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0, hidden=True,
+              envvar="FLOWMESH_DEMO_SPEED", help="Run the scenario this many times faster (tests).")
+def demo(database_url: str | None, reset: bool, speed: float) -> None:
+    """Run a simulated fleet on loopback until Ctrl-C: a phone, a Pi and a laptop in
+    tetrahedron `demo`, real agents shipping heartbeats the normal way.
+
+    Within a minute: the mesh forms, the phone degrades (battery, latency) and the
+    prediction pass sees it coming, the Pi overheats and stops dead, its peers
+    declare it dead and it goes offline with its alert open. One line per stage.
+    Each start removes the previous demo tetrahedron first.
+    """
+    from flowmesh_edge import demo as fleet  # noqa: PLC0415 (the agent's code, only here)
+
+    url = database.resolve_url(database_url)
+    if reset:
+        removed = fleet.reset(url)
+        click.echo(f"removed the {fleet.TETRAHEDRON} tetrahedron" if removed
+                   else f"no {fleet.TETRAHEDRON} tetrahedron to remove")
+        return
+    fleet.run(url, click.echo, speed)
+
+
 def _emit(names: list[str], rows: list[tuple], as_json: bool) -> None:
     if as_json:
         records = [dict(zip(names, r, strict=True)) for r in rows]

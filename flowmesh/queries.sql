@@ -169,6 +169,34 @@ select duration_ms, started_at, alerts_opened
 select created, dropped, oldest, newest
   from public.maintain_heartbeat_partitions(make_interval(days => %(retention_days)s));
 
+-- The demo (flowmesh_edge/demo.py) ------------------------------------------
+
+-- name: delete_tetrahedron
+-- Remove a tetrahedron and, by cascade, everything of it (the demo's, before a rerun).
+delete from public.tetrahedrons where name = %(tetrahedron)s returning id;
+
+-- name: set_node_timeout
+-- How long a node of this tetrahedron may be silent before it is offline; its
+-- nodes' offline_at follow by trigger.
+update public.tetrahedrons set node_timeout_seconds = %(seconds)s where name = %(tetrahedron)s;
+
+-- name: tetrahedron_nodes
+-- One tetrahedron's nodes as of now: status and since when, metrics and those
+-- past their threshold, what the mesh last said of each, predicted risk.
+select node_id, role, status, status_since, health_score, predicted_risk, metrics,
+       public.health_problems(metrics) as problems,
+       mesh_status, mesh_reported_by, last_heartbeat_at
+  from public.nodes
+ where tetrahedron_id = %(tetrahedron_id)s::uuid
+ order by node_id;
+
+-- name: mesh_pairs_heard
+-- How many (observer, subject) pairs of a tetrahedron reached each other on the
+-- peer mesh (a path event each): n members hearing each other make n * (n - 1).
+select count(distinct (observer, subject)) as pairs
+  from public.mesh_events
+ where tetrahedron_id = %(tetrahedron_id)s::uuid and kind = 'path';
+
 -- Connections, the embedded server and migrations ---------------------------
 
 -- name: server_clock
