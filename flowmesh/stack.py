@@ -33,6 +33,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psycopg
 from psycopg.conninfo import make_conninfo
 
 from . import database, embedded, migrations, pooler, settings
@@ -98,7 +99,7 @@ def install_schedules(url: str) -> str | None:
     with database.connect(url) as conn:
         try:
             schedules.install(conn, CHECKS_EVERY)
-        except FlowMeshError:
+        except (FlowMeshError, psycopg.Error):  # no pg_cron, or not ours to schedule on
             return None
     return CHECKS_EVERY
 
