@@ -3,6 +3,7 @@ against the test database, stopped by a real signal, or by a child dying."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -124,3 +125,18 @@ def test_a_child_that_dies_stops_the_others_and_the_exit_code_says_so(db_url, tm
     assert "checks stopped (exit code 0)" in text, text
     assert stopped_in < 20
     wait_for(lambda: all(gone(pid) for pid in pids.values()), timeout=5)
+
+
+def test_children_do_not_outlive_a_killed_supervisor(db_url, tmp_path):
+    proc, out, _ = start_up(db_url, tmp_path)
+    pids: dict[str, int] = {}
+    try:
+        pids = started(out, expected_children(demo=False))
+        proc.kill()  # no chance to stop anything: the kernel tells the children (Linux)
+        proc.wait(timeout=10)
+        wait_for(lambda: all(gone(pid) for pid in pids.values()), timeout=20)
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+        out.close()
