@@ -15,7 +15,7 @@ child processes, each the same command an operator would run by hand:
 
 Every line a child writes is printed with its name in front (``agent | ...``).
 The children run in sessions of their own, so a Ctrl-C in the terminal reaches
-the supervisor only; it then sends SIGTERM to each child's process group, waits
+the supervisor only; on SIGINT, SIGTERM or SIGHUP it sends SIGTERM to each child's process group, waits
 for them (SIGKILL after ``STOP_TIMEOUT_S``) and exits 0. A child that exits by
 itself stops the others the same way, and the exit code is 1. On Linux each
 child also gets SIGTERM if the supervisor dies without stopping it
@@ -48,6 +48,10 @@ CHECKS_EVERY = "1m"
 #: Exit codes: stopped by a signal, every child stopped in time; a child exited by
 #: itself (or had to be killed).
 EXIT_STOPPED, EXIT_CHILD_FAILED = 0, 1
+#: Bytes of a child's line printed whole (of a longer one, the rest is printed in pieces).
+LINE_LIMIT = 64 * 1024
+#: The signals that stop the stack: Ctrl-C, a service manager's stop, the terminal closing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 Echo = Callable[[str], None]
 
@@ -146,7 +150,7 @@ class Supervisor:
             received.append(sig)
             signalled.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, on_signal, sig)
         pumps: list[asyncio.Task] = []
         exits: dict[asyncio.Task, Child] = {}
@@ -171,7 +175,7 @@ class Supervisor:
             killed = await self._stop_all()
             await asyncio.wait(pumps, timeout=5)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             for child in self.children:  # an error half-way: nothing is left behind
                 if child.process and child.process.returncode is None:
@@ -184,7 +188,7 @@ class Supervisor:
     async def _start(self, child: Child) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **child.env}
         child.process = await asyncio.create_subprocess_exec(
-            *child.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            *child.argv, limit=LINE_LIMIT, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
             preexec_fn=_die_with_parent)
         self.echo(f"started {child.name} (pid {child.process.pid}): {' '.join(_shown(child.argv))}")
@@ -193,7 +197,13 @@ class Supervisor:
         """Print the child's lines, its name in front."""
         prefix = f"{child.name:<{self._width}} | "
         stream = child.process.stdout
-        while line := await stream.readline():
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line past the limit (readline dropped what it had): read on
+                line = await stream.read(LINE_LIMIT)
+            if not line:
+                return
             self.echo(prefix + line.decode(errors="replace").rstrip("\r\n"))
 
     async def _stop_all(self) -> bool:
