@@ -450,27 +450,31 @@ def up(database_url: str | None, bind: str, port: int, demo: bool) -> None:
 
 @main.command("demo")
 @database_url_option
+@click.option("--tetrahedron", metavar="NAME",
+              help="The demo's tetrahedron, removed and made anew at each start [default: demo].")
 @click.option("--reset", is_flag=True, help="Only remove the previous demo tetrahedron, and exit.")
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0, hidden=True,
               envvar="FLOWMESH_DEMO_SPEED", help="Run the scenario this many times faster (tests).")
-def demo(database_url: str | None, reset: bool, speed: float) -> None:
+def demo(database_url: str | None, tetrahedron: str | None, reset: bool, speed: float) -> None:
     """Run a simulated fleet on loopback until Ctrl-C: a phone, a Pi and a laptop in
     tetrahedron `demo`, real agents shipping heartbeats the normal way.
 
     Within a minute: the mesh forms, the phone degrades (battery, latency) and the
     prediction pass sees it coming, the Pi overheats and stops dead, its peers
     declare it dead and it goes offline with its alert open. One line per stage.
-    Each start removes the previous demo tetrahedron first.
+    Each start removes the previous demo tetrahedron first (never one with devices
+    the demo does not make).
     """
     from flowmesh_edge import demo as fleet  # noqa: PLC0415 (the agent's code, only here)
 
+    tetrahedron = tetrahedron or fleet.TETRAHEDRON
     url = database.resolve_url(database_url)
     if reset:
-        removed = fleet.reset(url)
-        click.echo(f"removed the {fleet.TETRAHEDRON} tetrahedron" if removed
-                   else f"no {fleet.TETRAHEDRON} tetrahedron to remove")
+        removed = fleet.reset(url, tetrahedron)
+        click.echo(f"removed the {tetrahedron} tetrahedron" if removed
+                   else f"no {tetrahedron} tetrahedron to remove")
         return
-    fleet.run(url, click.echo, speed)
+    fleet.run(url, click.echo, speed, tetrahedron)
 
 
 def _emit(names: list[str], rows: list[tuple], as_json: bool) -> None:

@@ -175,6 +175,17 @@ select created, dropped, oldest, newest
 -- Remove a tetrahedron and, by cascade, everything of it (the demo's, before a rerun).
 delete from public.tetrahedrons where name = %(tetrahedron)s returning id;
 
+-- name: tetrahedron_members
+-- Every node a tetrahedron has, as a vertex or as a node row (the demo removes
+-- only a tetrahedron made of its own devices).
+select v.node_id from public.tetrahedron_vertices v
+  join public.tetrahedrons t on t.id = v.tetrahedron_id
+ where t.name = %(tetrahedron)s
+union
+select n.node_id from public.nodes n
+  join public.tetrahedrons t on t.id = n.tetrahedron_id
+ where t.name = %(tetrahedron)s;
+
 -- name: set_node_timeout
 -- How long a node of this tetrahedron may be silent before it is offline; its
 -- nodes' offline_at follow by trigger.

@@ -41,6 +41,7 @@ from pathlib import Path
 from psycopg.rows import dict_row
 
 from flowmesh import database
+from flowmesh.errors import FlowMeshError
 from flowmesh.queries import query
 
 from .agent import Agent
@@ -104,20 +105,35 @@ class Device:
 DEVICES = (("phone", "sensor"), ("pi", "orchestrator"), ("laptop", "witness"))
 
 
-def reset(url: str) -> bool:
+def _remove(conn, tetrahedron: str) -> bool:
+    """Remove the demo's tetrahedron, refusing one with devices the demo does not make
+    (someone's real tetrahedron of that name); True when there was one."""
+    ours = {node_id for node_id, _ in DEVICES}
+    foreign = sorted({n for (n,) in conn.execute(query("tetrahedron_members"), {"tetrahedron": tetrahedron})}
+                     - ours)
+    if foreign:
+        raise FlowMeshError(f"tetrahedron {tetrahedron!r} has devices the demo does not make "
+                            f"({', '.join(foreign)}): not removing it; run the demo under another "
+                            "name with --tetrahedron NAME")
+    return conn.execute(query("delete_tetrahedron"), {"tetrahedron": tetrahedron}).fetchone() is not None
+
+
+def reset(url: str, tetrahedron: str = TETRAHEDRON) -> bool:
     """Remove the demo tetrahedron and everything of it; True when there was one."""
-    with database.connect(url) as conn:
-        return conn.execute(query("delete_tetrahedron"), {"tetrahedron": TETRAHEDRON}).fetchone() is not None
+    with database.connect(url, autocommit=False) as conn:
+        removed = _remove(conn, tetrahedron)
+        conn.commit()
+    return removed
 
 
-def prepare(url: str, node_timeout_s: int) -> str:
+def prepare(url: str, tetrahedron: str, node_timeout_s: int) -> str:
     """A fresh demo tetrahedron with its three vertices and a short node timeout; its id."""
     with database.connect(url, autocommit=False) as conn:
-        conn.execute(query("delete_tetrahedron"), {"tetrahedron": TETRAHEDRON})
+        _remove(conn, tetrahedron)
         for node_id, role in DEVICES:
             (tetra_id,) = conn.execute(query("register_node"), {
-                "tetrahedron": TETRAHEDRON, "node_id": node_id, "role": role}).fetchone()
-        conn.execute(query("set_node_timeout"), {"tetrahedron": TETRAHEDRON, "seconds": node_timeout_s})
+                "tetrahedron": tetrahedron, "node_id": node_id, "role": role}).fetchone()
+        conn.execute(query("set_node_timeout"), {"tetrahedron": tetrahedron, "seconds": node_timeout_s})
         conn.commit()
     return str(tetra_id)
 
@@ -137,8 +153,10 @@ class Watch:
 class Demo:
     """The fleet, its scenario and its narration."""
 
-    def __init__(self, url: str, echo: Echo, speed: float = 1.0, workdir: Path | None = None):
+    def __init__(self, url: str, echo: Echo, speed: float = 1.0, tetrahedron: str = TETRAHEDRON,
+                 workdir: Path | None = None):
         self.url = url
+        self.tetrahedron = tetrahedron
         self.echo = echo
         self.speed = speed
         self.workdir = workdir
@@ -154,8 +172,8 @@ class Demo:
 
     async def run(self, stop: asyncio.Event) -> None:
         node_timeout = max(1, round(self.seconds(NODE_TIMEOUT_S)))
-        tetra_id = await asyncio.to_thread(prepare, self.url, node_timeout)
-        self.echo(f"tetrahedron {TETRAHEDRON}: phone (sensor), pi (orchestrator) and laptop (witness) "
+        tetra_id = await asyncio.to_thread(prepare, self.url, self.tetrahedron, node_timeout)
+        self.echo(f"tetrahedron {self.tetrahedron}: phone (sensor), pi (orchestrator) and laptop (witness) "
                   f"on 127.0.0.1; a heartbeat every {self.seconds(HEARTBEAT_S):g}s, node timeout "
                   f"{node_timeout}s")
         self._started = time.monotonic()
@@ -167,13 +185,13 @@ class Demo:
                 for index, (node_id, role) in enumerate(DEVICES):
                     mesh = MeshNode(node_id, port=0, bind="127.0.0.1", mesh_key=key,
                                     peers=[first.address] if first else [],
-                                    meta={"tetrahedron": TETRAHEDRON, "role": role}, seed=SEED + index)
+                                    meta={"tetrahedron": self.tetrahedron, "role": role}, seed=SEED + index)
                     if first is None:
                         await mesh.start()  # the others join through its address
                         first = mesh
                     device = Device(node_id, role, self.scenario_time, random.Random(SEED + index))
                     outbox = stack.enter_context(Outbox(Path(tmp) / f"{node_id}.sqlite3"))
-                    config = AgentConfig(node_id=node_id, tetrahedron=TETRAHEDRON, role=role,
+                    config = AgentConfig(node_id=node_id, tetrahedron=self.tetrahedron, role=role,
                                          interval_s=self.seconds(HEARTBEAT_S), flush_timeout_s=2.0,
                                          database_url=self.url, outbox_path=outbox.path)
                     agent = Agent(config, outbox, Shipper(outbox, self.url), sample=device.sample, mesh=mesh)
@@ -234,7 +252,7 @@ class Demo:
                 once(f"dead {node_id}", f"mesh: {node_id} declared dead by {node['mesh_reported_by']}", echo)
             if node["status"] == "offline":
                 once(f"offline {node_id}", f"{node_id} offline since {node['status_since']:%H:%M:%S} "
-                     f"(silent past the {TETRAHEDRON} tetrahedron's node timeout)", echo)
+                     f"(silent past the {self.tetrahedron} tetrahedron's node timeout)", echo)
         for alert in alerts:
             once(f"alert {alert['id']}", f"alert opened: {alert['alert_type']} ({alert['severity']}): "
                  f"{alert['message']}", echo)
@@ -242,7 +260,7 @@ class Demo:
             once("shown", "every stage shown; phone and laptop keep reporting until Ctrl-C", echo)
 
 
-def run(url: str, echo: Echo, speed: float = 1.0) -> None:
+def run(url: str, echo: Echo, speed: float = 1.0, tetrahedron: str = TETRAHEDRON) -> None:
     """Run the demo until SIGINT or SIGTERM."""
     logging.getLogger("flowmesh_edge").setLevel(logging.WARNING)
 
@@ -251,8 +269,8 @@ def run(url: str, echo: Echo, speed: float = 1.0) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Demo(url, echo, speed).run(stop)
-        echo(f"demo stopped; the {TETRAHEDRON} tetrahedron stays in the database until the next "
+        await Demo(url, echo, speed, tetrahedron).run(stop)
+        echo(f"demo stopped; the {tetrahedron} tetrahedron stays in the database until the next "
              "`flowmesh demo` (or `flowmesh demo --reset`)")
 
     asyncio.run(main())

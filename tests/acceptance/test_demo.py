@@ -23,8 +23,8 @@ def demo(db_url: str, *args: str) -> subprocess.Popen:
 
 
 def test_the_demo_shows_a_mesh_a_degrading_node_a_prediction_and_a_failed_device(conn, db_url):
-    # a previous run's tetrahedron, with a node the new run does not have: removed on start
-    conn.execute("select register_node('demo', 'old-camera', null)")
+    # a previous run's tetrahedron: removed on start, a new one made
+    (previous,) = conn.execute("select register_node('demo', 'phone', 'sensor')").fetchone()
     proc = demo(db_url)
     out = Lines(proc.stdout)
     try:
@@ -35,6 +35,7 @@ def test_the_demo_shows_a_mesh_a_degrading_node_a_prediction_and_a_failed_device
             "select n.node_id, n.status from nodes n join tetrahedrons t on t.id = n.tetrahedron_id"
             " where t.name = 'demo'").fetchall())
         assert set(nodes) == {"phone", "pi", "laptop"}
+        assert conn.execute("select id from tetrahedrons where name = 'demo'").fetchone() != (previous,)
         assert nodes["phone"] == "degraded" and nodes["laptop"] == "online" and nodes["pi"] == "offline"
         risks = dict(conn.execute(
             "select node_id, predicted_risk from nodes where predicted_risk is not null").fetchall())
@@ -67,3 +68,19 @@ def test_the_demo_shows_a_mesh_a_degrading_node_a_prediction_and_a_failed_device
         assert (reset.returncode, reset.stdout.strip()) == (0, expected), reset.stderr
     assert conn.execute("select count(*) from tetrahedrons").fetchone() == (0,)
     assert conn.execute("select count(*) from mesh_heartbeats").fetchone() == (0,)
+
+
+def test_the_demo_never_removes_a_tetrahedron_with_devices_it_does_not_make(conn, db_url):
+    conn.execute("select register_node('demo', 'front-door-camera', null)")
+    conn.execute("select register_node('demo', 'pi', null)")
+    for args in (("--reset",), ()):
+        refused = demo(db_url, *args)
+        out, _ = refused.communicate(timeout=30)
+        assert refused.returncode == 1, out
+        assert out.strip() == ("flowmesh: error: tetrahedron 'demo' has devices the demo does not make "
+                               "(front-door-camera): not removing it; run the demo under another name "
+                               "with --tetrahedron NAME")
+    assert conn.execute("select count(*) from nodes").fetchone() == (2,)
+    other = demo(db_url, "--reset", "--tetrahedron", "demo-2")
+    said = other.communicate(timeout=30)[0].strip()
+    assert (said, other.returncode) == ("no demo-2 tetrahedron to remove", 0)
