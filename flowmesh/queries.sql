@@ -201,12 +201,10 @@ select node_id, role, status, status_since, health_score, predicted_risk, metric
  where tetrahedron_id = %(tetrahedron_id)s::uuid
  order by node_id;
 
--- name: mesh_pairs_heard
--- How many (observer, subject) pairs of a tetrahedron reached each other on the
--- peer mesh (a path event each): n members hearing each other make n * (n - 1).
-select count(distinct (observer, subject)) as pairs
-  from public.mesh_events
- where tetrahedron_id = %(tetrahedron_id)s::uuid and kind = 'path';
+-- name: mesh_links_count
+-- How many (member, peer) pairs of a tetrahedron hear each other now (public.mesh_links,
+-- the dashboard's mesh map): n members all hearing each other make n * (n - 1).
+select count(*) as links from public.mesh_links where tetrahedron_id = %(tetrahedron_id)s::uuid;
 
 -- Connections, the embedded server and migrations ---------------------------
 

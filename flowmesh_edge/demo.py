@@ -239,9 +239,9 @@ class Demo:
             nodes = {n["node_id"]: n for n in cur.execute(query("tetrahedron_nodes"),
                                                            {"tetrahedron_id": tetra_id})}
             alerts = cur.execute(query("open_alerts"), {"tetrahedron_id": tetra_id}).fetchall()
-            pairs = cur.execute(query("mesh_pairs_heard"), {"tetrahedron_id": tetra_id}).fetchone()["pairs"]
+            links = cur.execute(query("mesh_links_count"), {"tetrahedron_id": tetra_id}).fetchone()["links"]
         echo, once = self.echo, self.watch.once
-        if pairs >= len(DEVICES) * (len(DEVICES) - 1):
+        if links >= len(DEVICES) * (len(DEVICES) - 1):
             once("mesh", "mesh: phone, pi and laptop hear each other over UDP on 127.0.0.1", echo)
         for node_id, node in nodes.items():
             metrics = node["metrics"] or {}
