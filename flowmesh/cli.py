@@ -408,8 +408,11 @@ def schedule_remove(database_url: str | None) -> None:
               help="The dashboard's address.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="The dashboard's port.")
+@click.option("--agent-http-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Also serve the agent's own endpoints (/health, /network, /map) on this "
+              "loopback port [default: off].")
 @click.option("--demo", is_flag=True, help="Also run the simulated fleet of `flowmesh demo`.")
-def up(database_url: str | None, bind: str, port: int, demo: bool) -> None:
+def up(database_url: str | None, bind: str, port: int, agent_http_port: int | None, demo: bool) -> None:
     """Run the whole product until Ctrl-C: the database, this device's agent, the
     scheduled checks and the dashboard (and with --demo a simulated fleet).
 
@@ -430,7 +433,16 @@ def up(database_url: str | None, bind: str, port: int, demo: bool) -> None:
              "`flowmesh db stop` stops it)")
     else:
         echo("database: the server of --database-url")
-    children = [stack.Child("agent", stack.python_command("flowmesh_edge.cli", "run"),
+    agent = ["run"]
+    if agent_http_port is not None:
+        from flowmesh_edge.cli import run as agent_run  # noqa: PLC0415 (only to ask what it offers)
+
+        if any(p.name == "http_port" for p in agent_run.params):
+            agent += ["--http-port", str(agent_http_port)]
+            echo(f"agent endpoints: http://127.0.0.1:{agent_http_port}/map")
+        else:
+            echo("agent endpoints: skipped (this version's agent has no --http-port)")
+    children = [stack.Child("agent", stack.python_command("flowmesh_edge.cli", *agent),
                             {settings.DATABASE_URL_ENV: db.agent_url})]
     server = {settings.DATABASE_URL_ENV: db.url}
     every = stack.install_schedules(db.url)

@@ -11,11 +11,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import psutil
 import psycopg
 
 from flowmesh import cli
+from flowmesh_edge.cli import run as agent_run
 from tests.conftest import wait_for
 from tests.support.lines import Lines
 
@@ -29,7 +31,9 @@ def free_port() -> int:
 
 
 def start_up(db_url: str, tmp_path, *args: str) -> tuple[subprocess.Popen, Lines, int]:
+    """`flowmesh up ARGS` on free loopback ports (an argument ``PORT``: another free one)."""
     port = free_port()
+    args = tuple(str(free_port()) if a == "PORT" else a for a in args)
     env = {k: v for k, v in os.environ.items() if k != "FLOWMESH_DATABASE_URL"}
     # the agent's outbox and the demo's scratch files stay in the test's directory
     env.update(FLOWMESH_DATA_DIR=str(tmp_path / "data"), FLOWMESH_DEMO_SPEED="5")
@@ -66,6 +70,18 @@ def gone(pid: int) -> bool:
         return True
 
 
+def agent_serves_endpoints() -> bool:
+    return any(p.name == "http_port" for p in agent_run.params)
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def expected_children(demo: bool) -> set[str]:
     # the test server has no pg_cron: the scheduled checks run as the --every loop
     names = {"agent", "checks"} | ({"dashboard"} if "dashboard" in cli.main.commands else set())
@@ -73,7 +89,7 @@ def expected_children(demo: bool) -> set[str]:
 
 
 def test_up_prints_the_dashboard_first_runs_every_part_and_stops_them_all_on_sigint(db_url, tmp_path):
-    proc, out, port = start_up(db_url, tmp_path, "--demo")
+    proc, out, port = start_up(db_url, tmp_path, "--demo", "--agent-http-port", "PORT")
     pids: dict[str, int] = {}
     try:
         first = out.wait_for(lambda line: True, timeout=20)
@@ -81,6 +97,7 @@ def test_up_prints_the_dashboard_first_runs_every_part_and_stops_them_all_on_sig
             assert first == f"dashboard: http://127.0.0.1:{port}/"
         else:
             assert first.startswith("dashboard: skipped")
+        endpoints = out.wait_for(lambda line: line.startswith("agent endpoints: "))
         pids = started(out, expected_children(demo=True))
         # every part works, its lines prefixed with its name
         lines_matching(out, r"checks +\| .* OK: ", r"demo +\| mesh: phone, pi and laptop")
@@ -89,6 +106,13 @@ def test_up_prints_the_dashboard_first_runs_every_part_and_stops_them_all_on_sig
                 "select count(*) from nodes n join tetrahedrons t on t.id = n.tetrahedron_id"
                 " where t.name = 'default' and n.last_heartbeat_at is not null").fetchone()[0] == 1,
                 timeout=20)
+        if agent_serves_endpoints():
+            map_url = endpoints.removeprefix("agent endpoints: ")
+            wait_for(lambda: answers(map_url.removesuffix("/map") + "/health"), timeout=20)
+        else:
+            assert endpoints == "agent endpoints: skipped (this version's agent has no --http-port)"
+        if "dashboard" in cli.main.commands:
+            wait_for(lambda: answers(first.removeprefix("dashboard: ") + "api/health"), timeout=20)
         assert all(not gone(pid) for pid in pids.values())
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=25) == 0
