@@ -38,10 +38,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 from psycopg.rows import dict_row
 
 from flowmesh import database
-from flowmesh.errors import FlowMeshError
+from flowmesh.errors import FlowMeshError, describe
 from flowmesh.queries import query
 
 from .agent import Agent
@@ -210,6 +211,7 @@ class Demo:
     async def _scenario(self, stop: asyncio.Event, tetra_id: str,
                         agents: dict[str, tuple[Agent, asyncio.Event, asyncio.Task]]) -> None:
         next_pass = PASS_EVERY_S
+        failure: str | None = None
         pi_mesh = agents["pi"][0].mesh
         while not stop.is_set():
             now = self.scenario_time()
@@ -225,8 +227,12 @@ class Demo:
                 next_pass += PASS_EVERY_S
                 try:
                     await asyncio.to_thread(self._observe, tetra_id)
-                except Exception as exc:  # a database outage: the fleet goes on, the next pass retries
-                    self.echo(f"prediction pass failed: {exc}")
+                    failure = None
+                except (FlowMeshError, psycopg.Error) as exc:
+                    # an outage: the fleet goes on and the next pass retries; said once, not every pass
+                    if describe(exc).message != failure:
+                        failure = describe(exc).message
+                        self.echo(f"prediction pass failed: {failure}")
             wait = min(next_pass, PI_FAILS_AT_S if "fail" not in self.watch.said else next_pass) - now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(0.05, self.seconds(min(wait, 1.0))))
