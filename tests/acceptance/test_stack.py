@@ -147,7 +147,7 @@ def test_a_child_that_dies_stops_the_others_and_the_exit_code_says_so(db_url, tm
     assert code == 1, text
     assert "agent exited with code -9: stopping the others" in text, text
     assert "checks stopped (exit code 0)" in text, text
-    assert stopped_in < 20
+    assert stopped_in < 20, text
     wait_for(lambda: all(gone(pid) for pid in pids.values()), timeout=5)
 
 
