@@ -457,7 +457,10 @@ def up(database_url: str | None, bind: str, port: int, agent_http_port: int | No
             "flowmesh.cli", "dashboard", "--bind", bind, "--port", str(port)), server))
     if demo:
         children.append(stack.Child("demo", stack.python_command("flowmesh.cli", "demo"), server))
-    sys.exit(stack.run(children, echo))
+    code = stack.run(children, echo)
+    if db.embedded:
+        echo("the embedded database is still running (`flowmesh db stop` stops it)")
+    sys.exit(code)
 
 
 @main.command("demo")
