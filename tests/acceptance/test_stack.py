@@ -16,9 +16,9 @@ import urllib.request
 import psutil
 import psycopg
 
-from flowmesh import cli
+from flowmesh import cli, pooler
 from flowmesh_edge.cli import run as agent_run
-from tests.conftest import wait_for
+from tests.conftest import server_directory, wait_for
 from tests.support.lines import Lines
 
 STARTED = re.compile(r"^started (\w+) \(pid (\d+)\): ")
@@ -164,3 +164,39 @@ def test_children_do_not_outlive_a_killed_supervisor(db_url, tmp_path):
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(pid).kill()
         out.close()
+
+
+def test_up_on_the_embedded_default_leaves_the_database_running(tmp_path):
+    """What `make run` does: no URL, so the embedded server (and its PgBouncer when
+    installed) is started; the agent ships through the pooler; after Ctrl-C the
+    server is still up, and the output says how to stop it."""
+    with server_directory("flowmesh-test-up-") as base:
+        env = {k: v for k, v in os.environ.items() if k != "FLOWMESH_DATABASE_URL"}
+        env["FLOWMESH_DATA_DIR"] = str(base / "data")
+        proc = subprocess.Popen([sys.executable, "-m", "flowmesh.cli", "up", "--port", str(free_port())],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        out = Lines(proc.stdout)
+        try:
+            assert out.wait_for(lambda line: True, timeout=20).startswith("dashboard: ")
+            database = out.wait_for(lambda line: line.startswith("database: "), timeout=60)
+            assert database.endswith("(embedded; it keeps running after this stops: "
+                                     "`flowmesh db stop` stops it)")
+            started(out, expected_children(demo=False))
+            via = re.compile(rf"agent +\| .* database postgresql://\S+host=\S+/"
+                             rf"{'pgbouncer/socket' if pooler.binary() else 'postgres'}\b")
+            out.wait_for(lambda line: via.match(line) is not None)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=25) == 0
+            text = out.close()
+            last = text.splitlines()[-1]
+            assert last == "the embedded database is still running (`flowmesh db stop` stops it)", text
+            status = subprocess.run([sys.executable, "-m", "flowmesh.cli", "db", "status"], env=env,
+                                    capture_output=True, text=True, timeout=30)
+            assert "embedded server: running" in status.stdout, status.stdout + status.stderr
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            out.close()
+            subprocess.run([sys.executable, "-m", "flowmesh.cli", "db", "stop"], env=env,
+                           capture_output=True, timeout=60)
