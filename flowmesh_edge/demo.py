@@ -154,13 +154,11 @@ class Watch:
 class Demo:
     """The fleet, its scenario and its narration."""
 
-    def __init__(self, url: str, echo: Echo, speed: float = 1.0, tetrahedron: str = TETRAHEDRON,
-                 workdir: Path | None = None):
+    def __init__(self, url: str, echo: Echo, speed: float = 1.0, tetrahedron: str = TETRAHEDRON):
         self.url = url
         self.tetrahedron = tetrahedron
         self.echo = echo
         self.speed = speed
-        self.workdir = workdir
         self.watch = Watch()
         self._started = time.monotonic()
 
@@ -179,7 +177,7 @@ class Demo:
                   f"{node_timeout}s")
         self._started = time.monotonic()
         key = secrets.token_urlsafe(24)  # this run's mesh only
-        with tempfile.TemporaryDirectory(prefix="flowmesh-demo-", dir=self.workdir) as tmp:
+        with tempfile.TemporaryDirectory(prefix="flowmesh-demo-") as tmp:
             async with contextlib.AsyncExitStack() as stack:
                 agents: dict[str, tuple[Agent, asyncio.Event, asyncio.Task]] = {}
                 first: MeshNode | None = None
