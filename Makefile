@@ -26,16 +26,11 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(TEST_STAMP)
 
-## run: start the embedded database (and its pooler, when pgbouncer is installed) and run
-## the edge agent on this machine
+## run: the whole product on the embedded database until Ctrl-C (flowmesh up): the database and
+## its pooler, this device's agent, the scheduled checks and the dashboard, whose URL comes first;
+## `make run DEMO=1` adds a simulated fleet (flowmesh demo)
 run: $(STAMP)
-	@if command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ]; then \
-	  $(VENV)/bin/flowmesh db up --pooler >/dev/null && \
-	  $(VENV)/bin/flowmesh-edge run --database-url "$$($(VENV)/bin/flowmesh db url --pooled)"; \
-	else \
-	  echo "pgbouncer is not installed (apt-get install pgbouncer): the agent connects directly"; \
-	  $(VENV)/bin/flowmesh db up >/dev/null && $(VENV)/bin/flowmesh-edge run; \
-	fi
+	@$(VENV)/bin/flowmesh up$(if $(DEMO), --demo)
 
 ## test: install what the tests need and run them
 test: system-deps $(TEST_STAMP)

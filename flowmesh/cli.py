@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import click
-from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from . import database, devices, embedded, migrations, pooler, settings
+from . import database, devices, embedded, migrations, pooler, settings, stack
 from . import schedule as schedules
 from .clisupport import FriendlyGroup, database_url_option
 from .errors import DatabaseUnreachable, FlowMeshError
@@ -72,16 +71,9 @@ def db_up(database_url: str | None, with_pooler: bool, listen: str | None) -> No
         url = database_url
         migrations.upgrade(url)
     else:
-        url = database.resolve_url(None, start=True, migrate=False)
-        migrations.upgrade(url)
-        admin_url = make_conninfo(url, dbname="postgres")
-        if embedded.reserve_operator_connections(admin_url):
-            click.echo(f"restarted the embedded PostgreSQL to keep {embedded.RESERVED_CONNECTIONS} "
-                       "connection slots for operator roles", err=True)
-        if with_pooler:
-            host, port = embedded.address()
-            url = pooler.start(pooler.embedded(), admin_url, server_host=host, server_port=port,
-                               databases=(settings.EMBEDDED_DATABASE,), listen=listen)
+        url, pooled = stack.start_embedded(with_pooler, listen, echo=lambda line: click.echo(line, err=True))
+        if pooled:
+            url = pooled
             click.echo(f"PgBouncer (transaction pooling) listening on {pooler.embedded().listen_addr()}:"
                        f"{pooler.embedded().port()}; devices connect as "
                        f"{pooler.embedded().url(user='<device>')}", err=True)
@@ -408,6 +400,96 @@ def schedule_remove(database_url: str | None) -> None:
     with database.connect(database.resolve_url(database_url)) as conn:
         removed = schedules.remove(conn)
     click.echo(f"removed {len(removed)} jobs" + (f": {', '.join(removed)}" if removed else ""))
+
+
+@main.command("up")
+@database_url_option
+@click.option("--bind", default="127.0.0.1", show_default=True, metavar="ADDR",
+              help="The dashboard's address.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              help="The dashboard's port.")
+@click.option("--agent-http-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Also serve the agent's own endpoints (/health, /network, /map) on this "
+              "loopback port [default: off].")
+@click.option("--demo", is_flag=True, help="Also run the simulated fleet of `flowmesh demo`.")
+def up(database_url: str | None, bind: str, port: int, agent_http_port: int | None, demo: bool) -> None:
+    """Run the whole product until Ctrl-C: the database, this device's agent, the
+    scheduled checks and the dashboard (and with --demo a simulated fleet).
+
+    Each part's lines are printed with its name in front. Ctrl-C (or SIGTERM)
+    stops every part and exits 0; a part that exits by itself stops the others,
+    exit code 1. The embedded database keeps running afterwards (`flowmesh db stop`).
+    """
+    echo = click.echo
+    has_dashboard = "dashboard" in main.commands
+    host = f"[{bind}]" if ":" in bind else bind
+    if has_dashboard:
+        echo(f"dashboard: http://{host}:{port}/")
+    else:
+        echo("dashboard: skipped (this version has no `flowmesh dashboard` command)")
+    db = stack.open_database(database_url, echo)
+    if db.embedded:
+        echo(f"database: {db.url} (embedded; it keeps running after this stops: "
+             "`flowmesh db stop` stops it)")
+    else:
+        echo("database: the server of --database-url")
+    agent = ["run"]
+    if agent_http_port is not None:
+        from flowmesh_edge.cli import run as agent_run  # noqa: PLC0415 (only to ask what it offers)
+
+        if any(p.name == "http_port" for p in agent_run.params):
+            agent += ["--http-port", str(agent_http_port)]
+            echo(f"agent endpoints: http://127.0.0.1:{agent_http_port}/map")
+        else:
+            echo("agent endpoints: skipped (this version's agent has no --http-port)")
+    children = [stack.Child("agent", stack.python_command("flowmesh_edge.cli", *agent),
+                            {settings.DATABASE_URL_ENV: db.agent_url})]
+    server = {settings.DATABASE_URL_ENV: db.url}
+    every = stack.install_schedules(db.url)
+    if every:
+        echo(f"checks: pg_cron job {schedules.CHECKS_JOB} every {every}, in the database "
+             "(it keeps running there: `flowmesh schedule remove` removes it)")
+    else:
+        children.append(stack.Child("checks", stack.python_command(
+            "monitors.mesh_health", "--every", stack.CHECKS_EVERY), server))
+    if has_dashboard:
+        children.append(stack.Child("dashboard", stack.python_command(
+            "flowmesh.cli", "dashboard", "--bind", bind, "--port", str(port)), server))
+    if demo:
+        children.append(stack.Child("demo", stack.python_command("flowmesh.cli", "demo"), server))
+    code = stack.run(children, echo)
+    if db.embedded:
+        echo("the embedded database is still running (`flowmesh db stop` stops it)")
+    sys.exit(code)
+
+
+@main.command("demo")
+@database_url_option
+@click.option("--tetrahedron", metavar="NAME",
+              help="The demo's tetrahedron, removed and made anew at each start [default: demo].")
+@click.option("--reset", is_flag=True, help="Only remove the previous demo tetrahedron, and exit.")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0, hidden=True,
+              envvar="FLOWMESH_DEMO_SPEED", help="Run the scenario this many times faster (tests).")
+def demo(database_url: str | None, tetrahedron: str | None, reset: bool, speed: float) -> None:
+    """Run a simulated fleet on loopback until Ctrl-C: a phone, a Pi and a laptop in
+    tetrahedron `demo`, real agents shipping heartbeats the normal way.
+
+    Within a minute: the mesh forms, the phone degrades (battery, latency) and the
+    prediction pass sees it coming, the Pi overheats and stops dead, its peers
+    declare it dead and it goes offline with its alert open. One line per stage.
+    Each start removes the previous demo tetrahedron first (never one with devices
+    the demo does not make).
+    """
+    from flowmesh_edge import demo as fleet  # noqa: PLC0415 (the agent's code, only here)
+
+    tetrahedron = tetrahedron or fleet.TETRAHEDRON
+    url = database.resolve_url(database_url)
+    if reset:
+        removed = fleet.reset(url, tetrahedron)
+        click.echo(f"removed the {tetrahedron} tetrahedron" if removed
+                   else f"no {tetrahedron} tetrahedron to remove")
+        return
+    fleet.run(url, click.echo, speed, tetrahedron)
 
 
 def _emit(names: list[str], rows: list[tuple], as_json: bool) -> None:

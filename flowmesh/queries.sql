@@ -169,6 +169,43 @@ select duration_ms, started_at, alerts_opened
 select created, dropped, oldest, newest
   from public.maintain_heartbeat_partitions(make_interval(days => %(retention_days)s));
 
+-- The demo (flowmesh_edge/demo.py) ------------------------------------------
+
+-- name: delete_tetrahedron
+-- Remove a tetrahedron and, by cascade, everything of it (the demo's, before a rerun).
+delete from public.tetrahedrons where name = %(tetrahedron)s returning id;
+
+-- name: tetrahedron_members
+-- Every node a tetrahedron has, as a vertex or as a node row (the demo removes
+-- only a tetrahedron made of its own devices).
+select v.node_id from public.tetrahedron_vertices v
+  join public.tetrahedrons t on t.id = v.tetrahedron_id
+ where t.name = %(tetrahedron)s
+union
+select n.node_id from public.nodes n
+  join public.tetrahedrons t on t.id = n.tetrahedron_id
+ where t.name = %(tetrahedron)s;
+
+-- name: set_node_timeout
+-- How long a node of this tetrahedron may be silent before it is offline; its
+-- nodes' offline_at follow by trigger.
+update public.tetrahedrons set node_timeout_seconds = %(seconds)s where name = %(tetrahedron)s;
+
+-- name: tetrahedron_nodes
+-- One tetrahedron's nodes as of now: status and since when, metrics and those
+-- past their threshold, what the mesh last said of each, predicted risk.
+select node_id, role, status, status_since, health_score, predicted_risk, metrics,
+       public.health_problems(metrics) as problems,
+       mesh_status, mesh_reported_by, last_heartbeat_at
+  from public.nodes
+ where tetrahedron_id = %(tetrahedron_id)s::uuid
+ order by node_id;
+
+-- name: mesh_links_count
+-- How many (member, peer) pairs of a tetrahedron hear each other now (public.mesh_links,
+-- the dashboard's mesh map): n members all hearing each other make n * (n - 1).
+select count(*) as links from public.mesh_links where tetrahedron_id = %(tetrahedron_id)s::uuid;
+
 -- Connections, the embedded server and migrations ---------------------------
 
 -- name: server_clock
