@@ -29,7 +29,8 @@ def user_jwt(user_id, *, secret: str = SECRET, role: str = "authenticated", expi
 def test_without_a_token_every_route_is_refused_and_the_token_lets_in(db_url, conn):
     register(conn, "home", "pi")
     with running_dashboard(db_url, token=TOKEN) as base, httpx.Client(base_url=base, timeout=10) as client:
-        for path in ("/api/fleet", "/api/tetrahedrons/home", "/api/health", "/badge/home.json", "/api/events"):
+        for path in ("/api/fleet", "/api/tetrahedrons/home", "/api/health", "/badge/home.json",
+                     "/api/events"):
             response = client.get(path)
             assert response.status_code == 401, path
             assert response.headers["www-authenticate"].startswith("Bearer")
@@ -66,7 +67,8 @@ def test_a_users_jwt_sees_their_own_tetrahedron_and_an_outsiders_sees_nothing(db
     owner, outsider = uuid.uuid4(), uuid.uuid4()
     register(conn, "home", "pi", user_id=owner)
     register(conn, "shed", "cam")
-    with running_dashboard(db_url, jwt_secret=SECRET) as base, httpx.Client(base_url=base, timeout=10) as client:
+    with running_dashboard(db_url, jwt_secret=SECRET) as base, \
+            httpx.Client(base_url=base, timeout=10) as client:
         def get(path, token):
             return client.get(path, headers={"Authorization": f"Bearer {token}"})
 
