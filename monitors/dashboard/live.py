@@ -249,10 +249,16 @@ class Live:
                 yield sse("database", self.database_state())
             await self.visible(identity, [])  # what it may see, looked up as it connects
             while not self.closing:
+                wait = self.keepalive_s
+                if identity.expires_at is not None:  # a JWT's stream ends when it expires, as a request would
+                    wait = min(wait, identity.expires_at - time.time())
+                    if wait <= 0:
+                        return
                 try:
-                    item = await asyncio.wait_for(subscriber.queue.get(), self.keepalive_s)
+                    item = await asyncio.wait_for(subscriber.queue.get(), wait)
                 except TimeoutError:
-                    yield ": keep-alive\n\n"
+                    if identity.expires_at is None or time.time() < identity.expires_at:
+                        yield ": keep-alive\n\n"
                     continue
                 if item is _CLOSE:
                     return

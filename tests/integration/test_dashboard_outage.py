@@ -37,6 +37,8 @@ def test_an_outage_is_a_503_and_an_event_and_both_recover(db_url, conn, proxy):
             response = until_status(client, path, 503, 5)
             body = response.json()
             assert body["error"].startswith("database unreachable: ") and "\n" not in body["error"], body
+            assert body["error"] == down["error"]  # what the live connection saw, not "no connection"
+        assert client.get("/api/health").json()["database"] == {"reachable": False}
         svg = client.get("/badge/home.svg")
         assert svg.status_code == 503 and svg.headers["content-type"].startswith("image/svg+xml")
         assert client.get("/").status_code == 200  # the pages still load, and say so themselves
