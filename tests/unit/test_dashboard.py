@@ -109,3 +109,16 @@ def test_the_cli_loads_the_web_stack_only_when_the_dashboard_runs():
     web = ("starlette", "uvicorn", "jwt", "monitors.dashboard.app")
     assert loaded("import flowmesh.cli", web) == []
     assert loaded("import flowmesh_edge.cli, flowmesh_edge.agent", web + ("monitors.dashboard",)) == []
+
+
+def test_the_dashboards_pool_opens_connections_with_the_shared_options():
+    from flowmesh import database, settings
+
+    pool = database.async_pool("postgresql://me@127.0.0.1:1/db?keepalives_idle=30",
+                               application_name="flowmesh-dashboard")
+    options = pool.kwargs
+    assert options["application_name"] == "flowmesh-dashboard"
+    assert options["prepare_threshold"] is None and options["autocommit"] is True
+    assert "keepalives_idle" not in options  # the URL's own setting wins
+    assert options["keepalives_count"] == settings.KEEPALIVES_COUNT
+    assert pool.min_size == 0 and pool.max_size == 4 and pool.timeout == settings.CONNECT_TIMEOUT_S
