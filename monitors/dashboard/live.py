@@ -32,6 +32,7 @@ from flowmesh.errors import DatabaseUnreachable, FlowMeshError, describe
 from flowmesh_edge.backoff import backoff_delay
 
 from .access import Identity, Unauthorized
+from .api import identify, unauthorized
 from .reader import APPLICATION_NAME, Reader, q
 
 log = logging.getLogger("monitors.dashboard.live")
@@ -301,8 +302,6 @@ class Live:
 
 async def events(request: Request):
     """GET /api/events: the Server-Sent Events stream."""
-    from .api import identify, unauthorized
-
     try:
         identity = identify(request)
     except Unauthorized as exc:
