@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 from psycopg.rows import dict_row
 
+from monitors.dashboard.command import dashboard as dashboard_command
+
 from . import database, devices, embedded, migrations, pooler, settings, stack
 from . import schedule as schedules
 from .clisupport import FriendlyGroup, database_url_option
@@ -490,6 +492,10 @@ def demo(database_url: str | None, tetrahedron: str | None, reset: bool, speed: 
                    else f"no {tetrahedron} tetrahedron to remove")
         return
     fleet.run(url, click.echo, speed, tetrahedron)
+
+
+# the web dashboard (monitors/dashboard/command.py; its web stack loads only when it runs)
+main.add_command(dashboard_command)
 
 
 def _emit(names: list[str], rows: list[tuple], as_json: bool) -> None:

@@ -5,15 +5,20 @@ starting it when it is not running. With a URL (``--database-url`` or
 ``FLOWMESH_DATABASE_URL``) nothing embedded is started.
 
 Every connection FlowMesh opens, whether a command's, the agent's, the
-exporter's pool or Alembic's, comes from :func:`connect` or :func:`pool`, with
-the same options (timeouts, keepalives, application name), and a failure to connect always
-reads the same: :class:`DatabaseUnreachable` with a one-line reason.
+exporter's pool, the dashboard's (asyncio: :func:`connect_async`,
+:func:`async_pool`) or Alembic's, comes from :func:`connect` or :func:`pool`
+or their asyncio twins, with the same options (timeouts, keepalives,
+application name), and a failure to connect always reads the same:
+:class:`DatabaseUnreachable` with a one-line reason. :func:`cut` ends a call
+waiting on a path gone silent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+import socket
 
 import psycopg
 from psycopg import sql
@@ -106,14 +111,33 @@ def connect(url: str, *, autocommit: bool = True, application_name: str = settin
     connect timeout, capped by the time it has left).
     """
     try:
-        given = conninfo_to_dict(url)
-        defaults = connection_options(application_name, call_timeout_s=call_timeout_s)
-        options = {k: v for k, v in defaults.items() if k not in given}
+        options = _options(url, application_name, call_timeout_s)
         return psycopg.connect(url, autocommit=autocommit, **{**options, **kwargs})
     except psycopg.OperationalError as exc:
         raise DatabaseUnreachable(f"cannot reach the database: {one_line(exc)}") from exc
     except psycopg.ProgrammingError as exc:  # a malformed URL
         raise FlowMeshError(f"invalid database URL: {one_line(exc)}") from exc
+
+
+async def connect_async(url: str, *, autocommit: bool = True,
+                        application_name: str = settings.APPLICATION_NAME,
+                        call_timeout_s: float = settings.CALL_TIMEOUT_S, **kwargs) -> psycopg.AsyncConnection:
+    """:func:`connect` for asyncio (the dashboard's LISTEN connection): the same
+    options, the same precedence, the same one-line failures."""
+    try:
+        options = _options(url, application_name, call_timeout_s)
+        return await psycopg.AsyncConnection.connect(url, autocommit=autocommit, **{**options, **kwargs})
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnreachable(f"cannot reach the database: {one_line(exc)}") from exc
+    except psycopg.ProgrammingError as exc:  # a malformed URL
+        raise FlowMeshError(f"invalid database URL: {one_line(exc)}") from exc
+
+
+def _options(url: str, application_name: str, call_timeout_s: float) -> dict:
+    """The default options less those the URL itself sets (the URL wins)."""
+    given = conninfo_to_dict(url)
+    defaults = connection_options(application_name, call_timeout_s=call_timeout_s)
+    return {k: v for k, v in defaults.items() if k not in given}
 
 
 def pool(url: str, *, application_name: str, max_size: int = 2):
@@ -122,6 +146,68 @@ def pool(url: str, *, application_name: str, max_size: int = 2):
 
     return ConnectionPool(url, min_size=0, max_size=max_size, open=True,
                           kwargs={"autocommit": True, **connection_options(application_name)})
+
+
+def async_pool(url: str, *, application_name: str, max_size: int = 4,
+               timeout_s: float = settings.CONNECT_TIMEOUT_S, reconnect_timeout_s: float = 5.0,
+               check_timeout_s: float = 2.0):
+    """An asyncio pool (the dashboard's), opened by the caller (``await pool.open()``).
+
+    Every connection is checked when lent (one empty round trip, which must
+    answer within ``check_timeout_s``), so the first request after an outage,
+    or after a path went silent, gets a live connection rather than a dead one.
+    ``timeout_s`` bounds how long a caller waits for a connection (then
+    ``PoolTimeout``, an outage for :func:`errors.describe`). A connection that
+    fails its check has the pool's other idle connections replaced with it.
+    While the database is away the pool retries a connection with backoff for
+    ``reconnect_timeout_s``, then gives up until the next caller asks: the
+    backoff never grows past that, so the pool recovers within a few seconds
+    of the database coming back.
+    """
+    from psycopg_pool import AsyncConnectionPool  # noqa: PLC0415 (only the dashboard pools asynchronously)
+
+    draining: set[asyncio.Task] = set()
+
+    async def check(conn: psycopg.AsyncConnection) -> None:
+        loop = asyncio.get_running_loop()
+        alarm = loop.call_later(check_timeout_s, cut, conn)
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except psycopg.OperationalError:
+            # what killed this idle connection (a restart, a silent path) killed
+            # the others: replace them all now rather than one check each
+            task = loop.create_task(pool.drain())
+            draining.add(task)
+            task.add_done_callback(draining.discard)
+            raise
+        finally:
+            alarm.cancel()
+
+    try:
+        options = _options(url, application_name, settings.CALL_TIMEOUT_S)
+    except psycopg.ProgrammingError as exc:
+        raise FlowMeshError(f"invalid database URL: {one_line(exc)}") from exc
+    pool = AsyncConnectionPool(url, min_size=0, max_size=max_size, open=False, timeout=timeout_s,
+                               reconnect_timeout=reconnect_timeout_s, check=check,
+                               kwargs={"autocommit": True, **options})
+    return pool
+
+
+def cut(conn: psycopg.Connection | psycopg.AsyncConnection) -> None:
+    """Shut a connection's socket down, from any thread or task, so a call waiting
+    on it fails now (a path gone silent sends no reset). Closing the connection
+    is left to its owner: libpq is not safe to close under a call in flight;
+    shutting a socket is. Cancelling the call instead would send a cancel
+    request and wait seconds for an answer the silent path never brings."""
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:
+        return  # already closed
+    try:
+        with socket.socket(fileno=os.dup(fd)) as dup:
+            dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed meanwhile, or never connected
 
 
 def create_database(admin_url: str, name: str) -> bool:
@@ -134,3 +220,4 @@ def create_database(admin_url: str, name: str) -> bool:
         except psycopg.errors.DuplicateDatabase:
             return False  # created concurrently by another FlowMesh process
     return True
+
