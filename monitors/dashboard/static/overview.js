@@ -153,6 +153,7 @@
 
   // --- data ---------------------------------------------------------------------
   function update(tetrahedrons) {
+    const started = performance.now();
     const seen = new Set();
     for (const data of tetrahedrons) {
       seen.add(data.name);
@@ -173,6 +174,7 @@
     loaded = true;
     table.dataset.loaded = "true";
     arrange();
+    table.dataset.renderMs = (performance.now() - started).toFixed(1);  // for the curious and the tests
 
     const totals = {online: 0, degraded: 0, offline: 0, open_alerts: 0};
     for (const data of tetrahedrons) for (const key in totals) totals[key] += Number(data[key] || 0);
