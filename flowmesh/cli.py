@@ -12,6 +12,8 @@ import click
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
+from monitors.dashboard.command import dashboard as dashboard_command
+
 from . import database, devices, embedded, migrations, pooler, settings
 from . import schedule as schedules
 from .clisupport import FriendlyGroup, database_url_option
@@ -408,6 +410,10 @@ def schedule_remove(database_url: str | None) -> None:
     with database.connect(database.resolve_url(database_url)) as conn:
         removed = schedules.remove(conn)
     click.echo(f"removed {len(removed)} jobs" + (f": {', '.join(removed)}" if removed else ""))
+
+
+# the web dashboard (monitors/dashboard/command.py; its web stack loads only when it runs)
+main.add_command(dashboard_command)
 
 
 def _emit(names: list[str], rows: list[tuple], as_json: bool) -> None:

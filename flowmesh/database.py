@@ -106,14 +106,33 @@ def connect(url: str, *, autocommit: bool = True, application_name: str = settin
     connect timeout, capped by the time it has left).
     """
     try:
-        given = conninfo_to_dict(url)
-        defaults = connection_options(application_name, call_timeout_s=call_timeout_s)
-        options = {k: v for k, v in defaults.items() if k not in given}
+        options = _options(url, application_name, call_timeout_s)
         return psycopg.connect(url, autocommit=autocommit, **{**options, **kwargs})
     except psycopg.OperationalError as exc:
         raise DatabaseUnreachable(f"cannot reach the database: {one_line(exc)}") from exc
     except psycopg.ProgrammingError as exc:  # a malformed URL
         raise FlowMeshError(f"invalid database URL: {one_line(exc)}") from exc
+
+
+async def connect_async(url: str, *, autocommit: bool = True,
+                        application_name: str = settings.APPLICATION_NAME,
+                        call_timeout_s: float = settings.CALL_TIMEOUT_S, **kwargs) -> psycopg.AsyncConnection:
+    """:func:`connect` for asyncio (the dashboard's LISTEN connection): the same
+    options, the same precedence, the same one-line failures."""
+    try:
+        options = _options(url, application_name, call_timeout_s)
+        return await psycopg.AsyncConnection.connect(url, autocommit=autocommit, **{**options, **kwargs})
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnreachable(f"cannot reach the database: {one_line(exc)}") from exc
+    except psycopg.ProgrammingError as exc:  # a malformed URL
+        raise FlowMeshError(f"invalid database URL: {one_line(exc)}") from exc
+
+
+def _options(url: str, application_name: str, call_timeout_s: float) -> dict:
+    """The default options less those the URL itself sets (the URL wins)."""
+    given = conninfo_to_dict(url)
+    defaults = connection_options(application_name, call_timeout_s=call_timeout_s)
+    return {k: v for k, v in defaults.items() if k not in given}
 
 
 def pool(url: str, *, application_name: str, max_size: int = 2):
@@ -134,3 +153,28 @@ def create_database(admin_url: str, name: str) -> bool:
         except psycopg.errors.DuplicateDatabase:
             return False  # created concurrently by another FlowMesh process
     return True
+
+
+def async_pool(url: str, *, application_name: str, max_size: int = 4,
+               timeout_s: float = settings.CONNECT_TIMEOUT_S, reconnect_timeout_s: float = 5.0):
+    """An asyncio pool (the dashboard's), opened by the caller (``await pool.open()``).
+
+    Every connection is checked when lent (one empty round trip), so the first
+    request after an outage gets a live connection rather than a dead one.
+    ``timeout_s`` bounds how long a caller waits for a connection (then
+    ``PoolTimeout``, an outage for :func:`errors.describe`). While the database
+    is away the pool retries a connection with backoff for
+    ``reconnect_timeout_s``, then gives up until the next caller asks: the
+    backoff never grows past that, so the pool recovers within a few seconds
+    of the database coming back.
+    """
+    from psycopg_pool import AsyncConnectionPool  # noqa: PLC0415 (only the dashboard pools asynchronously)
+
+    try:
+        options = _options(url, application_name, settings.CALL_TIMEOUT_S)
+    except psycopg.ProgrammingError as exc:
+        raise FlowMeshError(f"invalid database URL: {one_line(exc)}") from exc
+    return AsyncConnectionPool(url, min_size=0, max_size=max_size, open=False, timeout=timeout_s,
+                               reconnect_timeout=reconnect_timeout_s,
+                               check=AsyncConnectionPool.check_connection,
+                               kwargs={"autocommit": True, **options})

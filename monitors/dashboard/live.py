@@ -1,0 +1,278 @@
+"""Live updates: Postgres NOTIFY on ``flowmesh_changes``, fanned out as Server-Sent Events.
+
+One dedicated connection LISTENs (pooled connections cannot: a LISTEN lives
+in a session). When the database goes away it reconnects with the edge's
+backoff schedule, and every client hears ``event: database`` when
+reachability changes. Each client has a bounded queue: a client too slow to
+read loses events (and then gets one ``change`` with ``tetrahedrons: null``,
+"refresh everything") instead of growing the server's memory.
+
+A client is sent only the tetrahedrons it may see: which ones is asked of
+Postgres as the client's identity (row-level security decides), shared by
+the clients of one identity and refreshed every ``refresh_s`` seconds, or
+sooner when a notification names a tetrahedron it does not know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from flowmesh import database
+from flowmesh.errors import FlowMeshError, describe
+from flowmesh_edge.backoff import backoff_delay
+
+from .access import Identity, Unauthorized
+from .reader import APPLICATION_NAME, Reader, q
+
+log = logging.getLogger("monitors.dashboard.live")
+
+CHANNEL = "flowmesh_changes"
+#: Events a client may have queued before further ones are dropped.
+QUEUE_SIZE = 256
+#: Seconds between keep-alive comments on an idle stream (proxies close silent ones).
+KEEPALIVE_S = 15.0
+#: What the browser waits before reconnecting a dropped stream, in ms (the SSE ``retry:``).
+RETRY_MS = 2000
+#: Seconds between checks of an idle LISTEN connection (a query, so a dead one is noticed).
+PING_S = 5.0
+#: Reconnection backoff of the LISTEN connection: first wait and cap, in seconds.
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 5.0
+#: Seconds a client's view of which tetrahedrons it may see stays fresh; a
+#: notification naming one it does not know refreshes it at most every
+#: UNKNOWN_REFRESH_S seconds.
+REFRESH_S = 30.0
+UNKNOWN_REFRESH_S = 1.0
+
+_CLOSE = object()
+
+
+def sse(event: str, data: object) -> str:
+    """One Server-Sent Event."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@dataclass(eq=False)  # one per client: hashed by identity
+class Subscriber:
+    identity: Identity
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+    #: Set when an event was dropped for want of room; cleared by the next read.
+    overflowed: bool = False
+    dropped: int = 0
+
+    def offer(self, item: object) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self.dropped += 1
+
+    def close(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(_CLOSE)
+
+
+@dataclass
+class _View:
+    """Which tetrahedrons one identity may see: id -> name."""
+
+    names: dict[str, str] = field(default_factory=dict)
+    fetched_at: float = float("-inf")
+    users: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Live:
+    """The LISTEN connection, the subscribers and what each may see."""
+
+    def __init__(self, url: str, reader: Reader, *, keepalive_s: float = KEEPALIVE_S,
+                 refresh_s: float = REFRESH_S, ping_s: float = PING_S,
+                 backoff_max_s: float = BACKOFF_MAX_S):
+        self.url = url
+        self.reader = reader
+        self.keepalive_s = keepalive_s
+        self.refresh_s = refresh_s
+        self.ping_s = ping_s
+        self.backoff_max_s = backoff_max_s
+        #: None until the first attempt to connect has ended.
+        self.reachable: bool | None = None
+        self.error: str | None = None
+        self.subscribers: set[Subscriber] = set()
+        self._views: dict[tuple, _View] = {}
+        self._task: asyncio.Task | None = None
+        self.closing = False
+
+    # the LISTEN connection --------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen_forever(), name="dashboard-listen")
+
+    async def stop(self) -> None:
+        self.close_streams()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def close_streams(self) -> None:
+        """End every open stream (the server is stopping)."""
+        self.closing = True
+        for subscriber in list(self.subscribers):
+            subscriber.close()
+
+    async def _listen_forever(self) -> None:
+        failures = 0
+        while True:
+            conn = None
+            try:
+                conn = await database.connect_async(self.url, application_name=f"{APPLICATION_NAME}-live")
+                await conn.execute(q("listen_changes"))
+                self._set_reachable(True, None)
+                failures = 0
+                while True:
+                    async for notify in conn.notifies(timeout=self.ping_s):
+                        self._dispatch(notify.payload)
+                    await conn.execute(q("ping"))  # an idle connection that died says so here
+            except (psycopg.Error, FlowMeshError, OSError) as exc:
+                self._set_reachable(False, describe(exc).message)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            delay = backoff_delay(failures, BACKOFF_INITIAL_S, self.backoff_max_s)
+            failures += 1
+            await asyncio.sleep(delay)
+
+    def _set_reachable(self, reachable: bool, message: str | None) -> None:
+        if reachable == self.reachable:
+            return
+        self.reachable, self.error = reachable, message
+        if reachable:
+            log.info("database reachable; listening on %s", CHANNEL)
+        else:
+            log.warning("database unreachable: %s", message)
+        for subscriber in list(self.subscribers):
+            subscriber.offer(("database", self.database_state()))
+
+    def database_state(self) -> dict:
+        state: dict = {"reachable": bool(self.reachable)}
+        if not self.reachable and self.error:
+            state["error"] = f"database unreachable: {self.error.removeprefix('cannot reach the database: ')}"
+        return state
+
+    def _dispatch(self, payload: str) -> None:
+        try:
+            change = json.loads(payload)
+            kind, ids = change["kind"], change["tetrahedrons"]
+            if ids is not None:
+                ids = [str(i) for i in ids]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed notification on %s", CHANNEL)
+            return
+        for subscriber in list(self.subscribers):
+            subscriber.offer(("change", (kind, ids)))
+
+    # subscribers and what they may see ---------------------------------------
+
+    def subscribe(self, identity: Identity) -> Subscriber:
+        subscriber = Subscriber(identity)
+        self.subscribers.add(subscriber)
+        self._views.setdefault(identity.key, _View()).users += 1
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        if subscriber not in self.subscribers:
+            return
+        self.subscribers.discard(subscriber)
+        view = self._views[subscriber.identity.key]
+        view.users -= 1
+        if view.users == 0:
+            del self._views[subscriber.identity.key]
+
+    async def visible(self, identity: Identity, ids: list[str]) -> dict[str, str]:
+        """Of ``ids``, those ``identity`` may see, with their names."""
+        view = self._views.get(identity.key) or _View()
+        age = time.monotonic() - view.fetched_at
+        unknown = any(i not in view.names for i in ids)
+        if age > self.refresh_s or (unknown and age > UNKNOWN_REFRESH_S):
+            await self._refresh(identity, view)
+        return {i: view.names[i] for i in ids if i in view.names}
+
+    async def _refresh(self, identity: Identity, view: _View) -> None:
+        async with view.lock:
+            if time.monotonic() - view.fetched_at <= UNKNOWN_REFRESH_S:
+                return  # another client of this identity just did it
+            try:
+                async with self.reader.session(identity) as session:
+                    rows = await session.rows("visible_tetrahedrons")
+                view.names = {str(row["id"]): row["name"] for row in rows}
+            except (psycopg.Error, FlowMeshError, OSError, TimeoutError) as exc:
+                found = describe(exc)
+                if found.sqlstate == "42501":  # the role may not read tetrahedrons: it sees none
+                    view.names = {}
+                else:  # unreachable: keep what was known, try again on the next event
+                    log.warning("cannot refresh a live client's tetrahedrons: %s", found.message)
+                    return
+            view.fetched_at = time.monotonic()
+
+    async def stream(self, identity: Identity):
+        """The Server-Sent Events of one client, until it goes or the server stops."""
+        subscriber = self.subscribe(identity)
+        try:
+            yield f"retry: {RETRY_MS}\n\n"
+            if self.reachable is not None:
+                yield sse("database", self.database_state())
+            await self.visible(identity, [])  # what it may see, looked up as it connects
+            while not self.closing:
+                try:
+                    item = await asyncio.wait_for(subscriber.queue.get(), self.keepalive_s)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if item is _CLOSE:
+                    return
+                event, data = item
+                if event == "database":
+                    yield sse("database", data)
+                    continue
+                if subscriber.overflowed and subscriber.queue.empty():
+                    subscriber.overflowed = False
+                    yield sse("change", {"kind": "overflow", "tetrahedrons": None, "ids": None})
+                    continue
+                kind, ids = data
+                if ids is None:
+                    yield sse("change", {"kind": kind, "tetrahedrons": None, "ids": None})
+                    continue
+                seen = await self.visible(subscriber.identity, ids)
+                if seen:
+                    yield sse("change", {"kind": kind, "tetrahedrons": sorted(seen.values()),
+                                         "ids": sorted(seen)})
+        finally:
+            self.unsubscribe(subscriber)
+
+
+async def events(request: Request):
+    """GET /api/events: the Server-Sent Events stream."""
+    from .api import identify, unauthorized
+
+    try:
+        identity = identify(request)
+    except Unauthorized as exc:
+        return unauthorized(str(exc))
+    live: Live = request.app.state.dashboard.live
+    return StreamingResponse(live.stream(identity), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+routes = [Route("/api/events", events)]
