@@ -159,3 +159,58 @@ select xact_commit from pg_stat_database where datname = current_database();
 -- name: wal_flushes
 -- WAL flushes (fsyncs) by every process of the server since the statistics began.
 select coalesce(sum(fsyncs), 0)::bigint from pg_stat_io where object = 'wal';
+
+-- Dashboard (bench/dashboard.py) ---------------------------------------------------
+
+-- name: fill_fleet_nodes
+-- per_tetrahedron nodes in every tetrahedron, named n00, n01, ...
+insert into nodes (tetrahedron_id, node_id, last_heartbeat_at)
+select t.id, 'n' || lpad(g::text, 2, '0'), t.last_heartbeat_at
+  from tetrahedrons t, generate_series(0, %(per_tetrahedron)s - 1) g;
+
+-- name: heartbeat_triggers_off
+-- Bulk history: no derived state and no notification per fill statement.
+alter table mesh_heartbeats disable trigger user;
+
+-- name: heartbeat_triggers_on
+alter table mesh_heartbeats enable trigger user;
+
+-- name: latest_heartbeat_each_node
+-- One heartbeat per node with the triggers on: nodes get metrics and health from it.
+insert into mesh_heartbeats (tetrahedron_id, source, seq, created_at, payload)
+select n.tetrahedron_id, n.node_id, 1000000,
+       -- the silent tetrahedrons stay silent; the others were heard in the last 4 minutes
+       case when n.last_heartbeat_at < now() - interval '1 hour' then n.last_heartbeat_at
+            else now() - make_interval(secs => abs(hashtext(n.node_id::text || n.tetrahedron_id::text)) %% 240)
+       end,
+       jsonb_build_object('metrics', jsonb_build_object(
+         'latency_ms', 20 + (abs(hashtext(n.node_id::text || n.tetrahedron_id::text)) %% 400),
+         'packet_loss', 0.01, 'cpu_percent', 35, 'battery_percent', 80),
+         'mesh', jsonb_build_object('gossip', jsonb_build_object('seen', 40, 'duplicates', 12, 'propagated', 28)))
+  from nodes n;
+
+-- name: fill_mesh_links
+-- Every node of a tetrahedron reports a path to every other one (the trigger keeps mesh_links).
+insert into mesh_events (tetrahedron_id, observer, seq, kind, subject, details, observed_at)
+select a.tetrahedron_id, a.node_id, row_number() over (partition by a.tetrahedron_id, a.node_id),
+       'path', b.node_id, jsonb_build_object('transport', 'udp', 'rtt_ms', 1.5), now()
+  from nodes a join nodes b on b.tetrahedron_id = a.tetrahedron_id and b.node_id <> a.node_id;
+
+-- name: fleet_tetrahedron_names
+select name from tetrahedrons order by name;
+
+-- name: sql_fleet
+-- What the overview shows, straight from SQL: the baseline of its server time.
+select * from mesh_summary order by name;
+
+-- name: sql_tetrahedron
+-- What a tetrahedron's page shows, straight from SQL.
+select (select count(*) from nodes where tetrahedron_id = t.id),
+       (select count(*) from mesh_links where tetrahedron_id = t.id),
+       (select count(*) from (select * from alert_history where tetrahedron_id = t.id
+                               order by created_at desc limit 100) a),
+       (select count(*) from node_health_heatmap(t.id, '5 minutes', 40))
+  from tetrahedrons t where t.name = %s;
+
+-- name: bench_heartbeat
+select record_mesh_heartbeat(id, 'n00', '{"metrics": {"latency_ms": 30}}') from tetrahedrons where name = %s;

@@ -20,6 +20,9 @@ CLOCK_AHEAD_MAX_S = 300
 BATCH_MAX_ITEMS = 10_000
 #: Largest heartbeat payload (and mesh event), in bytes as Postgres stores it.
 PAYLOAD_MAX_BYTES = 16_384
+#: Most time buckets in one heatmap or chart request (the dashboard's series):
+#: enough for a day in minutes, small enough that no request scans a year in minutes.
+SERIES_MAX_BUCKETS = 1_000
 
 
 def node_id_problem(node_id: object) -> str | None:
@@ -49,4 +52,5 @@ ALL = {
     "clock_ahead_max_s": CLOCK_AHEAD_MAX_S,
     "batch_max_items": BATCH_MAX_ITEMS,
     "payload_max_bytes": PAYLOAD_MAX_BYTES,
+    "series_max_buckets": SERIES_MAX_BUCKETS,
 }

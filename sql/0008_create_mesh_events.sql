@@ -39,6 +39,42 @@ revoke all on table public.mesh_events from anon, authenticated, service_role;
 grant select on table public.mesh_events to authenticated;
 grant all on table public.mesh_events to service_role;
 
+-- who hears whom: one row per (observer, subject), kept by the trigger below,
+-- so the mesh map reads one row per edge however long the event log grows
+create table if not exists flowmesh.mesh_link_records (
+  tetrahedron_id uuid not null references public.tetrahedrons (id) on delete cascade,
+  observer       flowmesh.node_id not null,
+  subject        flowmesh.node_id not null,
+  state          text not null,
+  state_at       timestamptz not null,
+  transport      text,
+  address        text,
+  rtt_ms         double precision,
+  transport_at   timestamptz,
+  primary key (tetrahedron_id, observer, subject),
+  constraint mesh_link_records_state_check check (state in ('alive', 'suspect', 'dead', 'left'))
+);
+comment on table flowmesh.mesh_link_records is
+  'What each member last observed of each peer: its membership state (from the newest membership event; a path event means alive) and the path it reaches it by (the newest path event). Maintained by flowmesh.apply_mesh_events; read it through public.mesh_links.';
+alter table flowmesh.mesh_link_records enable row level security;
+drop policy if exists mesh_link_records_select_authenticated on flowmesh.mesh_link_records;
+create policy mesh_link_records_select_authenticated on flowmesh.mesh_link_records
+  for select to authenticated
+  using (tetrahedron_id in (select flowmesh.member_tetrahedron_ids()));
+revoke all on table flowmesh.mesh_link_records from anon, authenticated, service_role;
+grant select on table flowmesh.mesh_link_records to authenticated;
+grant all on table flowmesh.mesh_link_records to service_role;
+
+create or replace view public.mesh_links with (security_invoker = true) as
+select l.tetrahedron_id, l.observer, l.subject, l.state, l.transport, l.address, l.rtt_ms,
+       greatest(l.state_at, l.transport_at) as observed_at
+  from flowmesh.mesh_link_records l
+ where l.state in ('alive', 'suspect');
+comment on view public.mesh_links is
+  'Who hears whom on the peer mesh now: one row per member (observer) and peer (subject) that the member last saw alive or suspect, with the transport, address and round trip of the path it last switched to (null until it reported one). The edges of the dashboard''s mesh map. Row-level security applies. Example: select observer, subject, transport, rtt_ms from mesh_links where tetrahedron_id = ''6f1c...'';';
+revoke all on public.mesh_links from anon, authenticated, service_role;
+grant select on public.mesh_links to authenticated, service_role;
+
 -- validation -------------------------------------------------------------------
 create or replace function flowmesh.mesh_event_problem(item jsonb) returns text
 language sql immutable
@@ -150,6 +186,37 @@ begin
          updated_at = now()
    where n.mesh_transport_at is null or n.mesh_transport_at <= excluded.mesh_transport_at;
 
+  -- each member's view of each peer, only forward in time: membership events
+  -- set its state, path events its path (and that it hears the peer)
+  insert into flowmesh.mesh_link_records as l
+         (tetrahedron_id, observer, subject, state, state_at, transport, address, rtt_ms, transport_at)
+  select distinct on (e.tetrahedron_id, e.observer, e.subject)
+         e.tetrahedron_id, e.observer, e.subject,
+         case e.kind when 'suspect' then 'suspect' when 'dead' then 'dead'
+                     when 'left' then 'left' else 'alive' end,
+         e.observed_at, p.details ->> 'transport', p.details ->> 'address',
+         case when pg_catalog.jsonb_typeof(p.details -> 'rtt_ms') = 'number'
+              then (p.details ->> 'rtt_ms')::double precision end,
+         p.observed_at
+    from new_events e
+    left join lateral (select q.details, q.observed_at from new_events q
+                        where q.tetrahedron_id = e.tetrahedron_id and q.observer = e.observer
+                          and q.subject = e.subject and q.kind = 'path'
+                        order by q.observed_at desc, q.id desc limit 1) p on true
+   where e.kind <> 'alert' and e.observer <> e.subject
+   order by e.tetrahedron_id, e.observer, e.subject, e.observed_at desc, e.id desc
+  on conflict (tetrahedron_id, observer, subject) do update
+     set state = case when excluded.state_at >= l.state_at then excluded.state else l.state end,
+         state_at = greatest(l.state_at, excluded.state_at),
+         transport = case when excluded.transport_at >= l.transport_at or l.transport_at is null
+                          then coalesce(excluded.transport, l.transport) else l.transport end,
+         address = case when excluded.transport_at >= l.transport_at or l.transport_at is null
+                        then coalesce(excluded.address, l.address) else l.address end,
+         rtt_ms = case when excluded.transport_at >= l.transport_at or l.transport_at is null
+                       then case when excluded.transport_at is null then l.rtt_ms else excluded.rtt_ms end
+                       else l.rtt_ms end,
+         transport_at = greatest(l.transport_at, excluded.transport_at);
+
   insert into public.guardian_alerts (tetrahedron_id, alert_type, node_id, severity, message, details)
   select distinct on (e.tetrahedron_id, e.details -> 'alert' ->> 'type', e.subject)
          e.tetrahedron_id,
@@ -167,7 +234,7 @@ begin
 end
 $$;
 comment on function flowmesh.apply_mesh_events() is
-  'Trigger: after mesh events are inserted, set each subject''s mesh_status (flowmesh.node_records, read through public.nodes) from the newest membership event, its mesh_transport, mesh_transport_at, mesh_transport_rtt_ms and mesh_transport_reported_by from the newest path event (path events leave mesh_status alone), each only forward in time, and open a mesh-<type> guardian alert for each alert (once while open).';
+  'Trigger: after mesh events are inserted, set each subject''s mesh_status (flowmesh.node_records, read through public.nodes) from the newest membership event, its mesh_transport, mesh_transport_at, mesh_transport_rtt_ms and mesh_transport_reported_by from the newest path event (path events leave mesh_status alone), each only forward in time; keep each member''s view of each peer (flowmesh.mesh_link_records, read through public.mesh_links: state from its membership events, path from its path events); and open a mesh-<type> guardian alert for each alert (once while open).';
 revoke all on function flowmesh.apply_mesh_events() from public, anon, authenticated;
 
 create or replace trigger mesh_events_apply

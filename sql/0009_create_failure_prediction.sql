@@ -22,7 +22,8 @@ $$;
 comment on function flowmesh.number(jsonb) is
   'A JSON number as double precision; null for anything else. Inlinable: no SET clause (it would stop the planner inlining it), every name schema-qualified.';
 
-create or replace function public.predict_node_risk(t_uuid uuid, node text, window_size integer default 30)
+create or replace function public.predict_node_risk(t_uuid uuid, node text, window_size integer default 30,
+                                                   as_of timestamptz default now())
 returns table (risk double precision, signals jsonb)
 language sql stable
 as $$
@@ -35,7 +36,7 @@ as $$
       from public.mesh_heartbeats h
      where h.tetrahedron_id = t_uuid and h.source = node
        -- a horizon as well as a count: partition pruning keeps this to a day or two
-       and h.created_at >= now() - interval '24 hours'
+       and h.created_at <= as_of and h.created_at >= as_of - interval '24 hours'
      order by h.created_at desc
      limit greatest(window_size, 1)
   ), stats as (
@@ -78,8 +79,8 @@ as $$
            'temperature_slope_c_per_min', g.temperature_slope)
     from signals g
 $$;
-comment on function public.predict_node_risk(uuid, text, integer) is
-  'Predicted failure risk in [0, 1] of one node from its last window_size heartbeats of the last 24 hours (latency trend, packet loss, battery drain, thermal trend; noisy-OR), with the signals that make it up; null risk when it has no heartbeats. Inlinable: no SET clause (a SET stops the planner inlining it into the prediction pass, 12x slower over 2,000 nodes); every name in it is schema-qualified and it runs with the caller''s rights. Example: select risk, signals->>''latency'' from predict_node_risk(''6f1c...''::uuid, ''cam''); -> 0.82 | 0.75';
+comment on function public.predict_node_risk(uuid, text, integer, timestamptz) is
+  'Predicted failure risk in [0, 1] of one node from its last window_size heartbeats of the 24 hours before as_of (default now(); an earlier as_of gives the risk the model saw then, which the node page charts) (latency trend, packet loss, battery drain, thermal trend; noisy-OR), with the signals that make it up; null risk when it has no heartbeats. Inlinable: no SET clause (a SET stops the planner inlining it into the prediction pass, 12x slower over 2,000 nodes); every name in it is schema-qualified and it runs with the caller''s rights. Example: select risk, signals->>''latency'' from predict_node_risk(''6f1c...''::uuid, ''cam''); -> 0.82 | 0.75';
 
 create or replace function public.run_prediction_pass(window_size integer default 30)
 returns table (nodes_scored integer, alerts_opened integer, alerts_resolved integer,
@@ -135,9 +136,9 @@ $$;
 comment on function public.run_prediction_pass(integer) is
   'The prediction pass: log the offline periods no pass has logged yet (record_offline_transitions; marked_offline counts them), compute predicted_risk for every node with heartbeats, open a node-failure-predicted alert for each node at or above health_rules.predicted_risk.degraded_at (once while open), resolve those that fell below. Example: select * from run_prediction_pass(); -> (120, 2, 1, 0)';
 
-revoke all on function flowmesh.number(jsonb), public.predict_node_risk(uuid, text, integer)
+revoke all on function flowmesh.number(jsonb), public.predict_node_risk(uuid, text, integer, timestamptz)
   from public, anon;
-grant execute on function flowmesh.number(jsonb), public.predict_node_risk(uuid, text, integer)
+grant execute on function flowmesh.number(jsonb), public.predict_node_risk(uuid, text, integer, timestamptz)
   to authenticated, service_role;
 revoke all on function public.run_prediction_pass(integer) from public, anon, authenticated;
 grant execute on function public.run_prediction_pass(integer) to service_role;

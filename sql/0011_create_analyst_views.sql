@@ -1,26 +1,55 @@
 -- 0011_create_analyst_views.sql
--- What dashboards, the exporter and analysts read: the mesh summary,
+-- What dashboards, the exporter and analysts read: the mesh summary (with
+-- the badge rule, up / late / down),
 -- heartbeats per minute, nodes by status, node status over time, alert
 -- history, silent tetrahedrons. Every status here is read from public.nodes,
 -- so every view agrees with `flowmesh nodes` and `flowmesh status` as of now.
 -- Views run with the caller's rights (security_invoker), so row-level
 -- security applies to them.
 
+-- The badge rule, written once: what one word says about a tetrahedron.
+create or replace function flowmesh.tetrahedron_status(online bigint, degraded bigint, offline bigint,
+                                                       open_alerts bigint)
+returns text
+language sql immutable
+as $$
+  select case when coalesce(online, 0) + coalesce(degraded, 0) = 0 then 'down'
+              when coalesce(degraded, 0) + coalesce(offline, 0) + coalesce(open_alerts, 0) > 0 then 'late'
+              else 'up' end
+$$;
+comment on function flowmesh.tetrahedron_status(bigint, bigint, bigint, bigint) is
+  'A tetrahedron in one word, as its badge says it: down when no node is online or degraded (every node silent past the timeout, or none registered); late when some node is degraded or offline or an alert is open; up when every node is online and no alert is open. Inlinable: no SET clause. Example: select flowmesh.tetrahedron_status(2, 1, 0, 0); -> late';
+
 create or replace view public.mesh_summary with (security_invoker = true) as
 select t.id as tetrahedron_id,
        t.name,
-       count(n.node_id) filter (where n.status = 'online') as online,
-       count(n.node_id) filter (where n.status = 'degraded') as degraded,
-       count(n.node_id) filter (where n.status = 'offline') as offline,
-       avg(n.health_score) as average_health,
-       max(n.predicted_at) as last_prediction,
-       max(n.predicted_risk) as highest_risk,
-       t.last_heartbeat_at
+       coalesce(n.online, 0) as online,
+       coalesce(n.degraded, 0) as degraded,
+       coalesce(n.offline, 0) as offline,
+       n.average_health,
+       n.last_prediction,
+       n.highest_risk,
+       t.last_heartbeat_at,
+       coalesce(n.nodes, 0) as nodes,
+       coalesce(a.open_alerts, 0) as open_alerts,
+       flowmesh.tetrahedron_status(n.online, n.degraded, n.offline, a.open_alerts) as status
   from public.tetrahedrons t
-  left join public.nodes n on n.tetrahedron_id = t.id
- group by t.id;
+  left join (select s.tetrahedron_id,
+                    count(*) filter (where s.status = 'online') as online,
+                    count(*) filter (where s.status = 'degraded') as degraded,
+                    count(*) filter (where s.status = 'offline') as offline,
+                    count(*) as nodes,
+                    avg(s.health_score) as average_health,
+                    max(s.predicted_at) as last_prediction,
+                    max(s.predicted_risk) as highest_risk
+               from public.nodes s
+              group by s.tetrahedron_id) n on n.tetrahedron_id = t.id
+  left join (select g.tetrahedron_id, count(*) as open_alerts
+               from public.guardian_alerts g
+              where g.resolved_at is null
+              group by g.tetrahedron_id) a on a.tetrahedron_id = t.id;
 comment on view public.mesh_summary is
-  'Per tetrahedron: nodes online, degraded and offline as of now (public.nodes), average health and the last prediction; plus the highest predicted risk and the last heartbeat. Example: select name, online, degraded, offline from mesh_summary;';
+  'Per tetrahedron: nodes online, degraded and offline as of now (public.nodes), average health and the last prediction; the highest predicted risk, the last heartbeat, the open alerts, and status: up, late or down (flowmesh.tetrahedron_status, what its badge says). The dashboard''s fleet overview. Example: select name, online, degraded, offline, status from mesh_summary;';
 
 create or replace view public.nodes_by_status with (security_invoker = true) as
 select t.id as tetrahedron_id, t.name as tetrahedron, n.status, count(*) as nodes

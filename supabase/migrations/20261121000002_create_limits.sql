@@ -23,10 +23,11 @@ as $$
            "tetrahedron_name_max_chars": 128,
            "clock_ahead_max_s": 300,
            "batch_max_items": 10000,
-           "payload_max_bytes": 16384}'::jsonb
+           "payload_max_bytes": 16384,
+           "series_max_buckets": 1000}'::jsonb
 $$;
 comment on function flowmesh.limits() is
-  'Every FlowMesh limit by name: node_id_max_bytes (a node id is 1 to this many bytes of printable UTF-8), tetrahedron_name_max_chars, clock_ahead_max_s (how far ahead of the server a batched heartbeat''s time may be), batch_max_items (elements per batch RPC call), payload_max_bytes (a heartbeat payload or mesh event, as stored). flowmesh/limits.py states the same numbers. Inlinable: no SET clause, so a limit is a constant once planned. Example: select flowmesh.limits() ->> ''batch_max_items''; -> 10000';
+  'Every FlowMesh limit by name: node_id_max_bytes (a node id is 1 to this many bytes of printable UTF-8), tetrahedron_name_max_chars, clock_ahead_max_s (how far ahead of the server a batched heartbeat''s time may be), batch_max_items (elements per batch RPC call), payload_max_bytes (a heartbeat payload or mesh event, as stored), series_max_buckets (time buckets in one heatmap or chart request). flowmesh/limits.py states the same numbers. Inlinable: no SET clause, so a limit is a constant once planned. Example: select flowmesh.limits() ->> ''batch_max_items''; -> 10000';
 
 create or replace function flowmesh.limit_of(limit_name text) returns integer
 language sql immutable parallel safe
