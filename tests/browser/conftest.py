@@ -13,6 +13,7 @@ to anything but the dashboard's own origin.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -166,3 +167,16 @@ def seed(conn: psycopg.Connection) -> Fleet:
 @pytest.fixture
 def fleet(conn) -> Fleet:
     return seed(conn)
+
+
+@pytest.fixture
+def serve(db_url):
+    """serve(url=db_url, **create_app options) -> the base URL of a dashboard on that
+    database (tests/support/dashboard.py), stopped after the test."""
+    from tests.support.dashboard import running_dashboard
+
+    with contextlib.ExitStack() as stack:
+        def start(url: str | None = None, **options) -> str:
+            return stack.enter_context(running_dashboard(url or db_url, **options))
+
+        yield start

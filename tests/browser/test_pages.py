@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import pytest
-
 from tests.browser.conftest import LOW_BATTERY, WAIT_MS, heartbeat, screenshot
 
 #: The map's colour for each status (tetrahedron.js STATUS_COLOURS).
@@ -219,10 +217,3 @@ def test_no_page_requests_anything_off_its_origin(fleet, serve, open_page, tmp_p
     assert recorder.foreign() == []
 
 
-@pytest.fixture
-def serve(db_url, dashboard_server):
-    """serve(url=db_url, jwt_secret=None) -> the base URL of a dashboard on that database."""
-    def start(url: str | None = None, *, jwt_secret: str | None = None) -> str:
-        return dashboard_server(url or db_url, jwt_secret=jwt_secret)
-
-    return start
