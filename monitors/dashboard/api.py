@@ -68,7 +68,7 @@ def endpoint(handler):
         except BadParameter as exc:
             return error(400, str(exc), INVALID_PARAMETER_VALUE)
         except (psycopg.Error, FlowMeshError, OSError, TimeoutError) as exc:
-            return failure(exc)
+            return failure(exc, request.app.state.dashboard.live.error)
 
     return run
 

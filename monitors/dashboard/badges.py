@@ -75,7 +75,7 @@ async def _status(request: Request, name: str) -> tuple[int, str | None, Respons
         async with request.app.state.dashboard.reader.session(identity) as session:
             row = await session.row("badge", {"name": name})
     except (psycopg.Error, FlowMeshError, OSError, TimeoutError) as exc:
-        response = failure(exc)
+        response = failure(exc, request.app.state.dashboard.live.error)
         return response.status_code, None, response
     if row is None:
         return 404, None, error(404, f"no tetrahedron named {name!r}")

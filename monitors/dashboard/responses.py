@@ -58,11 +58,19 @@ def error(status: int, message: str, sqlstate: str | None = None, headers: dict 
     return JSON({"error": message, "sqlstate": sqlstate}, status, headers)
 
 
-def failure(exc: BaseException) -> JSON:
-    """The response for a failed read: 503, 400, 403 or 500, with describe()'s one line."""
+def failure(exc: BaseException, known_outage: str | None = None) -> JSON:
+    """The response for a failed read: 503, 400, 403 or 500, with describe()'s one line.
+
+    ``known_outage``: why the live connection lost the database, if it has; a
+    request that timed out waiting for a pooled connection says that rather
+    than "couldn't get a connection".
+    """
+    from psycopg_pool import PoolTimeout
+
     found = describe(exc)
     if found.kind == UNREACHABLE:
-        return error(503, _unreachable(found.message), found.sqlstate, {"Retry-After": "2"})
+        message = known_outage if isinstance(exc, PoolTimeout) and known_outage else found.message
+        return error(503, _unreachable(message), found.sqlstate, {"Retry-After": "2"})
     if found.kind == BAD_DATA:
         return error(400, found.message, found.sqlstate)
     if found.sqlstate == INSUFFICIENT_PRIVILEGE:
