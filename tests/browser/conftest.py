@@ -38,10 +38,11 @@ WAIT_MS = 10_000
 def browser():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; make test installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install -e '.[test]')")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True,
-                                             timeout=30_000)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS,
+                                             headless=True, timeout=30_000)
         try:
             yield browser
         finally:
@@ -133,7 +134,8 @@ def seed(conn: psycopg.Connection) -> Fleet:
     for node in ("phone", "pi", "laptop", "cam"):
         ids["home"] = register(conn, "home", node, user_id=owner)
     for i in range(6):  # a little history for the charts and the heatmap
-        heartbeat(conn, ids["home"], "phone", seconds_ago=300 - 50 * i, **{**HEALTHY, "cpu_percent": 20.0 + 5 * i})
+        heartbeat(conn, ids["home"], "phone", seconds_ago=300 - 50 * i,
+                  **{**HEALTHY, "cpu_percent": 20.0 + 5 * i})
         heartbeat(conn, ids["home"], "laptop", seconds_ago=300 - 50 * i, **HEALTHY)
     heartbeat(conn, ids["home"], "pi", seconds_ago=120, **HEALTHY)
     heartbeat(conn, ids["home"], "pi", **LOW_BATTERY)
@@ -149,7 +151,8 @@ def seed(conn: psycopg.Connection) -> Fleet:
         path(3, "pi", "laptop", "udp", 3.2), path(4, "laptop", "pi", "udp", 3.4),
         path(5, "laptop", "phone", "relay", 70.5),
         {"observer": "laptop", "seq": 6, "kind": "alert", "subject": "cam", "at": now - 5,
-         "details": {"priority": "critical", "alert": {"type": "intrusion", "zone": "gate"}, "message_id": 9}},
+         "details": {"priority": "critical", "alert": {"type": "intrusion", "zone": "gate"},
+                     "message_id": 9}},
     ])
     # shop: two online; farm: one online, two offline; lab: registered, never heard from
     ids["shop"] = register(conn, "shop", "till")
@@ -160,7 +163,8 @@ def seed(conn: psycopg.Connection) -> Fleet:
     for node, ago in (("barn", 0), ("silo", 900), ("gate", 1200)):
         heartbeat(conn, ids["farm"], node, seconds_ago=ago, **HEALTHY)
     ids["lab"] = register(conn, "lab", "probe")
-    (message,) = conn.execute("select message from guardian_alerts where alert_type = 'mesh-intrusion'").fetchone()
+    (message,) = conn.execute("select message from guardian_alerts "
+                              "where alert_type = 'mesh-intrusion'").fetchone()
     return Fleet(ids=ids, owner=owner, alert_message=message)
 
 

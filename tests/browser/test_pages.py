@@ -13,7 +13,8 @@ STATUS_COLOURS = {"online": "#2e9d4f", "degraded": "#e08a00", "offline": "#d6454
 
 
 def rows_in_order(page) -> list[str]:
-    return page.eval_on_selector_all("#fleet tbody tr:not([hidden])", "rows => rows.map(r => r.dataset.tetrahedron)")
+    return page.eval_on_selector_all("#fleet tbody tr:not([hidden])",
+                                     "rows => rows.map(r => r.dataset.tetrahedron)")
 
 
 def cell(page, tetrahedron: str, field: str) -> str:
@@ -26,8 +27,8 @@ def test_overview_shows_the_fleet_as_mesh_summary_does_and_sorts_and_searches(co
     page, recorder = open_page(base)
     page.goto("/")
     page.wait_for_selector("#fleet[data-loaded=true]")
-    summary = conn.execute("select name, online, degraded, offline, nodes, open_alerts, status, average_health "
-                           "from mesh_summary order by name").fetchall()
+    summary = conn.execute("select name, online, degraded, offline, nodes, open_alerts, status, "
+                           "average_health from mesh_summary order by name").fetchall()
     assert [row[0] for row in summary] == ["farm", "home", "lab", "shop"]
     assert rows_in_order(page) == ["farm", "home", "lab", "shop"]  # by name at first
     for name, online, degraded, offline, nodes, open_alerts, status, health in summary:
@@ -51,7 +52,7 @@ def test_overview_shows_the_fleet_as_mesh_summary_does_and_sorts_and_searches(co
     assert page.get_attribute('th[data-sort="offline"]', "aria-sort") == "descending"
 
     # search filters by name, and clearing it brings every row back
-    page.fill("#search", "ho")
+    page.fill("#search", "hom")
     assert rows_in_order(page) == ["home"]
     page.fill("#search", "nothing-like-it")
     assert rows_in_order(page) == []
@@ -67,7 +68,8 @@ def test_tetrahedron_page_shows_the_map_heatmap_alerts_and_nodes(conn, fleet, se
     page, _ = open_page(base)
     page.goto("/t/home")
     page.wait_for_selector("body[data-loaded=true]")
-    nodes = dict(conn.execute("select node_id, status from nodes where tetrahedron_id = %s", (fleet.ids["home"],)))
+    nodes = dict(conn.execute("select node_id, status from nodes where tetrahedron_id = %s",
+                              (fleet.ids["home"],)))
     assert nodes == {"phone": "online", "laptop": "online", "pi": "degraded", "cam": "offline"}
 
     # the map: one SVG node per node, coloured by its status
@@ -80,7 +82,8 @@ def test_tetrahedron_page_shows_the_map_heatmap_alerts_and_nodes(conn, fleet, se
                          (fleet.ids["home"],)).fetchall()
     assert links, "the seed's path events give mesh links"
     edges = page.eval_on_selector_all(
-        "#mesh-map path.edge", "ps => ps.map(p => [p.dataset.observer, p.dataset.subject, p.dataset.transport])")
+        "#mesh-map path.edge",
+        "ps => ps.map(p => [p.dataset.observer, p.dataset.subject, p.dataset.transport])")
     assert sorted(map(tuple, edges)) == sorted(links)
     labels = page.eval_on_selector_all("#mesh-map .edge-label", "ts => ts.map(t => t.textContent)")
     assert any(label.startswith("ble") for label in labels)
@@ -92,7 +95,12 @@ def test_tetrahedron_page_shows_the_map_heatmap_alerts_and_nodes(conn, fleet, se
     assert phone_cells.count() == 48
     scored = page.eval_on_selector_all('#heatmap tr[data-node="phone"] td',
                                        "tds => tds.filter(td => td.dataset.score !== '').length")
-    assert scored >= 1
+    (buckets_with_heartbeats,) = conn.execute(
+        "select count(*) from node_health_heatmap(%s, '5 minutes', 48) where node_id = 'phone'",
+        (fleet.ids["home"],)).fetchone()
+    assert scored == buckets_with_heartbeats >= 1
+    # the newest column is the bucket holding now, and the phone sent heartbeats in it
+    assert page.get_attribute('#heatmap tr[data-node="phone"] td:last-child', "data-score") != ""
     page.select_option("#heatmap-bucket", "1h")
     page.wait_for_selector("#heatmap[data-bucket-seconds='3600']")
     assert "bucket=1h" in page.url
@@ -164,7 +172,8 @@ def test_an_outsiders_jwt_shows_no_tetrahedron(conn, fleet, serve, open_page, tm
     secret = "browser-test-secret-" + uuid.uuid4().hex
 
     def token(user: uuid.UUID) -> str:
-        claims = {"sub": str(user), "role": "authenticated", "aud": "authenticated", "exp": int(time.time()) + 600}
+        claims = {"sub": str(user), "role": "authenticated", "aud": "authenticated",
+                  "exp": int(time.time()) + 600}
         return jwt.encode(claims, secret, algorithm="HS256")
 
     base = serve(jwt_secret=secret)

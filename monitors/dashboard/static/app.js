@@ -261,6 +261,6 @@ const FM = (() => {
 
   function clear(node) { while (node.firstChild) node.firstChild.remove(); return node; }
 
-  return {el, svg, api, ApiError, live, ago, agoCell, duration, time, number, badge, tickAges,
+  return {el, svg, api, ApiError, live, serverNow, ago, agoCell, duration, time, number, badge, tickAges,
           tetrahedronHref, nodeHref, pathPart, param, setParam, clear, setDatabaseStatus};
 })();

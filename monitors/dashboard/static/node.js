@@ -31,6 +31,9 @@
     {key: "predicted_risk", label: "Predicted risk", unit: "", colour: "#d64541", range: [0, 1], spanGaps: true},
   ];
   const BUCKETS = 60;
+  const WINDOW_SECONDS = {"15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800};
+  // the charts' time axis: the whole window asked for, ending now (server time)
+  let xRange = [null, null];
 
   const windowSelect = document.getElementById("window");
   windowSelect.value = param("window", "1h");
@@ -89,7 +92,7 @@
       width: chartWidth(box), height: 170,
       legend: {show: false},
       cursor: {sync: {key: "node-metrics"}},
-      scales: {x: {time: true}, y: metric.range ? {range: (u, min, max) => [
+      scales: {x: {time: true, range: (u, min, max) => [xRange[0] ?? min, xRange[1] ?? max]}, y: metric.range ? {range: (u, min, max) => [
         metric.range[0] ?? min, metric.range[1] ?? Math.max(max, 1)]} : {}},
       axes: [{stroke: "#5f6b7a", grid: {stroke: "#eef0f3"}, space: 70, values: timeLabels},
              {stroke: "#5f6b7a", size: 50, grid: {stroke: "#eef0f3"}}],
@@ -107,7 +110,9 @@
     for (const chart of charts.values()) chart.plot.setSize({width: chartWidth(chart.box), height: 170});
   });
 
-  function renderCharts(series) {
+  function renderCharts(series, generatedAt) {
+    const end = (generatedAt ? Date.parse(generatedAt) : FM.serverNow()) / 1000;
+    xRange = [end - (WINDOW_SECONDS[windowSelect.value] || 3600), end];
     const xs = series.map((row) => Date.parse(row.bucket_start) / 1000);
     for (const metric of METRICS) {
       const chart = ensureChart(metric);
@@ -186,7 +191,7 @@
     content.hidden = false;
     tetrahedronId = body.node.tetrahedron_id;
     renderFacts(body.node);
-    renderCharts(body.series || []);
+    renderCharts(body.series || [], body.generated_at);
     renderHistory(body.history || []);
     renderEvents(body.events || []);
     document.body.dataset.loaded = "true";
