@@ -266,3 +266,20 @@ def test_the_overview_stays_fast_at_a_thousand_tetrahedrons_and_updates_rows_in_
     # generous bounds for a shared 2-core machine; typical figures are a tenth of these
     assert first_render_ms < 2000 and update_ms < 1000 and search_ms < 300 and sort_ms < 1000, \
         (first_render_ms, update_ms, search_ms, sort_ms)
+
+
+def test_signing_in_with_the_token_opens_the_dashboard(fleet, serve, open_page, tmp_path):
+    token = "operator-token-" + uuid.uuid4().hex
+    base = serve(token=token)
+    page, _ = open_page(base)
+    page.goto("/")
+    assert page.url == f"{base}/login"  # no credential: the page sends us to sign in
+    page.fill("#token", "not-the-token")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#login-error:not([hidden])")
+    screenshot(page, tmp_path, "login-refused")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#fleet[data-loaded=true]")
+    assert page.url == f"{base}/"
+    assert len(rows_in_order(page)) == 4  # the session cookie carries the token to the API

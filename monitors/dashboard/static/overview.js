@@ -40,8 +40,11 @@
   for (const column of COLUMNS) {
     const numeric = column.kind === "count" || column.kind === "score";
     headRow.append(el("th", {"data-sort": column.key, class: numeric ? "num" : null, scope: "col",
-                             title: `Sort by ${column.label.toLowerCase()}`,
-                             onclick: () => sortBy(column.key)}, column.label));
+                             title: `Sort by ${column.label.toLowerCase()}`, tabindex: 0,
+                             onclick: () => sortBy(column.key),
+                             onkeydown: (event) => {
+                               if (event.key === "Enter" || event.key === " ") { event.preventDefault(); sortBy(column.key); }
+                             }}, column.label));
   }
 
   function sortBy(key) {

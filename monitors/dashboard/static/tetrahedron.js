@@ -66,6 +66,17 @@
     return positions;
   }
 
+  // A node's name sits outside the ring, away from the edges inside it.
+  function nodeLabel(id, p) {
+    const cx = W / 2, cy = H / 2 - 6;
+    if (Math.hypot(p.x - cx, p.y - cy) < 1) return svg("text", {y: NODE_R + 15, "text-anchor": "middle", text: id});
+    const [ux, uy] = unit(p.x - cx, p.y - cy);
+    const anchor = ux > 0.35 ? "start" : ux < -0.35 ? "end" : "middle";
+    const gap = NODE_R + 6;
+    return svg("text", {x: ux * gap, y: uy * gap + (uy > 0.35 ? 10 : uy < -0.35 ? -2 : 4),
+                        "text-anchor": anchor, text: id});
+  }
+
   function unit(dx, dy) { const len = Math.hypot(dx, dy) || 1; return [dx / len, dy / len]; }
 
   function renderMap(nodes, links) {
@@ -126,7 +137,7 @@
                           transform: `translate(${p.x},${p.y})`},
         svg("title", {text: `${id}: ${status}${health}${node && node.role ? ` (${node.role})` : ""}`}),
         svg("circle", {r: NODE_R, fill: STATUS_COLOURS[status] || UNKNOWN_COLOUR}),
-        svg("text", {y: NODE_R + 15, text: id}));
+        nodeLabel(id, p));
       group.append(node ? svg("a", {href: nodeHref(name, id)}, g) : g);
     }
     map.append(group);
