@@ -109,20 +109,18 @@ async def tetrahedron(request: Request, session: Session) -> dict:
 
 async def _heatmap(session: Session, request: Request, name: str) -> dict:
     summary = await _tetrahedron(session, name)
-    rows = await session.rows("heatmap", {
-        "id": summary["tetrahedron_id"],
-        "bucket": _param(request, "bucket", HEATMAP_BUCKET),
-        "buckets": _param(request, "buckets", HEATMAP_BUCKETS),
-    })
-    starts = sorted({row["bucket_start"] for row in rows})
+    args = {"id": summary["tetrahedron_id"], "bucket": _param(request, "bucket", HEATMAP_BUCKET),
+            "buckets": _param(request, "buckets", HEATMAP_BUCKETS)}
+    rows = await session.rows("heatmap", args)  # first: it validates the arguments
+    listed = await session.rows("heatmap_buckets", args)
+    starts = sorted({row["bucket_start"] for row in listed} | {row["bucket_start"] for row in rows})
     column = {start: i for i, start in enumerate(starts)}
     nodes: dict[str, list] = {}
     for row in rows:
         scores = nodes.setdefault(row["node_id"], [None] * len(starts))
         scores[column[row["bucket_start"]]] = row["health_score"]
-    seconds = rows[0]["bucket_seconds"] if rows else None
-    return {"tetrahedron": summary["name"], "bucket_seconds": seconds, "buckets": starts, "nodes": nodes,
-            "generated_at": _now()}
+    return {"tetrahedron": summary["name"], "bucket_seconds": listed[0]["bucket_seconds"],
+            "buckets": starts, "nodes": nodes, "generated_at": _now()}
 
 
 async def heatmap(request: Request, session: Session) -> dict:

@@ -88,6 +88,8 @@ class _View:
     """Which tetrahedrons one identity may see: id -> name."""
 
     names: dict[str, str] = field(default_factory=dict)
+    #: Ids met in notifications and not visible at the last look-up.
+    hidden: set[str] = field(default_factory=set)
     fetched_at: float = float("-inf")
     users: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -201,18 +203,29 @@ class Live:
             del self._views[subscriber.identity.key]
 
     async def visible(self, identity: Identity, ids: list[str]) -> dict[str, str]:
-        """Of ``ids``, those ``identity`` may see, with their names."""
+        """Of ``ids``, those ``identity`` may see, with their names.
+
+        An id never met before (a tetrahedron created since the last look-up)
+        triggers a look-up, at most one every UNKNOWN_REFRESH_S per identity;
+        one still not visible then is remembered as hidden until the next
+        periodic refresh, so another member's busy tetrahedron costs no query.
+        """
         view = self._views.get(identity.key) or _View()
         age = time.monotonic() - view.fetched_at
-        unknown = any(i not in view.names for i in ids)
-        if age > self.refresh_s or (unknown and age > UNKNOWN_REFRESH_S):
-            await self._refresh(identity, view)
+        if age > self.refresh_s:
+            await self._refresh(identity, view, age)
+        elif any(i not in view.names and i not in view.hidden for i in ids):
+            if age < UNKNOWN_REFRESH_S:
+                await asyncio.sleep(UNKNOWN_REFRESH_S - age)
+            await self._refresh(identity, view, time.monotonic() - view.fetched_at)
+        view.hidden.update(i for i in ids if i not in view.names)
         return {i: view.names[i] for i in ids if i in view.names}
 
-    async def _refresh(self, identity: Identity, view: _View) -> None:
+    async def _refresh(self, identity: Identity, view: _View, age: float) -> None:
+        asked = time.monotonic()
         async with view.lock:
-            if time.monotonic() - view.fetched_at <= UNKNOWN_REFRESH_S:
-                return  # another client of this identity just did it
+            if view.fetched_at > asked - age:
+                return  # another client of this identity refreshed it meanwhile
             try:
                 async with self.reader.session(identity) as session:
                     rows = await session.rows("visible_tetrahedrons")
@@ -224,6 +237,7 @@ class Live:
                 else:  # unreachable: keep what was known, try again on the next event
                     log.warning("cannot refresh a live client's tetrahedrons: %s", found.message)
                     return
+            view.hidden = set()
             view.fetched_at = time.monotonic()
 
     async def stream(self, identity: Identity):

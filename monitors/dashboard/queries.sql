@@ -43,11 +43,25 @@ select *
 
 -- name: heatmap
 -- The bucket (e.g. '5m', '1h', '300') is read as an interval by Postgres;
--- node_health_heatmap refuses one outside its range (22023).
-select pg_catalog.extract(epoch from %(bucket)s::interval)::double precision as bucket_seconds,
-       h.node_id, h.bucket_start, h.heartbeats, h.health_score, h.min_health_score
+-- node_health_heatmap refuses one outside its range (22023). Buckets where a
+-- node sent nothing have no row.
+select h.node_id, h.bucket_start, h.heartbeats, h.health_score, h.min_health_score
   from public.node_health_heatmap(%(id)s, %(bucket)s::interval, %(buckets)s::integer) h
  order by h.bucket_start, h.node_id;
+
+-- name: heatmap_buckets
+-- Every bucket node_health_heatmap covers, oldest first, empty ones too (the
+-- page draws a column per bucket): its alignment on the epoch, the newest
+-- bucket holding now(). Run after heatmap in the same transaction (the same
+-- now()), which has validated the arguments; tests/integration/
+-- test_dashboard_api.py holds the two in agreement.
+select extract(epoch from b.bucket)::double precision as bucket_seconds,
+       pg_catalog.generate_series(
+         pg_catalog.date_bin(b.bucket, now(), timestamptz '1970-01-01 00:00:00+00') - b.bucket * (b.buckets - 1),
+         pg_catalog.date_bin(b.bucket, now(), timestamptz '1970-01-01 00:00:00+00'),
+         b.bucket) as bucket_start
+  from (select %(bucket)s::interval as bucket, %(buckets)s::integer as buckets) b
+ order by bucket_start;
 
 -- name: node
 select * from public.nodes where tetrahedron_id = %(id)s and node_id = %(node)s::text;
@@ -61,7 +75,7 @@ select *
 select node_id, status, health_score, since, until
   from public.node_status_timeline
  where tetrahedron_id = %(id)s and node_id = %(node)s::text
- order by since desc
+ order by since desc, until desc nulls first  -- the current period first, even when two start together
  limit 100;
 
 -- name: node_events
@@ -74,11 +88,11 @@ select *
 
 -- name: health
 select pg_catalog.count(*) as tetrahedrons,
-       pg_catalog.coalesce(pg_catalog.sum(nodes), 0)::bigint as nodes,
-       pg_catalog.coalesce(pg_catalog.sum(online), 0)::bigint as online,
-       pg_catalog.coalesce(pg_catalog.sum(degraded), 0)::bigint as degraded,
-       pg_catalog.coalesce(pg_catalog.sum(offline), 0)::bigint as offline,
-       pg_catalog.coalesce(pg_catalog.sum(open_alerts), 0)::bigint as open_alerts
+       coalesce(pg_catalog.sum(nodes), 0)::bigint as nodes,
+       coalesce(pg_catalog.sum(online), 0)::bigint as online,
+       coalesce(pg_catalog.sum(degraded), 0)::bigint as degraded,
+       coalesce(pg_catalog.sum(offline), 0)::bigint as offline,
+       coalesce(pg_catalog.sum(open_alerts), 0)::bigint as open_alerts
   from public.mesh_summary;
 
 -- name: network_nodes
@@ -101,9 +115,9 @@ select t.name as tetrahedron, l.*
 select * from public.gossip_summary(%(id)s) order by node_id;
 
 -- name: gossip_totals
-select pg_catalog.coalesce(pg_catalog.sum(seen), 0)::bigint as seen,
-       pg_catalog.coalesce(pg_catalog.sum(duplicates), 0)::bigint as duplicates,
-       pg_catalog.coalesce(pg_catalog.sum(propagated), 0)::bigint as propagated
+select coalesce(pg_catalog.sum(seen), 0)::bigint as seen,
+       coalesce(pg_catalog.sum(duplicates), 0)::bigint as duplicates,
+       coalesce(pg_catalog.sum(propagated), 0)::bigint as propagated
   from public.gossip_summary(%(id)s);
 
 -- name: badge
