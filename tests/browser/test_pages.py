@@ -194,7 +194,7 @@ def test_an_outsiders_jwt_shows_no_tetrahedron(conn, fleet, serve, open_page, tm
     screenshot(page, tmp_path, "outsider")
 
 
-def test_the_page_says_the_database_is_unreachable_and_recovers(fleet, db_url, proxy, serve, open_page,
+def test_the_page_says_the_database_is_unreachable_and_recovers(conn, fleet, db_url, proxy, serve, open_page,
                                                                 tmp_path):
     from tests.conftest import db_name
 
@@ -210,7 +210,12 @@ def test_the_page_says_the_database_is_unreachable_and_recovers(fleet, db_url, p
     screenshot(page, tmp_path, "outage")
     proxy.up()
     page.wait_for_selector("#database-status[hidden]", state="attached", timeout=WAIT_MS)
-    assert len(rows_in_order(page)) == 4  # the table is still there, and current
+    assert len(rows_in_order(page)) == 4  # the table is still there
+    # and live again: a node of shop turning degraded shows without a reload
+    heartbeat(conn, fleet.ids["shop"], "till", **LOW_BATTERY)
+    page.wait_for_function("() => document.querySelector("
+                           "'tr[data-tetrahedron=\"shop\"] td[data-field=degraded]').textContent === '1'",
+                           timeout=WAIT_MS)
 
 
 def test_no_page_requests_anything_off_its_origin(fleet, serve, open_page, tmp_path):
