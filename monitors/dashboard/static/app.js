@@ -118,7 +118,12 @@ const FM = (() => {
       if (running) { pending = true; return; }
       running = true;
       lastRun = performance.now();
-      try { await refresh(); } catch (error) { if (!(error instanceof ApiError)) console.error(error); }
+      try {
+        await refresh();
+      } catch (error) {
+        // an API error is shown where it belongs; anything else is a bug: let it surface
+        if (!(error instanceof ApiError)) setTimeout(() => { throw error; });
+      }
       running = false;
       if (pending) { pending = false; schedule(0); }
     };
