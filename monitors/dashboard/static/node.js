@@ -74,8 +74,7 @@
     const span = (u.scales.x.max ?? 0) - (u.scales.x.min ?? 0);
     return splits.map((ts) => {
       const d = new Date(ts * 1000);
-      const hm = d.toLocaleTimeString([], {hour12: false, hour: "2-digit", minute: "2-digit"});
-      return span > 86400 ? `${d.toLocaleDateString([], {month: "short", day: "numeric"})} ${hm}` : hm;
+      return span > 86400 ? FM.FORMATS.dayMinute.format(d) : FM.FORMATS.minute.format(d);
     });
   }
 

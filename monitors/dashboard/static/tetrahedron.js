@@ -186,11 +186,8 @@
 
   function bucketLabel(iso, seconds) {
     const d = new Date(iso);
-    if (seconds >= 86400) return d.toLocaleDateString([], {month: "short", day: "numeric"});
-    if (seconds >= 3600) {
-      return d.toLocaleString([], {hour12: false, month: "short", day: "numeric", hour: "2-digit", minute: "2-digit"});
-    }
-    return d.toLocaleTimeString([], {hour12: false, hour: "2-digit", minute: "2-digit"});
+    if (seconds >= 86400) return FM.FORMATS.day.format(d);
+    return seconds >= 3600 ? FM.FORMATS.dayMinute.format(d) : FM.FORMATS.minute.format(d);
   }
 
   const BUCKET_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "1d": 86400};
