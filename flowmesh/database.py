@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 
 import psycopg
 from psycopg import sql
@@ -143,6 +144,23 @@ def pool(url: str, *, application_name: str, max_size: int = 2):
                           kwargs={"autocommit": True, **connection_options(application_name)})
 
 
+def cut(conn: psycopg.Connection | psycopg.AsyncConnection) -> None:
+    """Shut a connection's socket down, from any thread or task, so a call waiting
+    on it fails now (a path gone silent sends no reset). Closing the connection
+    is left to its owner: libpq is not safe to close under a call in flight;
+    shutting a socket is. Cancelling the call instead would send a cancel
+    request and wait seconds for an answer the silent path never brings."""
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:
+        return  # already closed
+    try:
+        with socket.socket(fileno=os.dup(fd)) as dup:
+            dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed meanwhile, or never connected
+
+
 def create_database(admin_url: str, name: str) -> bool:
     """Create database ``name`` unless it exists; True when this call created it."""
     with connect(admin_url) as conn:
@@ -156,25 +174,48 @@ def create_database(admin_url: str, name: str) -> bool:
 
 
 def async_pool(url: str, *, application_name: str, max_size: int = 4,
-               timeout_s: float = settings.CONNECT_TIMEOUT_S, reconnect_timeout_s: float = 5.0):
+               timeout_s: float = settings.CONNECT_TIMEOUT_S, reconnect_timeout_s: float = 5.0,
+               check_timeout_s: float = 2.0):
     """An asyncio pool (the dashboard's), opened by the caller (``await pool.open()``).
 
-    Every connection is checked when lent (one empty round trip), so the first
-    request after an outage gets a live connection rather than a dead one.
+    Every connection is checked when lent (one empty round trip, which must
+    answer within ``check_timeout_s``), so the first request after an outage,
+    or after a path went silent, gets a live connection rather than a dead one.
     ``timeout_s`` bounds how long a caller waits for a connection (then
-    ``PoolTimeout``, an outage for :func:`errors.describe`). While the database
+    ``PoolTimeout``, an outage for :func:`errors.describe`). A connection that
+    fails its check has the pool's other idle connections replaced with it.
+    While the database
     is away the pool retries a connection with backoff for
     ``reconnect_timeout_s``, then gives up until the next caller asks: the
     backoff never grows past that, so the pool recovers within a few seconds
     of the database coming back.
     """
+    import asyncio  # noqa: PLC0415
+
     from psycopg_pool import AsyncConnectionPool  # noqa: PLC0415 (only the dashboard pools asynchronously)
+
+    draining: set[asyncio.Task] = set()
+
+    async def check(conn: psycopg.AsyncConnection) -> None:
+        loop = asyncio.get_running_loop()
+        alarm = loop.call_later(check_timeout_s, cut, conn)
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except psycopg.OperationalError:
+            # what killed this idle connection (a restart, a silent path) killed
+            # the others: replace them all now rather than one check each
+            task = loop.create_task(pool.drain())
+            draining.add(task)
+            task.add_done_callback(draining.discard)
+            raise
+        finally:
+            alarm.cancel()
 
     try:
         options = _options(url, application_name, settings.CALL_TIMEOUT_S)
     except psycopg.ProgrammingError as exc:
         raise FlowMeshError(f"invalid database URL: {one_line(exc)}") from exc
-    return AsyncConnectionPool(url, min_size=0, max_size=max_size, open=False, timeout=timeout_s,
-                               reconnect_timeout=reconnect_timeout_s,
-                               check=AsyncConnectionPool.check_connection,
+    pool = AsyncConnectionPool(url, min_size=0, max_size=max_size, open=False, timeout=timeout_s,
+                               reconnect_timeout=reconnect_timeout_s, check=check,
                                kwargs={"autocommit": True, **options})
+    return pool

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import threading
 import time
 from collections import OrderedDict
@@ -170,7 +168,7 @@ class Shipper:
         with self._closing:
             conn = self._conn
             if conn is not None:
-                _cut(conn)
+                database.cut(conn)
 
     def _measure_clock(self) -> None:
         """Estimate this device's clock offset from the database's (NTP-style midpoint)."""
@@ -206,7 +204,7 @@ class Shipper:
         ``conn`` is still this shipper's (never a descriptor closed and reused)."""
         with self._closing:
             if self._conn is conn:
-                _cut(conn)
+                database.cut(conn)
 
     def close(self) -> None:
         """Close the connection (the owning thread's; abort() is the one call
@@ -341,21 +339,6 @@ class Shipper:
         finally:
             if alarm.disarm():  # fired just as the answer came: the socket is cut anyway
                 self.close()
-
-
-def _cut(conn: psycopg.Connection) -> None:
-    """Shut a connection's socket down, from any thread, so a call blocked on
-    it fails now. (Closing the connection is left to the thread that owns it:
-    libpq is not safe to close under a call in flight; shutting a socket is.)"""
-    try:
-        fd = conn.pgconn.socket
-    except psycopg.Error:
-        return  # already closed
-    try:
-        with socket.socket(fileno=os.dup(fd)) as dup:
-            dup.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # closed meanwhile, or never connected
 
 
 class _DataError(Rejected):

@@ -50,6 +50,8 @@ class Identity:
     role: str | None = None
     #: The JWT's claims, as JSON (what PostgREST puts in request.jwt.claims).
     claims: str | None = None
+    #: When the JWT expires (Unix time): a live stream opened with it ends then.
+    expires_at: float | None = None
 
     @property
     def key(self) -> tuple[str | None, str | None]:
@@ -155,4 +157,5 @@ class Access:
         role = claims.get("role")
         if role not in JWT_ROLES:
             raise Unauthorized(f"the JWT's role must be one of {', '.join(sorted(JWT_ROLES))}")
-        return Identity(role=role, claims=json.dumps(claims, separators=(",", ":"), sort_keys=True))
+        return Identity(role=role, claims=json.dumps(claims, separators=(",", ":"), sort_keys=True),
+                        expires_at=float(claims["exp"]))

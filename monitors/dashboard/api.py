@@ -50,9 +50,10 @@ def unauthorized(reason: str) -> JSON:
     return error(401, reason, None, {"WWW-Authenticate": 'Bearer realm="flowmesh"'})
 
 
-def endpoint(handler):
+def endpoint(handler, *, unreachable: dict | None = None):
     """Run ``handler(request, session)`` as the request's identity, mapping failures to
-    the contract's statuses; the server never fails a request with a traceback."""
+    the contract's statuses; the server never fails a request with a traceback.
+    ``unreachable``: fields added to a 503's body."""
 
     @functools.wraps(handler)
     async def run(request: Request) -> JSON:
@@ -68,7 +69,7 @@ def endpoint(handler):
         except BadParameter as exc:
             return error(400, str(exc), INVALID_PARAMETER_VALUE)
         except (psycopg.Error, FlowMeshError, OSError, TimeoutError) as exc:
-            return failure(exc, request.app.state.dashboard.live.error)
+            return failure(exc, request.app.state.dashboard.live.error, unreachable)
 
     return run
 
@@ -181,7 +182,7 @@ routes = [
     Route("/api/tetrahedrons/{name}", endpoint(tetrahedron)),
     Route("/api/tetrahedrons/{name}/heatmap", endpoint(heatmap)),
     Route("/api/tetrahedrons/{name}/nodes/{node}", endpoint(node)),
-    Route("/api/health", endpoint(health)),
+    Route("/api/health", endpoint(health, unreachable={"database": {"reachable": False}})),
     Route("/api/network", endpoint(network)),
     Route("/api/heatmap", endpoint(seed_heatmap)),
     Route("/api/gossip/summary", endpoint(gossip)),

@@ -28,7 +28,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from flowmesh import database
-from flowmesh.errors import FlowMeshError, describe
+from flowmesh.errors import DatabaseUnreachable, FlowMeshError, describe
 from flowmesh_edge.backoff import backoff_delay
 
 from .access import Identity, Unauthorized
@@ -145,8 +145,11 @@ class Live:
                 while True:
                     async for notify in conn.notifies(timeout=self.ping_s):
                         self._dispatch(notify.payload)
-                    await conn.execute(q("ping"))  # an idle connection that died says so here
+                    await self._ping(conn)
             except (psycopg.Error, FlowMeshError, OSError) as exc:
+                self._set_reachable(False, describe(exc).message)
+            except Exception as exc:  # a bug must not end live updates for good
+                log.exception("the live connection failed")
                 self._set_reachable(False, describe(exc).message)
             finally:
                 if conn is not None:
@@ -155,6 +158,20 @@ class Live:
             delay = backoff_delay(failures, BACKOFF_INITIAL_S, self.backoff_max_s)
             failures += 1
             await asyncio.sleep(delay)
+
+    async def _ping(self, conn) -> None:
+        """A query on the idle connection: one whose path died says so here, one whose
+        path went silent (no reset) within ``2 * ping_s``."""
+        deadline = 2 * self.ping_s
+        alarm = asyncio.get_running_loop().call_later(deadline, database.cut, conn)
+        try:
+            await conn.execute(q("ping"))
+        except psycopg.OperationalError:
+            if alarm.when() <= asyncio.get_running_loop().time():  # cut by the alarm
+                raise DatabaseUnreachable(f"no answer from the database within {deadline:g} s") from None
+            raise
+        finally:
+            alarm.cancel()
 
     def _set_reachable(self, reachable: bool, message: str | None) -> None:
         if reachable == self.reachable:
@@ -249,10 +266,16 @@ class Live:
                 yield sse("database", self.database_state())
             await self.visible(identity, [])  # what it may see, looked up as it connects
             while not self.closing:
+                wait = self.keepalive_s
+                if identity.expires_at is not None:  # a JWT's stream ends when it expires, as a request would
+                    wait = min(wait, identity.expires_at - time.time())
+                    if wait <= 0:
+                        return
                 try:
-                    item = await asyncio.wait_for(subscriber.queue.get(), self.keepalive_s)
+                    item = await asyncio.wait_for(subscriber.queue.get(), wait)
                 except TimeoutError:
-                    yield ": keep-alive\n\n"
+                    if identity.expires_at is None or time.time() < identity.expires_at:
+                        yield ": keep-alive\n\n"
                     continue
                 if item is _CLOSE:
                     return

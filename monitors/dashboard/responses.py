@@ -54,23 +54,24 @@ class JSON(Response):
         return dumps(content).encode()
 
 
-def error(status: int, message: str, sqlstate: str | None = None, headers: dict | None = None) -> JSON:
-    return JSON({"error": message, "sqlstate": sqlstate}, status, headers)
+def error(status: int, message: str, sqlstate: str | None = None, headers: dict | None = None,
+          **fields) -> JSON:
+    return JSON({"error": message, "sqlstate": sqlstate, **fields}, status, headers)
 
 
-def failure(exc: BaseException, known_outage: str | None = None) -> JSON:
+def failure(exc: BaseException, known_outage: str | None = None, unreachable: dict | None = None) -> JSON:
     """The response for a failed read: 503, 400, 403 or 500, with describe()'s one line.
 
     ``known_outage``: why the live connection lost the database, if it has; a
     request that timed out waiting for a pooled connection says that rather
-    than "couldn't get a connection".
+    than "couldn't get a connection". ``unreachable``: fields added to a 503's body.
     """
     from psycopg_pool import PoolTimeout
 
     found = describe(exc)
     if found.kind == UNREACHABLE:
         message = known_outage if isinstance(exc, PoolTimeout) and known_outage else found.message
-        return error(503, _unreachable(message), found.sqlstate, {"Retry-After": "2"})
+        return error(503, _unreachable(message), found.sqlstate, {"Retry-After": "2"}, **(unreachable or {}))
     if found.kind == BAD_DATA:
         return error(400, found.message, found.sqlstate)
     if found.sqlstate == INSUFFICIENT_PRIVILEGE:

@@ -83,6 +83,9 @@ def test_a_users_jwt_sees_their_own_tetrahedron_and_an_outsiders_sees_nothing(db
         assert theirs.status_code == 200 and theirs.json()["tetrahedrons"] == []
         assert get("/api/tetrahedrons/home", user_jwt(outsider)).status_code == 404
         assert get("/badge/home.json", user_jwt(outsider)).status_code == 404
+        # the anon role may read none of it: refused by Postgres, said as such
+        anon = get("/api/fleet", user_jwt(outsider, role="anon"))
+        assert anon.status_code == 403 and anon.json()["sqlstate"] == "42501"
         # a JWT in the login cookie works the same (a browser's EventSource sends no header)
         assert client.post("/login", data={"token": user_jwt(outsider)}).status_code == 303
         assert client.get("/api/fleet").json()["tetrahedrons"] == []

@@ -91,3 +91,15 @@ def test_the_stream_keeps_alive_and_says_when_to_retry(db_url):
                 break
     assert seen[0] == "retry: 2000"
     assert any(line.startswith(": keep-alive") for line in seen)
+
+
+def test_a_jwts_stream_ends_when_the_jwt_expires(db_url, conn):
+    register(conn, "home", "pi", user_id=(owner := uuid.uuid4()))
+    token = jwt.encode({"sub": str(owner), "role": "authenticated", "exp": int(time.time()) + 2},
+                       SECRET, algorithm="HS256")
+    with running_dashboard(db_url, jwt_secret=SECRET, keepalive_s=KEEPALIVE_S) as base, \
+            EventStream(base, {"Authorization": f"Bearer {token}"}) as events:
+        events.next("database", 10)
+        started = time.time()
+        events.next("closed", 5)  # the browser reconnects, and is asked to log in again
+    assert time.time() - started < 4
