@@ -137,12 +137,14 @@ const FM = (() => {
   function refreshAll() { for (const r of refreshers) r.schedule(0); }
 
   let source = null;
+  let restartDelay = 2000;  // after a refused stream: doubled up to 30 s, reset once one opens
   function connectEvents() {
     if (source) source.close();
     source = new EventSource("/api/events");
     let hadError = false;
     source.addEventListener("open", () => {
       setLiveState("live");
+      restartDelay = 2000;
       if (hadError) refreshAll();  // changes made while we were away
       hadError = false;
     });
@@ -150,8 +152,12 @@ const FM = (() => {
       hadError = true;
       setLiveState("reconnecting");
       // EventSource retries by itself unless the answer was not an event
-      // stream (a 401 or 503): then it gives up, and we start over.
-      if (source.readyState === EventSource.CLOSED) setTimeout(connectEvents, 2000);
+      // stream (a 401 once a JWT expired, a 503): then it gives up, and we
+      // start over, less and less often.
+      if (source.readyState === EventSource.CLOSED) {
+        setTimeout(connectEvents, restartDelay);
+        restartDelay = Math.min(restartDelay * 2, 30000);
+      }
     });
     source.addEventListener("change", (event) => {
       let data = {};
