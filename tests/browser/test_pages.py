@@ -71,6 +71,12 @@ def test_tetrahedron_page_shows_the_map_heatmap_alerts_and_nodes(conn, fleet, se
     nodes = dict(conn.execute("select node_id, status from nodes where tetrahedron_id = %s",
                               (fleet.ids["home"],)))
     assert nodes == {"phone": "online", "laptop": "online", "pi": "degraded", "cam": "offline"}
+    # the summary is the tetrahedron's mesh_summary row
+    (summary,) = conn.execute("select nodes, online, degraded, offline, open_alerts, status "
+                              "from mesh_summary where name = 'home'").fetchall()
+    shown = [page.inner_text(f'#summary dd[data-field="{f}"]') for f in
+             ("nodes", "online", "degraded", "offline", "open_alerts")]
+    assert shown + [page.inner_text("#status-badge")] == [str(v) for v in summary]
 
     # the map: one SVG node per node, coloured by its status
     shown = page.eval_on_selector_all(

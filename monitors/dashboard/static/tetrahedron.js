@@ -38,7 +38,7 @@
     const badgeSlot = clear(document.getElementById("status-badge"));
     badgeSlot.append(badge(t.status));
     const facts = [
-      ["Nodes", t.nodes ?? (t.online + t.degraded + t.offline), "nodes"],
+      ["Nodes", t.nodes, "nodes"],
       ["Online", t.online, "online"], ["Degraded", t.degraded, "degraded"], ["Offline", t.offline, "offline"],
       ["Average health", number(t.average_health), "average_health"],
       ["Highest risk", number(t.highest_risk), "highest_risk"],
