@@ -154,6 +154,8 @@ def seed(conn: psycopg.Connection) -> Fleet:
          "details": {"priority": "critical", "alert": {"type": "intrusion", "zone": "gate"},
                      "message_id": 9}},
     ])
+    # a guardian decision the mesh is voting on: quarantine the silent camera
+    conn.execute("select propose_guardian_decision(%s, 'quarantine', 'cam', 'pi')", (ids["home"],))
     # shop: two online; farm: one online, two offline; lab: registered, never heard from
     ids["shop"] = register(conn, "shop", "till")
     register(conn, "shop", "door")

@@ -115,6 +115,10 @@ def test_tetrahedron_page_shows_the_map_heatmap_alerts_and_nodes(conn, fleet, se
     assert alert.locator('td[data-field="message"]').inner_text() == fleet.alert_message
     assert "zone" in alert.locator('td[data-field="details"]').inner_text()
     assert page.get_attribute('#nodes tr[data-node="pi"] a', "href") == "/t/home/n/pi"
+    # the guardian decision under vote
+    (decision_id, status) = conn.execute("select id, status from guardian_decisions").fetchone()
+    decision = page.locator(f'#decisions tr[data-decision="{decision_id}"]')
+    assert "quarantine" in decision.inner_text() and status in decision.inner_text()
     assert page.locator("#badge-markdown").inner_text().endswith("/badge/home.svg)")
     screenshot(page, tmp_path, "tetrahedron")
 
