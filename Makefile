@@ -60,7 +60,7 @@ db-stop: $(STAMP)
 	$(VENV)/bin/flowmesh db stop
 
 ## bench: ingest, server CPU per heartbeat, agent footprint, mesh (beside Serf), fleet-scale check,
-## fleet size, relay round trip and path failover benchmarks
+## fleet size, relay round trip, path failover and dashboard benchmarks
 bench: $(STAMP) bench-deps
 	@# compiled once, as an installed package is: with PYTHONDONTWRITEBYTECODE set,
 	@# every mesh member process would otherwise compile the package at start
@@ -73,6 +73,7 @@ bench: $(STAMP) bench-deps
 	$(PY) bench/fleet.py --direct
 	$(PY) bench/relay.py
 	$(PY) bench/failover.py
+	$(PY) bench/dashboard.py
 
 ## bench-deps: Debian's serf (the mesh benchmark's comparison), nftables (its datagram
 ## counters) and pgbouncer (the fleet benchmark's pooler, started by the benchmark itself:
