@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -123,6 +124,16 @@ def test_the_command_refuses_to_serve_other_machines_without_a_token_file(db_url
     done = run_cli("--bind", "0.0.0.0", "--port", "0", "--database-url", db_url, "--token-file", str(loose))
     assert done.returncode == 1
     assert "mode 0644" in done.stderr and TOKEN not in done.stderr, done.stderr
+
+
+def test_the_command_says_when_its_port_is_taken(db_url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli("--port", str(port), "--database-url", db_url)
+    assert done.returncode == 1
+    assert done.stderr == f"flowmesh: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 def test_the_command_serves_with_a_token_file_and_stops_on_sigterm(db_url, conn, tmp_path):
