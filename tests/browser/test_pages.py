@@ -298,3 +298,35 @@ def test_signing_in_with_the_token_opens_the_dashboard(fleet, serve, open_page, 
     page.wait_for_selector("#fleet[data-loaded=true]")
     assert page.url == f"{base}/"
     assert len(rows_in_order(page)) == 4  # the session cookie carries the token to the API
+
+
+def test_the_page_reconnects_by_itself_when_the_dashboard_comes_back(conn, fleet, db_url, open_page,
+                                                                      monkeypatch):
+    from monitors.dashboard.server import DashboardServer
+    from tests.support import dashboard as support
+
+    with support.running_dashboard(db_url) as base:
+        page, _ = open_page(base)
+        page.goto("/t/home")
+        page.wait_for_selector('#live-state[data-state="live"]')
+        page.evaluate("() => { window.stillThisPage = true; }")
+    # the dashboard stopped: the stream is gone, and a node changes meanwhile
+    page.wait_for_selector('#live-state[data-state="reconnecting"]', timeout=WAIT_MS)
+    heartbeat(conn, fleet.ids["home"], "phone", **LOW_BATTERY)
+
+    port = int(base.rsplit(":", 1)[1])
+
+    class SamePort(DashboardServer):  # the restarted dashboard listens where the page looks
+        def __init__(self, app, host, _port, **kwargs):
+            super().__init__(app, host, port, **kwargs)
+
+    monkeypatch.setattr(support, "DashboardServer", SamePort)
+    with support.running_dashboard(db_url):
+        # the browser reconnects by itself (retry: 2000) and the page catches up on what it missed
+        page.wait_for_selector('#live-state[data-state="live"]', timeout=WAIT_MS)
+        page.wait_for_selector('#mesh-map g.node[data-node="phone"][data-status="degraded"]', timeout=WAIT_MS)
+        assert page.locator("#database-status").is_hidden()
+        # and is live again
+        heartbeat(conn, fleet.ids["home"], "laptop", **LOW_BATTERY)
+        page.wait_for_selector('#mesh-map g.node[data-node="laptop"][data-status="degraded"]', timeout=2000)
+        assert page.evaluate("() => window.stillThisPage") is True
