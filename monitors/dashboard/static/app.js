@@ -79,9 +79,7 @@ const FM = (() => {
                                     headers: {Accept: "application/json"}});
     } catch (error) {
       // the dashboard server itself is gone: say so where the database banner is
-      const banner = document.getElementById("database-status");
-      if (banner) { banner.textContent = "dashboard server unreachable"; banner.hidden = false; }
-      databaseDown = true;
+      setDatabaseStatus("dashboard server unreachable");
       throw new ApiError(0, "dashboard server unreachable");
     }
     let body = null;
