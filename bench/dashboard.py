@@ -157,7 +157,7 @@ async def live_latency(port: int, url: str, name: str, clients: int, commits: in
     await asyncio.wait_for(ready.wait(), 30)
     await asyncio.sleep(1.0)  # every stream past its headers
     listener = await psycopg.AsyncConnection.connect(url, autocommit=True)
-    await listener.execute("listen flowmesh_changes")
+    await listener.execute(q("listen_changes"))
     floor: list[float] = []
     sse: list[float] = []
     with psycopg.connect(url, autocommit=True) as writer:

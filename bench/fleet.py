@@ -109,11 +109,11 @@ class TimedOutbox(Outbox):
         super().__init__(path)
         self.acked = acked
 
-    def remove(self, seqs: list[int]) -> None:
+    def remove(self, seqs: list[int], kind: str | None = None) -> None:
         now = time.time()
         for seq in seqs:
             self.acked[seq] = now
-        super().remove(seqs)
+        super().remove(seqs, kind)
 
 
 class Metrics:

@@ -214,3 +214,6 @@ select (select count(*) from nodes where tetrahedron_id = t.id),
 
 -- name: bench_heartbeat
 select record_mesh_heartbeat(id, 'n00', '{"metrics": {"latency_ms": 30}}') from tetrahedrons where name = %s;
+
+-- name: listen_changes
+listen flowmesh_changes;

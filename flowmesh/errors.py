@@ -8,6 +8,7 @@ reason.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 #: SQLSTATE classes meaning "this data is bad" (22 data exception, 23
@@ -51,6 +52,12 @@ class Failure:
     message: str
     exit_code: int
     sqlstate: str | None = None
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the password of any database URL or conninfo string in it masked."""
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r"(password=)('[^']*'|[^\s&]*)", r"\1***", text)  # conninfo or query string
 
 
 def one_line(exc: BaseException) -> str:

@@ -10,6 +10,11 @@ The shipper's calls run, one at a time, on a thread of their own, a daemon:
 a call stuck on a dead path can then never hold the process at exit, and a
 stop always ends within the flush timeout (the call in flight is aborted, its
 batch stays queued).
+
+What the agent knows of itself (the last metrics sampled, the last shipment
+and the last error; the outbox keeps its own depth) is kept in memory, so
+that its own endpoints (``--http-port``, http_endpoints.py, imported only
+then) answer without touching SQLite or the database from the event loop.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flowmesh import __version__
+from flowmesh.errors import redact_secrets
 
 from .backoff import backoff_delay
 from .config import AgentConfig
@@ -81,7 +87,16 @@ class AgentStats:
     #: The shipper's own count (Shipper.shipped), kept batch by batch.
     shipped: ShipReport = field(default_factory=ShipReport)
     failures: int = 0
+    #: The failure of the last shipment attempt; None once one succeeds.
     last_error: str | None = None
+    #: The most recent failure and its wall-clock time, kept after a recovery.
+    last_failure: str | None = None
+    last_failure_at: float | None = None
+    #: Wall-clock time of the last flush that moved entries into the database.
+    last_shipped_at: float | None = None
+    #: The last heartbeat's metrics and when they were sampled (wall clock).
+    last_metrics: dict | None = None
+    last_sampled_at: float | None = None
 
 
 class Agent:
@@ -105,17 +120,34 @@ class Agent:
         self._sample = sample or MetricsSampler().sample
         self._wake = asyncio.Event()
         self.stats = AgentStats(shipped=shipper.shipped)
+        #: Loop-independent start time, for the uptime the endpoints report.
+        self.started_monotonic = time.monotonic()
+        self.started_at = time.time()
+        #: The agent's own endpoints while they run (http_endpoints.AgentEndpoints).
+        self.http = None
+
+    def meshes(self) -> list[tuple[str | None, MeshNode]]:
+        """(mesh id, node) of every mesh joined, the primary first; the id is None
+        for a node given directly (``mesh=``), whose key the agent never saw."""
+        if self.links is not None:
+            return [(link.mesh_id, link.node) for link in self.links.links]
+        return [(None, self.mesh)] if self.mesh is not None else []
 
     def heartbeat_payload(self) -> dict:
         metrics = self._sample()
+        self.stats.last_metrics, self.stats.last_sampled_at = metrics, time.time()
         payload: dict = {"metrics": metrics, "agent": {"version": __version__}}
         if self.config.role:
             payload["role"] = self.config.role
         # the first mesh still joined (a forgotten one is left while the agent runs)
         mesh = self.links.primary if self.links is not None else self.mesh
         if mesh is not None:
-            counts = mesh.stats()["members"]
-            payload["mesh"] = {**counts, "incarnation": mesh.incarnation}
+            stats = mesh.stats()
+            gossip = stats.gossip
+            payload["mesh"] = {**stats["members"], "incarnation": mesh.incarnation,
+                               # read by SQL's gossip_summary(): three integers, a few dozen bytes
+                               "gossip": {"seen": gossip.seen, "duplicates": gossip.duplicates,
+                                          "propagated": gossip.propagated}}
             mesh.update_state({k: metrics[k] for k in SHARED_METRICS if k in metrics})
         return payload
 
@@ -171,6 +203,10 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> AgentStats:
         """Run until ``stop`` is set, then try to ship what is queued."""
+        if self.config.http_port is not None:
+            # starlette and uvicorn, only when asked for; loaded (about 0.1 s) before the mesh
+            # runs, whose timers the import would otherwise hold up
+            from .http_endpoints import AgentEndpoints
         nodes = [link.node for link in self.links.links] if self.links is not None else \
             [self.mesh] if self.mesh is not None else []
         for node in nodes:
@@ -182,6 +218,11 @@ class Agent:
         elif self.mesh is not None:
             await self.mesh.start()
         self._shipper_thread = ShipperThread()
+        if self.config.http_port is not None:
+            try:  # a view of the device, never a reason for it to stop reporting
+                self.http = await AgentEndpoints.start(self, self.config.http_bind, self.config.http_port)
+            except Exception:
+                log.exception("http endpoints off: they could not start")
         sampler = asyncio.create_task(self._sample_loop(stop), name="flowmesh-sampler")
         shipper = asyncio.create_task(self._ship_loop(stop), name="flowmesh-shipper")
         try:
@@ -189,6 +230,9 @@ class Agent:
         finally:
             # the whole stop, goodbyes and flush included, fits in flush_timeout_s
             deadline = time.monotonic() + self.config.flush_timeout_s
+            if self.http is not None:
+                await self.http.stop(timeout=min(1.0, self.config.flush_timeout_s))
+                self.http = None
             # the sampler is not cancelled: it ends at once, after the heartbeat
             # it may be writing (a cancelled write would be queued but not counted)
             shipper.cancel()  # a call in flight goes on in its thread; the flush queues behind it
@@ -242,15 +286,19 @@ class Agent:
                 except TimeoutError:
                     self._wake.set()  # retry even when nothing new was sampled
                 continue
-            except Exception:
+            except Exception as exc:
                 backoff = self._backoff(attempt)
                 attempt += 1
                 log.exception("unexpected error while shipping; retrying in %.1fs", backoff)
+                self.stats.failures += 1
+                self._failed(f"unexpected error while shipping: {type(exc).__name__}")
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
                 except TimeoutError:
                     self._wake.set()
                 continue
+            if report.shipped or report.dead_lettered:
+                self.stats.last_shipped_at = time.time()
             if backoff:
                 log.warning("database reachable again; shipped %d queued heartbeats", report.shipped)
             elif report.shipped or report.dead_lettered:
@@ -270,10 +318,15 @@ class Agent:
         else:
             message = f"database refused the shipment [{exc.sqlstate}]: {message}"
         # say it once per kind of failure, not once per retry
+        message = redact_secrets(message)  # a resolver's or driver's text may quote a URL
         level = logging.WARNING if message != self.stats.last_error else logging.DEBUG
         log.log(level, "%s; %d heartbeats kept in the outbox; retrying in %.1fs",
-                message, self.outbox.pending(), backoff)
-        self.stats.last_error = message
+                message, sum(self.outbox.depth.values()), backoff)  # no SQL on the loop
+        self._failed(message)
+
+    def _failed(self, message: str) -> None:
+        self.stats.last_error = self.stats.last_failure = message
+        self.stats.last_failure_at = time.time()
 
     async def _final_flush(self, deadline: float) -> None:
         """Ship what is queued until ``deadline`` (monotonic); then abort the call

@@ -15,7 +15,7 @@ import click
 
 from flowmesh import database, embedded, limits
 from flowmesh.clisupport import FriendlyGroup, database_url_option
-from flowmesh.errors import DatabaseUnreachable
+from flowmesh.errors import DatabaseUnreachable, redact_secrets
 
 from .agent import Agent
 from .config import AgentConfig, default_node_id
@@ -47,15 +47,10 @@ outbox_option = click.option(
 )
 
 
-def _redact(url: str) -> str:
-    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return re.sub(r"(password=)('[^']*'|[^\s&]*)", r"\1***", url)  # conninfo or query string
-
-
 def _where(config: AgentConfig) -> str:
     """The database, for the log: its URL without the password, or the embedded server."""
     url = database.configured_url(config.database_url)
-    return _redact(url) if url else f"embedded ({embedded.pgdata()})"
+    return redact_secrets(url) if url else f"embedded ({embedded.pgdata()})"
 
 
 def _setup_logging(level: str) -> None:
@@ -129,11 +124,17 @@ def main() -> None:
 @click.option("--ble/--no-ble", default=False, show_default=True, envvar="FLOWMESH_BLE", show_envvar=True,
               help="Reach members over Bluetooth LE (needs BlueZ).")
 @meshes_file_option
+@click.option("--http-port", type=click.IntRange(0, 65535), envvar="FLOWMESH_HTTP_PORT", show_envvar=True,
+              help="Serve this device's view on this TCP port: /health, /network, /gossip/summary "
+              "and /map, unauthenticated (0: a free port, logged) [default: off].")
+@click.option("--http-bind", default=_defaults.http_bind, show_default=True, envvar="FLOWMESH_HTTP_BIND",
+              show_envvar=True, metavar="ADDRESS",
+              help="Address the --http-port endpoints listen on; any but loopback is warned of.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backoff_max_s,
         flush_timeout_s, db_timeout_s, outbox, mesh_key, mesh_port, mesh_bind, mesh_name, peers, relays,
-        relay_token_file, ws_port, mdns, ble, meshes_file, log_level) -> None:
+        relay_token_file, ws_port, mdns, ble, meshes_file, http_port, http_bind, log_level) -> None:
     """Sample local metrics and send heartbeats until stopped (SIGINT/SIGTERM).
 
     With --mesh-key the agent also joins the peer mesh: it finds the other
@@ -149,7 +150,7 @@ def run(database_url, node_id, tetrahedron, role, interval_s, batch_size, backof
         interval_s=interval_s, batch_size=batch_size,
         backoff_max_s=max(backoff_max_s, _defaults.backoff_initial_s),
         flush_timeout_s=flush_timeout_s, db_timeout_s=db_timeout_s, database_url=database_url,
-        outbox_path=outbox,
+        outbox_path=outbox, http_port=http_port, http_bind=http_bind,
     )
     if mesh_key and len(mesh_key.encode()) < 16:
         raise click.BadParameter("must be at least 16 bytes", param_hint="--mesh-key")

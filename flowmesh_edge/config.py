@@ -45,6 +45,13 @@ class AgentConfig:
     database_url: str | None = None
     #: Outbox file; None means <data dir>/outbox/<node id>.sqlite3.
     outbox_path: Path | None = None
+    #: TCP port of the agent's own endpoints (/health, /network, /gossip/summary,
+    #: /map; http_endpoints.py); None: off, nothing listens, nothing is imported.
+    #: 0: a free port the kernel picks (logged).
+    http_port: int | None = None
+    #: Address those endpoints listen on. They are unauthenticated, so loopback by
+    #: default; any other address is the operator's choice and is warned of.
+    http_bind: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         problems = [p for p in [limits.node_id_problem(self.node_id)] if p]
@@ -59,6 +66,10 @@ class AgentConfig:
             problems.append("flush timeout must be 0 seconds or more")
         if not self.db_timeout_s > 0:
             problems.append("database timeout must be greater than 0 seconds")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            problems.append("http port must be between 0 and 65535")
+        if not self.http_bind:
+            problems.append("http bind address must not be empty")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             problems.append("backoff must satisfy 0 < initial <= max")
         if problems:

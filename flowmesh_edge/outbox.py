@@ -101,6 +101,12 @@ class Outbox:
         with self._lock, self._transaction():
             self._upgrade()
             self._db.execute(q("init_next_seq"), {"start": int(time.time() * 1_000_000)})
+        #: Entries waiting, by kind (heartbeat, event): counted here, then kept with every
+        #: change this object makes, so that it is read with no SQL and no lock (the agent's
+        #: /health, from its event loop). Replaced on each change, never changed in place.
+        #: Entries another process queued count once this one removes them: a count that
+        #: would fall below zero is taken again.
+        self.depth: dict[str, int] = self.pending_by_kind()
 
     def _enter_wal(self, wait_s: float = 30.0) -> None:
         """Switch the file to write-ahead logging. Another process opening a new outbox
@@ -151,12 +157,22 @@ class Outbox:
         at = time.time() if at is None else float(at)
         if not math.isfinite(at) or at <= 0:
             raise ValueError(f"at must be a positive Unix time, got {at!r}")
-        with self._lock, self._transaction():
-            (seq,) = self._db.execute(q("next_seq")).fetchone()
-            self._db.execute(q("insert_entry"), {"seq": seq, "tetrahedron": tetrahedron, "src": src,
-                                                 "role": role, "at": at, "payload": text, "kind": kind})
-            self._db.execute(q("set_next_seq"), {"value": seq + 1})
+        with self._lock:
+            with self._transaction():
+                (seq,) = self._db.execute(q("next_seq")).fetchone()
+                self._db.execute(q("insert_entry"), {"seq": seq, "tetrahedron": tetrahedron, "src": src,
+                                                     "role": role, "at": at, "payload": text, "kind": kind})
+                self._db.execute(q("set_next_seq"), {"value": seq + 1})
+            self._count(kind, 1)
         return seq
+
+    def _count(self, kind: str, change: int) -> None:
+        """Move ``depth`` by what was just committed (under the lock)."""
+        left = self.depth.get(kind, 0) + change
+        if left < 0:  # removed what another process queued: count again
+            self.depth = self._pending_by_kind()
+        else:
+            self.depth = {**self.depth, kind: left}
 
     def peek(self, limit: int) -> list[Entry]:
         """The oldest ``limit`` queued entries, oldest first."""
@@ -164,12 +180,18 @@ class Outbox:
             rows = self._db.execute(q("oldest_entries"), {"limit": limit}).fetchall()
         return [Entry(*row) for row in rows]
 
-    def remove(self, seqs: list[int]) -> None:
-        """Forget entries the database has committed."""
+    def remove(self, seqs: list[int], kind: str | None = None) -> None:
+        """Forget entries the database has committed, all of ``kind`` when it is given
+        (the shipper's batches are), else of any kind (the depth is then counted again)."""
         if not seqs:
             return
-        with self._lock, self._transaction():
-            self._db.executemany(q("delete_entry"), [{"seq": s} for s in seqs])
+        with self._lock:
+            with self._transaction():
+                removed = self._db.executemany(q("delete_entry"), [{"seq": s} for s in seqs]).rowcount
+            if kind is None:
+                self.depth = self._pending_by_kind()
+            else:
+                self._count(kind, -removed)
 
     def retime(self, new_times: dict[int, float]) -> None:
         """Durably change the time of queued entries (seq -> new Unix time).
@@ -186,16 +208,27 @@ class Outbox:
 
     def dead_letter(self, entry: Entry, error: str, sqlstate: str | None) -> None:
         """Move a heartbeat the database rejected as bad data out of the queue."""
-        with self._lock, self._transaction():
-            self._db.execute(q("insert_dead_letter"), {
-                "seq": entry.seq, "tetrahedron": entry.tetrahedron, "src": entry.src,
-                "role": entry.role, "at": entry.at, "payload": entry.payload, "kind": entry.kind,
-                "sqlstate": sqlstate, "error": error, "failed_at": time.time()})
-            self._db.execute(q("delete_entry"), {"seq": entry.seq})
+        with self._lock:
+            with self._transaction():
+                self._db.execute(q("insert_dead_letter"), {
+                    "seq": entry.seq, "tetrahedron": entry.tetrahedron, "src": entry.src,
+                    "role": entry.role, "at": entry.at, "payload": entry.payload, "kind": entry.kind,
+                    "sqlstate": sqlstate, "error": error, "failed_at": time.time()})
+                removed = self._db.execute(q("delete_entry"), {"seq": entry.seq}).rowcount
+            self._count(entry.kind, -removed)
 
     def pending(self) -> int:
         with self._lock:
             return self._db.execute(q("count_entries")).fetchone()[0]
+
+    def pending_by_kind(self) -> dict[str, int]:
+        """Entries waiting, by kind: ``{"heartbeat": n, "event": m}`` (0 for a kind with none),
+        counted in the file (``depth`` has the same without a query)."""
+        with self._lock:
+            return self._pending_by_kind()
+
+    def _pending_by_kind(self) -> dict[str, int]:
+        return {HEARTBEAT: 0, EVENT: 0, **dict(self._db.execute(q("count_entries_by_kind")).fetchall())}
 
     def dead_letters(self) -> list[tuple[int, str, str | None, str]]:
         """(seq, src, sqlstate, error) of every dead-lettered heartbeat."""

@@ -78,6 +78,10 @@ values (:seq, :tetrahedron, :src, :role, :at, :payload, :kind, :sqlstate, :error
 -- name: count_entries
 select count(*) from entries;
 
+-- name: count_entries_by_kind
+-- The queue's depth by kind (heartbeat, event), for the agent's /health.
+select kind, count(*) from entries group by kind;
+
 -- name: dead_letters
 select seq, src, sqlstate, error from dead_letters order by seq;
 

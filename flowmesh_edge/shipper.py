@@ -293,7 +293,7 @@ class Shipper:
             report.add(self._ship(tetrahedron_id, entries[half:]))
             return report
         assert received == len(entries)
-        self.outbox.remove([e.seq for e in entries])
+        self.outbox.remove([e.seq for e in entries], entries[0].kind)  # a batch is of one kind
         self.batch_limit = min(self.batch_size, self.batch_limit * 2)
         return self._count(ShipReport(inserted=inserted, duplicates=duplicates, batches=1))
 

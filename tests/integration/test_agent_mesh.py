@@ -81,11 +81,15 @@ async def test_agents_record_membership_and_alerts(db_url, tmp_path):
                      {("pi",), ("cam",)})
         await settle(db_url, "select node_id, mesh_status from nodes",
                      {("pi", "alive"), ("cam", "alive"), ("laptop", "dead")})
-        # and pi's heartbeats say what it sees: cam alive, laptop dead
-        await settle(db_url, "select payload -> 'mesh' from mesh_heartbeats where source = 'pi' "
-                             "order by created_at desc limit 1",
+        # and pi's heartbeats say what it sees: cam alive, laptop dead (and its gossip counters,
+        # the alert among what it has seen)
+        await settle(db_url, "select (payload -> 'mesh') - 'gossip'::text from mesh_heartbeats "
+                             "where source = 'pi' order by created_at desc limit 1",
                      {"alive": 1, "suspect": 0, "dead": 1, "incarnation": pi.incarnation},
                      lambda rows: rows[0][0] if rows else None)
+        (gossip,) = (await asyncio.to_thread(query, db_url, "select payload -> 'mesh' -> 'gossip' from "
+                     "mesh_heartbeats where source = 'pi' order by created_at desc limit 1"))[0]
+        assert set(gossip) == {"seen", "duplicates", "propagated"} and gossip["seen"] >= 1
     finally:
         for stop in stops:
             stop.set()

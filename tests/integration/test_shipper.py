@@ -47,7 +47,7 @@ def test_replay_after_a_crash_between_commit_and_removal(conn, db_url, box, monk
     shipper = Shipper(box, db_url)
     real_remove = box.remove
 
-    def crash(seqs):
+    def crash(seqs, kind=None):
         raise RuntimeError("power cut after the database committed")
 
     monkeypatch.setattr(box, "remove", crash)
@@ -129,7 +129,7 @@ def test_a_clock_far_ahead_is_corrected_once_and_replays_stay_idempotent(conn, d
     shipper = Shipper(box, db_url, clock=fast_clock)
     real_remove = box.remove
 
-    def crash(seqs):
+    def crash(seqs, kind=None):
         raise RuntimeError("power cut after the database committed")
 
     monkeypatch.setattr(box, "remove", crash)

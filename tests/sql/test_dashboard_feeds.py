@@ -134,7 +134,7 @@ def test_a_nodes_series_averages_each_metric_and_gives_the_risk_as_of_then(conn)
                         "from node_metric_series(%s, 'cam', '1 hour', 6)", (tid,)).fetchall()
     assert sum(r[0] for r in rows) == 60
     assert all(r[2] == 45 for r in rows)
-    assert rows[0][1] == 90 and rows[-1][1] < 20
+    assert rows[0][1] == 90 and rows[-1][1] <= 50
     assert rows[-1][3] < rows[0][3]
     # the model's answer at the last bucket is the stored prediction's rule as of now
     (risk_now,) = conn.execute("select risk from predict_node_risk(%s, 'cam')", (tid,)).fetchone()

@@ -25,11 +25,19 @@ from flowmesh_edge.metrics import MetricsSampler
         ({"backoff_initial_s": 5, "backoff_max_s": 1}, "backoff"),
         ({"db_timeout_s": 0}, "database timeout"),
         ({"flush_timeout_s": -1}, "flush timeout"),
+        ({"http_port": 65536}, "http port"),
+        ({"http_port": -1}, "http port"),
+        ({"http_bind": ""}, "http bind"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AgentConfig(**{"node_id": "pi", **kwargs})
+
+
+def test_the_endpoints_are_off_and_on_loopback_by_default():
+    config = AgentConfig(node_id="pi")
+    assert (config.http_port, config.http_bind) == (None, "127.0.0.1")
 
 
 def test_outbox_path_is_per_node_and_safe(tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from flowmesh import database, settings
+from flowmesh.errors import redact_secrets
 from flowmesh_edge.agent import ShipperThread
-from flowmesh_edge.cli import _redact
 
 
 def test_a_dead_path_fails_instead_of_hanging():
@@ -34,7 +34,7 @@ def test_the_connect_timeout_is_the_shared_one_and_at_least_libpqs_minimum():
     ("host=db password='s 3cret' user=edge", "host=db password=*** user=edge"),
 ])
 def test_the_log_never_shows_a_password(url, shown):
-    assert _redact(url) == shown
+    assert redact_secrets(url) == shown
 
 
 async def test_the_shipper_thread_runs_calls_in_order_and_never_holds_exit():

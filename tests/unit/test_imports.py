@@ -48,3 +48,9 @@ def test_the_cli_and_the_mesh_load_no_transport_library_until_one_is_configured(
     transports = ("websockets", "zeroconf", "bleak", "bless")
     assert loaded("import flowmesh_edge.cli, flowmesh_edge.mesh", transports) == []
     assert loaded("import flowmesh_edge.mesh.transports.relay", transports) == ["websockets"]
+
+
+def test_the_agents_endpoints_load_their_web_stack_only_when_asked_for():
+    web = ("starlette", "uvicorn", "anyio", "h11")
+    assert loaded("import flowmesh_edge.agent, flowmesh_edge.cli", web) == []
+    assert loaded("import flowmesh_edge.http_endpoints", ("starlette", "uvicorn")) == ["starlette", "uvicorn"]

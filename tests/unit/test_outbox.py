@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowmesh_edge.outbox import Outbox
+from flowmesh_edge.outbox import EVENT, HEARTBEAT, Outbox
 
 
 def test_put_peek_remove_in_order(tmp_path):
@@ -23,6 +23,34 @@ def test_put_peek_remove_in_order(tmp_path):
         box.remove([e.seq for e in entries])
         assert box.pending() == 2
         assert [e.seq for e in box.peek(10)] == seqs[3:]
+
+
+def test_the_depth_by_kind_is_kept_without_a_query_and_matches_the_file(tmp_path):
+    path = tmp_path / "o.sqlite3"
+    with Outbox(path) as box:
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 0, "event": 0}
+        first, second = box.put("home", "pi", {}), box.put("home", "pi", {})
+        box.put("home", "pi", {"kind": "joined", "subject": "cam"}, kind=EVENT)
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 2, "event": 1}
+        box.remove([first], HEARTBEAT)
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 1, "event": 1}
+        box.dead_letter(box.peek(1)[0], "bad", "22023")
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 0, "event": 1}
+        box.remove([second], HEARTBEAT)  # already gone: nothing removed, nothing counted
+        assert box.depth == {"heartbeat": 0, "event": 1}
+        # another process queues two heartbeats: this one learns of them as it ships them
+        with Outbox(path) as other:
+            assert other.depth == {"heartbeat": 0, "event": 1}
+            other.put("home", "pi", {})
+            other.put("home", "pi", {})
+        assert box.depth == {"heartbeat": 0, "event": 1}
+        box.remove([e.seq for e in box.peek(10) if e.kind == HEARTBEAT][:1], HEARTBEAT)
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 1, "event": 1}
+        box.remove([e.seq for e in box.peek(10)])  # of any kind: counted again
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 0, "event": 0}
+    with Outbox(path) as box:  # counted when opened
+        box_seq = box.put("home", "pi", {})
+        assert box_seq and box.depth == {"heartbeat": 1, "event": 0}
 
 
 def test_survives_reopen_and_never_reuses_a_sequence(tmp_path):
