@@ -8,9 +8,10 @@ STAMP  := $(VENV)/.installed
 #: iproute2 (network namespaces for the LAN discovery test), pgbouncer (the
 #: connection pooler beside the embedded server: `flowmesh db up --pooler` and
 #: the agent tests run through it), dbus-daemon (a private system bus with BlueZ
-#: mocked, for the BLE tests) with the headers python-dbusmock's dbus-python builds with.
+#: mocked, for the BLE tests) with the headers python-dbusmock's dbus-python builds with,
+#: and chromium (the dashboard's browser tests drive it headless through Playwright).
 SYSTEM_PACKAGES := postgresql-15 postgresql-15-cron iproute2 pgbouncer dbus-daemon \
-                   libdbus-1-dev libglib2.0-dev
+                   libdbus-1-dev libglib2.0-dev chromium
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test system-deps db-up db-stop bench bench-deps lint clean supabase-migrations
