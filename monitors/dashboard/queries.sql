@@ -51,17 +51,11 @@ select h.node_id, h.bucket_start, h.heartbeats, h.health_score, h.min_health_sco
 
 -- name: heatmap_buckets
 -- Every bucket node_health_heatmap covers, oldest first, empty ones too (the
--- page draws a column per bucket): its alignment on the epoch, the newest
--- bucket holding now(). Run after heatmap in the same transaction (the same
--- now()), which has validated the arguments; tests/integration/
--- test_dashboard_api.py holds the two in agreement.
-select extract(epoch from b.bucket)::double precision as bucket_seconds,
-       pg_catalog.generate_series(
-         pg_catalog.date_bin(b.bucket, now(), timestamptz '1970-01-01 00:00:00+00') - b.bucket * (b.buckets - 1),
-         pg_catalog.date_bin(b.bucket, now(), timestamptz '1970-01-01 00:00:00+00'),
-         b.bucket) as bucket_start
-  from (select %(bucket)s::interval as bucket, %(buckets)s::integer as buckets) b
- order by bucket_start;
+-- page draws a column per bucket), as the SQL lists them. Run after heatmap in
+-- the same transaction, so both read the same now().
+select extract(epoch from %(bucket)s::interval)::double precision as bucket_seconds, b.bucket_start
+  from public.heatmap_buckets(%(bucket)s::interval, %(buckets)s::integer) b
+ order by b.bucket_start;
 
 -- name: node
 select * from public.nodes where tetrahedron_id = %(id)s and node_id = %(node)s::text;
