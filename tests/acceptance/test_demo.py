@@ -41,21 +41,22 @@ def test_the_demo_shows_a_mesh_a_degrading_node_a_prediction_and_a_failed_device
             "select node_id, predicted_risk from nodes where predicted_risk is not null").fetchall())
         assert risks["phone"] >= 0.7 and risks["pi"] >= 0.7 and risks["laptop"] < 0.7, risks
         # the mesh: every member heard the two others, then the survivors declared the Pi dead,
-        # so no edge of the map leads to it any more (the Pi's own last view stays: it reports
-        # nothing after its death)
+        # so no edge of the map leads to it any more, nor from it (a dead member's last view
+        # is no edge)
         pairs = conn.execute("select count(distinct (observer, subject)) from mesh_events"
                              " where kind = 'path'").fetchone()[0]
         assert pairs == 6
         assert conn.execute("select mesh_status from nodes where node_id = 'pi'").fetchone() == ("dead",)
         links = set(conn.execute("select observer, subject, transport from mesh_links").fetchall())
         assert {("laptop", "phone", "udp"), ("phone", "laptop", "udp")} <= links
-        assert not {link for link in links if link[1] == "pi"}, links
-        # the Pi's offline period is logged, and its alert is open
+        assert not {link for link in links if "pi" in link[:2]}, links
+        # the Pi's offline period is logged, and its alerts are open: predicted, then offline
         assert conn.execute("select count(*) from node_status_history"
                             " where node_id = 'pi' and status = 'offline'").fetchone() == (1,)
         open_alerts = conn.execute("select node_id, alert_type from guardian_alerts"
-                                   " where resolved_at is null order by node_id").fetchall()
-        assert open_alerts == [("phone", "node-failure-predicted"), ("pi", "node-failure-predicted")]
+                                   " where resolved_at is null order by node_id, alert_type").fetchall()
+        assert open_alerts == [("phone", "node-failure-predicted"), ("pi", "node-failure-predicted"),
+                               ("pi", "node-offline")]
         assert proc.poll() is None, "the demo ended by itself"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
