@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import ipaddress
 import logging
 import re
 import socket
@@ -45,6 +44,7 @@ from starlette.routing import Route
 from flowmesh import __version__
 from flowmesh.errors import redact_secrets
 
+from .mesh.address import is_loopback
 from .outbox import EVENT, HEARTBEAT
 
 if TYPE_CHECKING:
@@ -286,15 +286,6 @@ class _Server(uvicorn.Server):
         while not await self.on_tick(0):  # tick 0: the Date header is refreshed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.exit_now.wait(), timeout=1.0)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
 
 
 class AgentEndpoints:

@@ -13,6 +13,7 @@ each transport sends only to its own. The text form is
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, replace
 
@@ -85,3 +86,15 @@ class Address:
 
 #: The address of nowhere: an update that says nothing about where a member is.
 NOWHERE = Address("", "", 0)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or ``localhost``) is this machine only: what a
+    listener may bind without asking for credentials. A host name other than
+    localhost is not: it may resolve to anything."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -18,10 +18,11 @@ refused, never ignored. No credential is ever logged or put in a message.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from flowmesh_edge.mesh.address import is_loopback
 
 #: The cookie POST /login sets (HttpOnly, SameSite=Strict).
 COOKIE = "flowmesh_token"
@@ -61,16 +62,6 @@ class Identity:
 
 #: The connecting role's rights: no JWT.
 OPERATOR = Identity()
-
-
-def is_loopback(bind: str) -> bool:
-    """Whether ``bind`` is a loopback address (or ``localhost``): only this machine can connect."""
-    if bind == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(bind.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def read_secret(path: Path, what: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 
@@ -11,29 +10,11 @@ import pytest
 
 from tests.conftest import register
 from tests.support.dashboard import running_dashboard
+from tests.support.seed import beat, beats, event, mesh_events
 
 HEALTHY = {"latency_ms": 20, "packet_loss": 0, "cpu_percent": 30, "battery_percent": 90,
            "temperature_c": 41}
 SICK = {"latency_ms": 480, "packet_loss": 0.18, "cpu_percent": 99, "battery_percent": 5}
-
-
-def beats(conn, tid, items):
-    conn.execute("select record_mesh_heartbeats(%s, %s)", (tid, json.dumps(items)))
-
-
-def beat(node, seq, at, metrics, **payload):
-    return {"src": node, "seq": seq, "at": at, "payload": {"metrics": metrics, **payload}}
-
-
-def mesh_events(conn, tid, items):
-    conn.execute("select record_mesh_events(%s, %s)", (tid, json.dumps(items)))
-
-
-def event(seq, kind, subject, observer, at, **details):
-    item = {"observer": observer, "seq": seq, "kind": kind, "subject": subject, "at": at}
-    if details:
-        item["details"] = details
-    return item
 
 
 @pytest.fixture

@@ -12,28 +12,10 @@ import psycopg
 import pytest
 
 from tests.conftest import acting_as, register
+from tests.support.seed import beat, beats, event, mesh_events
 
 HEALTHY = {"latency_ms": 20, "packet_loss": 0, "cpu_percent": 30, "battery_percent": 90}
 SICK = {"latency_ms": 480, "packet_loss": 0.18, "cpu_percent": 99, "battery_percent": 5}
-
-
-def beats(conn, tid, items):
-    conn.execute("select record_mesh_heartbeats(%s, %s)", (tid, json.dumps(items)))
-
-
-def beat(node, seq, at, metrics, **payload):
-    return {"src": node, "seq": seq, "at": at, "payload": {"metrics": metrics, **payload}}
-
-
-def mesh_events(conn, tid, items):
-    conn.execute("select record_mesh_events(%s, %s)", (tid, json.dumps(items)))
-
-
-def event(seq, kind, subject, observer, at, **details):
-    item = {"observer": observer, "seq": seq, "kind": kind, "subject": subject, "at": at}
-    if details:
-        item["details"] = details
-    return item
 
 
 def summary(conn, name):
