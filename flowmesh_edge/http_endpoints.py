@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
@@ -44,6 +45,7 @@ from starlette.routing import Route
 from flowmesh import __version__
 from flowmesh.errors import redact_secrets
 
+from .http_guard import Guard
 from .mesh.address import is_loopback
 from .outbox import EVENT, HEARTBEAT
 
@@ -242,7 +244,14 @@ def render_map(node_id: str, tetrahedron: str, view: dict) -> str:
 
 # -- the application ------------------------------------------------------------------------
 
-def create_app(agent: Agent) -> Starlette:
+#: The map page is self-contained: its own inline style and script, requests to this origin only.
+MAP_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+              "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+def create_app(agent: Agent, *, loopback_only: bool = True) -> Starlette:
+    """The endpoints' application; ``loopback_only`` (a loopback bind) refuses requests
+    for any other host name (DNS rebinding)."""
     # coroutines, not plain functions: Starlette would run those on a thread pool, and the
     # mesh's state belongs to the loop's thread
     async def health_endpoint(request: Request) -> JSONResponse:
@@ -267,7 +276,8 @@ def create_app(agent: Agent) -> Starlette:
               Route("/network", network_endpoint, methods=["GET"]),
               Route("/gossip/summary", gossip_endpoint, methods=["GET"]),
               Route("/map", map_endpoint, methods=["GET"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, 500: http_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, 500: http_error},
+                     middleware=[Middleware(Guard, policy=MAP_POLICY, loopback_only=loopback_only)])
 
 
 class _Server(uvicorn.Server):
@@ -312,7 +322,8 @@ class AgentEndpoints:
                       exc.strerror or exc)
             return None
         sock.setblocking(False)
-        config = uvicorn.Config(create_app(agent), lifespan="off", log_level="warning", log_config=None,
+        app = create_app(agent, loopback_only=is_loopback(host))
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", log_config=None,
                                 access_log=False, http="h11", ws="none", server_header=False,
                                 timeout_graceful_shutdown=1)
         config.load()  # its protocol modules, imported now rather than inside the server's task

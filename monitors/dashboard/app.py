@@ -13,6 +13,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from flowmesh_edge.http_guard import PAGES_POLICY, Guard
 
 from . import api, badges, live, pages
 from .access import Access
@@ -55,6 +58,10 @@ def create_app(database_url: str, *, token: str | None = None, jwt_secret: str |
             await dashboard.live.stop()
             await reader.close()
 
-    app = Starlette(routes=[*api.routes, *live.routes, *badges.routes, *pages.routes], lifespan=lifespan)
+    # without a token the dashboard is on loopback: a request for another host name
+    # is a web page's DNS rebinding, refused before any route
+    guard = Middleware(Guard, policy=PAGES_POLICY, loopback_only=token is None)
+    app = Starlette(routes=[*api.routes, *live.routes, *badges.routes, *pages.routes], lifespan=lifespan,
+                    middleware=[guard])
     app.state.dashboard = dashboard
     return app

@@ -40,7 +40,8 @@ def svg(label: str, message: str, colour: str) -> str:
     left, right = text_width(label) + 10, text_width(message) + 10
     width = left + right
     label_x, message_x = left / 2, left + right / 2
-    label, message = escape(label), escape(message)
+    # quotes too: the label (a name from the URL) also goes into an attribute
+    label, message = (escape(s, {'"': "&quot;", "'": "&apos;"}) for s in (label, message))
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="20" role="img" '
         f'aria-label="{label}: {message}"><title>{label}: {message}</title>'

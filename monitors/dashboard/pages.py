@@ -42,6 +42,8 @@ async def login_page(request: Request) -> Response:
 async def login(request: Request) -> Response:
     """POST /login, form field ``token`` (the token, or a JWT): set the cookie, go to /.
     A wrong token goes back to /login?error=1."""
+    if _cross_site(request):
+        return error(403, "a sign-in posted from another site is refused")
     body = b""
     async for chunk in request.stream():
         body += chunk
@@ -59,7 +61,15 @@ async def login(request: Request) -> Response:
     return response
 
 
+def _cross_site(request: Request) -> bool:
+    """A form posted from another origin (login CSRF): browsers send Origin with every POST."""
+    origin = request.headers.get("origin")
+    return origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}"
+
+
 async def logout(request: Request) -> Response:
+    if _cross_site(request):
+        return error(403, "a sign-out posted from another site is refused")
     response = RedirectResponse("/login", 303)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response

@@ -4,6 +4,11 @@
 -- Parameters arrive as text and are cast here, so a malformed one is refused
 -- by Postgres with its SQLSTATE (class 22), like any other bad input.
 
+-- name: request_limits
+-- Every request's statements end within statement_timeout_ms (57014 past it): one
+-- heavy request (a year of heatmap) cannot hold a pooled connection for long.
+select pg_catalog.set_config('statement_timeout', %(statement_timeout_ms)s::text, true);
+
 -- name: act_as
 -- A JWT request's identity for this transaction only, the way PostgREST sets it.
 select pg_catalog.set_config('role', %(role)s, true),

@@ -20,6 +20,9 @@ from .access import Identity
 
 QUERIES = Path(__file__).with_name("queries.sql")
 APPLICATION_NAME = "flowmesh-dashboard"
+#: Longest a request's query may run: the pool has a few connections, and a
+#: page that waits longer than this is no use anyway.
+STATEMENT_TIMEOUT_S = 10.0
 
 
 def q(name: str) -> str:
@@ -30,7 +33,9 @@ def q(name: str) -> str:
 class Reader:
     """Runs the dashboard's named queries as a request's identity."""
 
-    def __init__(self, url: str, *, max_size: int = 4, timeout_s: float = 5.0):
+    def __init__(self, url: str, *, max_size: int = 4, timeout_s: float = 5.0,
+                 statement_timeout_s: float = STATEMENT_TIMEOUT_S):
+        self.statement_timeout_ms = round(statement_timeout_s * 1000)
         self.pool = database.async_pool(url, application_name=APPLICATION_NAME, max_size=max_size,
                                         timeout_s=timeout_s)
 
@@ -44,6 +49,7 @@ class Reader:
     async def session(self, identity: Identity):
         """A :class:`Session` in one transaction, as ``identity``."""
         async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(q("request_limits"), {"statement_timeout_ms": self.statement_timeout_ms})
             if identity.role is not None:
                 await conn.execute(q("act_as"), {"role": identity.role, "claims": identity.claims})
             yield Session(conn)

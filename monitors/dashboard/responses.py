@@ -17,7 +17,7 @@ from uuid import UUID
 
 from starlette.responses import Response
 
-from flowmesh.errors import BAD_DATA, UNREACHABLE, describe
+from flowmesh.errors import BAD_DATA, QUERY_CANCELED, UNREACHABLE, describe
 
 log = logging.getLogger("monitors.dashboard")
 
@@ -69,6 +69,9 @@ def failure(exc: BaseException, known_outage: str | None = None, unreachable: di
     from psycopg_pool import PoolTimeout
 
     found = describe(exc)
+    if found.sqlstate == QUERY_CANCELED:  # the request's statement timeout (reader.py), not an outage
+        return error(504, "the query ran past the dashboard's statement timeout: "
+                          "ask for a shorter window or fewer buckets", found.sqlstate)
     if found.kind == UNREACHABLE:
         message = known_outage if isinstance(exc, PoolTimeout) and known_outage else found.message
         return error(503, _unreachable(message), found.sqlstate, {"Retry-After": "2"}, **(unreachable or {}))

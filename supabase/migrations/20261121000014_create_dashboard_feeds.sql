@@ -132,9 +132,10 @@ set search_path = ''
 as $$
   -- each node's counters as its newest heartbeat reported them (payload.mesh.gossip)
   select n.node_id::text,
-         (g.payload -> 'mesh' -> 'gossip' ->> 'seen')::bigint,
-         (g.payload -> 'mesh' -> 'gossip' ->> 'duplicates')::bigint,
-         (g.payload -> 'mesh' -> 'gossip' ->> 'propagated')::bigint,
+         -- device-supplied: a counter that is not a number reads as null, never an error
+         pg_catalog.trunc(flowmesh.number(g.payload -> 'mesh' -> 'gossip' -> 'seen'))::bigint,
+         pg_catalog.trunc(flowmesh.number(g.payload -> 'mesh' -> 'gossip' -> 'duplicates'))::bigint,
+         pg_catalog.trunc(flowmesh.number(g.payload -> 'mesh' -> 'gossip' -> 'propagated'))::bigint,
          g.created_at
     from flowmesh.node_records n
     join lateral (select h.payload, h.created_at
@@ -148,7 +149,7 @@ as $$
    order by 1
 $$;
 comment on function public.gossip_summary(uuid) is
-  'The gossip counters each member of a tetrahedron reported in its newest heartbeat (payload.mesh.gossip: messages seen, duplicates dropped, propagated to peers); nodes whose newest heartbeat has none are left out. Row-level security applies. Example: select node_id, seen, duplicates, propagated from gossip_summary(''6f1c...''::uuid);';
+  'The gossip counters each member of a tetrahedron reported in its newest heartbeat (payload.mesh.gossip: messages seen, duplicates dropped, propagated to peers; a counter that is not a JSON number is null); nodes whose newest heartbeat has none are left out. Row-level security applies. Example: select node_id, seen, duplicates, propagated from gossip_summary(''6f1c...''::uuid);';
 
 -- change notifications ----------------------------------------------------------
 create or replace function flowmesh.notify_changes() returns trigger

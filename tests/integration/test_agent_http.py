@@ -182,6 +182,12 @@ async def check_map_and_unknown_paths(base: str) -> None:
     status, kind, body = await asyncio.to_thread(get, f"{base}/nowhere")
     assert (status, kind, json.loads(body)) == (404, "application/json",
                                                  {"error": "Not Found", "path": "/nowhere"})
+    # a web page's DNS rebinding: a request for another host name is refused
+    rebound = urllib.request.Request(f"{base}/health", headers={"Host": "evil.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await asyncio.to_thread(urllib.request.urlopen, rebound, timeout=5)
+    with refused.value as answer:
+        assert answer.code == 421 and "not this machine" in json.loads(answer.read())["error"]
     request = urllib.request.Request(f"{base}/health", method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:
         await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)

@@ -60,8 +60,28 @@ def test_the_login_form_sets_a_cookie_that_lets_in(db_url, conn):
         assert "httponly" in cookie and "samesite=strict" in cookie
         assert client.get("/api/fleet").status_code == 200  # the cookie, no header
         assert client.get("/").status_code == 200
+        # a form posted by another site neither signs in nor out (login CSRF)
+        foreign = {"Origin": "http://evil.example"}
+        assert client.post("/logout", headers=foreign).status_code == 403
+        assert client.get("/api/fleet").status_code == 200
         client.post("/logout")
         assert client.get("/api/fleet").status_code == 401
+        assert client.post("/login", data={"token": TOKEN}, headers=foreign).status_code == 403
+        assert client.get("/api/fleet").status_code == 401
+
+
+def test_an_open_dashboard_answers_only_for_this_machine_and_hardens_every_response(db_url, conn):
+    register(conn, "home", "pi")
+    with running_dashboard(db_url) as base, httpx.Client(base_url=base, timeout=10) as client:
+        for host in ("localhost", "127.0.0.1:1", "[::1]:8080"):
+            assert client.get("/api/fleet", headers={"Host": host}).status_code == 200, host
+        # DNS rebinding: a web page's own host name pointed at 127.0.0.1
+        rebound = client.get("/api/fleet", headers={"Host": "evil.example:8080"})
+        assert rebound.status_code == 421 and "not this machine" in rebound.json()["error"]
+        for path in ("/", "/api/fleet", "/badge/home.svg"):
+            headers = client.get(path).headers
+            assert "script-src 'self'" in headers["content-security-policy"], path
+            assert headers["x-content-type-options"] == "nosniff"
 
 
 def test_a_users_jwt_sees_their_own_tetrahedron_and_an_outsiders_sees_nothing(db_url, conn):

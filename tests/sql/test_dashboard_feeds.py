@@ -179,6 +179,10 @@ def test_gossip_summary_reads_each_members_newest_counters(conn):
                       beat("cam", 1, now - 1, HEALTHY)])
     assert conn.execute("select node_id, seen, duplicates, propagated from gossip_summary(%s)",
                         (tid,)).fetchall() == [("pi", 9, 3, 7)]
+    # a device's nonsense reads as null and breaks nobody else's counters
+    beats(conn, tid, [beat("cam", 2, now, HEALTHY, mesh={"gossip": {"seen": "lots", "duplicates": 2.7}})])
+    assert conn.execute("select node_id, seen, duplicates, propagated from gossip_summary(%s)",
+                        (tid,)).fetchall() == [("cam", None, 2, None), ("pi", 9, 3, 7)]
 
 
 def notifications(listener, seconds=2.0):

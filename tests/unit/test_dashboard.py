@@ -82,6 +82,10 @@ def test_a_badge_is_well_formed_svg_with_its_words_escaped():
     root = ET.fromstring(text)
     assert root.tag.endswith("svg") and int(root.get("width")) > 0
     assert "<home & co>: late" in root.find("{http://www.w3.org/2000/svg}title").text
+    # a name that closes the attribute it is put in adds no attribute: the SVG root keeps its own
+    hostile = 'x" onload="alert(1)" y="'
+    root = ET.fromstring(badges.svg(hostile, "late", badges.COLOURS["late"]))
+    assert root.get("onload") is None and root.get("aria-label") == f"{hostile}: late"
     assert badges.text_width("mmmm") > badges.text_width("iiii")
     assert badges.endpoint_json("home", "down") == {"schemaVersion": 1, "label": "home", "message": "down",
                                                     "color": "red"}

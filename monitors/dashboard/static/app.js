@@ -109,7 +109,7 @@ const FM = (() => {
   // At most one fetch every MIN_GAP_MS per page: a fleet sending thousands of
   // heartbeats a second costs the server a fetch a second per open page.
   const MIN_GAP_MS = 700;
-  function coalesced(refresh) {
+  function coalesced(refresh, minGapMs = MIN_GAP_MS) {
     let running = false, pending = false, timer = null, lastRun = -Infinity;
     const run = async () => {
       timer = null;
@@ -127,7 +127,7 @@ const FM = (() => {
     };
     const schedule = (delay = 60) => {
       if (timer !== null) return;
-      timer = setTimeout(run, Math.max(delay, lastRun + MIN_GAP_MS - performance.now()));
+      timer = setTimeout(run, Math.max(delay, lastRun + minGapMs - performance.now()));
     };
     return schedule;
   }
@@ -185,8 +185,8 @@ const FM = (() => {
    * is unreachable (so the page recovers by itself), and every everyMs anyway
    * (a silent node turns offline with no event: status is read as of now).
    */
-  function live(refresh, concerns = () => true, everyMs = 20000) {
-    const entry = {schedule: coalesced(refresh), concerns};
+  function live(refresh, concerns = () => true, everyMs = 20000, minGapMs = MIN_GAP_MS) {
+    const entry = {schedule: coalesced(refresh, minGapMs), concerns};
     refreshers.push(entry);
     if (!source) connectEvents();
     entry.schedule(0);

@@ -190,33 +190,14 @@
     return seconds >= 3600 ? FM.FORMATS.dayMinute.format(d) : FM.FORMATS.minute.format(d);
   }
 
-  const BUCKET_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "1d": 86400};
-
-  /**
-   * The grid: the last HEATMAP_BUCKETS buckets, aligned on the epoch as
-   * node_health_heatmap aligns them, the newest holding now. The API may leave
-   * out buckets nobody sent a heartbeat in; they show as empty cells.
-   */
-  function heatGrid(heat) {
-    const seconds = Number(heat.bucket_seconds) || BUCKET_SECONDS[bucketSelect.value] || 300;
-    const given = (heat.buckets || []).map((iso) => Math.round(Date.parse(iso) / 1000));
-    const now = (heat.generated_at ? Date.parse(heat.generated_at) : FM.serverNow()) / 1000;
-    const newest = Math.max(Math.floor(now / seconds) * seconds, ...given);
-    const starts = Array.from({length: HEATMAP_BUCKETS}, (_, i) => newest - (HEATMAP_BUCKETS - 1 - i) * seconds);
-    const column = new Map(starts.map((start, i) => [start, i]));
-    const nodes = {};
-    for (const [id, scores] of Object.entries(heat.nodes || {})) {
-      const row = nodes[id] = new Array(starts.length).fill(null);
-      scores.forEach((score, i) => { if (column.has(given[i])) row[column.get(given[i])] = score; });
-    }
-    return {seconds, buckets: starts.map((s) => new Date(s * 1000).toISOString()), nodes};
-  }
-
   function renderHeatmap(heat, nodeIds) {
     const table = document.getElementById("heatmap");
-    const grid = heatGrid(heat);
-    for (const id of nodeIds) if (!grid.nodes[id]) grid.nodes[id] = new Array(grid.buckets.length).fill(null);
-    heat = {bucket_seconds: grid.seconds, buckets: grid.buckets, nodes: grid.nodes};
+    // the columns are the SQL's (heatmap_buckets: aligned on the epoch, the newest
+    // holding now, empty ones included), drawn as they come
+    const nodes = {...(heat.nodes || {})};
+    const columns = (heat.buckets || []).length;
+    for (const id of nodeIds) if (!nodes[id]) nodes[id] = new Array(columns).fill(null);
+    heat = {bucket_seconds: Number(heat.bucket_seconds), buckets: heat.buckets || [], nodes};
     const buckets = heat.buckets;
     const step = 8;
     const head = el("tr", {}, el("th", {}));
