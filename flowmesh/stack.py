@@ -15,9 +15,11 @@ child processes, each the same command an operator would run by hand:
 
 Every line a child writes is printed with its name in front (``agent | ...``).
 The children run in sessions of their own, so a Ctrl-C in the terminal reaches
-the supervisor only; on SIGINT, SIGTERM or SIGHUP it sends SIGTERM to each child's process group, waits
-for them (SIGKILL after ``STOP_TIMEOUT_S``) and exits 0. A child that exits by
-itself stops the others the same way, and the exit code is 1. On Linux each
+the supervisor only; on SIGINT, SIGTERM or SIGHUP it sends SIGTERM to each child's process group
+(also of a child that has exited: what it started may still run), waits for them
+(SIGKILL after ``STOP_TIMEOUT_S``) and exits 0. A child that exits by itself
+(told by its pid, not by its output closing) stops the others the same way, and
+the exit code is 1. On Linux each
 child also gets SIGTERM if the supervisor dies without stopping it
 (PR_SET_PDEATHSIG), so none is left behind. The embedded database is left
 running, as ``flowmesh db up`` leaves it.
@@ -33,6 +35,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psutil
 import psycopg
 from psycopg.conninfo import make_conninfo
 
@@ -50,6 +53,8 @@ CHECKS_EVERY = "1m"
 EXIT_STOPPED, EXIT_CHILD_FAILED = 0, 1
 #: Bytes of a child's line printed whole (of a longer one, the rest is printed in pieces).
 LINE_LIMIT = 64 * 1024
+#: Seconds between looks at whether a child (or what it started) has exited.
+EXIT_POLL_S = 0.1
 #: The signals that stop the stack: Ctrl-C, a service manager's stop, the terminal closing.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -160,7 +165,7 @@ class Supervisor:
                     break
                 await self._start(child)
                 pumps.append(asyncio.create_task(self._pump(child)))
-                exits[asyncio.create_task(child.process.wait())] = child
+                exits[asyncio.create_task(_exited(child.process))] = child
             waiter = asyncio.create_task(signalled.wait())
             done, _ = await asyncio.wait([waiter, *exits], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
@@ -175,10 +180,12 @@ class Supervisor:
             killed = await self._stop_all()
             await asyncio.wait(pumps, timeout=5)
         finally:
+            for task in exits:
+                task.cancel()
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             for child in self.children:  # an error half-way: nothing is left behind
-                if child.process and child.process.returncode is None:
+                if child.process:
                     _signal_group(child.process.pid, signal.SIGKILL)
         for child in self.children:
             if child.process:
@@ -207,28 +214,62 @@ class Supervisor:
             self.echo(prefix + line.decode(errors="replace").rstrip("\r\n"))
 
     async def _stop_all(self) -> bool:
-        """SIGTERM to every child still running, a bounded wait, then SIGKILL; True when
-        one had to be killed."""
-        running = [c for c in self.children if c.process and c.process.returncode is None]
-        for child in running:
+        """SIGTERM to every started child's process group, also of a child that has
+        exited (what it started may still run); a bounded wait for the children and
+        their groups, then SIGKILL to what is left; True when something had to be killed."""
+        started = [c for c in self.children if c.process]
+        for child in started:
             _signal_group(child.process.pid, signal.SIGTERM)
-        waits = [asyncio.create_task(c.process.wait()) for c in running]
-        if not waits:
-            return False
-        _, pending = await asyncio.wait(waits, timeout=self.stop_timeout_s)
-        late = [c for c in running if c.process.returncode is None]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_timeout_s
+        while any(map(_running, started)) and loop.time() < deadline:
+            await asyncio.sleep(EXIT_POLL_S)
+        late = [c for c in started if _running(c)]
         for child in late:
-            self.echo(f"{child.name} did not stop within {self.stop_timeout_s:g}s: killing it")
+            what = child.name if child.process.returncode is None else f"what {child.name} started"
+            self.echo(f"{what} did not stop within {self.stop_timeout_s:g}s: killing it")
             _signal_group(child.process.pid, signal.SIGKILL)
-        if pending:
-            await asyncio.wait(pending, timeout=5)
+        deadline = loop.time() + 5
+        while any(map(_running, late)) and loop.time() < deadline:
+            await asyncio.sleep(EXIT_POLL_S)
         return bool(late)
 
 
+async def _exited(process: asyncio.subprocess.Process) -> int:
+    """The child's exit code, once its pid has exited. Not ``Process.wait()``: that also
+    waits for the child's stdout to close, which a process it started may hold open long
+    after; ``returncode`` is set by asyncio's child watcher as soon as the pid is reaped."""
+    while process.returncode is None:
+        await asyncio.sleep(EXIT_POLL_S)
+    return process.returncode
+
+
+def _running(child: Child) -> bool:
+    """Whether the child, or anything left in its process group, still runs."""
+    return child.process.returncode is None or _group_exists(child.process.pid)
+
+
 def _signal_group(pid: int, sig: int) -> None:
-    """Signal the child's process group (its session: anything it started goes too)."""
+    """Signal the child's process group (its session: anything it started goes too),
+    whether or not the child itself still runs."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def _group_exists(pid: int) -> bool:
+    """Whether the child's process group still has a live member we may signal. Signal
+    0 asks the kernel without sending; it also counts a member that has exited and
+    waits to be reaped (an orphan waits for init, which may be slow), so then the
+    members are looked at one by one."""
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for process in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pid:
+                return True
+    return False
 
 
 def _shown(argv: list[str]) -> list[str]:

@@ -3,6 +3,9 @@ exits, when one will not stop, and with what a child started itself."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
 import sys
 import time
 
@@ -60,3 +63,64 @@ async def test_a_child_exiting_stops_the_rest_killing_what_ignores_sigterm_and_i
     pids = [c.process.pid for c in children] + [grandchild]
     # the grandchild was in its parent's process group: signalled with it
     wait_for(lambda: all(gone(pid) for pid in pids), timeout=5)
+
+
+#: Exits at once, leaving behind a grandchild that holds its stdout open (asyncio's
+#: ``Process.wait()`` would not return until that grandchild ends, 30 s later).
+FORKER = ["sh", "-c", "sleep 30 & echo grandchild $!; exit 3"]
+#: The same, with a grandchild that ignores SIGTERM (inherited by sleep through exec).
+STUBBORN_FORKER = ["sh", "-c", "(trap '' TERM; exec sleep 30) & echo grandchild $!; exit 3"]
+SLEEPER = python("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
+
+
+async def supervise(children: list[Child], stop_timeout_s: float) -> tuple[int, list[tuple[float, str]]]:
+    """Run the supervisor, bounded: (exit code, its lines with the time each was printed).
+    Whatever the supervisor leaves behind is killed afterwards, not to outlive the test."""
+    lines: list[tuple[float, str]] = []
+    try:
+        code = await asyncio.wait_for(
+            Supervisor(children, lambda line: lines.append((time.monotonic(), line)),
+                       stop_timeout_s=stop_timeout_s).run(), timeout=10)
+    finally:
+        for pid in grandchildren(lines):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+    return code, lines
+
+
+def grandchildren(lines: list[tuple[float, str]]) -> list[int]:
+    return [int(line.split()[-1]) for _, line in lines if re.match(r"\w+ +\| grandchild \d+$", line)]
+
+
+def printed(lines: list[tuple[float, str]], text: str) -> float:
+    """When ``text`` was printed."""
+    return next(at for at, line in lines if line == text)
+
+
+async def test_a_child_that_exits_is_noticed_though_what_it_started_holds_its_output_open():
+    children = [Child("sleeper", SLEEPER), Child("forker", FORKER)]
+    code, lines = await supervise(children, stop_timeout_s=5.0)
+    text = [line for _, line in lines]
+
+    assert code == EXIT_CHILD_FAILED, text
+    # noticed from its pid, soon after its last line, not when its grandchild closes the pipe
+    [grandchild] = grandchildren(lines)
+    noticed = printed(lines, "forker exited with code 3: stopping the others")
+    assert noticed - printed(lines, f"forker  | grandchild {grandchild}") < 2, text
+    assert printed(lines, "sleeper stopped (exit code -15)") - noticed < 2, text
+    assert "forker stopped (exit code 3)" in text
+    # the exited child's process group was signalled too: its grandchild went with it
+    wait_for(lambda: all(gone(pid) for pid in [grandchild] + [c.process.pid for c in children]),
+             timeout=5)
+
+
+async def test_what_an_exited_child_started_is_killed_when_it_ignores_sigterm():
+    children = [Child("sleeper", SLEEPER), Child("forker", STUBBORN_FORKER)]
+    code, lines = await supervise(children, stop_timeout_s=1.0)
+    text = [line for _, line in lines]
+
+    assert code == EXIT_CHILD_FAILED, text
+    [grandchild] = grandchildren(lines)
+    assert "what forker started did not stop within 1s: killing it" in text
+    assert "sleeper stopped (exit code -15)" in text
+    wait_for(lambda: gone(grandchild), timeout=5)
