@@ -413,8 +413,11 @@ def schedule_remove(database_url: str | None) -> None:
 @click.option("--agent-http-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Also serve the agent's own endpoints (/health, /network, /map) on this "
               "loopback port [default: off].")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="The dashboard's token file (mode 0600), required when --bind is not loopback.")
 @click.option("--demo", is_flag=True, help="Also run the simulated fleet of `flowmesh demo`.")
-def up(database_url: str | None, bind: str, port: int, agent_http_port: int | None, demo: bool) -> None:
+def up(database_url: str | None, bind: str, port: int, agent_http_port: int | None, token_file: Path | None,
+       demo: bool) -> None:
     """Run the whole product until Ctrl-C: the database, this device's agent, the
     scheduled checks and the dashboard (and with --demo a simulated fleet).
 
@@ -423,12 +426,8 @@ def up(database_url: str | None, bind: str, port: int, agent_http_port: int | No
     exit code 1. The embedded database keeps running afterwards (`flowmesh db stop`).
     """
     echo = click.echo
-    has_dashboard = "dashboard" in main.commands
     host = f"[{bind}]" if ":" in bind else bind
-    if has_dashboard:
-        echo(f"dashboard: http://{host}:{port}/")
-    else:
-        echo("dashboard: skipped (this version has no `flowmesh dashboard` command)")
+    echo(f"dashboard: http://{host}:{port}/")
     db = stack.open_database(database_url, echo)
     if db.embedded:
         echo(f"database: {db.url} (embedded; it keeps running after this stops: "
@@ -437,13 +436,8 @@ def up(database_url: str | None, bind: str, port: int, agent_http_port: int | No
         echo("database: the server of --database-url")
     agent = ["run"]
     if agent_http_port is not None:
-        from flowmesh_edge.cli import run as agent_run  # noqa: PLC0415 (only to ask what it offers)
-
-        if any(p.name == "http_port" for p in agent_run.params):
-            agent += ["--http-port", str(agent_http_port)]
-            echo(f"agent endpoints: http://127.0.0.1:{agent_http_port}/map")
-        else:
-            echo("agent endpoints: skipped (this version's agent has no --http-port)")
+        agent += ["--http-port", str(agent_http_port)]
+        echo(f"agent endpoints: http://127.0.0.1:{agent_http_port}/map")
     children = [stack.Child("agent", stack.python_command("flowmesh_edge.cli", *agent),
                             {settings.DATABASE_URL_ENV: db.agent_url})]
     server = {settings.DATABASE_URL_ENV: db.url}
@@ -454,9 +448,10 @@ def up(database_url: str | None, bind: str, port: int, agent_http_port: int | No
     else:
         children.append(stack.Child("checks", stack.python_command(
             "monitors.mesh_health", "--every", stack.CHECKS_EVERY), server))
-    if has_dashboard:
-        children.append(stack.Child("dashboard", stack.python_command(
-            "flowmesh.cli", "dashboard", "--bind", bind, "--port", str(port)), server))
+    dashboard = ["dashboard", "--bind", bind, "--port", str(port)]
+    if token_file is not None:
+        dashboard += ["--token-file", str(token_file)]
+    children.append(stack.Child("dashboard", stack.python_command("flowmesh.cli", *dashboard), server))
     if demo:
         children.append(stack.Child("demo", stack.python_command("flowmesh.cli", "demo"), server))
     code = stack.run(children, echo)

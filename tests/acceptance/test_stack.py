@@ -16,8 +16,7 @@ import urllib.request
 import psutil
 import psycopg
 
-from flowmesh import cli, pooler
-from flowmesh_edge.cli import run as agent_run
+from flowmesh import pooler
 from tests.conftest import server_directory, wait_for
 from tests.support.lines import Lines
 
@@ -70,10 +69,6 @@ def gone(pid: int) -> bool:
         return True
 
 
-def agent_serves_endpoints() -> bool:
-    return any(p.name == "http_port" for p in agent_run.params)
-
-
 def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -84,7 +79,7 @@ def answers(url: str) -> bool:
 
 def expected_children(demo: bool) -> set[str]:
     # the test server has no pg_cron: the scheduled checks run as the --every loop
-    names = {"agent", "checks"} | ({"dashboard"} if "dashboard" in cli.main.commands else set())
+    names = {"agent", "checks", "dashboard"}
     return names | ({"demo"} if demo else set())
 
 
@@ -93,10 +88,7 @@ def test_up_prints_the_dashboard_first_runs_every_part_and_stops_them_all_on_sig
     pids: dict[str, int] = {}
     try:
         first = out.wait_for(lambda line: True, timeout=20)
-        if "dashboard" in cli.main.commands:
-            assert first == f"dashboard: http://127.0.0.1:{port}/"
-        else:
-            assert first.startswith("dashboard: skipped")
+        assert first == f"dashboard: http://127.0.0.1:{port}/"
         endpoints = out.wait_for(lambda line: line.startswith("agent endpoints: "))
         pids = started(out, expected_children(demo=True))
         # every part works, its lines prefixed with its name
@@ -106,13 +98,9 @@ def test_up_prints_the_dashboard_first_runs_every_part_and_stops_them_all_on_sig
                 "select count(*) from nodes n join tetrahedrons t on t.id = n.tetrahedron_id"
                 " where t.name = 'default' and n.last_heartbeat_at is not null").fetchone()[0] == 1,
                 timeout=20)
-        if agent_serves_endpoints():
-            map_url = endpoints.removeprefix("agent endpoints: ")
-            wait_for(lambda: answers(map_url.removesuffix("/map") + "/health"), timeout=20)
-        else:
-            assert endpoints == "agent endpoints: skipped (this version's agent has no --http-port)"
-        if "dashboard" in cli.main.commands:
-            wait_for(lambda: answers(first.removeprefix("dashboard: ") + "api/health"), timeout=20)
+        map_url = endpoints.removeprefix("agent endpoints: ")
+        wait_for(lambda: answers(map_url.removesuffix("/map") + "/health"), timeout=20)
+        wait_for(lambda: answers(first.removeprefix("dashboard: ") + "api/health"), timeout=20)
         assert all(not gone(pid) for pid in pids.values())
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=25) == 0
