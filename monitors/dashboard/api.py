@@ -177,11 +177,15 @@ async def gossip(request: Request, session: Session) -> dict:
             "totals": await session.row("gossip_totals", key), "generated_at": _now()}
 
 
+#: Names may hold a '/' (the SQL allows it; a browser sends it as %2F, which the
+#: server decodes before routing), so they are matched as paths, the longer
+#: routes first: a tetrahedron name ending in /heatmap, or holding /nodes/, is
+#: the one thing these routes cannot tell apart.
 routes = [
     Route("/api/fleet", endpoint(fleet)),
-    Route("/api/tetrahedrons/{name}", endpoint(tetrahedron)),
-    Route("/api/tetrahedrons/{name}/heatmap", endpoint(heatmap)),
-    Route("/api/tetrahedrons/{name}/nodes/{node}", endpoint(node)),
+    Route("/api/tetrahedrons/{name:path}/heatmap", endpoint(heatmap)),
+    Route("/api/tetrahedrons/{name:path}/nodes/{node:path}", endpoint(node)),
+    Route("/api/tetrahedrons/{name:path}", endpoint(tetrahedron)),
     Route("/api/health", endpoint(health, unreachable={"database": {"reachable": False}})),
     Route("/api/network", endpoint(network)),
     Route("/api/heatmap", endpoint(seed_heatmap)),

@@ -100,6 +100,6 @@ async def badge_json(request: Request) -> Response:
 
 
 routes = [
-    Route("/badge/{name}.svg", badge_svg),
-    Route("/badge/{name}.json", badge_json),
+    Route("/badge/{name:path}.svg", badge_svg),  # a name may hold a '/' (see api.routes)
+    Route("/badge/{name:path}.json", badge_json),
 ]

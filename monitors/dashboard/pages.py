@@ -77,8 +77,9 @@ async def logout(request: Request) -> Response:
 
 routes = [
     Route("/", _page("overview.html")),
-    Route("/t/{name}", _page("tetrahedron.html")),
-    Route("/t/{name}/n/{node}", _page("node.html")),
+    # names may hold a '/': matched as paths, the node's page first (see api.routes)
+    Route("/t/{name:path}/n/{node:path}", _page("node.html")),
+    Route("/t/{name:path}", _page("tetrahedron.html")),
     Route("/login", login_page, methods=["GET"]),
     Route("/login", login, methods=["POST"]),
     Route("/logout", logout, methods=["POST"]),

@@ -189,3 +189,19 @@ def test_the_pages_and_static_files_are_served(client):
         assert 'id="database-status"' in page.text
     assert client.get("/static/overview.html").status_code == 200
     assert client.get("/static/nothing-here.js").status_code == 404
+
+
+def test_names_holding_a_slash_reach_their_pages_api_and_badge(client, conn):
+    tid = register(conn, "north/east", "cam/1")
+    beats(conn, tid, [beat("cam/1", 1, time.time(), HEALTHY)])
+    # as the pages build their links: each name one encoded segment
+    name, node = "north%2Feast", "cam%2F1"
+    assert client.get(f"/api/tetrahedrons/{name}").json()["tetrahedron"]["name"] == "north/east"
+    heat = client.get(f"/api/tetrahedrons/{name}/heatmap", params={"bucket": "1h", "buckets": 3}).json()
+    assert list(heat["nodes"]) == ["cam/1"]
+    assert client.get(f"/api/tetrahedrons/{name}/nodes/{node}").json()["node"]["node_id"] == "cam/1"
+    assert client.get(f"/badge/{name}.json").json()["label"] == "north/east"
+    assert client.get(f"/badge/{name}.svg").status_code == 200
+    for page in (f"/t/{name}", f"/t/{name}/n/{node}"):
+        assert client.get(page).status_code == 200, page
+    assert client.get(f"/api/tetrahedrons/{name}/nodes/nobody").status_code == 404
