@@ -64,7 +64,8 @@ def failure(exc: BaseException, known_outage: str | None = None, unreachable: di
 
     ``known_outage``: why the live connection lost the database, if it has; a
     request that timed out waiting for a pooled connection says that rather
-    than "couldn't get a connection". ``unreachable``: fields added to a 503's body.
+    than "couldn't get a connection", and says the dashboard is busy when the
+    database is known to be there. ``unreachable``: fields added to a 503's body.
     """
     from psycopg_pool import PoolTimeout
 
@@ -72,8 +73,11 @@ def failure(exc: BaseException, known_outage: str | None = None, unreachable: di
     if found.sqlstate == QUERY_CANCELED:  # the request's statement timeout (reader.py), not an outage
         return error(504, "the query ran past the dashboard's statement timeout: "
                           "ask for a shorter window or fewer buckets", found.sqlstate)
+    if isinstance(exc, PoolTimeout) and not known_outage:  # the database is there: we are busy
+        return error(503, "dashboard busy: every database connection of its pool stayed in use; "
+                          "try again", None, {"Retry-After": "2"})
     if found.kind == UNREACHABLE:
-        message = known_outage if isinstance(exc, PoolTimeout) and known_outage else found.message
+        message = known_outage if isinstance(exc, PoolTimeout) else found.message
         return error(503, _unreachable(message), found.sqlstate, {"Retry-After": "2"}, **(unreachable or {}))
     if found.kind == BAD_DATA:
         return error(400, found.message, found.sqlstate)

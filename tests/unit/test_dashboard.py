@@ -9,9 +9,11 @@ import xml.etree.ElementTree as ET
 
 import jwt
 import pytest
+from psycopg_pool import PoolTimeout
 
 from monitors.dashboard import access, badges, live
 from monitors.dashboard.access import OPERATOR, Access, AccessError, Identity, Unauthorized
+from monitors.dashboard.responses import failure
 
 TOKEN = "operator-token-0123456789abcdef"
 SECRET = "s" * 40
@@ -126,3 +128,11 @@ def test_the_dashboards_pool_opens_connections_with_the_shared_options():
     assert "keepalives_idle" not in options  # the URL's own setting wins
     assert options["keepalives_count"] == settings.KEEPALIVES_COUNT
     assert pool.min_size == 0 and pool.max_size == 4 and pool.timeout == settings.CONNECT_TIMEOUT_S
+
+
+def test_a_pool_timeout_is_busy_while_the_database_is_there_and_unreachable_when_it_is_not():
+    busy = failure(PoolTimeout("couldn't get a connection after 5.00 sec"))
+    assert busy.status_code == 503 and json.loads(busy.body)["error"].startswith("dashboard busy: ")
+    away = failure(PoolTimeout("couldn't get a connection after 5.00 sec"), "connection refused")
+    assert away.status_code == 503
+    assert json.loads(away.body)["error"] == "database unreachable: connection refused"
