@@ -20,6 +20,8 @@ import contextlib
 import json
 import logging
 import time
+import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 import psycopg
@@ -38,6 +40,9 @@ from .reader import APPLICATION_NAME, Reader, q
 log = logging.getLogger("monitors.dashboard.live")
 
 CHANNEL = "flowmesh_changes"
+#: The kinds sql/0014's triggers notify. Anyone who may connect can NOTIFY the
+#: channel: anything else on it is dropped (and counted), never passed on.
+KINDS = frozenset({"heartbeat", "status", "alert", "decision", "mesh_event"})
 #: Events a client may have queued before further ones are dropped.
 QUEUE_SIZE = 256
 #: Seconds between keep-alive comments on an idle stream (proxies close silent ones).
@@ -56,6 +61,14 @@ REFRESH_S = 30.0
 UNKNOWN_REFRESH_S = 1.0
 
 _CLOSE = object()
+
+
+def _shown_to(identity: Identity, state: dict) -> dict:
+    """The database's state as ``identity`` may see it: a JWT's user (no operator)
+    learns that it is unreachable, not the server's names in the reason."""
+    if identity.role is not None and "error" in state:
+        return {**state, "error": "database unreachable"}
+    return state
 
 
 def sse(event: str, data: object) -> str:
@@ -112,6 +125,8 @@ class Live:
         self.reachable: bool | None = None
         self.error: str | None = None
         self.subscribers: set[Subscriber] = set()
+        #: Notifications dropped, by reason (not JSON, an unknown kind, ids that are not uuids).
+        self.dropped: Counter[str] = Counter()
         self._views: dict[tuple, _View] = {}
         self._task: asyncio.Task | None = None
         self.closing = False
@@ -195,13 +210,23 @@ class Live:
         try:
             change = json.loads(payload)
             kind, ids = change["kind"], change["tetrahedrons"]
-            if ids is not None:
-                ids = [str(i) for i in ids]
         except (ValueError, KeyError, TypeError):
-            log.warning("ignored a malformed notification on %s", CHANNEL)
-            return
+            return self._drop("malformed")
+        if kind not in KINDS:
+            return self._drop("unknown kind")
+        if ids is not None:
+            try:
+                ids = [str(uuid.UUID(i)) for i in ids]
+            except (ValueError, TypeError, AttributeError):
+                return self._drop("bad ids")
         for subscriber in list(self.subscribers):
             subscriber.offer(("change", (kind, ids)))
+
+    def _drop(self, reason: str) -> None:
+        if not self.dropped[reason]:
+            log.warning("dropped a notification on %s that no FlowMesh trigger sends (%s); "
+                        "such ones are counted, not logged again", CHANNEL, reason)
+        self.dropped[reason] += 1
 
     # subscribers and what they may see ---------------------------------------
 
@@ -264,7 +289,7 @@ class Live:
         try:
             yield f"retry: {RETRY_MS}\n\n"
             if self.reachable is not None:
-                yield sse("database", self.database_state())
+                yield sse("database", _shown_to(identity, self.database_state()))
             await self.visible(identity, [])  # what it may see, looked up as it connects
             while not self.closing:
                 wait = self.keepalive_s
@@ -282,7 +307,7 @@ class Live:
                     return
                 event, data = item
                 if event == "database":
-                    yield sse("database", data)
+                    yield sse("database", _shown_to(identity, data))
                     continue
                 if subscriber.overflowed and subscriber.queue.empty():
                     subscriber.overflowed = False

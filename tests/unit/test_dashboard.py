@@ -136,3 +136,23 @@ def test_a_pool_timeout_is_busy_while_the_database_is_there_and_unreachable_when
     away = failure(PoolTimeout("couldn't get a connection after 5.00 sec"), "connection refused")
     assert away.status_code == 503
     assert json.loads(away.body)["error"] == "database unreachable: connection refused"
+
+
+def test_only_the_triggers_notifications_reach_clients_and_the_rest_are_counted():
+    hub = live.Live("postgresql:///nowhere", reader=None)
+    client = hub.subscribe(OPERATOR)
+    tid = "6f1c0000-0000-4000-8000-000000000001"
+    for payload in ("not json", '{"kind": "heartbeat"}', '{"kind": "reload", "tetrahedrons": null}',
+                    '{"kind": "status", "tetrahedrons": ["x"]}', '{"kind": "status", "tetrahedrons": [1]}'):
+        hub._dispatch(payload)
+    assert client.queue.empty()
+    assert hub.dropped == {"malformed": 2, "unknown kind": 1, "bad ids": 2}
+    hub._dispatch(f'{{"kind": "status", "tetrahedrons": ["{tid.upper()}"]}}')
+    assert client.queue.get_nowait() == ("change", ("status", [tid]))
+
+
+def test_a_jwt_user_learns_the_database_is_away_but_not_the_servers_names():
+    state = {"reachable": False, "error": "database unreachable: connection to db.internal:5432 refused"}
+    user = Identity(role="authenticated", claims="{}")
+    assert live._shown_to(user, state) == {"reachable": False, "error": "database unreachable"}
+    assert live._shown_to(OPERATOR, state) == state
