@@ -23,6 +23,9 @@ PAYLOAD_MAX_BYTES = 16_384
 #: Most time buckets in one heatmap or chart request (the dashboard's series):
 #: enough for a day in minutes, small enough that no request scans a year in minutes.
 SERIES_MAX_BUCKETS = 1_000
+#: The one dimension of every embedding in the hash registry (the seed's re-id
+#: embeddings): pgvector's vector(512) in Postgres, 512 numbers on the devices.
+EMBEDDING_DIMENSIONS = 512
 
 
 def node_id_problem(node_id: object) -> str | None:
@@ -53,4 +56,5 @@ ALL = {
     "batch_max_items": BATCH_MAX_ITEMS,
     "payload_max_bytes": PAYLOAD_MAX_BYTES,
     "series_max_buckets": SERIES_MAX_BUCKETS,
+    "embedding_dimensions": EMBEDDING_DIMENSIONS,
 }

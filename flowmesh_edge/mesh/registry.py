@@ -1,0 +1,397 @@
+"""The hash registry (HASH_REGISTRY): hashes with a data type, an embedding, a
+confidence and metadata, known to every member; similarity search here and
+across the mesh.
+
+What crosses the wire, and why. An embedding is ``EMBEDDING_DIMENSIONS`` (512)
+numbers: 2 KB as float32, 1 KB as float16, 512 bytes as int8, which the JSON
+envelope carries as 684 bytes of base64. A mesh message is one datagram
+(``wire.MAX_DATAGRAM``, 1400 bytes) and a broadcast rides in a gossip datagram
+whose budget is two thirds of that (``Dissemination.message_budget``, about
+890 bytes for the whole envelope, whose path grows by a node id at each hop);
+the mesh does not fragment. So:
+
+* an entry spreads *without* its embedding: hash, data type, node, version,
+  confidence and metadata, at most ``ENTRY_MAX_BYTES`` of JSON (``add`` refuses
+  more). Every member can look an entry up by hash, type or node;
+* the embedding stays on the member that registered it (float32, full
+  precision), and reaches Postgres in full through the agent's outbox;
+* a similarity search across the mesh sends the query's embedding quantized to
+  int8 (scaled so that its largest component is 127: cosine distance ignores
+  the scale), 684 bytes of base64, which fits a query with room for the path.
+  Each member answers with its own top-k in as many SEARCH_RESULT messages as
+  its hits need (``ANSWER_MAX_BYTES`` of JSON each, no embeddings), and the
+  asker merges them: one list, nearest first, one hit per hash (the newest
+  version), each naming the member that answered it.
+
+Versions: a re-add of a hash on this member bumps its version; a member keeps
+a received entry only when its version is newer than the one it holds. The
+registry is bounded (``MeshConfig.registry_max_entries``): the least recently
+updated entry goes first. Malformed messages and queries are dropped and
+counted (``RegistryStats`` and the node's ``dropped["malformed_registry"]``),
+never raised.
+
+Distances are cosine distances (1 - cosine similarity), in pure Python: a
+local search of 2,000 entries of 512 numbers is about a million
+multiply-adds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import operator
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from flowmesh.limits import EMBEDDING_DIMENSIONS
+
+from .application import Application, Host, MeshMessage
+from .search import SearchResult
+from .wire import MessageType
+
+log = logging.getLogger("flowmesh_edge.mesh")
+
+#: The search type every member answers from its registry.
+EMBEDDING_SEARCH = "embedding_search"
+#: Largest entry as the mesh spreads it (compact JSON: hash, type, node, version,
+#: confidence, metadata): what fits a gossip datagram with room for a path of 10 hops.
+ENTRY_MAX_BYTES = 512
+#: Largest JSON of one answer message (a part of a member's top-k).
+ANSWER_MAX_BYTES = 640
+#: Most hits a search may ask for.
+MAX_K = 100
+#: Longest hash and data type, in UTF-8 bytes.
+HASH_MAX_BYTES = 256
+DATA_TYPE_MAX_BYTES = 64
+
+HashHook = Callable[["HashEntry"], object]
+
+
+@dataclass(frozen=True)
+class HashEntry:
+    hash: str
+    data_type: str
+    node: str  #: the member that registered it
+    version: int
+    confidence: float | None
+    metadata: dict
+    #: float32, on the member that registered it; None for an entry learned from the mesh.
+    embedding: array | None = field(default=None, repr=False)
+    norm: float = 0.0
+
+    def record(self) -> dict:
+        """The entry as one element of a ``register_hashes`` batch (needs the embedding)."""
+        assert self.embedding is not None
+        return {"hash": self.hash, "data_type": self.data_type, "node": self.node,
+                "embedding": [float(x) for x in self.embedding], "confidence": self.confidence,
+                "metadata": self.metadata, "version": self.version}
+
+    def spread(self) -> dict:
+        """The entry as the mesh carries it: everything but the embedding."""
+        return {"h": self.hash, "t": self.data_type, "n": self.node, "v": self.version,
+                "c": self.confidence, "m": self.metadata}
+
+
+@dataclass(frozen=True)
+class Hit:
+    hash: str
+    node: str
+    data_type: str
+    distance: float
+    version: int
+    confidence: float | None
+    metadata: dict
+    answered_by: str  #: the member whose registry gave it
+
+    def wire(self) -> list:
+        return [self.hash, self.node, self.data_type, round(self.distance, 7), self.version,
+                self.confidence, self.metadata]
+
+
+@dataclass(frozen=True)
+class MeshSearch:
+    """A search across the mesh: the merged hits, and the members that answered."""
+
+    hits: list[Hit]
+    answered: list[str]
+
+
+@dataclass
+class RegistryStats:
+    added: int = 0  #: entries added on this member
+    received: int = 0  #: entries from members kept (newer than ours)
+    stale: int = 0  #: entries from members not newer than ours, ignored
+    evicted: int = 0  #: least recently updated entries dropped at the bound
+    malformed: int = 0  #: registry messages, queries and answers dropped as malformed
+    answered: int = 0  #: embedding searches this member answered
+
+
+# -- vectors ------------------------------------------------------------------------------
+
+
+def vector(values: object) -> array:
+    """``values`` as float32, checked: EMBEDDING_DIMENSIONS finite numbers, not all zero.
+    ValueError otherwise."""
+    if isinstance(values, (str, bytes, dict)) or not isinstance(values, Iterable):
+        raise ValueError("an embedding must be a sequence of numbers")
+    items = list(values)
+    if len(items) != EMBEDDING_DIMENSIONS:
+        raise ValueError(f"an embedding has {EMBEDDING_DIMENSIONS} numbers, not {len(items)}")
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in items):
+        raise ValueError("an embedding holds numbers only")
+    try:
+        vec = array("f", items)
+    except OverflowError as exc:
+        raise ValueError("an embedding number is out of float32 range") from exc
+    if not all(math.isfinite(x) for x in vec):
+        raise ValueError("an embedding number is not finite (NaN or infinity)")
+    if not any(vec):
+        raise ValueError("an all-zero embedding has no direction")
+    return vec
+
+
+def norm(vec: Iterable[float]) -> float:
+    return math.sqrt(math.fsum(x * x for x in vec))
+
+
+def cosine_distance(a: array, a_norm: float, b: array, b_norm: float) -> float:
+    return 1.0 - sum(map(operator.mul, a, b)) / (a_norm * b_norm)
+
+
+def quantize(vec: array) -> str:
+    """int8, scaled so that the largest component is +-127, as base64 (cosine ignores the scale)."""
+    peak = max(abs(x) for x in vec)
+    return base64.b64encode(array("b", (round(x / peak * 127) for x in vec)).tobytes()).decode()
+
+
+def dequantize(text: object) -> array:
+    """The inverse of ``quantize``; ValueError when ``text`` is not one."""
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not base64") from exc
+    if len(raw) != EMBEDDING_DIMENSIONS:
+        raise ValueError(f"{len(raw)} components")
+    return vector(array("b", raw).tolist())
+
+
+# -- the application ------------------------------------------------------------------------
+
+
+class Registry(Application):
+    types = frozenset({MessageType.HASH_REGISTRY})
+
+    def __init__(self) -> None:
+        #: hash -> entry, least recently updated first.
+        self.entries: OrderedDict[str, HashEntry] = OrderedDict()
+        self.stats = RegistryStats()
+        self._hooks: list[HashHook] = []
+
+    def attach(self, host: Host) -> None:
+        super().attach(host)
+        self.limit = host.config.registry_max_entries
+
+    def on_hash(self, hook: HashHook) -> None:
+        """Call ``hook(entry)`` for each entry added on this member (not those learned)."""
+        self._hooks.append(hook)
+
+    # -- this member's entries ---------------------------------------------------------------
+    def add(self, hash_value: str, data_type: str, embedding: object, metadata: dict | None = None,
+            confidence: float | None = None) -> HashEntry:
+        """Register (or re-register, a version up) an entry and spread it; ValueError for
+        bad input, with nothing changed."""
+        _check_text("hash", hash_value, HASH_MAX_BYTES)
+        _check_text("data_type", data_type, DATA_TYPE_MAX_BYTES)
+        if metadata is None:
+            metadata = {}
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata must be a dict")
+        if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, int | float)
+                                       or not math.isfinite(confidence)):
+            raise ValueError("confidence must be a finite number")
+        vec = vector(embedding)
+        current = self.entries.get(hash_value)
+        entry = HashEntry(hash_value, data_type, self.host.node_id, current.version + 1 if current else 1,
+                          None if confidence is None else float(confidence), metadata, vec, norm(vec))
+        payload = entry.spread()
+        try:
+            size = len(json.dumps(payload, separators=(",", ":"), allow_nan=False).encode())
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metadata must be JSON: {exc}") from exc
+        if size > ENTRY_MAX_BYTES:
+            raise ValueError(f"the entry's hash, type and metadata take {size} bytes of JSON; "
+                             f"the mesh carries at most {ENTRY_MAX_BYTES}")
+        self.host.originate(MessageType.HASH_REGISTRY, payload)
+        self._store(entry)
+        self.stats.added += 1
+        for hook in self._hooks:
+            try:
+                hook(entry)
+            except Exception:
+                log.exception("mesh: hash hook %r failed", hook)
+        return entry
+
+    def _store(self, entry: HashEntry) -> None:
+        self.entries.pop(entry.hash, None)
+        self.entries[entry.hash] = entry  # the most recently updated, last
+        while len(self.entries) > self.limit:
+            self.entries.popitem(last=False)
+            self.stats.evicted += 1
+
+    def get(self, hash_value: str) -> HashEntry | None:
+        return self.entries.get(hash_value)
+
+    def by_type(self, data_type: str) -> list[HashEntry]:
+        return [e for e in self.entries.values() if e.data_type == data_type]
+
+    def by_node(self, node: str) -> list[HashEntry]:
+        return [e for e in self.entries.values() if e.node == node]
+
+    # -- entries from members --------------------------------------------------------------------
+    def receive(self, message: MeshMessage) -> bool:
+        entry = _entry_of(message.payload)
+        if entry is None:
+            self._malformed()
+            return False
+        current = self.entries.get(entry.hash)
+        if current is not None and current.version >= entry.version:
+            self.stats.stale += 1
+            return True
+        self._store(entry)
+        self.stats.received += 1
+        return True
+
+    def _malformed(self) -> None:
+        self.stats.malformed += 1
+        self.host.drop("malformed_registry")
+
+    # -- search ----------------------------------------------------------------------------------
+    def search(self, embedding: object, k: int = 10, data_type: str | None = None,
+               node: str | None = None) -> list[Hit]:
+        """This member's entries with an embedding, nearest to ``embedding`` first (cosine)."""
+        vec = embedding if isinstance(embedding, array) and embedding.typecode == "f" else vector(embedding)
+        return self._search(vec, _check_k(k), data_type, node)
+
+    def _search(self, vec: array, k: int, data_type: str | None, node: str | None) -> list[Hit]:
+        q_norm = norm(vec)
+        me = self.host.node_id
+        hits = [Hit(e.hash, e.node, e.data_type, cosine_distance(vec, q_norm, e.embedding, e.norm),
+                    e.version, e.confidence, e.metadata, me)
+                for e in self.entries.values()
+                if e.embedding is not None and (data_type is None or e.data_type == data_type)
+                and (node is None or e.node == node)]
+        hits.sort(key=lambda h: (h.distance, h.hash))
+        return hits[:k]
+
+    def query(self, embedding: object, k: int = 10, data_type: str | None = None,
+              node: str | None = None) -> dict:
+        """The payload of an embedding search, its embedding quantized to fit a datagram."""
+        vec = embedding if isinstance(embedding, array) else vector(embedding)
+        query: dict = {"embedding_i8": quantize(vec), "k": _check_k(k)}
+        if data_type is not None:
+            query["data_type"] = data_type
+        if node is not None:
+            query["node"] = node
+        return query
+
+    def answer(self, message: MeshMessage) -> list[dict]:
+        """Answer an embedding search from this member's registry: its top-k, in parts
+        of at most ANSWER_MAX_BYTES (one, empty, when it has no hit: it still answered)."""
+        query = message.payload.get("query")
+        try:
+            if not isinstance(query, dict):
+                raise ValueError("no query")
+            packed = query.get("embedding_i8")
+            vec = dequantize(packed) if packed is not None else vector(query.get("embedding"))
+            k = _check_k(query.get("k", 10))
+            data_type, node = query.get("data_type"), query.get("node")
+            if not all(v is None or isinstance(v, str) for v in (data_type, node)):
+                raise ValueError("data_type and node are strings")
+        except (ValueError, TypeError):
+            self._malformed()
+            return []
+        self.stats.answered += 1
+        parts: list[list] = [[]]
+        size = 0
+        for hit in self._search(vec, k, data_type, node):
+            item = hit.wire()
+            item_size = len(json.dumps(item, separators=(",", ":"))) + 1
+            if parts[-1] and size + item_size > ANSWER_MAX_BYTES:
+                parts.append([])
+                size = 0
+            parts[-1].append(item)
+            size += item_size
+        return [{"hits": part} for part in parts]
+
+    def merge(self, own: list[Hit], answers: list[SearchResult], k: int) -> MeshSearch:
+        """One list from this member's hits and the members' answers: one hit per hash
+        (the newest version; the nearest of equal ones), nearest first, at most ``k``."""
+        best: dict[str, Hit] = {h.hash: h for h in own}
+        answered = {self.host.node_id}
+        for answer in answers:
+            hits = _hits_of(answer)
+            if hits is None:
+                self._malformed()
+                continue
+            answered.add(answer.node_id)
+            for hit in hits:
+                held = best.get(hit.hash)
+                if held is None or (hit.version, -hit.distance) > (held.version, -held.distance):
+                    best[hit.hash] = hit
+        ranked = sorted(best.values(), key=lambda h: (h.distance, h.hash))
+        return MeshSearch(ranked[:k], sorted(answered))
+
+
+def _check_text(name: str, value: object, max_bytes: int) -> None:
+    if not isinstance(value, str) or not value or len(value.encode()) > max_bytes or not value.isprintable():
+        raise ValueError(f"{name} must be printable text of 1 to {max_bytes} bytes")
+
+
+def _check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be an integer from 1 to {MAX_K}")
+    return k
+
+
+def _entry_of(payload: dict) -> HashEntry | None:
+    """A spread entry, checked; None when malformed."""
+    h, t, n, v, c, m = (payload.get(key) for key in ("h", "t", "n", "v", "c", "m"))
+    try:
+        _check_text("hash", h, HASH_MAX_BYTES)
+        _check_text("data_type", t, DATA_TYPE_MAX_BYTES)
+        _check_text("node", n, 255)
+    except ValueError:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1 or not isinstance(m, dict):
+        return None
+    if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float))):
+        return None
+    return HashEntry(h, t, n, v, None if c is None else float(c), m)
+
+
+def _hits_of(answer: SearchResult) -> list[Hit] | None:
+    """The hits of one answer part, checked; None when malformed."""
+    result = answer.result
+    items = result.get("hits") if isinstance(result, dict) else None
+    if not isinstance(items, list):
+        return None
+    hits = []
+    for item in items:
+        if not isinstance(item, list) or len(item) != 7:
+            return None
+        h, n, t, d, v, c, m = item
+        if not (isinstance(h, str) and isinstance(n, str) and isinstance(t, str)
+                and isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d)
+                and isinstance(v, int) and not isinstance(v, bool)
+                and (c is None or (isinstance(c, (int, float)) and not isinstance(c, bool)))
+                and isinstance(m, dict)):
+            return None
+        hits.append(Hit(h, n, t, float(d), v, c, m, answer.node_id))
+    return hits
