@@ -42,7 +42,7 @@ from flowmesh import database, errors, settings
 from flowmesh.limits import CLOCK_AHEAD_MAX_S
 from flowmesh.queries import query
 
-from .outbox import EVENT, HEARTBEAT, Entry, Outbox
+from .outbox import EVENT, HASH, HEARTBEAT, Entry, Outbox
 from .watchdog import WATCHDOG
 
 log = logging.getLogger("flowmesh_edge.shipper")
@@ -275,7 +275,9 @@ class Shipper:
 
     def _ship(self, tetrahedron_id: str, entries: list[Entry]) -> ShipReport:
         batch = "[" + ",".join(e.batch_item() for e in entries) + "]"
-        sql = query("record_events") if entries[0].kind == EVENT else query("record_heartbeats")
+        kind = entries[0].kind  # a batch is of one kind, shipped through its own RPC
+        sql = (query("register_hashes") if kind == HASH else query("record_events") if kind == EVENT
+               else query("record_heartbeats"))
         try:
             received, inserted, duplicates = self._call(
                 sql, {"tetrahedron_id": tetrahedron_id, "batch": batch}
