@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 
@@ -224,3 +225,26 @@ def test_a_mesh_wide_search_merges_three_members_answers_with_who_answered():
     assert [d for d in (h.distance for h in everyone.hits)] == sorted(h.distance for h in everyone.hits)
     assert sorted((r.node_id, r.result["hits"][0][0]) for r in generic) == [
         ("node-001", "b-car"), ("node-002", "c-mid")]
+
+
+def test_over_udp_from_a_script_without_asyncio():
+    """Real sockets on loopback, through the blocking facade."""
+    from flowmesh_edge.mesh import BlockingMeshNode
+
+    key = b"registry-udp-test-key-0123"
+    with BlockingMeshNode("reg-a", port=0, mesh_key=key, bind="127.0.0.1") as a, \
+            BlockingMeshNode("reg-b", port=0, mesh_key=key, bind="127.0.0.1") as b:
+        a.start()
+        b.node.bootstrap = [a.address]
+        b.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "reg-b" not in a.peers():
+            time.sleep(0.05)
+        assert a.add_hash("h-a", "person", E0, {"camera": "gate"}).version == 1
+        while time.monotonic() < deadline and b.node.registry.get("h-a") is None:
+            time.sleep(0.05)
+        assert b.node.registry.get("h-a").metadata == {"camera": "gate"}
+        assert b.search_hashes(E0) == []  # its embedding stayed on a
+        found = b.search_mesh(E0, k=5, timeout=0.5)
+        assert [(h.hash, h.answered_by, round(h.distance, 6)) for h in found.hits] == [("h-a", "reg-a", 0.0)]
+        assert found.answered == ["reg-a", "reg-b"]
