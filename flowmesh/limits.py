@@ -23,9 +23,12 @@ PAYLOAD_MAX_BYTES = 16_384
 #: Most time buckets in one heatmap or chart request (the dashboard's series):
 #: enough for a day in minutes, small enough that no request scans a year in minutes.
 SERIES_MAX_BUCKETS = 1_000
-#: The one dimension of every embedding in the hash registry (the seed's re-id
-#: embeddings): pgvector's vector(512) in Postgres, 512 numbers on the devices.
+#: Dimensions of every hash registry embedding (the seed's embedding size).
 EMBEDDING_DIMENSIONS = 512
+#: Longest hash in the registry, in characters.
+HASH_MAX_CHARS = 256
+#: Most entries one registry search or lookup returns.
+SEARCH_MAX_K = 1_000
 
 
 def node_id_problem(node_id: object) -> str | None:
@@ -57,4 +60,6 @@ ALL = {
     "payload_max_bytes": PAYLOAD_MAX_BYTES,
     "series_max_buckets": SERIES_MAX_BUCKETS,
     "embedding_dimensions": EMBEDDING_DIMENSIONS,
+    "hash_max_chars": HASH_MAX_CHARS,
+    "search_max_k": SEARCH_MAX_K,
 }

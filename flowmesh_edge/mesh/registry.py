@@ -43,12 +43,13 @@ import json
 import logging
 import math
 import operator
+import re
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from flowmesh.limits import EMBEDDING_DIMENSIONS
+from flowmesh.limits import EMBEDDING_DIMENSIONS, HASH_MAX_CHARS, check_node_id
 
 from .application import Application, Host, MeshMessage
 from .search import SearchResult
@@ -63,11 +64,10 @@ EMBEDDING_SEARCH = "embedding_search"
 ENTRY_MAX_BYTES = 512
 #: Largest JSON of one answer message (a part of a member's top-k).
 ANSWER_MAX_BYTES = 640
-#: Most hits a search may ask for.
+#: Most hits a search may ask for (each member answers with up to this many, in parts).
 MAX_K = 100
-#: Longest hash and data type, in UTF-8 bytes.
-HASH_MAX_BYTES = 256
-DATA_TYPE_MAX_BYTES = 64
+#: A data type, as register_hashes accepts it (sql/0015_create_hash_registry.sql).
+DATA_TYPE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 
 HashHook = Callable[["HashEntry"], object]
 
@@ -207,15 +207,13 @@ class Registry(Application):
             confidence: float | None = None) -> HashEntry:
         """Register (or re-register, a version up) an entry and spread it; ValueError for
         bad input, with nothing changed."""
-        _check_text("hash", hash_value, HASH_MAX_BYTES)
-        _check_text("data_type", data_type, DATA_TYPE_MAX_BYTES)
+        _check_entry(hash_value, data_type)
         if metadata is None:
             metadata = {}
         if not isinstance(metadata, dict):
             raise ValueError("metadata must be a dict")
-        if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, int | float)
-                                       or not math.isfinite(confidence)):
-            raise ValueError("confidence must be a finite number")
+        if not _is_confidence(confidence):
+            raise ValueError("confidence must be None or a number from 0 to 1")
         vec = vector(embedding)
         current = self.entries.get(hash_value)
         entry = HashEntry(hash_value, data_type, self.host.node_id, current.version + 1 if current else 1,
@@ -349,9 +347,19 @@ class Registry(Application):
         return MeshSearch(ranked[:k], sorted(answered))
 
 
-def _check_text(name: str, value: object, max_bytes: int) -> None:
-    if not isinstance(value, str) or not value or len(value.encode()) > max_bytes or not value.isprintable():
-        raise ValueError(f"{name} must be printable text of 1 to {max_bytes} bytes")
+def _check_entry(hash_value: object, data_type: object) -> None:
+    """The rules register_hashes applies to a hash and a data type, here first, so that
+    an entry a device accepts is one Postgres accepts."""
+    if (not isinstance(hash_value, str) or not 1 <= len(hash_value) <= HASH_MAX_CHARS
+            or not hash_value.isprintable()):
+        raise ValueError(f"hash must be 1 to {HASH_MAX_CHARS} printable characters")
+    if not isinstance(data_type, str) or not DATA_TYPE.fullmatch(data_type):
+        raise ValueError("data_type must be 1 to 64 characters of a-z, 0-9, _ . - starting with a letter")
+
+
+def _is_confidence(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool)
+                             and 0 <= value <= 1)
 
 
 def _check_k(k: object) -> int:
@@ -364,14 +372,13 @@ def _entry_of(payload: dict) -> HashEntry | None:
     """A spread entry, checked; None when malformed."""
     h, t, n, v, c, m = (payload.get(key) for key in ("h", "t", "n", "v", "c", "m"))
     try:
-        _check_text("hash", h, HASH_MAX_BYTES)
-        _check_text("data_type", t, DATA_TYPE_MAX_BYTES)
-        _check_text("node", n, 255)
+        _check_entry(h, t)
+        check_node_id(n)
     except ValueError:
         return None
     if isinstance(v, bool) or not isinstance(v, int) or v < 1 or not isinstance(m, dict):
         return None
-    if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float))):
+    if not _is_confidence(c):
         return None
     return HashEntry(h, t, n, v, None if c is None else float(c), m)
 

@@ -83,6 +83,24 @@ def test_bad_input_is_refused_with_nothing_changed(embedding, metadata, words):
     assert registry.entries == {} and host.originated == [] and registry.stats.added == 0
 
 
+@pytest.mark.parametrize(("hash_value", "data_type", "confidence", "words"), [
+    ("", "person", None, "hash must be"),
+    ("x" * 257, "person", None, "hash must be"),
+    ("tab\there", "person", None, "hash must be"),
+    ("h", "Person", None, "data_type must be"),
+    ("h", "1st", None, "data_type must be"),
+    ("h", "p" * 65, None, "data_type must be"),
+    ("h", "person", 1.5, "confidence"),
+    ("h", "person", True, "confidence"),
+])
+def test_the_rules_of_register_hashes_apply_on_the_device_first(hash_value, data_type, confidence, words):
+    host, registry = attached()
+    with pytest.raises(ValueError, match=words):
+        registry.add(hash_value, data_type, E0, confidence=confidence)
+    assert registry.entries == {} and host.originated == []
+    registry.add("x" * 256, "p" * 64, E0, confidence=1)  # the limits themselves are fine
+
+
 # -- entries from members ------------------------------------------------------------------
 
 
@@ -111,7 +129,8 @@ def test_malformed_registry_messages_are_dropped_and_counted():
     host, registry = attached()
     good = {"h": "x", "t": "person", "n": "b", "v": 1, "c": None, "m": {}}
     bad = [{}, {**good, "v": 0}, {**good, "v": "1"}, {**good, "v": True}, {**good, "h": ""},
-           {**good, "t": 7}, {**good, "m": []}, {**good, "c": "high"}, {**good, "h": "x" * 300}]
+           {**good, "t": 7}, {**good, "m": []}, {**good, "c": "high"}, {**good, "h": "x" * 300},
+           {**good, "c": 2.0}, {**good, "t": "Person"}, {**good, "n": ""}]
     assert not any(registry.receive(spread("b", payload)) for payload in bad)
     assert registry.entries == {}
     assert registry.stats.malformed == len(bad) == host.dropped["malformed_registry"]
