@@ -31,7 +31,7 @@ def registry_rows(url: str) -> dict[str, tuple]:
 def nearest(url: str, embedding: list[float]) -> list[tuple]:
     with psycopg.connect(url) as c:
         (t_uuid,) = c.execute("select id from tetrahedrons where name = 'home'").fetchone()
-        return c.execute("select hash, node_id, version from search_hashes(%s, %s::vector, 3)",
+        return c.execute("select hash, node_id, version from search_hashes(%s, %s::extensions.vector, 3)",
                          (t_uuid, json.dumps(embedding))).fetchall()
 
 
