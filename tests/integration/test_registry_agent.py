@@ -7,10 +7,14 @@ import asyncio
 import json
 
 import psycopg
+import pytest
 
+from flowmesh import migrations
 from flowmesh.limits import EMBEDDING_DIMENSIONS
 from flowmesh_edge import Agent, AgentConfig, MeshNode, Outbox, Shipper
+from flowmesh_edge.outbox import HASH
 from tests.conftest import db_name, until
+from tests.integration.test_pg_cron import cron_server  # noqa: F401 (PostgreSQL 15, no pgvector)
 
 KEY = "registry-agent-test-key-0123456789"
 
@@ -68,3 +72,25 @@ async def test_entries_added_on_an_agent_reach_postgres_across_an_outage(db_url,
         "car_7": ("vehicle", "cam", 1, None, {}, basis(2, 3.0)),
     }
     assert nearest(db_url, basis(1)) == [("face_1", "cam", 2), ("car_7", "cam", 1)]
+
+
+@pytest.mark.slow
+def test_without_pgvector_entries_are_dead_lettered_and_heartbeats_still_ship(cron_server, tmp_path):  # noqa: F811
+    migrations.upgrade(cron_server)
+    entry = {"hash": "face_1", "data_type": "person", "node": "cam", "embedding": basis(0), "version": 1}
+    with Outbox(tmp_path / "outbox.sqlite3") as box:
+        box.put("home", "cam", entry, kind=HASH)
+        box.put("home", "cam", {"cpu_percent": 1.0})
+        box.put("home", "cam", {**entry, "hash": "face_2"}, kind=HASH)
+        box.put("home", "cam", {"cpu_percent": 2.0})
+        shipper = Shipper(box, cron_server)
+        try:
+            report = shipper.flush()
+        finally:
+            shipper.close()
+        assert (report.inserted, report.dead_lettered, box.pending()) == (2, 2, 0)
+        letters = box.dead_letters()
+    assert [sqlstate for _, _, sqlstate, _ in letters] == ["0A000", "0A000"]
+    assert all("pgvector" in error for *_, error in letters)
+    with psycopg.connect(cron_server) as c:
+        assert c.execute("select count(*) from mesh_heartbeats").fetchone() == (2,)
