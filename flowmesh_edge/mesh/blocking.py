@@ -87,6 +87,9 @@ class BlockingMeshNode:
                       node: str | None = None) -> list[Hit]:
         return self._run(self.node.search_hashes, embedding, k, data_type, node)
 
+    def fetch_embedding(self, hash_value: str, timeout: float = 1.0):
+        return self._call(self.node.fetch_embedding(hash_value, timeout))
+
     def search_mesh(self, embedding, k: int = 10, timeout: float = 1.0, data_type: str | None = None,
                     node: str | None = None) -> MeshSearch:
         return self._call(self.node.search_mesh(embedding, k, timeout, data_type, node))

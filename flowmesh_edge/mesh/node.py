@@ -286,7 +286,8 @@ class MeshNode:
 
     def search_hashes(self, embedding, k: int = 10, data_type: str | None = None,
                       node: str | None = None) -> list[Hit]:
-        """This member's own entries nearest to ``embedding`` (cosine distance), nearest first."""
+        """This member's entries with an embedding (its own, and members' it fetched) nearest
+        to ``embedding`` (cosine distance), nearest first."""
         return self.registry.search(embedding, k, data_type, node)
 
     async def search_mesh(self, embedding, k: int = 10, timeout: float = 1.0, data_type: str | None = None,
@@ -297,6 +298,12 @@ class MeshNode:
         own = self.registry.search(embedding, k, data_type, node)
         answers = await self.search.query(query, EMBEDDING_SEARCH, timeout)
         return self.registry.merge(own, answers, k)
+
+    async def fetch_embedding(self, hash_value: str, timeout: float = 1.0):
+        """The embedding (float32 array) of a registry entry: this node's own at once, a
+        member's fetched from it in parts (float16 precision) and kept with the entry, so
+        that ``search_hashes`` ranks it too; None when unknown or not answered in time."""
+        return await self.registry.fetch(hash_value, timeout)
 
     def on_hash(self, handler: HashHook) -> None:
         """Call ``handler(entry)`` for each entry added on this node (``add_hash``)."""

@@ -15,6 +15,13 @@ the mesh does not fragment. So:
   more). Every member can look an entry up by hash, type or node;
 * the embedding stays on the member that registered it (float32, full
   precision), and reaches Postgres in full through the agent's outbox;
+* a member that wants it (``fetch``) asks that member with a routed
+  HASH_REGISTRY ``{"want": hash, "v": version}``; the answer comes back in
+  ``EMBEDDING_PARTS`` (4) routed parts of 128 float16 components each (344
+  bytes of base64), scaled by the largest component (sent beside them), so
+  that any finite float32 survives with float16's precision (about 1e-3
+  relative). Once whole, the embedding joins the entry, and local searches
+  rank it too;
 * a similarity search across the mesh sends the query's embedding quantized to
   int8 (scaled so that its largest component is 127: cosine distance ignores
   the scale), 684 bytes of base64, which fits a query with room for the path.
@@ -37,6 +44,7 @@ multiply-adds.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -44,10 +52,11 @@ import logging
 import math
 import operator
 import re
+import struct
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from flowmesh.limits import EMBEDDING_DIMENSIONS, HASH_MAX_CHARS, check_node_id
 
@@ -66,6 +75,11 @@ ENTRY_MAX_BYTES = 512
 ANSWER_MAX_BYTES = 640
 #: Most hits a search may ask for (each member answers with up to this many, in parts).
 MAX_K = 100
+#: Parts an embedding is fetched in: 128 float16 each, 344 bytes of base64.
+EMBEDDING_PARTS = 4
+_PART = EMBEDDING_DIMENSIONS // EMBEDDING_PARTS
+#: Embeddings being fetched at once; past it the oldest fetch is given up.
+MAX_FETCHES = 64
 #: A data type, as register_hashes accepts it (sql/0015_create_hash_registry.sql).
 DATA_TYPE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 
@@ -129,6 +143,8 @@ class RegistryStats:
     evicted: int = 0  #: least recently updated entries dropped at the bound
     malformed: int = 0  #: registry messages, queries and answers dropped as malformed
     answered: int = 0  #: embedding searches this member answered
+    served: int = 0  #: embeddings sent to members that asked for them
+    fetched: int = 0  #: embeddings of members' entries received whole
 
 
 # -- vectors ------------------------------------------------------------------------------
@@ -193,6 +209,8 @@ class Registry(Application):
         self.entries: OrderedDict[str, HashEntry] = OrderedDict()
         self.stats = RegistryStats()
         self._hooks: list[HashHook] = []
+        #: (hash, version) -> (the parts received, the future the fetch awaits), oldest first.
+        self._fetches: OrderedDict[tuple[str, int], tuple[dict[int, bytes], asyncio.Future]] = OrderedDict()
 
     def attach(self, host: Host) -> None:
         super().attach(host)
@@ -254,7 +272,14 @@ class Registry(Application):
 
     # -- entries from members --------------------------------------------------------------------
     def receive(self, message: MeshMessage) -> bool:
-        entry = _entry_of(message.payload)
+        payload = message.payload
+        if "want" in payload:
+            self._serve(message)
+            return False
+        if "part" in payload:
+            self._part(payload)
+            return False
+        entry = _entry_of(payload)
         if entry is None:
             self._malformed()
             return False
@@ -266,6 +291,97 @@ class Registry(Application):
         self.stats.received += 1
         return True
 
+    # -- embeddings on demand ---------------------------------------------------------------
+    async def fetch(self, hash_value: str, timeout: float = 1.0) -> array | None:
+        """The embedding of an entry: at once when this member holds it, else asked of the
+        member that registered it; None when it is unknown here or no answer came in time."""
+        entry = self.entries.get(hash_value)
+        if entry is None:
+            return None
+        if entry.embedding is not None:
+            return entry.embedding
+        key = (entry.hash, entry.version)
+        pending = self._fetches.get(key)
+        if pending is None:
+            pending = ({}, asyncio.get_running_loop().create_future())
+            self._fetches[key] = pending
+            while len(self._fetches) > MAX_FETCHES:
+                _, (_, oldest) = self._fetches.popitem(last=False)
+                oldest.cancel()
+            self.host.send_routed(MessageType.HASH_REGISTRY, entry.node,
+                                  {"want": entry.hash, "v": entry.version})
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending[1]), timeout)
+        except TimeoutError:
+            if self._fetches.get(key) is pending:
+                del self._fetches[key]
+            return None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller is cancelled, not just the fetch
+            return None  # given up: too many fetches at once, or the node stopped
+
+    def _serve(self, message: MeshMessage) -> None:
+        """A member asks for the embedding of one of our entries: send it in parts."""
+        hash_value, version = message.payload.get("want"), message.payload.get("v")
+        if not isinstance(hash_value, str) or isinstance(version, bool) or not isinstance(version, int):
+            self._malformed()
+            return
+        entry = self.entries.get(hash_value)
+        if entry is None or entry.embedding is None or entry.version != version:
+            return  # replaced or forgotten since: the asker's fetch runs out
+        peak = max(abs(x) for x in entry.embedding)
+        for i in range(EMBEDDING_PARTS):
+            chunk = entry.embedding[i * _PART:(i + 1) * _PART]
+            packed = struct.pack(f">{_PART}e", *(x / peak for x in chunk))
+            self.host.send_routed(MessageType.HASH_REGISTRY, message.origin,
+                                  {"h": hash_value, "v": version, "part": i, "s": peak,
+                                   "f16": base64.b64encode(packed).decode()})
+        self.stats.served += 1
+
+    def _part(self, payload: dict) -> None:
+        h, v, i, peak, text = (payload.get(k) for k in ("h", "v", "part", "s", "f16"))
+        try:
+            if (not isinstance(h, str) or isinstance(v, bool) or not isinstance(v, int)
+                    or isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < EMBEDDING_PARTS
+                    or isinstance(peak, bool) or not isinstance(peak, int | float)
+                    or not isinstance(text, str)):
+                raise ValueError("not a part")
+            raw = base64.b64decode(text, validate=True)
+            if len(raw) != 2 * _PART:
+                raise ValueError("wrong size")
+        except (ValueError, binascii.Error):
+            self._malformed()
+            return
+        pending = self._fetches.get((h, v))
+        if pending is None:
+            return  # not asked for, or given up
+        parts, future = pending
+        parts[i] = raw
+        if len(parts) < EMBEDDING_PARTS:
+            return
+        del self._fetches[(h, v)]
+        try:
+            vec = vector([x * peak for j in range(EMBEDDING_PARTS)
+                          for x in struct.unpack(f">{_PART}e", parts[j])])
+        except ValueError:
+            self._malformed()
+            future.cancel()
+            return
+        entry = self.entries.get(h)
+        if entry is not None and entry.version == v and entry.embedding is None:
+            # in place: the entry's place in the bound is kept (this is no update of it)
+            self.entries[h] = replace(entry, embedding=vec, norm=norm(vec))
+        self.stats.fetched += 1
+        if not future.done():
+            future.set_result(vec)
+
+    def close(self) -> None:
+        for _, future in self._fetches.values():
+            future.cancel()
+        self._fetches.clear()
+
     def _malformed(self) -> None:
         self.stats.malformed += 1
         self.host.drop("malformed_registry")
@@ -273,7 +389,8 @@ class Registry(Application):
     # -- search ----------------------------------------------------------------------------------
     def search(self, embedding: object, k: int = 10, data_type: str | None = None,
                node: str | None = None) -> list[Hit]:
-        """This member's entries with an embedding, nearest to ``embedding`` first (cosine)."""
+        """This member's entries with an embedding (its own, and those fetched), nearest to
+        ``embedding`` first (cosine)."""
         vec = embedding if isinstance(embedding, array) and embedding.typecode == "f" else vector(embedding)
         return self._search(vec, _check_k(k), data_type, node)
 

@@ -4,6 +4,8 @@ cosine distance here and across the mesh, and malformed messages are counted."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import math
 import time
@@ -196,6 +198,59 @@ def test_a_long_answer_goes_in_parts_that_each_fit():
     assert all(len(json.dumps(p, separators=(",", ":"))) <= 640 + 12 for p in parts)
 
 
+# -- embeddings on demand --------------------------------------------------------------------
+
+
+def test_an_embedding_is_fetched_in_parts_from_the_member_that_registered_it():
+    async def main():
+        owner_host, owner = attached()  # node "me"
+        asker_host = FakeHost(node_id="asker")
+        asker = Registry()
+        asker.attach(asker_host)
+        vec = [math.sin(i) * 40 for i in range(EMBEDDING_DIMENSIONS)]
+        entry = owner.add("h", "person", vec)
+        asker.receive(spread("me", entry.spread()))
+        asker.receive(spread("z", {"h": "later", "t": "t", "n": "z", "v": 1, "c": None, "m": {}}))
+        task = asyncio.create_task(asker.fetch("h", timeout=1.0))
+        await asyncio.sleep(0)
+        ((_, to, want),) = asker_host.routed
+        assert (to, want) == ("me", {"want": "h", "v": 1})
+        owner.receive(MeshMessage(MessageType.HASH_REGISTRY, "asker", want, 9))
+        parts = owner_host.routed
+        assert [to for _, to, _ in parts] == ["asker"] * 4
+        assert max(len(json.dumps(p, separators=(",", ":"))) for _, _, p in parts) < 420
+        asker.receive(MeshMessage(MessageType.HASH_REGISTRY, "me", {**parts[0][2], "part": 4}, 10))  # bad
+        for i, (_, _, part) in enumerate(reversed(parts)):
+            asker.receive(MeshMessage(MessageType.HASH_REGISTRY, "me", part, 11 + i))
+        got = await task
+        unknown = await asker.fetch("nobody has it", timeout=0.1)
+        return asker, vec, got, unknown
+
+    asker, vec, got, unknown = run_virtual(main())
+    assert unknown is None
+    assert max(abs(a - b) for a, b in zip(got, vec, strict=True)) < 40 * 1e-3  # float16 of the scaled
+    assert list(asker.entries) == ["h", "later"]  # kept its place: a fetch is no update
+    assert asker.get("h").embedding is got and asker.search(vec, k=1)[0].distance < 1e-5
+    assert (asker.stats.fetched, asker.stats.malformed) == (1, 1)
+
+
+def test_a_fetch_nobody_answers_gives_none_in_time_and_forgets_itself():
+    async def main():
+        host, registry = attached()
+        registry.receive(spread("b", {"h": "x", "t": "t", "n": "b", "v": 2, "c": None, "m": {}}))
+        started = asyncio.get_running_loop().time()
+        got = await registry.fetch("x", timeout=0.5)
+        late = {"h": "x", "v": 2, "part": 0, "s": 1.0, "f16": base64.b64encode(bytes(256)).decode()}
+        registry.receive(MeshMessage(MessageType.HASH_REGISTRY, "b", late, 3))  # after the fetch: ignored
+        return got, asyncio.get_running_loop().time() - started, registry, host
+
+    got, waited, registry, host = run_virtual(main())
+    assert got is None and 0.5 <= waited < 0.6
+    assert registry._fetches == {} and registry.get("x").embedding is None
+    assert registry.stats.malformed == 0  # the late part was well formed, just not awaited
+    assert host.routed == [(MessageType.HASH_REGISTRY, "b", {"want": "x", "v": 2})]
+
+
 # -- on a mesh --------------------------------------------------------------------------------
 
 
@@ -208,13 +263,17 @@ def test_an_entry_added_on_one_member_is_seen_by_the_others_newest_version_last(
             await until(lambda: all(n.registry.get("face_hash_123") for n in nodes), 3)
             nodes[1].add_hash("face_hash_123", "person", E1, {"person_id": "p002"})
             await until(lambda: all(n.registry.get("face_hash_123").version == 2 for n in nodes), 3)
+            assert nodes[0].search_hashes(E1) == []  # its embedding is on node-001 alone
+            assert list(await nodes[0].fetch_embedding("face_hash_123", timeout=2.0)) == E1
+            (hit,) = nodes[0].search_hashes(E1)
+            assert (hit.hash, hit.node, hit.distance) == ("face_hash_123", "node-001", 0.0)
             return [(e.node, e.version, e.metadata, e.embedding is None)
                     for e in (n.registry.get("face_hash_123") for n in nodes)]
         finally:
             for n in nodes:
                 await n.stop()
 
-    assert run_virtual(main()) == [("node-001", 2, {"person_id": "p002"}, True),
+    assert run_virtual(main()) == [("node-001", 2, {"person_id": "p002"}, False),  # fetched
                                    ("node-001", 2, {"person_id": "p002"}, False),
                                    ("node-001", 2, {"person_id": "p002"}, True)]
 
