@@ -159,9 +159,9 @@ class MeshConfig:
 
     # -- hash registry (registry.py) --
     #: Entries a member keeps in its hash registry, its own and those learned from
-    #: members; past it the least recently updated is dropped. An own entry holds its
-    #: embedding (512 float32, about 2 KB), a learned one only its hash, type and
-    #: metadata: at the default, at most about 4 MB of a device's memory.
+    #: members; past it the least recently updated is dropped. An entry with its
+    #: embedding (512 float32) takes about 2.8 KB, one without (learned, not fetched)
+    #: its hash, type and metadata: at the default, at most about 5.5 MB.
     registry_max_entries: int = 2000
 
     # -- routing --

@@ -42,7 +42,7 @@ from .envelopes import Envelopes
 from .membership import ALIVE, DEAD, SUSPECT, MemberEvent, MemberList, PeerInfo
 from .messaging import Messaging
 from .paths import ConnectionTrain, PathHandler
-from .registry import EMBEDDING_SEARCH, HashEntry, HashHook, Hit, MeshSearch, Registry
+from .registry import EMBEDDING_SEARCH, HashEntry, HashHook, Hit, MeshSearch, Registry, vector
 from .routing import RouteTable
 from .search import Search, SearchResult
 from .security import MacKey, ReplayGuard
@@ -294,10 +294,16 @@ class MeshNode:
                           node: str | None = None) -> MeshSearch:
         """Search every member's registry (this one's included): the answers received within
         ``timeout`` merged into one list, nearest first, one hit per hash, with who answered."""
-        query = self.registry.query(embedding, k, data_type, node)
-        own = self.registry.search(embedding, k, data_type, node)
-        answers = await self.search.query(query, EMBEDDING_SEARCH, timeout)
-        return self.registry.merge(own, answers, k)
+        vec = vector(embedding)
+        query = self.registry.query(vec, k, data_type, node)
+        # this member's own hits, ranked in a worker thread while the answers come in
+        own = asyncio.ensure_future(self.registry.search_in_thread(vec, k, data_type, node))
+        try:
+            answers = await self.search.query(query, EMBEDDING_SEARCH, timeout)
+        except BaseException:
+            own.cancel()
+            raise
+        return self.registry.merge(await own, answers, k)
 
     async def fetch_embedding(self, hash_value: str, timeout: float = 1.0):
         """The embedding (float32 array) of a registry entry: this node's own at once, a

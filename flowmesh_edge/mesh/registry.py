@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import heapq
 import json
 import logging
 import math
@@ -392,18 +393,20 @@ class Registry(Application):
         """This member's entries with an embedding (its own, and those fetched), nearest to
         ``embedding`` first (cosine)."""
         vec = embedding if isinstance(embedding, array) and embedding.typecode == "f" else vector(embedding)
-        return self._search(vec, _check_k(k), data_type, node)
+        return _rank(self._candidates(data_type, node), vec, _check_k(k), self.host.node_id)
 
-    def _search(self, vec: array, k: int, data_type: str | None, node: str | None) -> list[Hit]:
-        q_norm = norm(vec)
-        me = self.host.node_id
-        hits = [Hit(e.hash, e.node, e.data_type, cosine_distance(vec, q_norm, e.embedding, e.norm),
-                    e.version, e.confidence, e.metadata, me)
-                for e in self.entries.values()
+    async def search_in_thread(self, vec: array, k: int, data_type: str | None = None,
+                               node: str | None = None) -> list[Hit]:
+        """``search``, its arithmetic in a worker thread (about 0.1 s for 2,000 entries on a
+        small CPU): the loop keeps probing meanwhile. Ranks the entries held when called."""
+        return await asyncio.to_thread(_rank, self._candidates(data_type, node), vec, k, self.host.node_id)
+
+    def _candidates(self, data_type: str | None, node: str | None) -> list[HashEntry]:
+        """The entries a search ranks, as a list: a snapshot, safe to read in another thread
+        (entries are replaced, never changed)."""
+        return [e for e in self.entries.values()
                 if e.embedding is not None and (data_type is None or e.data_type == data_type)
                 and (node is None or e.node == node)]
-        hits.sort(key=lambda h: (h.distance, h.hash))
-        return hits[:k]
 
     def query(self, embedding: object, k: int = 10, data_type: str | None = None,
               node: str | None = None) -> dict:
@@ -416,7 +419,7 @@ class Registry(Application):
             query["node"] = node
         return query
 
-    def answer(self, message: MeshMessage) -> list[dict]:
+    async def answer(self, message: MeshMessage) -> list[dict]:
         """Answer an embedding search from this member's registry: its top-k, in parts
         of at most ANSWER_MAX_BYTES (one, empty, when it has no hit: it still answered)."""
         query = message.payload.get("query")
@@ -435,7 +438,7 @@ class Registry(Application):
         self.stats.answered += 1
         parts: list[list] = [[]]
         size = 0
-        for hit in self._search(vec, k, data_type, node):
+        for hit in await self.search_in_thread(vec, k, data_type, node):
             item = hit.wire()
             item_size = len(json.dumps(item, separators=(",", ":"))) + 1
             if parts[-1] and size + item_size > ANSWER_MAX_BYTES:
@@ -477,6 +480,14 @@ def _check_entry(hash_value: object, data_type: object) -> None:
 def _is_confidence(value: object) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool)
                              and 0 <= value <= 1)
+
+
+def _rank(entries: list[HashEntry], vec: array, k: int, answered_by: str) -> list[Hit]:
+    """The ``k`` of ``entries`` nearest to ``vec`` (cosine), nearest first."""
+    q_norm = norm(vec)
+    hits = [Hit(e.hash, e.node, e.data_type, cosine_distance(vec, q_norm, e.embedding, e.norm),
+                e.version, e.confidence, e.metadata, answered_by) for e in entries]
+    return heapq.nsmallest(k, hits, key=lambda h: (h.distance, h.hash))
 
 
 def _check_k(k: object) -> int:

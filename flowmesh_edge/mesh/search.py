@@ -35,10 +35,11 @@ class Search(Application):
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._pending: dict[str, list[SearchResult]] = {}
-        self._answerers: dict[str, Callable[[MeshMessage], list]] = {}
+        self._answerers: dict[str, Callable[[MeshMessage], object]] = {}
 
-    def answer_with(self, search_type: str, answerer: Callable[[MeshMessage], list]) -> None:
-        """Answer queries of ``search_type`` with ``answerer(message)``: a list of results."""
+    def answer_with(self, search_type: str, answerer: Callable[[MeshMessage], object]) -> None:
+        """Answer queries of ``search_type`` with ``answerer(message)`` (sync or async): a
+        list of results."""
         self._answerers[search_type] = answerer
 
     async def query(self, query: dict, search_type: str = "search",
@@ -66,7 +67,7 @@ class Search(Application):
         query_id = message.payload.get("query_id")
         answerer = self._answerers.get(str(message.payload.get("search_type")))
         if answerer is not None:
-            for result in answerer(message):
+            for result in await call_handler(answerer, message) or ():
                 self.host.send_routed(MessageType.SEARCH_RESULT, message.origin,
                                       {"query_id": query_id, "result": result})
         for handler in self.host.handlers(MessageType.SEARCH_QUERY):

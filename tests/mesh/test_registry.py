@@ -139,7 +139,7 @@ def test_malformed_registry_messages_are_dropped_and_counted():
     # queries and answers too
     for query in ({}, {"query": {"embedding_i8": "not base64!"}}, {"query": {"embedding": E0, "k": 0}},
                   {"query": {"embedding_i8": quantize(vector(E0)), "data_type": 3}}):
-        assert registry.answer(MeshMessage(MessageType.SEARCH_QUERY, "b", query, 1)) == []
+        assert asyncio.run(registry.answer(MeshMessage(MessageType.SEARCH_QUERY, "b", query, 1))) == []
     merged = registry.merge([], [SearchResult("b", {"hits": [["x"]]}, 1), SearchResult("c", "?", 1)], 10)
     assert merged.hits == [] and merged.answered == ["me"]
     assert registry.stats.malformed == len(bad) + 6 == host.dropped["malformed_registry"]
@@ -192,10 +192,41 @@ def test_a_long_answer_goes_in_parts_that_each_fit():
     _, registry = attached()
     for i in range(40):
         registry.add(f"{i:064d}", "person", basis((0, 1.0), (1, i / 40)), {"camera": f"gate-{i}"})
-    parts = registry.answer(MeshMessage(MessageType.SEARCH_QUERY, "b",
-                                        {"query": {"embedding_i8": quantize(vector(E0)), "k": 40}}, 1))
+    parts = asyncio.run(registry.answer(MeshMessage(
+        MessageType.SEARCH_QUERY, "b", {"query": {"embedding_i8": quantize(vector(E0)), "k": 40}}, 1)))
     assert len(parts) > 1 and sum(len(p["hits"]) for p in parts) == 40
     assert all(len(json.dumps(p, separators=(",", ":"))) <= 640 + 12 for p in parts)
+
+
+def test_a_member_answers_a_search_of_a_full_registry_without_holding_up_its_loop():
+    _, registry = attached()
+    for i in range(2000):
+        registry.add(f"h{i}", "person", basis((i % EMBEDDING_DIMENSIONS, 1.0), ((i + 1) % 512, 0.5)))
+    query = MeshMessage(MessageType.SEARCH_QUERY, "b", {"query": {"embedding_i8": quantize(vector(E0))}}, 1)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        gaps = []
+
+        async def tick():
+            last = loop.time()
+            while True:
+                await asyncio.sleep(0.005)
+                gaps.append(loop.time() - last)
+                last = loop.time()
+
+        ticker = asyncio.create_task(tick())
+        started = loop.time()
+        parts = await asyncio.wait_for(registry.answer(query), 30)
+        took = loop.time() - started
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+        return parts, took, max(gaps)
+
+    parts, took, longest_gap = asyncio.run(main())
+    # the four entries of E0 + E1/2 (every 512th), ties ranked by hash
+    assert [h[0] for h in parts[0]["hits"][:5]] == ["h0", "h1024", "h1536", "h512", "h1023"]
+    assert longest_gap < max(took / 2, 0.05), (took, longest_gap)
 
 
 # -- embeddings on demand --------------------------------------------------------------------
