@@ -109,9 +109,13 @@ def test_search_returns_the_nearest_first_and_a_filter_still_returns_k(conn, rng
     exact = sorted(items, key=lambda e: 1 - sum(a * b for a, b in zip(e["embedding"], query, strict=True)))
     assert {h for h, _ in rows} == {e["hash"] for e in exact[:5]}
     # far from the query, a rare type: the filter still gives k rows (iterative scan)
-    cars = conn.execute("select hash, type, node_id from search_hashes(%s, %s, 10, data_type => 'car')",
-                        (tid, vector(query))).fetchall()
-    assert len(cars) == 10 and {(t, n) for _, t, n in cars} == {("car", "door")}
+    cars = conn.execute("select hash, type, node_id, distance "
+                        "from search_hashes(%s, %s, 10, data_type => 'car')", (tid, vector(query))).fetchall()
+    assert len(cars) == 10 and {(t, n) for _, t, n, _ in cars} == {("car", "door")}
+    gaps = [d for *_, d in cars]
+    assert gaps == sorted(gaps)  # iterative scans find them in relaxed order; they come back sorted
+    # the function's own setting does not leak into the caller's transaction
+    assert conn.execute("select current_setting('hnsw.iterative_scan', true)").fetchone()[0] in (None, "off")
     assert len(conn.execute("select * from search_hashes(%s, %s, 7, node => 'door')",
                             (tid, vector(query))).fetchall()) == 7
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="dimensions"):
