@@ -23,6 +23,12 @@ PAYLOAD_MAX_BYTES = 16_384
 #: Most time buckets in one heatmap or chart request (the dashboard's series):
 #: enough for a day in minutes, small enough that no request scans a year in minutes.
 SERIES_MAX_BUCKETS = 1_000
+#: Dimensions of every hash registry embedding (the seed's embedding size).
+EMBEDDING_DIMENSIONS = 512
+#: Longest hash in the registry, in characters.
+HASH_MAX_CHARS = 256
+#: Most entries one registry search or lookup returns.
+SEARCH_MAX_K = 1_000
 
 
 def node_id_problem(node_id: object) -> str | None:
@@ -53,4 +59,7 @@ ALL = {
     "batch_max_items": BATCH_MAX_ITEMS,
     "payload_max_bytes": PAYLOAD_MAX_BYTES,
     "series_max_buckets": SERIES_MAX_BUCKETS,
+    "embedding_dimensions": EMBEDDING_DIMENSIONS,
+    "hash_max_chars": HASH_MAX_CHARS,
+    "search_max_k": SEARCH_MAX_K,
 }

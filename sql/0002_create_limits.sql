@@ -24,10 +24,13 @@ as $$
            "clock_ahead_max_s": 300,
            "batch_max_items": 10000,
            "payload_max_bytes": 16384,
-           "series_max_buckets": 1000}'::jsonb
+           "series_max_buckets": 1000,
+           "embedding_dimensions": 512,
+           "hash_max_chars": 256,
+           "search_max_k": 1000}'::jsonb
 $$;
 comment on function flowmesh.limits() is
-  'Every FlowMesh limit by name: node_id_max_bytes (a node id is 1 to this many bytes of printable UTF-8), tetrahedron_name_max_chars, clock_ahead_max_s (how far ahead of the server a batched heartbeat''s time may be), batch_max_items (elements per batch RPC call), payload_max_bytes (a heartbeat payload or mesh event, as stored), series_max_buckets (time buckets in one heatmap or chart request). flowmesh/limits.py states the same numbers. Inlinable: no SET clause, so a limit is a constant once planned. Example: select flowmesh.limits() ->> ''batch_max_items''; -> 10000';
+  'Every FlowMesh limit by name: node_id_max_bytes (a node id is 1 to this many bytes of printable UTF-8), tetrahedron_name_max_chars, clock_ahead_max_s (how far ahead of the server a batched heartbeat''s time may be), batch_max_items (elements per batch RPC call), payload_max_bytes (a heartbeat payload or mesh event, as stored), series_max_buckets (time buckets in one heatmap or chart request), embedding_dimensions (of every hash registry embedding), hash_max_chars (a registry hash), search_max_k (entries one registry search or lookup returns). flowmesh/limits.py states the same numbers. Inlinable: no SET clause, so a limit is a constant once planned. Example: select flowmesh.limits() ->> ''batch_max_items''; -> 10000';
 
 create or replace function flowmesh.limit_of(limit_name text) returns integer
 language sql immutable parallel safe

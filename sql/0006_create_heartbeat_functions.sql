@@ -252,8 +252,8 @@ begin
   -- a plpgsql expression naming each rule (inlined into it): one scan of the
   -- batch to start per call, where a dynamic EXECUTE was parsed and planned
   -- every time
-  if element_problem not in ('flowmesh.batch_item_problem'::pg_catalog.regproc,
-                             'flowmesh.mesh_event_problem'::pg_catalog.regproc) then
+  if element_problem::text not in ('flowmesh.batch_item_problem', 'flowmesh.mesh_event_problem',
+                                   'flowmesh.hash_item_problem') then
     raise exception 'check_batch has no element rule %', element_problem using errcode = '22023';
   end if;
   for v_item in select i.item from pg_catalog.jsonb_array_elements(batch) as i(item) loop
@@ -262,6 +262,8 @@ begin
                      then flowmesh.batch_item_problem(v_item)
                    when 'flowmesh.mesh_event_problem'::pg_catalog.regproc
                      then flowmesh.mesh_event_problem(v_item)
+                   when 'flowmesh.hash_item_problem'::pg_catalog.regproc
+                     then flowmesh.hash_item_problem(v_item)
                  end;
     if v_problem is not null then
       perform flowmesh.raise_problem(v_problem, 'batch element ' || v_index);
@@ -272,7 +274,7 @@ begin
 end
 $$;
 comment on function flowmesh.check_batch(jsonb, text, regproc) is
-  'Validation of a batch RPC''s batch, shared by every batch RPC: raises 22004/22023/54000 unless it is a JSON array of at most batch_max_items (flowmesh.limits()) elements, then the first problem element_problem(item) reports, prefixed by the element''s index; returns the number of elements. noun names them in messages. element_problem is one of the rules it names (flowmesh.batch_item_problem, flowmesh.mesh_event_problem of 0008): a batch RPC with a new kind of element adds its rule there. Example: select flowmesh.check_batch(''[]'', ''heartbeats'', ''flowmesh.batch_item_problem''); -> 0';
+  'Validation of a batch RPC''s batch, shared by every batch RPC: raises 22004/22023/54000 unless it is a JSON array of at most batch_max_items (flowmesh.limits()) elements, then the first problem element_problem(item) reports, prefixed by the element''s index; returns the number of elements. noun names them in messages. element_problem is one of the rules it names (flowmesh.batch_item_problem, flowmesh.mesh_event_problem of 0008, flowmesh.hash_item_problem of 0015): a batch RPC with a new kind of element adds its rule there. Example: select flowmesh.check_batch(''[]'', ''heartbeats'', ''flowmesh.batch_item_problem''); -> 0';
 
 -- derived state: one statement-level trigger for every write path -----------
 create or replace function flowmesh.apply_heartbeats() returns trigger

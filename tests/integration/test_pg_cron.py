@@ -87,6 +87,13 @@ def test_migrations_apply_on_postgres_15_without_pgvector(cron_server):
         assert conn.execute("select count(*) from pg_available_extensions where name = 'vector'"
                             ).fetchone() == (0,)
         assert migrations.current_revision(conn) == migrations.head_revision()
+        # the registry's functions exist, and say what is missing
+        (tid,) = conn.execute("select register_node('home', 'cam')").fetchone()
+        for call in ("select * from register_hashes(%s, '[]')", "select * from search_hashes(%s, '[1, 2]')",
+                     "select * from hashes(%s)"):
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match=r"extension vector \(pgvector\)"):
+                conn.execute(call, (tid,))
+            conn.rollback()
 
 
 def seconds_to_next_minute() -> float:

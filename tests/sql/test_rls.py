@@ -10,6 +10,7 @@ import uuid
 import psycopg
 import pytest
 
+from flowmesh.limits import EMBEDDING_DIMENSIONS
 from tests.conftest import acting_as, register
 
 ALICE = uuid.UUID("00000000-0000-4000-8000-00000000a11c")
@@ -102,6 +103,9 @@ def every_table_filled(conn, two_meshes):
         "select id from propose_guardian_decision(%s, 'quarantine', 'bob-phone', 'bob-cam')", (shop,)
     ).fetchone()
     conn.execute("select cast_guardian_vote(%s, %s, 'bob-cam', true)", (shop, decision))
+    face = {"hash": "bob-face", "data_type": "person", "node": "bob-phone",
+            "embedding": [1] * EMBEDDING_DIMENSIONS}
+    conn.execute("select register_hashes(%s, %s)", (shop, json.dumps([face])))
     # a credential's mapping row (no role behind it: only its visibility is tested here)
     conn.execute("insert into flowmesh.device_credentials (role_name, tetrahedron_id, node_id) "
                  "values ('flowmesh_device_rls_row', %s, 'bob-phone')", (shop,))
