@@ -265,7 +265,7 @@ show max_parallel_maintenance_workers;
 -- name: create_hnsw_index
 -- {m} and {ef_construction} are composed with psycopg.sql (CREATE INDEX takes no parameters).
 create index hash_registry_embedding_bench_idx on public.hash_registry
- using hnsw (embedding vector_cosine_ops) with (m = {m}, ef_construction = {ef_construction});
+ using hnsw (embedding extensions.vector_cosine_ops) with (m = {m}, ef_construction = {ef_construction});
 
 -- name: hnsw_index_size
 select pg_relation_size('public.hash_registry_embedding_bench_idx');
@@ -278,17 +278,25 @@ select idx_scan from pg_stat_user_indexes where indexrelname = 'hash_registry_em
 select set_config('enable_indexscan', 'off', true);
 
 -- name: exact_neighbours
--- Exact search, the ground truth: the same ordering as search_hashes, over a sequential scan.
+-- Exact search, the ground truth: search_hashes' query, run with index scans off.
 select hash from hash_registry
  where tetrahedron_id = %(t)s and (%(data_type)s::text is null or data_type = %(data_type)s)
- order by embedding <=> %(embedding)s::vector
+ order by embedding operator(extensions.<=>) %(embedding)s::extensions.vector
  limit %(k)s;
 
 -- name: explain_exact_neighbours
 explain (costs off)
 select hash from hash_registry
  where tetrahedron_id = %(t)s and (%(data_type)s::text is null or data_type = %(data_type)s)
- order by embedding <=> %(embedding)s::vector
+ order by embedding operator(extensions.<=>) %(embedding)s::extensions.vector
+ limit %(k)s;
+
+-- name: index_neighbours
+-- search_hashes' query as a plain statement, so hnsw.iterative_scan is the session's
+-- (search_hashes turns iterative scans on for itself): what a filter does without them.
+select hash, (embedding operator(extensions.<=>) %(embedding)s::extensions.vector)::float8 from hash_registry
+ where tetrahedron_id = %(t)s and (%(data_type)s::text is null or data_type = %(data_type)s)
+ order by embedding operator(extensions.<=>) %(embedding)s::extensions.vector
  limit %(k)s;
 
 -- name: set_ef_search
@@ -298,4 +306,4 @@ select set_config('hnsw.ef_search', %s, false);
 select set_config('hnsw.iterative_scan', %s, false);
 
 -- name: search_hashes
-select hash, distance from search_hashes(%(t)s, %(embedding)s::vector, %(k)s, %(data_type)s);
+select hash, distance from search_hashes(%(t)s, %(embedding)s::extensions.vector, %(k)s, %(data_type)s);
