@@ -78,6 +78,11 @@ def vectors(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return draw(args.rows), draw(args.queries)
 
 
+def step(text: str) -> None:
+    """Where the run is, on stderr (the figures come at the end, on stdout)."""
+    print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -107,6 +112,7 @@ def main() -> None:  # noqa: PLR0915 (one run, step after step)
     ef_values = [int(v) for v in args.ef_search.split(",")]
 
     started = time.perf_counter()
+    step(f"generating {args.rows:,} + {args.queries} vectors")
     rows, queries = vectors(args)
     generated_s = time.perf_counter() - started
     hashes = [hashlib.sha256(f"bench-{i}".encode()).hexdigest() for i in range(args.rows)]
@@ -148,6 +154,7 @@ def main() -> None:  # noqa: PLR0915 (one run, step after step)
                 (received, inserted, _) = conn.execute(q("register_hashes"), (tid, text)).fetchone()
                 assert inserted == (received if new else 0), (received, inserted, new)
 
+        step("ingest: COPY and register_hashes")
         ingest: dict[str, list[float]] = {"copy": [], "rpc": []}
         for _ in range(args.repeat):
             for name, fn in (("copy", copy_phase), ("rpc", rpc_phase)):  # the RPC's rows stay
@@ -161,6 +168,7 @@ def main() -> None:  # noqa: PLR0915 (one run, step after step)
         conn.execute(q("vacuum_registry"))
 
         # -- the HNSW index, built after the bulk load ------------------------------------
+        step("building the HNSW index")
         conn.execute(q("set_maintenance_work_mem"), (args.maintenance_work_mem,))
         workers = conn.execute(q("parallel_maintenance_workers")).fetchone()[0]
         build_s = timed(lambda: conn.execute(sql.SQL(q("create_hnsw_index")).format(
@@ -179,6 +187,7 @@ def main() -> None:  # noqa: PLR0915 (one run, step after step)
                 found = [r[0] for r in conn.execute(q("exact_neighbours"), params)]
                 return found, time.perf_counter() - start
 
+        step("exact search (the ground truth)")
         truth, exact_s, truth_filtered, exact_filtered_s = [], [], [], []
         for embedding in queries:
             found, s = exact(embedding, None)
@@ -213,6 +222,7 @@ def main() -> None:  # noqa: PLR0915 (one run, step after step)
 
         conn.execute(q("set_iterative_scan"), ("off",))
         conn.execute(q("set_ef_search"), (str(max(ef_values)),))
+        step("search_hashes at each ef_search")
         search(None)  # warm-up: the index and the table in the caches, as a busy registry has them
         sweep = {}
         for ef in ef_values:
@@ -246,12 +256,15 @@ def main() -> None:  # noqa: PLR0915 (one run, step after step)
           f"{args.maintenance_work_mem}, max_parallel_maintenance_workers {workers}): {build_s:.1f} s, "
           f"index {index_bytes / 2**20:,.0f} MB")
     print(f"\nsearch_hashes, single client, recall@{args.k} against exact search:")
-    print(f"  {'ef_search':<28}{'recall':>8}{'min':>7}{'p50 ms':>9}{'p99 ms':>9}{'index scans':>13}")
-    print(f"  {'exact (seq scan, baseline)':<28}{1:>8.3f}{1:>7.2f}{pct(exact_s, 50) * ms:>9.2f}"
+    print(f"  {'ef_search':<28}{'recall':>8}{'min':>7}{'< 0.5':>7}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'index scans':>13}")
+    print(f"  {'exact (seq scan, baseline)':<28}{1:>8.3f}{1:>7.2f}{0:>7}{pct(exact_s, 50) * ms:>9.2f}"
           f"{pct(exact_s, 99) * ms:>9.2f}{0:>13}")
     for ef, (recalls, seconds, _, _, scans) in sweep.items():
         print(f"  {ef:<28}{statistics.fmean(recalls):>8.3f}{min(recalls):>7.2f}"
+              f"{sum(r < 0.5 for r in recalls):>7}"
               f"{pct(seconds, 50) * ms:>9.2f}{pct(seconds, 99) * ms:>9.2f}{scans:>13}")
+    print(f"  (min: the worst query's recall; < 0.5: queries that found fewer than half of their {args.k})")
     print(f"\nfiltered: data_type = {filter_type!r} ({1 / DATA_TYPES:.0%} of rows), ef_search {chosen}:")
     print(f"  {'search':<30}{'recall':>8}{'k back':>8}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'index scans':>13}{'unordered':>11}")
@@ -260,8 +273,8 @@ def main() -> None:  # noqa: PLR0915 (one run, step after step)
     for mode, (recalls, seconds, counts, unordered, scans) in filtered.items():
         print(f"  {mode:<30}{statistics.fmean(recalls):>8.3f}{statistics.fmean(counts):>8.1f}"
               f"{pct(seconds, 50) * ms:>9.2f}{pct(seconds, 99) * ms:>9.2f}{scans:>13}{unordered:>11}")
-    print(f"  (index scans: calls of {len(queries)} that went through the HNSW index; "
-          f"the others were planned as a sequential scan)")
+    print(f"  (index scans: calls of {len(queries)} that went through the HNSW index, the others "
+          f"planned as a sequential scan; unordered: calls whose results were not nearest first)")
 
     print()
     print(f"ingest: register_hashes / COPY = {ratio:.1%} (goal >= 50%): "
