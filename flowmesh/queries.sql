@@ -16,6 +16,12 @@ select received, inserted, duplicates
 select received, inserted, duplicates
   from public.record_mesh_events(%(tetrahedron_id)s, %(batch)s);
 
+-- name: register_hashes
+-- Ship hash registry entries added on a device (MeshNode.add_hash) from its outbox;
+-- idempotent by (hash, version): the same or a lower version is a duplicate.
+select received, inserted, duplicates
+  from public.register_hashes(%(tetrahedron_id)s, %(batch)s);
+
 -- name: check_all
 -- Open/resolve mesh-degrading alerts for every tetrahedron; returns those opened.
 select id, tetrahedron_id, alert_type, message, created_at

@@ -37,8 +37,9 @@ from .config import AgentConfig
 from .links import MeshLinks
 from .mesh import Address, MeshMessage, MeshNode, MessageType
 from .mesh.membership import MemberEvent, PeerInfo
+from .mesh.registry import HashEntry
 from .metrics import MetricsSampler
-from .outbox import EVENT, Outbox
+from .outbox import EVENT, HASH, Outbox
 from .shipper import Rejected, Shipper, ShipReport, Unreachable
 
 #: Membership events worth a row in mesh_events (``removed`` is bookkeeping).
@@ -84,6 +85,8 @@ class ShipperThread:
 class AgentStats:
     sampled: int = 0
     events: int = 0
+    #: Hash registry entries added on this node and queued (MeshNode.add_hash).
+    hashes: int = 0
     #: The shipper's own count (Shipper.shipped), kept batch by batch.
     shipped: ShipReport = field(default_factory=ShipReport)
     failures: int = 0
@@ -165,6 +168,21 @@ class Agent:
         self._pending_events.add(task)
         task.add_done_callback(self._pending_events.discard)
 
+    def _on_hash(self, entry: HashEntry) -> None:
+        """An entry added on this node (``mesh.add_hash``): queue it durably for
+        ``register_hashes``, so that it reaches Postgres across any outage."""
+        record = entry.record()
+
+        async def put() -> None:
+            await asyncio.to_thread(self.outbox.put, self.config.tetrahedron, self.config.node_id,
+                                    record, role=self.config.role, kind=HASH)
+            self.stats.hashes += 1
+            self._wake.set()
+
+        task = asyncio.get_running_loop().create_task(put())
+        self._pending_events.add(task)
+        task.add_done_callback(self._pending_events.discard)
+
     def _on_member(self, event: MemberEvent, peer: PeerInfo | None) -> None:
         if event.kind in RECORDED_EVENTS:
             details = {"address": str(peer.address), "meta": peer.meta} if peer else {}
@@ -213,6 +231,7 @@ class Agent:
             node.on_member(self._on_member)
             node.on(MessageType.ALERT, self._on_alert)
             node.on_path(self._on_path)
+            node.on_hash(self._on_hash)
         if self.links is not None:
             await self.links.start()
         elif self.mesh is not None:

@@ -47,7 +47,7 @@ from flowmesh.errors import redact_secrets
 
 from .http_guard import Guard
 from .mesh.address import is_loopback
-from .outbox import EVENT, HEARTBEAT
+from .outbox import EVENT, HASH, HEARTBEAT
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -89,7 +89,8 @@ def health(agent: Agent) -> dict:
         "sampled_at": _iso(stats.last_sampled_at),
         "heartbeats_sampled": stats.sampled,
         "events_recorded": stats.events,
-        "outbox": {"heartbeats": depth.get(HEARTBEAT, 0), "events": depth.get(EVENT, 0)},
+        "outbox": {"heartbeats": depth.get(HEARTBEAT, 0), "events": depth.get(EVENT, 0),
+                   "hashes": depth.get(HASH, 0)},
         "shipping": {
             "last_shipped_at": _iso(stats.last_shipped_at),
             "shipped": stats.shipped.shipped,

@@ -17,7 +17,9 @@ blocks the rest.
 Besides heartbeats the outbox carries mesh events (membership changes and
 alerts this node observed), with the same guarantees: both wait in the
 ``entries`` table, ``kind`` tells them apart and the shipper sends each kind
-through its own RPC. The statements are named queries in ``outbox.sql``.
+through its own RPC. Hash registry entries added on this node (``kind`` hash,
+``MeshNode.add_hash``) wait there too, for ``register_hashes``. The statements
+are named queries in ``outbox.sql``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def q(name: str) -> str:
 
 HEARTBEAT = "heartbeat"
 EVENT = "event"
+#: A hash registry entry: its payload is the register_hashes element itself.
+HASH = "hash"
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,10 @@ class Entry:
     kind: str = HEARTBEAT
 
     def batch_item(self) -> str:
-        """This entry as one element of a record_mesh_heartbeats (or _events) batch."""
+        """This entry as one element of a record_mesh_heartbeats (or _events, or
+        register_hashes) batch."""
+        if self.kind == HASH:
+            return self.payload
         if self.kind == EVENT:
             event = json.loads(self.payload)
             return json.dumps({"observer": self.src, "seq": self.seq, "at": self.at, **event},
@@ -222,13 +229,14 @@ class Outbox:
             return self._db.execute(q("count_entries")).fetchone()[0]
 
     def pending_by_kind(self) -> dict[str, int]:
-        """Entries waiting, by kind: ``{"heartbeat": n, "event": m}`` (0 for a kind with none),
+        """Entries waiting, by kind: ``{"heartbeat": n, "event": m, "hash": h}`` (0 for a kind with none),
         counted in the file (``depth`` has the same without a query)."""
         with self._lock:
             return self._pending_by_kind()
 
     def _pending_by_kind(self) -> dict[str, int]:
-        return {HEARTBEAT: 0, EVENT: 0, **dict(self._db.execute(q("count_entries_by_kind")).fetchall())}
+        counts = dict(self._db.execute(q("count_entries_by_kind")).fetchall())
+        return {HEARTBEAT: 0, EVENT: 0, HASH: 0, **counts}
 
     def dead_letters(self) -> list[tuple[int, str, str | None, str]]:
         """(seq, src, sqlstate, error) of every dead-lettered heartbeat."""

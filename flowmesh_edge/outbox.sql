@@ -5,7 +5,8 @@
 create table if not exists meta (key text primary key, value integer not null);
 
 -- name: create_entries
--- What waits to be shipped: heartbeats and mesh events (kind), oldest seq first.
+-- What waits to be shipped: heartbeats, mesh events and hash registry entries (kind),
+-- oldest seq first.
 create table if not exists entries (
   seq         integer primary key,
   tetrahedron text    not null,
@@ -79,7 +80,7 @@ values (:seq, :tetrahedron, :src, :role, :at, :payload, :kind, :sqlstate, :error
 select count(*) from entries;
 
 -- name: count_entries_by_kind
--- The queue's depth by kind (heartbeat, event), for the agent's /health.
+-- The queue's depth by kind (heartbeat, event, hash), for the agent's /health.
 select kind, count(*) from entries group by kind;
 
 -- name: dead_letters

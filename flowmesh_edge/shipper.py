@@ -10,7 +10,11 @@ same reading the command lines give them):
   outbox's dead-letter table, so it never blocks the rest;
 * anything else (permission denied, schema not migrated): :class:`Rejected`;
   nothing is removed, the caller logs it and backs off, because fixing the
-  configuration must not cost data.
+  configuration must not cost data;
+* but hash registry entries refused because the server has no pgvector
+  (0A000, sql/0015_create_hash_registry.sql) go to the dead-letter table with
+  that error: they cannot be written there, and must not hold back the
+  heartbeats queued behind them.
 
 No call waits longer than ``call_timeout_s`` (the agent's ``--db-timeout``):
 a path that goes silent (a NAT entry dropped, a wedged proxy: no reset, no
@@ -42,7 +46,7 @@ from flowmesh import database, errors, settings
 from flowmesh.limits import CLOCK_AHEAD_MAX_S
 from flowmesh.queries import query
 
-from .outbox import EVENT, HEARTBEAT, Entry, Outbox
+from .outbox import EVENT, HASH, HEARTBEAT, Entry, Outbox
 from .watchdog import WATCHDOG
 
 log = logging.getLogger("flowmesh_edge.shipper")
@@ -54,6 +58,8 @@ APPLICATION_NAME = "flowmesh-edge"
 RETIME_AHEAD_S = CLOCK_AHEAD_MAX_S - 30
 #: The unknown-tetrahedron error: the tetrahedron was deleted since we registered.
 UNKNOWN_TETRAHEDRON = "23503"
+#: The hash registry on a server without pgvector (its functions raise this).
+FEATURE_NOT_SUPPORTED = "0A000"
 
 
 class Unreachable(Exception):
@@ -275,7 +281,9 @@ class Shipper:
 
     def _ship(self, tetrahedron_id: str, entries: list[Entry]) -> ShipReport:
         batch = "[" + ",".join(e.batch_item() for e in entries) + "]"
-        sql = query("record_events") if entries[0].kind == EVENT else query("record_heartbeats")
+        kind = entries[0].kind  # a batch is of one kind, shipped through its own RPC
+        sql = (query("register_hashes") if kind == HASH else query("record_events") if kind == EVENT
+               else query("record_heartbeats"))
         try:
             received, inserted, duplicates = self._call(
                 sql, {"tetrahedron_id": tetrahedron_id, "batch": batch}
@@ -292,6 +300,14 @@ class Shipper:
             report = self._ship(tetrahedron_id, entries[:half])
             report.add(self._ship(tetrahedron_id, entries[half:]))
             return report
+        except Rejected as exc:
+            if kind != HASH or exc.sqlstate != FEATURE_NOT_SUPPORTED:
+                raise
+            log.error("%d hash registry entries of %s refused [%s]: %s; moved to dead letters",
+                      len(entries), entries[0].src, exc.sqlstate, exc)
+            for entry in entries:
+                self.outbox.dead_letter(entry, str(exc), exc.sqlstate)
+            return self._count(ShipReport(dead_lettered=len(entries), batches=1))
         assert received == len(entries)
         self.outbox.remove([e.seq for e in entries], entries[0].kind)  # a batch is of one kind
         self.batch_limit = min(self.batch_size, self.batch_limit * 2)

@@ -18,6 +18,7 @@ import threading
 from .alerts import AlertReport
 from .membership import PeerInfo
 from .node import MeshNode
+from .registry import HashEntry, Hit, MeshSearch
 from .search import SearchResult
 from .stats import MeshStats
 from .wire import MessageType
@@ -77,6 +78,21 @@ class BlockingMeshNode:
 
     def send(self, node_id: str, payload: dict) -> None:
         self._call(self.node.send(node_id, payload))
+
+    def add_hash(self, hash_value: str, data_type: str, embedding, metadata: dict | None = None,
+                 confidence: float | None = None) -> HashEntry:
+        return self._run(self.node.add_hash, hash_value, data_type, embedding, metadata, confidence)
+
+    def search_hashes(self, embedding, k: int = 10, data_type: str | None = None,
+                      node: str | None = None) -> list[Hit]:
+        return self._run(self.node.search_hashes, embedding, k, data_type, node)
+
+    def fetch_embedding(self, hash_value: str, timeout: float = 1.0):
+        return self._call(self.node.fetch_embedding(hash_value, timeout))
+
+    def search_mesh(self, embedding, k: int = 10, timeout: float = 1.0, data_type: str | None = None,
+                    node: str | None = None) -> MeshSearch:
+        return self._call(self.node.search_mesh(embedding, k, timeout, data_type, node))
 
     @property
     def address(self):

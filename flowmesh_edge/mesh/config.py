@@ -157,6 +157,13 @@ class MeshConfig:
     #: Endpoints remembered per member (the least recently heard dropped first).
     path_endpoints_max: int = 8
 
+    # -- hash registry (registry.py) --
+    #: Entries a member keeps in its hash registry, its own and those learned from
+    #: members; past it the least recently updated is dropped. An entry with its
+    #: embedding (512 float32) takes about 2.8 KB, one without (learned, not fetched)
+    #: its hash, type and metadata: at the default, at most about 5.5 MB.
+    registry_max_entries: int = 2000
+
     # -- routing --
     #: Seconds a learned route (destination -> next hop) is trusted.
     route_ttl_s: float = 60.0
@@ -173,7 +180,7 @@ class MeshConfig:
         if not 0 < self.probe_timeout_s < self.probe_interval_s:
             raise ValueError("need 0 < probe_timeout_s < probe_interval_s")
         for name in ("indirect_checks", "fanout", "retransmit_mult", "ttl", "hop_limit",
-                     "suspicion_max_timeout_mult", "suspicion_confirmations"):
+                     "suspicion_max_timeout_mult", "suspicion_confirmations", "registry_max_entries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.suspicion_mult <= 0 or self.confirm_probes < 0:

@@ -13,7 +13,7 @@ The concerns live beside it, one module each:
 * ``envelopes.py``: seen-set, TTL, loop refusal, hop limit (pure);
 * ``routing.py``: next hops and direct-path health (pure);
 * ``paths.py``: the connection train, every path to each member, failover;
-* ``alerts.py``, ``search.py``, ``state_sync.py``: the application protocols,
+* ``alerts.py``, ``search.py``, ``state_sync.py``, ``registry.py``: the application protocols,
   behind ``application.Application``.
 """
 
@@ -42,6 +42,7 @@ from .envelopes import Envelopes
 from .membership import ALIVE, DEAD, SUSPECT, MemberEvent, MemberList, PeerInfo
 from .messaging import Messaging
 from .paths import ConnectionTrain, PathHandler
+from .registry import EMBEDDING_SEARCH, HashEntry, HashHook, Hit, MeshSearch, Registry, vector
 from .routing import RouteTable
 from .search import Search, SearchResult
 from .security import MacKey, ReplayGuard
@@ -137,8 +138,10 @@ class MeshNode:
         self._handlers = self.messaging.handlers  # type -> user handlers
         self._member_handlers: list[MemberHandler] = []
         self.alerts, self.search, self.state_sync = Alerts(), Search(), StateSync()
-        for app in (self.alerts, self.search, self.state_sync):
+        self.registry = Registry()
+        for app in (self.alerts, self.search, self.state_sync, self.registry):
             self.register(app)
+        self.search.answer_with(EMBEDDING_SEARCH, self.registry.answer)
         #: The dispatch table: each frame type to the one handler its module declares.
         self._dispatch: dict[MessageType, Callable[[Frame, Address], None]] = {
             **self.detector.frame_handlers(), **self.dissemination.frame_handlers(),
@@ -262,8 +265,55 @@ class MeshNode:
 
     async def broadcast_search_query(self, query: dict, search_type: str = "search",
                                      timeout: float = 1.0) -> list[SearchResult]:
-        """Send a search to every member; return the answers received within ``timeout``."""
+        """Send a search to every member; return the answers received within ``timeout``.
+
+        An ``embedding_search`` (``{"embedding": [512 numbers], "k": 10, "data_type"?,
+        "node"?}``) is answered by every member's registry with its top-k, in parts;
+        its embedding goes quantized to int8 (registry.py). ``search_mesh`` merges the
+        answers into one list."""
+        if search_type == EMBEDDING_SEARCH and "embedding" in query:
+            query = self.registry.query(query["embedding"], query.get("k", 10), query.get("data_type"),
+                                        query.get("node"))
         return await self.search.query(query, search_type, timeout)
+
+    # -- hash registry (registry.py) -------------------------------------------------------------
+    def add_hash(self, hash_value: str, data_type: str, embedding, metadata: dict | None = None,
+                 confidence: float | None = None) -> HashEntry:
+        """Register an entry (``embedding``: EMBEDDING_DIMENSIONS numbers) here and spread it
+        (without its embedding) to the mesh; a re-add bumps its version. ValueError for bad
+        input, with nothing changed."""
+        return self.registry.add(hash_value, data_type, embedding, metadata, confidence)
+
+    def search_hashes(self, embedding, k: int = 10, data_type: str | None = None,
+                      node: str | None = None) -> list[Hit]:
+        """This member's entries with an embedding (its own, and members' it fetched) nearest
+        to ``embedding`` (cosine distance), nearest first."""
+        return self.registry.search(embedding, k, data_type, node)
+
+    async def search_mesh(self, embedding, k: int = 10, timeout: float = 1.0, data_type: str | None = None,
+                          node: str | None = None) -> MeshSearch:
+        """Search every member's registry (this one's included): the answers received within
+        ``timeout`` merged into one list, nearest first, one hit per hash, with who answered."""
+        vec = vector(embedding)
+        query = self.registry.query(vec, k, data_type, node)
+        # this member's own hits, ranked in a worker thread while the answers come in
+        own = asyncio.ensure_future(self.registry.search_in_thread(vec, k, data_type, node))
+        try:
+            answers = await self.search.query(query, EMBEDDING_SEARCH, timeout)
+        except BaseException:
+            own.cancel()
+            raise
+        return self.registry.merge(await own, answers, k)
+
+    async def fetch_embedding(self, hash_value: str, timeout: float = 1.0):
+        """The embedding (float32 array) of a registry entry: this node's own at once, a
+        member's fetched from it in parts (float16 precision) and kept with the entry, so
+        that ``search_hashes`` ranks it too; None when unknown or not answered in time."""
+        return await self.registry.fetch(hash_value, timeout)
+
+    def on_hash(self, handler: HashHook) -> None:
+        """Call ``handler(entry)`` for each entry added on this node (``add_hash``)."""
+        self.registry.on_hash(handler)
 
     async def send(self, node_id: str, payload: dict) -> None:
         """Deliver ``payload`` to one member (DIRECT), through others when it is not

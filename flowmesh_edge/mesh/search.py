@@ -4,12 +4,18 @@ A SEARCH_QUERY goes to everyone; on each member, every handler registered
 with ``node.on(MessageType.SEARCH_QUERY, fn)`` is called (sync or async), and
 each result that is not None goes back to the asker as a SEARCH_RESULT. The
 asker collects the answers that arrive within its timeout.
+
+An application may answer one search type itself (``answer_with``): the
+registry answers ``embedding_search`` (registry.py). Its answerer returns a
+list of results, each sent as its own SEARCH_RESULT (a long answer in parts
+that each fit a datagram); the user handlers are called as well.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .application import Application, MeshMessage, call_handler
@@ -29,6 +35,12 @@ class Search(Application):
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._pending: dict[str, list[SearchResult]] = {}
+        self._answerers: dict[str, Callable[[MeshMessage], object]] = {}
+
+    def answer_with(self, search_type: str, answerer: Callable[[MeshMessage], object]) -> None:
+        """Answer queries of ``search_type`` with ``answerer(message)`` (sync or async): a
+        list of results."""
+        self._answerers[search_type] = answerer
 
     async def query(self, query: dict, search_type: str = "search",
                     timeout: float = 1.0) -> list[SearchResult]:
@@ -53,6 +65,11 @@ class Search(Application):
 
     async def _answer(self, message: MeshMessage) -> None:
         query_id = message.payload.get("query_id")
+        answerer = self._answerers.get(str(message.payload.get("search_type")))
+        if answerer is not None:
+            for result in await call_handler(answerer, message) or ():
+                self.host.send_routed(MessageType.SEARCH_RESULT, message.origin,
+                                      {"query_id": query_id, "result": result})
         for handler in self.host.handlers(MessageType.SEARCH_QUERY):
             result = await call_handler(handler, message)
             if result is not None:

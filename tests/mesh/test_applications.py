@@ -215,14 +215,14 @@ def test_the_asker_collects_the_answers_that_arrive_in_time():
 class Registry(Application):
     """A toy hash registry: entries broadcast, kept by every member, not shown to on()."""
 
-    types = frozenset({MessageType.HASH_REGISTRY})
+    types = frozenset({MessageType.ROUTE_BROADCAST})
 
     def __init__(self) -> None:
         self.entries: dict[str, str] = {}
 
     def add(self, key: str, value: str) -> None:
         self.entries[key] = value
-        self.host.originate(MessageType.HASH_REGISTRY, {"key": key, "value": value})
+        self.host.originate(MessageType.ROUTE_BROADCAST, {"key": key, "value": value})
 
     def receive(self, message: MeshMessage) -> bool:
         self.entries[message.payload["key"]] = message.payload["value"]
@@ -238,7 +238,7 @@ def test_a_new_application_protocol_plugs_into_the_engine():
         seen_by_users = []
         for node, registry in zip(nodes, registries, strict=True):
             node.register(registry)
-            node.on(MessageType.HASH_REGISTRY, seen_by_users.append)
+            node.on(MessageType.ROUTE_BROADCAST, seen_by_users.append)
         registries[2].add("abc", "frame-17")
         await until(lambda: all(r.entries == {"abc": "frame-17"} for r in registries), 2)
         for n in nodes:

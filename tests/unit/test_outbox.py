@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowmesh_edge.outbox import EVENT, HEARTBEAT, Outbox
+from flowmesh_edge.outbox import EVENT, HASH, HEARTBEAT, Outbox
 
 
 def test_put_peek_remove_in_order(tmp_path):
@@ -28,29 +28,34 @@ def test_put_peek_remove_in_order(tmp_path):
 def test_the_depth_by_kind_is_kept_without_a_query_and_matches_the_file(tmp_path):
     path = tmp_path / "o.sqlite3"
     with Outbox(path) as box:
-        assert box.depth == box.pending_by_kind() == {"heartbeat": 0, "event": 0}
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 0, "event": 0, "hash": 0}
         first, second = box.put("home", "pi", {}), box.put("home", "pi", {})
         box.put("home", "pi", {"kind": "joined", "subject": "cam"}, kind=EVENT)
-        assert box.depth == box.pending_by_kind() == {"heartbeat": 2, "event": 1}
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 2, "event": 1, "hash": 0}
         box.remove([first], HEARTBEAT)
-        assert box.depth == box.pending_by_kind() == {"heartbeat": 1, "event": 1}
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 1, "event": 1, "hash": 0}
         box.dead_letter(box.peek(1)[0], "bad", "22023")
-        assert box.depth == box.pending_by_kind() == {"heartbeat": 0, "event": 1}
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 0, "event": 1, "hash": 0}
         box.remove([second], HEARTBEAT)  # already gone: nothing removed, nothing counted
-        assert box.depth == {"heartbeat": 0, "event": 1}
+        assert box.depth == {"heartbeat": 0, "event": 1, "hash": 0}
         # another process queues two heartbeats: this one learns of them as it ships them
         with Outbox(path) as other:
-            assert other.depth == {"heartbeat": 0, "event": 1}
+            assert other.depth == {"heartbeat": 0, "event": 1, "hash": 0}
             other.put("home", "pi", {})
             other.put("home", "pi", {})
-        assert box.depth == {"heartbeat": 0, "event": 1}
+        assert box.depth == {"heartbeat": 0, "event": 1, "hash": 0}
         box.remove([e.seq for e in box.peek(10) if e.kind == HEARTBEAT][:1], HEARTBEAT)
-        assert box.depth == box.pending_by_kind() == {"heartbeat": 1, "event": 1}
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 1, "event": 1, "hash": 0}
         box.remove([e.seq for e in box.peek(10)])  # of any kind: counted again
-        assert box.depth == box.pending_by_kind() == {"heartbeat": 0, "event": 0}
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 0, "event": 0, "hash": 0}
     with Outbox(path) as box:  # counted when opened
         box_seq = box.put("home", "pi", {})
-        assert box_seq and box.depth == {"heartbeat": 1, "event": 0}
+        assert box_seq and box.depth == {"heartbeat": 1, "event": 0, "hash": 0}
+        entry = {"hash": "h1", "data_type": "person", "node": "pi", "embedding": [0.5, 1.0], "version": 2}
+        box.put("home", "pi", entry, kind=HASH)
+        assert box.depth == box.pending_by_kind() == {"heartbeat": 1, "event": 0, "hash": 1}
+        (queued,) = [e for e in box.peek(10) if e.kind == HASH]
+        assert json.loads(queued.batch_item()) == entry  # the register_hashes element itself
 
 
 def test_survives_reopen_and_never_reuses_a_sequence(tmp_path):
