@@ -69,6 +69,7 @@ bench: $(STAMP) bench-deps
 	$(PY) bench/relay.py
 	$(PY) bench/failover.py
 	$(PY) bench/dashboard.py
+	$(PY) bench/registry.py
 
 ## bench-deps: Debian's serf (the mesh benchmark's comparison), nftables (its datagram
 ## counters) and pgbouncer (the fleet benchmark's pooler, started by the benchmark itself:

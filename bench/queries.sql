@@ -217,3 +217,93 @@ select record_mesh_heartbeat(id, 'n00', '{"metrics": {"latency_ms": 30}}') from 
 
 -- name: listen_changes
 listen flowmesh_changes;
+
+-- Hash registry (bench/registry.py) --------------------------------------------------
+
+-- name: pgvector_version
+select extversion from pg_extension where extname = 'vector';
+
+-- name: register_registry_node
+select register_node('bench-registry', %s);
+
+-- name: registry_hnsw_indexes
+-- The HNSW indexes on hash_registry: dropped for the bulk load, built after it.
+select c.relname
+  from pg_index i
+  join pg_class c on c.oid = i.indexrelid
+  join pg_am a on a.oid = c.relam
+ where i.indrelid = 'public.hash_registry'::regclass and a.amname = 'hnsw';
+
+-- name: drop_index
+-- {name} is composed with psycopg.sql.
+drop index public.{name};
+
+-- name: truncate_registry
+truncate hash_registry;
+
+-- name: registry_count
+select count(*) from hash_registry;
+
+-- name: vacuum_registry
+vacuum analyze hash_registry;
+
+-- name: copy_registry
+-- The baseline: raw COPY of the rows register_hashes writes, into the same table.
+copy hash_registry (tetrahedron_id, hash, data_type, node_id, embedding, confidence, metadata, version)
+from stdin;
+
+-- name: register_hashes
+select * from register_hashes(%s, %s::jsonb);
+
+-- name: set_maintenance_work_mem
+-- The graph of an HNSW build must fit in maintenance_work_mem, or the build slows down a lot.
+select set_config('maintenance_work_mem', %s, false);
+
+-- name: parallel_maintenance_workers
+show max_parallel_maintenance_workers;
+
+-- name: create_hnsw_index
+-- {m} and {ef_construction} are composed with psycopg.sql (CREATE INDEX takes no parameters).
+create index hash_registry_embedding_bench_idx on public.hash_registry
+ using hnsw (embedding extensions.vector_cosine_ops) with (m = {m}, ef_construction = {ef_construction});
+
+-- name: hnsw_index_size
+select pg_relation_size('public.hash_registry_embedding_bench_idx');
+
+-- name: hnsw_index_scans
+select idx_scan from pg_stat_user_indexes where indexrelname = 'hash_registry_embedding_bench_idx';
+
+-- name: no_index_scan
+-- Exact search: the planner may not use an index scan for the rest of the transaction.
+select set_config('enable_indexscan', 'off', true);
+
+-- name: exact_neighbours
+-- Exact search, the ground truth: search_hashes' query, run with index scans off.
+select hash from hash_registry
+ where tetrahedron_id = %(t)s and (%(data_type)s::text is null or data_type = %(data_type)s)
+ order by embedding operator(extensions.<=>) %(embedding)s::extensions.vector
+ limit %(k)s;
+
+-- name: explain_exact_neighbours
+explain (costs off)
+select hash from hash_registry
+ where tetrahedron_id = %(t)s and (%(data_type)s::text is null or data_type = %(data_type)s)
+ order by embedding operator(extensions.<=>) %(embedding)s::extensions.vector
+ limit %(k)s;
+
+-- name: index_neighbours
+-- search_hashes' query as a plain statement, so hnsw.iterative_scan is the session's
+-- (search_hashes turns iterative scans on for itself): what a filter does without them.
+select hash, (embedding operator(extensions.<=>) %(embedding)s::extensions.vector)::float8 from hash_registry
+ where tetrahedron_id = %(t)s and (%(data_type)s::text is null or data_type = %(data_type)s)
+ order by embedding operator(extensions.<=>) %(embedding)s::extensions.vector
+ limit %(k)s;
+
+-- name: set_ef_search
+select set_config('hnsw.ef_search', %s, false);
+
+-- name: set_iterative_scan
+select set_config('hnsw.iterative_scan', %s, false);
+
+-- name: search_hashes
+select hash, distance from search_hashes(%(t)s, %(embedding)s::extensions.vector, %(k)s, %(data_type)s);
