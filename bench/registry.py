@@ -89,9 +89,17 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def _copy(conn, text: str) -> None:
+    """One batch of rows into hash_registry by COPY, in its own transaction."""
+    with conn.transaction(), conn.cursor().copy(q("copy_registry")) as cp:
+        cp.write(text)
+
+
 def main() -> None:  # noqa: PLR0915 (one run, step after step)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=100_000, help="vectors in the table")
+    ap.add_argument("--indexed-rows", type=int, default=10_000,
+                    help="rows of the ingest measured with the HNSW index in place, as agents write")
     ap.add_argument("--dims", type=int, default=512, help="must be the registry's dimension")
     ap.add_argument("--clusters", type=int, default=100)
     ap.add_argument("--noise", type=float, default=1.0,
@@ -130,9 +138,6 @@ def main() -> None:  # noqa: PLR0915 (one run, step after step)
         pgvector = conn.execute(q("pgvector_version")).fetchone()
         if pgvector is None:
             sys.exit("this server has no pgvector (extension vector): the registry cannot be benchmarked")
-        for (index,) in conn.execute(q("registry_hnsw_indexes")).fetchall():
-            conn.execute(sql.SQL(q("drop_index")).format(name=sql.Identifier(index)))
-
         # -- ingest: the RPC against COPY, same rows, same table, same indexes -------------
         batches = [range(i, min(i + args.batch_size, args.rows))
                    for i in range(0, args.rows, args.batch_size)]
@@ -146,13 +151,31 @@ def main() -> None:  # noqa: PLR0915 (one run, step after step)
 
         def copy_phase():
             for text in copy_text:
-                with conn.transaction(), conn.cursor().copy(q("copy_registry")) as cp:
-                    cp.write(text)
+                _copy(conn, text)
 
         def rpc_phase(new: bool = True):
             for text in batch_json:
                 (received, inserted, _) = conn.execute(q("register_hashes"), (tid, text)).fetchone()
                 assert inserted == (received if new else 0), (received, inserted, new)
+
+        # first as agents write: into the table as the migration made it, its HNSW index
+        # kept current row by row, the first --indexed-rows rows
+        step(f"ingest with the HNSW index: COPY and register_hashes, {args.indexed_rows} rows")
+        indexed_batches = -(-min(args.indexed_rows, args.rows) // args.batch_size)
+        indexed: dict[str, float] = {}
+        for name, texts, run in (("copy", copy_text, "copy"), ("rpc", batch_json, "rpc")):
+            conn.execute(q("truncate_registry"))
+            if run == "copy":
+                indexed[name] = timed(lambda texts=texts: [_copy(conn, text)
+                                                           for text in texts[:indexed_batches]])
+            else:
+                indexed[name] = timed(lambda texts=texts: [conn.execute(q("register_hashes"), (tid, text))
+                                                           for text in texts[:indexed_batches]])
+        indexed_rows = min(indexed_batches * args.batch_size, args.rows)
+        # then the bulk figures, the index dropped for both and built after the load
+        conn.execute(q("truncate_registry"))
+        for (index,) in conn.execute(q("registry_hnsw_indexes")).fetchall():
+            conn.execute(sql.SQL(q("drop_index")).format(name=sql.Identifier(index)))
 
         step("ingest: COPY and register_hashes")
         ingest: dict[str, list[float]] = {"copy": [], "rpc": []}
@@ -251,7 +274,12 @@ def main() -> None:  # noqa: PLR0915 (one run, step after step)
     print(f"  {'register_hashes':<42}{rpc_rate:>10,.0f} rows/s")
     print(f"  {'register_hashes, replayed (all duplicates)':<42}{args.rows / replay_s:>10,.0f} rows/s")
     ratio = rpc_rate / copy_rate
-    print(f"  register_hashes / COPY = {ratio:.1%} (goal >= 50%)")
+    print(f"  register_hashes / COPY = {ratio:.1%} (goal >= 50%), the HNSW index built after the load")
+    indexed_ratio = indexed["copy"] / indexed["rpc"]
+    print(f"  into the table as agents write it (its HNSW index kept current), {indexed_rows:,} rows:")
+    print(f"  {'  COPY (baseline)':<42}{indexed_rows / indexed['copy']:>10,.0f} rows/s")
+    print(f"  {'  register_hashes':<42}{indexed_rows / indexed['rpc']:>10,.0f} rows/s")
+    print(f"    register_hashes / COPY = {indexed_ratio:.1%} (goal >= 50%)")
     print(f"\nHNSW build (m = {args.m}, ef_construction = {args.ef_construction}, maintenance_work_mem "
           f"{args.maintenance_work_mem}, max_parallel_maintenance_workers {workers}): {build_s:.1f} s, "
           f"index {index_bytes / 2**20:,.0f} MB")
@@ -277,8 +305,9 @@ def main() -> None:  # noqa: PLR0915 (one run, step after step)
           f"planned as a sequential scan; unordered: calls whose results were not nearest first)")
 
     print()
-    print(f"ingest: register_hashes / COPY = {ratio:.1%} (goal >= 50%): "
-          f"{'met' if ratio >= 0.5 else 'NOT met'}")
+    print(f"ingest: register_hashes / COPY = {ratio:.1%} bulk, index built after (goal >= 50%): "
+          f"{'met' if ratio >= 0.5 else 'NOT met'}; {indexed_ratio:.1%} into the indexed table: "
+          f"{'met' if indexed_ratio >= 0.5 else 'NOT met'}")
     if reaching:
         p50 = pct(sweep[chosen][1], 50) * ms
         print(f"search: smallest ef_search with recall@{args.k} >= {args.recall_goal} is {chosen}, "
