@@ -55,8 +55,10 @@ db-stop: $(STAMP)
 	$(VENV)/bin/flowmesh db stop
 
 ## bench: ingest, server CPU per heartbeat, agent footprint, mesh (beside Serf), fleet-scale check,
-## fleet size, relay round trip, path failover and dashboard benchmarks
+## fleet size, relay round trip, path failover, dashboard and hash registry benchmarks
 bench: $(STAMP) bench-deps
+	@# numpy generates the registry benchmark's vectors (the bench extra)
+	$(PY) -m pip install --quiet -e '.[bench]'
 	@# compiled once, as an installed package is: with PYTHONDONTWRITEBYTECODE set,
 	@# every mesh member process would otherwise compile the package at start
 	$(PY) -m compileall -q flowmesh flowmesh_edge bench
