@@ -174,8 +174,9 @@ def test_up_on_the_embedded_default_leaves_the_database_running(tmp_path):
                              rf"{'pgbouncer/socket' if pooler.binary() else 'postgres'}\b")
             out.wait_for(lambda line: via.match(line) is not None)
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=25) == 0
+            code = proc.wait(timeout=25)
             text = out.close()
+            assert code == 0, text
             last = text.splitlines()[-1]
             assert last == "the embedded database is still running (`flowmesh db stop` stops it)", text
             status = subprocess.run([sys.executable, "-m", "flowmesh.cli", "db", "status"], env=env,
