@@ -264,16 +264,16 @@ class MeshNode:
         return await self.alerts.broadcast(alert, priority)
 
     async def broadcast_search_query(self, query: dict, search_type: str = "search",
-                                     timeout: float = 1.0) -> list[SearchResult]:
+                                     timeout: float = 1.0) -> list[SearchResult] | MeshSearch:
         """Send a search to every member; return the answers received within ``timeout``.
 
         An ``embedding_search`` (``{"embedding": [512 numbers], "k": 10, "data_type"?,
-        "node"?}``) is answered by every member's registry with its top-k, in parts;
-        its embedding goes quantized to int8 (registry.py). ``search_mesh`` merges the
-        answers into one list."""
+        "node"?}``) is answered by every member's registry with its top-k; the answers
+        come back merged into one ranked list with who answered (``search_mesh``, whose
+        result this is)."""
         if search_type == EMBEDDING_SEARCH and "embedding" in query:
-            query = self.registry.query(query["embedding"], query.get("k", 10), query.get("data_type"),
-                                        query.get("node"))
+            return await self.search_mesh(query["embedding"], query.get("k", 10), timeout,
+                                          query.get("data_type"), query.get("node"))
         return await self.search.query(query, search_type, timeout)
 
     # -- hash registry (registry.py) -------------------------------------------------------------
