@@ -7,6 +7,19 @@
 -- rights, so the dashboard, its JSON API and an analyst get the same answer.
 
 -- time buckets ------------------------------------------------------------------
+-- how many buckets one request may ask for: the rule the heatmap and the series share
+create or replace function flowmesh.buckets_problem(buckets integer) returns text
+language sql immutable
+as $$
+  select case
+    when buckets is null or buckets < 1 or buckets > flowmesh.limit_of('series_max_buckets')
+      then '22023 buckets is ' || coalesce(buckets::text, 'null') || '; it must be between 1 and '
+           || flowmesh.limit_of('series_max_buckets')::text
+  end
+$$;
+comment on function flowmesh.buckets_problem(integer) is
+  'Validation rule for a count of time buckets: null when 1 to series_max_buckets (flowmesh.limits()), else the SQLSTATE, a space and the reason. Inlinable: no SET clause. Example: select flowmesh.buckets_problem(0); -> 22023 buckets is 0; it must be between 1 and 1000';
+
 create or replace function flowmesh.bucket_problem(bucket interval, buckets integer) returns text
 language sql immutable
 as $$
@@ -14,9 +27,7 @@ as $$
     when bucket is null or buckets is null then '22004 bucket and buckets must not be null'
     when bucket < interval '1 minute' or bucket > interval '1 day'
       then '22023 bucket is ' || bucket::text || '; it must be between 1 minute and 1 day'
-    when buckets < 1 or buckets > flowmesh.limit_of('series_max_buckets')
-      then '22023 buckets is ' || buckets || '; it must be between 1 and '
-           || flowmesh.limit_of('series_max_buckets')
+    else flowmesh.buckets_problem(buckets)
   end
 $$;
 comment on function flowmesh.bucket_problem(interval, integer) is
@@ -85,10 +96,7 @@ begin
     perform flowmesh.raise_problem('22023 since is ' || coalesce(since::text, 'null')
                                    || '; it must be between 1 minute and 400 days');
   end if;
-  if buckets is null or buckets < 1 or buckets > flowmesh.limit_of('series_max_buckets') then
-    perform flowmesh.raise_problem('22023 buckets is ' || coalesce(buckets::text, 'null')
-                                   || '; it must be between 1 and ' || flowmesh.limit_of('series_max_buckets'));
-  end if;
+  perform flowmesh.raise_problem(flowmesh.buckets_problem(buckets));
   -- whole seconds, at least one minute: windows divide into readable buckets
   v_bucket := greatest(interval '1 minute',
                        pg_catalog.make_interval(secs => ceil(extract(epoch from since) / buckets)));
