@@ -30,6 +30,9 @@ from .transports.memory import InMemoryNetwork
 
 T = TypeVar("T")
 
+#: Longest real wait at a time while a worker thread runs (its end wakes the loop sooner).
+_THREAD_POLL_S = 0.05
+
 
 class _FastForwardSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
     def __init__(self) -> None:
@@ -37,6 +40,11 @@ class _FastForwardSelector(selectors.DefaultSelector):  # type: ignore[misc,vali
         self.loop: VirtualTimeLoop | None = None
 
     def select(self, timeout: float | None = None):
+        if self.loop is not None and self.loop.threads_running:
+            # work in a worker thread takes no virtual time: wait for it for real (its
+            # completion wakes the loop), with the clock stopped, so that a timeout cannot
+            # expire merely because the thread is slower than the loop
+            return super().select(_THREAD_POLL_S if timeout is None else min(timeout, _THREAD_POLL_S))
         events = super().select(0)
         if not events and timeout and self.loop is not None:
             self.loop.virtual_now += timeout
@@ -51,9 +59,19 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         super().__init__(selector)
         selector.loop = self
         self.virtual_now = 0.0
+        self.threads_running = 0
 
     def time(self) -> float:
         return self.virtual_now
+
+    def run_in_executor(self, executor, func, *args):  # asyncio.to_thread comes here
+        future = super().run_in_executor(executor, func, *args)
+        self.threads_running += 1
+        future.add_done_callback(self._thread_done)
+        return future
+
+    def _thread_done(self, _future: asyncio.Future) -> None:
+        self.threads_running -= 1
 
 
 #: Wall-clock time (Unix seconds) at virtual loop time 0.

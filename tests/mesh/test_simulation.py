@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 from flowmesh.limits import NODE_ID_MAX_BYTES
 from flowmesh_edge.mesh import InMemoryNetwork, LinkConditions, MessageType
@@ -361,3 +362,17 @@ def test_members_with_the_longest_ids_gossip_probe_route_and_alert(caplog):
         assert s["received_by_type"]["PING"] > 0 and s["received_by_type"]["GOSSIP"] > 0
         assert "HEARTBEAT" not in s["sent_by_type"]
     assert "too large" not in caplog.text
+
+
+def test_work_in_a_worker_thread_takes_no_virtual_time():
+    # the registry ranks in a thread; before the loop waited for threads, the clock ran on
+    # while one worked and a 1 s search timed out under load (a CI failure)
+    async def main():
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        done = await asyncio.wait_for(asyncio.to_thread(time.sleep, 0.3), timeout=0.1)
+        return done, loop.time() - start
+
+    done, elapsed = run_virtual(main())
+    assert done is None
+    assert elapsed < 0.1
