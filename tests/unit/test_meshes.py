@@ -180,7 +180,8 @@ def _mesh_json_v2(**changes) -> bytes:
 WRONG_TYPES.update({
     "v2 keys missing": (_mesh_json_v2(keys=None), "meshes[0].keys: expected a list of keys"),
     "v2 keys empty": (_mesh_json_v2(keys=[]), "meshes[0].keys: expected a list of keys"),
-    "v2 short secondary": (_mesh_json_v2(keys=[KEY, "short"]), "meshes[0].keys: key 2: a key must be at least"),
+    "v2 short secondary": (_mesh_json_v2(keys=[KEY, "short"]),
+                           "meshes[0].keys: key 2: a key must be at least"),
     "v2 key twice": (_mesh_json_v2(keys=[KEY, KEY]), "meshes[0].keys: a key appears twice"),
     "v2 too many keys": (_mesh_json_v2(keys=[f"{KEY}{i}" for i in range(5)]), "holds at most 4 keys"),
     "v2 encrypt a string": (_mesh_json_v2(encrypt="yes"), "meshes[0].encrypt: expected true or false"),
