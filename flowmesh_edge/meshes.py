@@ -268,9 +268,9 @@ class SavedMeshes:
         """Remember a mesh on joining it. Its id is ``mesh_id`` (a mesh joined by
         pairing: the id it has), else that of the saved mesh holding ``mesh_key`` in
         its keyring, else the key's own. Joining again keeps what is known
-        (endpoints, joined at) and changes what is given; a ``mesh_key`` given for a
-        known mesh becomes its primary, and ``secondary_keys`` (when given) the rest
-        of its keyring."""
+        (endpoints, joined at) and changes what is given; a ``mesh_key`` its ring does
+        not hold becomes its primary, and ``secondary_keys`` (when given) the rest of
+        its keyring, ``mesh_key`` then primary."""
         check_keyring([mesh_key, *(secondary_keys or [])])
         if mesh_id is None:
             holder = self.holding(mesh_key)
@@ -285,7 +285,9 @@ class SavedMeshes:
         else:
             if name:
                 mesh.name = name
-            if secondary_keys is not None or mesh_key != mesh.mesh_key:
+            # a key the ring holds already stays where it is (``run --mesh-key`` with a key
+            # since rotated to secondary must not undo the rotation); a new one leads
+            if secondary_keys is not None or mesh_key not in mesh.keys:
                 rest = secondary_keys if secondary_keys is not None else mesh.keys
                 self._set_keys(mesh, [mesh_key, *rest])
         for attribute, value in (("founder", founder), ("relay_url", relay_url),
@@ -421,6 +423,42 @@ class SavedMeshes:
             yield
         finally:
             os.close(fd)
+
+
+# -- is an agent running on this file? ------------------------------------------
+
+
+def _agent_marker(path: Path) -> Path:
+    return path.with_name(path.name + ".agent")
+
+
+def hold_agent_lock(path: Path) -> int | None:
+    """Say, while the returned descriptor is open, that an agent runs on ``path``: a
+    shared lock on ``<file>.agent`` (0600), which ``agent_running`` tests. None when
+    the lock file cannot be made (the agent runs anyway)."""
+    try:
+        fd = os.open(_agent_marker(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        log.warning("%s: cannot open it: %s", _agent_marker(path), _os_problem(exc))
+        return None
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def agent_running(path: Path) -> bool:
+    """Whether an agent holds ``path`` (``hold_agent_lock``), so that a keyring change
+    written in it is spread over the mesh."""
+    try:
+        fd = os.open(_agent_marker(path), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 # -- the file -----------------------------------------------------------------

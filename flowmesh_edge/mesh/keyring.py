@@ -73,6 +73,11 @@ def key_problem(key: object) -> str | None:
     """Why ``key`` cannot be a mesh key, or None."""
     if not isinstance(key, str | bytes):
         return "a key must be text"
+    if isinstance(key, bytes):
+        try:
+            key.decode("utf-8")  # keys travel as text (saved meshes, KEYRING messages)
+        except UnicodeDecodeError:
+            return "a key must be UTF-8 text"
     size = len(key_bytes(key))
     if size < MIN_KEY_BYTES:
         return f"a key must be at least {MIN_KEY_BYTES} bytes"

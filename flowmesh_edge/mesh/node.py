@@ -283,6 +283,22 @@ class MeshNode:
                                           query.get("data_type"), query.get("node"))
         return await self.search.query(query, search_type, timeout)
 
+    # -- keys (keyring.py, rotation.py) -----------------------------------------------------------
+    async def change_keys(self, keys: list[str] | list[bytes]) -> bool:
+        """Make ``keys`` (primary first) the keyring of the whole mesh, in steps that never
+        leave a member unable to read another (install, use, remove; rotation.py). True
+        when every alive member acknowledged every step; ValueError for a bad ring."""
+        return await self.rotation.change_to(keys)
+
+    async def rotate_key(self, new_key: str | bytes) -> bool:
+        """Replace every key of the mesh by ``new_key`` (install it, use it, remove the rest)."""
+        return await self.change_keys([new_key])
+
+    def on_keyring(self, handler: Callable[[int, list[str]], object]) -> None:
+        """Call ``handler(version, keys)`` whenever this member's keyring changes (a step
+        of ours or one taken from a member); keys primary first. The agent saves them."""
+        self.rotation.on_change(handler)
+
     # -- hash registry (registry.py) -------------------------------------------------------------
     def add_hash(self, hash_value: str, data_type: str, embedding, metadata: dict | None = None,
                  confidence: float | None = None) -> HashEntry:
