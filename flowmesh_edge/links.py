@@ -204,6 +204,7 @@ class MeshLinks:
         if self.store is not None:
             # ``flowmesh-edge keys`` looks for this to know that an agent will spread its change
             self._agent_lock = hold_agent_lock(self.store.path)
+            await self.save()  # a mesh joined from the command line is saved at once
             self._saver = asyncio.get_running_loop().create_task(self._save_every(), name="meshes.json")
 
     async def stop(self) -> None:
@@ -256,10 +257,10 @@ class MeshLinks:
         return on_keyring
 
     async def _save_every(self) -> None:
-        since_save = 0.0
+        since_save, step = 0.0, min(KEYS_POLL_S, SAVE_EVERY_S)
         while True:
-            await asyncio.sleep(KEYS_POLL_S)
-            since_save += KEYS_POLL_S
+            await asyncio.sleep(step)
+            since_save += step
             if self._file_changed():  # another process wrote it: perhaps a forget, or keys
                 self._dirty = True
                 self._apply_keys_from_file()
