@@ -1,11 +1,13 @@
 """``flowmesh-edge keys``: the keyring of a saved mesh (list, add, use, remove, rotate).
 
-A change is written to the saved meshes file at the next keyring version; the
-running agent sees it within a second and carries it out over the whole mesh
-in safe steps (install, use, remove: flowmesh_edge/mesh/rotation.py), saving
-each step. Keys are named by their id (8 hex digits); a key itself is only
-ever read from a 0600 file or generated, never taken from the command line
-or printed.
+A change is a request written to the saved meshes file (``wanted_keys``,
+the ring asked for); the running agent sees it within a second, or the next
+one at its start, and carries it out over the whole mesh in safe steps
+(install, use, remove: flowmesh_edge/mesh/rotation.py), saving each step and
+clearing the request once done. Each command builds on the ring already asked
+for, so ``add`` then ``use`` need not wait for the agent in between. Keys are
+named by their id (8 hex digits); a key itself is only ever read from a 0600
+file or generated, never taken from the command line or printed.
 """
 
 from __future__ import annotations
@@ -24,9 +26,6 @@ from .meshes_cli import meshes_file_option
 
 mesh_option = click.option("--mesh", "mesh_prefix", metavar="ID",
                            help="The saved mesh (the start of its id) [default: the only one].")
-offline_option = click.option(
-    "--offline", is_flag=True,
-    help="Change the keyring although no agent runs on this meshes file to spread it.")
 
 
 @click.group("keys")
@@ -43,14 +42,19 @@ def keys() -> None:
 @meshes_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def keys_list(mesh_prefix: str | None, meshes_file: Path | None, as_json: bool) -> None:
-    """List the keys of the saved meshes by id (never a key), the primary first."""
+    """List the keys of the saved meshes by id (never a key), the primary first.
+
+    A ring asked for and not yet carried out by the agent is listed after, with
+    the role it will have (`wanted primary`, `wanted secondary`)."""
     store = _load(meshes_file)
     chosen = ([_choose(store, mesh_prefix)] if mesh_prefix
               else sorted(store, key=lambda m: (m.name, m.mesh_id)))
     records = [{"mesh": m.mesh_id, "name": m.name, "key": key_id(k),
-                "role": "primary" if i == 0 else "secondary", "keyring_version": m.keyring_version,
-                "encrypt": m.encrypt}
-               for m in chosen for i, k in enumerate(m.keys)]
+                "role": f"{state}{'primary' if i == 0 else 'secondary'}",
+                "keyring_version": m.keyring_version, "encrypt": m.encrypt}
+               for m in chosen
+               for state, ring in (("", m.keys), ("wanted ", m.wanted_keys or []))
+               for i, k in enumerate(ring)]
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return
@@ -71,9 +75,10 @@ def keys_add(mesh_prefix: str | None, key_file: Path | None, meshes_file: Path |
     store = _load(meshes_file)
     mesh = _choose(store, mesh_prefix)
     key = _read_key(key_file) if key_file else generate_key()
-    if key in mesh.keys:
+    ring = _ring(mesh)
+    if key in ring:
         raise click.ClickException(f"mesh {mesh.mesh_id} already holds key {key_id(key)}")
-    _change(store, mesh, [*mesh.keys, key])
+    _change(store, mesh, [*ring, key])
     click.echo(f"installed key {key_id(key)} in mesh {mesh.mesh_id} ({mesh.name}) as a secondary key")
     _tell_agent(store, f"make it the primary with: flowmesh-edge keys use {key_id(key)}")
 
@@ -81,55 +86,54 @@ def keys_add(mesh_prefix: str | None, key_file: Path | None, meshes_file: Path |
 @keys.command("use")
 @click.argument("key", metavar="KEY_ID")
 @mesh_option
-@offline_option
 @meshes_file_option
-def keys_use(key: str, mesh_prefix: str | None, offline: bool, meshes_file: Path | None) -> None:
-    """Make a key of the ring the primary: what this device (then the mesh) signs with."""
+def keys_use(key: str, mesh_prefix: str | None, meshes_file: Path | None) -> None:
+    """Make a key of the ring the primary: what the mesh signs (and encrypts) with."""
     store = _load(meshes_file)
     mesh = _choose(store, mesh_prefix)
-    _need_agent(store, offline)
-    chosen = _find_key(mesh, key)
-    if chosen == mesh.mesh_key:
+    ring = _ring(mesh)
+    chosen = _find_key(mesh, ring, key)
+    if chosen == ring[0]:
         raise click.ClickException(f"key {key_id(chosen)} is already the primary of mesh {mesh.mesh_id}")
-    _change(store, mesh, [chosen, *(k for k in mesh.keys if k != chosen)])
-    click.echo(f"key {key_id(chosen)} is the primary of mesh {mesh.mesh_id} ({mesh.name})")
-    _tell_agent(store, f"remove the old key with: flowmesh-edge keys remove {key_id(mesh.keys[1])}")
+    _change(store, mesh, [chosen, *(k for k in ring if k != chosen)])
+    click.echo(f"key {key_id(chosen)} becomes the primary of mesh {mesh.mesh_id} ({mesh.name})")
+    _tell_agent(store, f"remove the old key with: flowmesh-edge keys remove {key_id(ring[0])}")
 
 
 @keys.command("remove")
 @click.argument("key", metavar="KEY_ID")
 @mesh_option
-@offline_option
 @meshes_file_option
-def keys_remove(key: str, mesh_prefix: str | None, offline: bool, meshes_file: Path | None) -> None:
+def keys_remove(key: str, mesh_prefix: str | None, meshes_file: Path | None) -> None:
     """Stop accepting a key (not the primary: `keys use` another first)."""
     store = _load(meshes_file)
     mesh = _choose(store, mesh_prefix)
-    _need_agent(store, offline)
-    chosen = _find_key(mesh, key)
-    if chosen == mesh.mesh_key:
+    ring = _ring(mesh)
+    chosen = _find_key(mesh, ring, key)
+    if chosen == ring[0]:
         raise click.ClickException(f"key {key_id(chosen)} is the primary of mesh {mesh.mesh_id}: make "
                                    "another key the primary first (flowmesh-edge keys use ID)")
-    _change(store, mesh, [k for k in mesh.keys if k != chosen])
-    click.echo(f"removed key {key_id(chosen)} from mesh {mesh.mesh_id} ({mesh.name})")
-    _tell_agent(store, "members still using it can no longer talk to this device")
+    _change(store, mesh, [k for k in ring if k != chosen])
+    click.echo(f"key {key_id(chosen)} is to be removed from mesh {mesh.mesh_id} ({mesh.name})")
+    _tell_agent(store, "it is removed once every member uses the primary")
 
 
 @keys.command("rotate")
 @mesh_option
-@offline_option
 @meshes_file_option
-def keys_rotate(mesh_prefix: str | None, offline: bool, meshes_file: Path | None) -> None:
+def keys_rotate(mesh_prefix: str | None, meshes_file: Path | None) -> None:
     """Replace every key of the mesh by a new random one: the agent installs it
-    everywhere, makes it the primary everywhere, then removes the old keys."""
+    everywhere, makes it the primary everywhere, then removes the old keys.
+
+    Every member receives the new key, sealed under the old one: a rotation
+    renews the keys, it does not shut out a device that holds them."""
     store = _load(meshes_file)
     mesh = _choose(store, mesh_prefix)
-    _need_agent(store, offline)
     key = generate_key()
     old = [key_id(k) for k in mesh.keys]
     _change(store, mesh, [key])
     click.echo(f"mesh {mesh.mesh_id} ({mesh.name}): new key {key_id(key)} replaces {', '.join(old)}")
-    _tell_agent(store, "see the steps in the agent's log, or `flowmesh-edge keys list` on any member")
+    _tell_agent(store, "`flowmesh-edge keys list` shows when it is done")
 
 
 @keys.command("encryption")
@@ -143,7 +147,7 @@ def keys_encryption(state: str, mesh_prefix: str | None, meshes_file: Path | Non
     the running agent applies it within a second."""
     store = _load(meshes_file)
     mesh = _choose(store, mesh_prefix)
-    store.add_or_update(mesh.mesh_key, encrypt=state == "on")
+    store.set_encrypt(mesh.mesh_id, state == "on")
     try:
         store.save()
     except MeshesFileError as exc:
@@ -177,11 +181,16 @@ def _choose(store: SavedMeshes, prefix: str | None) -> SavedMesh:
                                f"({', '.join(sorted(m.mesh_id for m in saved))})")
 
 
-def _find_key(mesh: SavedMesh, wanted: str) -> str:
+def _ring(mesh: SavedMesh) -> list[str]:
+    """The ring a command builds on: the one asked for already, else the mesh's."""
+    return list(mesh.wanted_keys or mesh.keys)
+
+
+def _find_key(mesh: SavedMesh, ring: list[str], wanted: str) -> str:
     wanted = wanted.strip().lower()
-    matches = [k for k in mesh.keys if key_id(k).startswith(wanted)] if wanted else []
+    matches = [k for k in ring if key_id(k).startswith(wanted)] if wanted else []
     if len(matches) != 1:
-        ids = ", ".join(key_id(k) for k in mesh.keys)
+        ids = ", ".join(key_id(k) for k in ring)
         raise click.ClickException(f"mesh {mesh.mesh_id} has {'no' if not matches else 'more than one'} key "
                                    f"{wanted!r} (its keys: {ids})")
     return matches[0]
@@ -194,8 +203,10 @@ def _read_key(path: Path) -> str:
                                    "a key file must be 0600")
     try:
         key = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{path}: cannot read a key from it: {exc}") from None
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{path}: a key must be UTF-8 text") from None  # never the bytes
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot read a key from it: {exc.strerror}") from None
     problem = key_problem(key)
     if problem:
         raise click.ClickException(f"{path}: {problem}")
@@ -204,7 +215,7 @@ def _read_key(path: Path) -> str:
 
 def _change(store: SavedMeshes, mesh: SavedMesh, keys: list[str]) -> None:
     try:
-        store.set_keys(mesh.mesh_id, keys, mesh.keyring_version + 1)
+        store.request_keys(mesh.mesh_id, keys)
         store.save()
     except ValueError as exc:
         raise click.ClickException(f"mesh {mesh.mesh_id}: {exc}") from None
@@ -212,16 +223,9 @@ def _change(store: SavedMeshes, mesh: SavedMesh, keys: list[str]) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _need_agent(store: SavedMeshes, offline: bool) -> None:
-    if not offline and not agent_running(store.path):
-        raise click.ClickException(
-            f"no agent runs on {store.path}: start `flowmesh-edge run` so that it spreads the change to "
-            "the mesh, or pass --offline to change only this device's keyring (it may then be unable "
-            "to talk to members that do not hold its keys)")
-
-
 def _tell_agent(store: SavedMeshes, next_step: str) -> None:
     if agent_running(store.path):
-        click.echo(f"the running agent spreads it to the mesh; {next_step}")
+        click.echo(f"the running agent carries it out over the mesh; {next_step}")
     else:
-        click.echo(f"no agent runs now: the next `flowmesh-edge run` spreads it; {next_step}")
+        click.echo(f"no agent runs on {store.path} now: the next `flowmesh-edge run` carries it out "
+                   f"over the mesh; {next_step}")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .mesh import DEFAULT_PORT, Address, MeshConfig, MeshNode
+from .mesh.keyring import key_id
 from .mesh.membership import MemberEvent, PeerInfo
 from .mesh.relay_protocol import relay_url_problem
 from .mesh.security import mesh_id_of
@@ -90,7 +91,9 @@ class MeshLinks:
         self.store: SavedMeshes | None = None
         self._saver: asyncio.Task | None = None
         self._dirty = False
-        self._mtime: int | None = None  #: of meshes.json, as we last read or wrote it
+        #: meshes.json as we last read or wrote it (``_identity``)
+        self._file_id: tuple[int, int, int] | None = None
+        self._changing: set[str] = set()  #: meshes whose wanted ring is being carried out
         self._agent_lock: int | None = None  #: fd of meshes.json.agent, held while running
 
     # -- what to join ----------------------------------------------------------------------
@@ -101,7 +104,7 @@ class MeshLinks:
         try:
             self.store = SavedMeshes.load(opts.meshes_file)
             with contextlib.suppress(OSError):
-                self._mtime = self.store.path.stat().st_mtime_ns
+                self._file_id = _identity(self.store.path)
         except MeshesFileError as exc:
             # reported, left as it is, never overwritten: the agent runs without it
             log.error("%s; saved meshes are not used or updated", exc)
@@ -115,6 +118,10 @@ class MeshLinks:
                     relay_url=opts.relays[0] if opts.relays else None,
                     relay_token=opts.relay_token if opts.relays else None)
                 self._dirty = True
+                if opts.mesh_key not in saved.keys:
+                    log.warning("mesh %s: the key given (--mesh-key, %s) was rotated out of it; its saved "
+                                "keyring (%s) is used: start the agent without --mesh-key", saved.mesh_id,
+                                key_id(opts.mesh_key), " ".join(key_id(k) for k in saved.keys))
             joined.append((saved, opts.mesh_key))
         if self.store is not None:
             first = joined[0][0].mesh_id if joined and joined[0][0] is not None else None
@@ -205,6 +212,7 @@ class MeshLinks:
             # ``flowmesh-edge keys`` looks for this to know that an agent will spread its change
             self._agent_lock = hold_agent_lock(self.store.path)
             await self.save()  # a mesh joined from the command line is saved at once
+            self._carry_out(self.store)  # a keyring asked for while no agent ran
             self._saver = asyncio.get_running_loop().create_task(self._save_every(), name="meshes.json")
 
     async def stop(self) -> None:
@@ -243,6 +251,8 @@ class MeshLinks:
         def on_member(event: MemberEvent, peer: PeerInfo | None) -> None:
             if event.kind == "recovered" and peer is not None and peer.address.host:
                 self._reached(link, peer.node_id, peer.address, None)
+            if event.kind in ("joined", "recovered"):
+                self._carry_out(self.store)  # a keyring asked for waits for the mesh
         return on_member
 
     def _keyring_handler(self, link: Link) -> Callable[[int, list[str]], None]:
@@ -261,47 +271,68 @@ class MeshLinks:
         while True:
             await asyncio.sleep(step)
             since_save += step
-            if self._file_changed():  # another process wrote it: perhaps a forget, or keys
+            if self._file_changed():  # another process wrote it: a forget, or a keys command
                 self._dirty = True
-                self._apply_keys_from_file()
+                self._read_requests()
             if since_save >= SAVE_EVERY_S:
                 since_save = 0.0
                 await self.save()
+                self._carry_out(self.store)  # again: a change that stopped short is retried
 
-    def _apply_keys_from_file(self) -> None:
-        """A keyring changed in the file (``flowmesh-edge keys``): carry it out over the
-        mesh, in its safe steps (rotation.py)."""
+    def _read_requests(self) -> None:
+        """What ``flowmesh-edge keys`` wrote in the file: carry it out."""
         try:
             on_disk = SavedMeshes.load(self.store.path)  # type: ignore[union-attr]
-            self._mtime = on_disk.path.stat().st_mtime_ns
-        except (MeshesFileError, OSError) as exc:
-            log.error("%s; keyring changes in it are not applied", exc)
+        except MeshesFileError as exc:
+            log.error("%s; keyring requests in it are not carried out", exc)
             return
-        for link in self.links:
-            if link.mesh_id not in on_disk:
-                continue
-            wanted = on_disk.get(link.mesh_id)
-            if link.node.keyring.encrypt != wanted.encrypt:  # flowmesh-edge keys encryption
-                link.node.keyring.encrypt = wanted.encrypt
-                log.info("mesh %s: encryption %s", link.mesh_id, "on" if wanted.encrypt else "off")
-            rotation = link.node.rotation
-            held = [k.raw.decode() for k in link.node.keyring.keys]
-            if wanted.keys != held and wanted.keyring_version > rotation.version:
-                log.info("mesh %s: keyring version %d asked for in %s: spreading it", link.mesh_id,
-                         wanted.keyring_version, on_disk.path)
-                link.node.spawn(self._change_keys(link, wanted.keys, wanted.keyring_version))
+        self._carry_out(on_disk)
 
-    async def _change_keys(self, link: Link, keys: list[str], version: int) -> None:
+    def _carry_out(self, source: SavedMeshes | None) -> None:
+        """Apply each mesh's ``encrypt`` and carry out its wanted ring, as ``source`` says."""
+        for link in self.links if source is not None else []:
+            if link.mesh_id not in source:  # type: ignore[operator]
+                continue
+            saved = source.get(link.mesh_id)  # type: ignore[union-attr]
+            node = link.node
+            if node.keyring.encrypt != saved.encrypt:  # flowmesh-edge keys encryption
+                node.keyring.encrypt = saved.encrypt
+                log.info("mesh %s: encryption %s", link.mesh_id, "on" if saved.encrypt else "off")
+            wanted = saved.wanted_keys
+            # not before joining (unless there is nobody to join): the steps wait for the
+            # members known, and with none known a removal would cut them all off
+            joined = bool(node.members.alive()) or not saved.endpoints
+            if wanted and joined and link.mesh_id not in self._changing and node.running:
+                self._changing.add(link.mesh_id)
+                node.spawn(self._change_keys(link, wanted))
+
+    async def _change_keys(self, link: Link, wanted: list[str]) -> None:
+        """Carry out a wanted ring over the mesh (rotation.py's steps); once this member's
+        ring is that one, clear the request."""
+        node = link.node
         try:
-            if not await link.node.rotation.change_to(keys, at_least=version - 1):
-                log.warning("mesh %s: not every member acknowledged the keyring change; those that "
-                            "did not are sent it when they next talk", link.mesh_id)
+            held = [k.raw.decode() for k in node.keyring.keys]
+            if held != wanted:
+                log.info("mesh %s: carrying out the keyring asked for (%s)", link.mesh_id,
+                         " ".join(key_id(k) for k in wanted))
+                if not await node.change_keys(wanted):
+                    log.warning("mesh %s: the keyring change stopped short (see above); it is tried "
+                                "again in %.0f s", link.mesh_id, SAVE_EVERY_S)
+                    return
+            log.info("mesh %s: keyring %s in place", link.mesh_id, " ".join(key_id(k) for k in wanted))
+            if self.store is not None and link.mesh_id in self.store:
+                self.store.wanted_done(link.mesh_id, wanted)
+                self._dirty = True
+                self._changing.discard(link.mesh_id)
+                await self.save()  # and carries out a ring asked for meanwhile, if any
         except ValueError as exc:
-            log.error("mesh %s: keyring in the file refused: %s", link.mesh_id, exc)
+            log.error("mesh %s: the keyring asked for is refused: %s", link.mesh_id, exc)
+        finally:
+            self._changing.discard(link.mesh_id)
 
     def _file_changed(self) -> bool:
         try:
-            return self.store is not None and self.store.path.stat().st_mtime_ns != self._mtime
+            return self.store is not None and _identity(self.store.path) != self._file_id
         except OSError:
             return False
 
@@ -314,7 +345,7 @@ class MeshLinks:
             # in the loop's thread: the path and member handlers change the store in it,
             # and it is not made for two threads (a write is a few milliseconds every 30 s)
             forgotten = self.store.save()
-            self._mtime = self.store.path.stat().st_mtime_ns
+            self._file_id = _identity(self.store.path)
         except (MeshesFileError, OSError) as exc:
             log.error("%s; saved meshes are no longer updated", exc)
             self.store = None
@@ -325,3 +356,12 @@ class MeshLinks:
                 await link.mdns.close()
             await link.node.stop()
             self.links.remove(link)
+        # the save merged what another process wrote since: a keyring asked for among it
+        self._carry_out(self.store)
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """Which version of the file this is: every save replaces it by a new file (a new
+    inode), so two saves within the clock's granularity still differ."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size

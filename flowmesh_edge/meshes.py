@@ -14,10 +14,16 @@ One JSON file, ``<data dir>/meshes.json`` (see :func:`default_path`), mode
 Times are ISO 8601 in UTC in the file and Unix seconds (``time.time()``) in
 Python.
 
-``keys`` is the mesh's keyring, primary first: the primary signs (and, with
-``encrypt``, encrypts) what this device sends, and every key is accepted from
-others, so that a key is rotated without a flag day (see
-:mod:`flowmesh_edge.mesh.keyring`). The id is
+``keys`` is the mesh's keyring as the agent holds it, primary first: the
+primary signs (and, with ``encrypt``, encrypts) what this device sends, and
+every key is accepted from others, so that a key is rotated without a flag
+day (see :mod:`flowmesh_edge.mesh.keyring`). Only the agent (and joining)
+writes it, with its ``keyring_version``. ``wanted_keys`` is a ring asked for
+by ``flowmesh-edge keys``: the agent carries it out over the mesh in safe
+steps (rotation.py), saving each, and clears it once its ring is that one,
+so a request survives a stopped or restarted agent. ``encrypt`` is written
+by ``keys encryption`` and read by the agent. Each writer owns its fields,
+so a save merges field by field and neither undoes the other. The id is
 :func:`~flowmesh_edge.mesh.security.mesh_id_of` the key the mesh was founded
 (or first joined) with, and stays the mesh's name through rotations. Version
 1 files (one ``key``, whose id the id had to be) are read and written as
@@ -131,6 +137,8 @@ class SavedMesh:
     #: How many keyring changes the mesh has seen: a change spread over the mesh is
     #: taken only when newer than the keyring held (rotation.py).
     keyring_version: int = 0
+    #: A keyring asked for (``flowmesh-edge keys``), primary first, not yet the mesh's.
+    wanted_keys: list[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.mesh_id:
@@ -182,6 +190,9 @@ class SavedMeshes:
         #: ids whose keyring changed here since then: only those keyrings overwrite the
         #: file's (the agent recording endpoints must not undo a ``keys`` command's change)
         self._keys_changed: set[str] = set(self._meshes)
+        self._wanted_changed: set[str] = set()  #: ids whose wanted ring was asked for here
+        self._wanted_done: dict[str, list[str]] = {}  #: id -> a wanted ring carried out here
+        self._encrypt_changed: set[str] = set()  #: ids whose ``encrypt`` was set here
 
     # -- loading ----------------------------------------------------------
 
@@ -276,6 +287,11 @@ class SavedMeshes:
             holder = self.holding(mesh_key)
             mesh_id = holder.mesh_id if holder is not None else mesh_id_of(mesh_key)
         mesh = self._meshes.get(mesh_id)
+        if (mesh is not None and secondary_keys is None and mesh_key not in mesh.keys
+                and mesh.keyring_version > 0):
+            # the key the mesh was founded with, rotated out since: the ring stays (taking
+            # the key back would cut this device off, and accept a key retired on purpose)
+            mesh_key = mesh.mesh_key
         if mesh is None:
             mesh = SavedMesh(mesh_key=mesh_key, name=name or mesh_id, mesh_id=mesh_id,
                              secondary_keys=list(secondary_keys or []),
@@ -286,15 +302,17 @@ class SavedMeshes:
             if name:
                 mesh.name = name
             # a key the ring holds already stays where it is (``run --mesh-key`` with a key
-            # since rotated to secondary must not undo the rotation); a new one leads
+            # since rotated to secondary must not undo the rotation)
             if secondary_keys is not None or mesh_key not in mesh.keys:
                 rest = secondary_keys if secondary_keys is not None else mesh.keys
                 self._set_keys(mesh, [mesh_key, *rest])
         for attribute, value in (("founder", founder), ("relay_url", relay_url),
-                                 ("relay_token", relay_token), ("auto_reconnect", auto_reconnect),
-                                 ("encrypt", encrypt)):
+                                 ("relay_token", relay_token), ("auto_reconnect", auto_reconnect)):
             if value is not None:
                 setattr(mesh, attribute, value)
+        if encrypt is not None:
+            mesh.encrypt = encrypt
+            self._encrypt_changed.add(mesh_id)
         if keyring_version is not None and keyring_version != mesh.keyring_version:
             mesh.keyring_version = keyring_version
             self._keys_changed.add(mesh_id)
@@ -310,6 +328,33 @@ class SavedMeshes:
         if version != mesh.keyring_version:
             mesh.keyring_version = version
             self._keys_changed.add(mesh_id)
+        self._touch(mesh_id)
+        return mesh
+
+    def request_keys(self, mesh_id: str, keys: list[str]) -> SavedMesh:
+        """Ask for ``keys`` (primary first) as the mesh's keyring: the agent carries it
+        out; ValueError for a ring that cannot be."""
+        mesh = self.get(mesh_id)
+        keys = list(dict.fromkeys(keys))
+        check_keyring(keys)
+        mesh.wanted_keys = None if keys == mesh.keys else keys
+        self._wanted_changed.add(mesh_id)
+        self._touch(mesh_id)
+        return mesh
+
+    def wanted_done(self, mesh_id: str, keys: list[str]) -> None:
+        """The ring ``keys`` asked for is the mesh's now: clear the request at the next
+        save, unless another was asked for meanwhile."""
+        self._wanted_done[mesh_id] = list(keys)
+        mesh = self.get(mesh_id)
+        if mesh.wanted_keys == keys:
+            mesh.wanted_keys = None
+        self._touch(mesh_id)
+
+    def set_encrypt(self, mesh_id: str, on: bool) -> SavedMesh:
+        mesh = self.get(mesh_id)
+        mesh.encrypt = on
+        self._encrypt_changed.add(mesh_id)
         self._touch(mesh_id)
         return mesh
 
@@ -395,9 +440,11 @@ class SavedMeshes:
             for mesh_id in self._changed - gone:
                 if mesh_id in self._meshes:
                     ours, theirs = self._meshes[mesh_id], merged.get(mesh_id)
-                    if theirs is not None and mesh_id not in self._keys_changed:
-                        ours.mesh_key, ours.secondary_keys = theirs.mesh_key, list(theirs.secondary_keys)
-                        ours.keyring_version = theirs.keyring_version
+                    if theirs is not None:
+                        _merge_fields(ours, theirs, keys=mesh_id in self._keys_changed,
+                                      wanted=mesh_id in self._wanted_changed,
+                                      encrypt=mesh_id in self._encrypt_changed,
+                                      done=self._wanted_done.get(mesh_id))
                     merged[mesh_id] = ours
             # in the order joined, so that the file reads (and diffs) the same every time
             merged = dict(sorted(merged.items(), key=lambda item: (item[1].joined_at, item[0])))
@@ -406,6 +453,9 @@ class SavedMeshes:
         self._on_disk = set(merged)
         self._changed.clear()
         self._keys_changed.clear()
+        self._wanted_changed.clear()
+        self._wanted_done.clear()
+        self._encrypt_changed.clear()
         self._joined.clear()
         self._forgotten.clear()
         return gone
@@ -423,6 +473,22 @@ class SavedMeshes:
             yield
         finally:
             os.close(fd)
+
+
+def _merge_fields(ours: SavedMesh, theirs: SavedMesh, *, keys: bool, wanted: bool, encrypt: bool,
+                  done: list[str] | None) -> None:
+    """Our copy of a mesh, about to be saved over ``theirs`` (the file's): the fields
+    this process did not set are taken from the file (each has one writer: the keyring
+    the agent, the wanted ring and ``encrypt`` the ``keys`` commands)."""
+    if not keys:
+        ours.mesh_key, ours.secondary_keys = theirs.mesh_key, list(theirs.secondary_keys)
+        ours.keyring_version = theirs.keyring_version
+    if not wanted:
+        ours.wanted_keys = theirs.wanted_keys
+        if done is not None and ours.wanted_keys == done:
+            ours.wanted_keys = None  # carried out; a request made meanwhile stays
+    if not encrypt:
+        ours.encrypt = theirs.encrypt
 
 
 # -- is an agent running on this file? ------------------------------------------
@@ -528,10 +594,10 @@ class _Invalid(ValueError):
     """What is wrong in the document, and where (``meshes[0].endpoints[2].rtt_ms``)."""
 
 
-_MESH_FIELDS = {"id", "name", "keys", "encrypt", "keyring_version", "founder", "relay_url", "relay_token",
-                "joined_at", "last_connected", "connected_via", "auto_reconnect", "endpoints"}
+_MESH_FIELDS = {"id", "name", "keys", "wanted_keys", "encrypt", "keyring_version", "founder", "relay_url",
+                "relay_token", "joined_at", "last_connected", "connected_via", "auto_reconnect", "endpoints"}
 #: Version 1 had one key and no choice of encryption.
-_MESH_FIELDS_V1 = (_MESH_FIELDS - {"keys", "encrypt", "keyring_version"}) | {"key"}
+_MESH_FIELDS_V1 = (_MESH_FIELDS - {"keys", "wanted_keys", "encrypt", "keyring_version"}) | {"key"}
 _ENDPOINT_FIELDS = {"node", "address", "last_seen", "rtt_ms", "last_success"}
 
 
@@ -583,7 +649,16 @@ def _parse_mesh(item: object, where: str, version: int) -> SavedMesh:
         raise _Invalid(f"{where}.encrypt: expected true or false, found {_kind(encrypt)}")
     keyring_version = fields.get("keyring_version", 0)
     if type(keyring_version) is not int or keyring_version < 0:
-        raise _Invalid(f"{where}.keyring_version: expected a whole number, found {_kind(keyring_version)}")
+        raise _Invalid(f"{where}.keyring_version: expected a whole number, "
+                       f"found {_kind(keyring_version)}")
+    wanted = fields.get("wanted_keys")
+    if wanted is not None:
+        if not isinstance(wanted, list):
+            raise _Invalid(f"{where}.wanted_keys: expected a list of keys, found {_kind(wanted)}")
+        try:
+            check_keyring(wanted)
+        except ValueError as exc:
+            raise _Invalid(f"{where}.wanted_keys: {exc}") from None
     endpoints = fields.get("endpoints", [])
     if not isinstance(endpoints, list):
         raise _Invalid(f"{where}.endpoints: expected a list, found {_kind(endpoints)}")
@@ -592,7 +667,7 @@ def _parse_mesh(item: object, where: str, version: int) -> SavedMesh:
         raise _Invalid(f"{where}.auto_reconnect: expected true or false, found {_kind(auto)}")
     return SavedMesh(
         mesh_key=keys[0], secondary_keys=keys[1:], mesh_id=mesh_id, encrypt=encrypt,
-        keyring_version=keyring_version,
+        keyring_version=keyring_version, wanted_keys=wanted,
         name=_string(fields, "name", where),
         joined_at=_time(fields, "joined_at", where, required=True),
         founder=_string(fields, "founder", where, required=False),
@@ -676,7 +751,7 @@ def _iso(moment: float | None) -> str | None:
 def _dump(meshes: list[SavedMesh]) -> bytes:
     document = {"version": SCHEMA_VERSION, "meshes": [
         {"id": m.mesh_id, "name": m.name, "keys": m.keys, "encrypt": m.encrypt,
-         "keyring_version": m.keyring_version, "founder": m.founder,
+         "keyring_version": m.keyring_version, "wanted_keys": m.wanted_keys, "founder": m.founder,
          "relay_url": m.relay_url, "relay_token": m.relay_token, "joined_at": _iso(m.joined_at),
          "last_connected": _iso(m.last_connected), "connected_via": m.connected_via,
          "auto_reconnect": m.auto_reconnect,

@@ -14,9 +14,12 @@ for *authenticated* frames (wire.py: the signed frame and a 16-byte tag, as
 before) and a ChaCha20-Poly1305 key for *sealed* ones, which hide everything
 but the wire version::
 
-    u8 version (5)  u8 0 (sealed)  u8 0 (flags)  12 nonce  AEAD(plain frame without its tag)
+    u8 version (5)  u8 0 (sealed)  u8 key hint  12 nonce  AEAD(plain frame without its tag)
 
-with the first three bytes as associated data. The plain frame inside keeps
+with the first three bytes as associated data. The key hint is the first
+byte of the sealing key's id: a receiver tries only the keys of its ring
+with that hint (one, nearly always), so a forged datagram costs one failed
+decryption whatever the size of the ring. The plain frame inside keeps
 its own sender, boot epoch, sequence and clock, so the replay window and the
 skew bound (security.py) apply to sealed frames unchanged. ChaCha20-Poly1305
 rather than AES-GCM: a Raspberry Pi has no AES instructions, and ChaCha is
@@ -31,12 +34,13 @@ kinds, each authenticated by a key of the ring, so encryption is turned on
 member by member (a downgrade needs a key, which is the whole mesh's trust).
 
 A datagram that no key opens is ``forged``; one that opens under a key
-removed from this ring in the last REMOVED_REMEMBERED removals is counted as
-``removed_key`` instead, so that a member left behind by a rotation shows up
-for what it is.
+removed from this ring (in the last REMOVED_REMEMBERED removals since the
+process started) is counted as ``removed_key`` instead, so that a member
+left behind by a rotation shows up for what it is.
 
-Keys are strings of MIN_KEY_BYTES to MAX_KEY_BYTES UTF-8 bytes (the mesh key
-of ``--mesh-key``); a ring holds at most MAX_KEYS. ``key_id`` names a key
+Keys are text of MIN_KEY_BYTES to MAX_KEY_BYTES UTF-8 bytes without control
+characters (the mesh key of ``--mesh-key``); a ring holds at most MAX_KEYS,
+so a whole ring always fits one KEYRING datagram. ``key_id`` names a key
 (8 hex digits of a hash) for ``flowmesh-edge keys list`` and logs; nothing
 else about a key is ever shown.
 """
@@ -47,6 +51,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -62,7 +67,7 @@ MAX_KEY_BYTES = 128
 #: Removed keys remembered (in memory) to tell ``removed_key`` drops from forgeries.
 REMOVED_REMEMBERED = 4
 NONCE_LEN = 12
-_SEALED_HEAD = bytes((WIRE_VERSION, SEALED, 0))
+_HEAD_LEN = 3
 
 
 def key_bytes(key: bytes | str) -> bytes:
@@ -73,11 +78,13 @@ def key_problem(key: object) -> str | None:
     """Why ``key`` cannot be a mesh key, or None."""
     if not isinstance(key, str | bytes):
         return "a key must be text"
-    if isinstance(key, bytes):
-        try:
-            key.decode("utf-8")  # keys travel as text (saved meshes, KEYRING messages)
-        except UnicodeDecodeError:
-            return "a key must be UTF-8 text"
+    try:
+        # keys travel as text (saved meshes, KEYRING messages)
+        text = key.decode("utf-8") if isinstance(key, bytes) else key.encode("utf-8").decode("utf-8")
+    except UnicodeError:
+        return "a key must be UTF-8 text"
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        return "a key must not hold control characters"
     size = len(key_bytes(key))
     if size < MIN_KEY_BYTES:
         return f"a key must be at least {MIN_KEY_BYTES} bytes"
@@ -113,7 +120,7 @@ def generate_key() -> str:
 class MeshKey:
     """One key of the ring, with the keys derived from it."""
 
-    __slots__ = ("_aead", "_mac", "id", "raw")
+    __slots__ = ("_aead", "_head", "_mac", "hint", "id", "raw")
 
     def __init__(self, key: bytes | str):
         problem = key_problem(key)
@@ -121,6 +128,9 @@ class MeshKey:
             raise ValueError(problem.replace("a key", "the mesh key"))
         self.raw = key_bytes(key)
         self.id = key_id(self.raw)
+        #: Sealed frames name their key by this byte (the first of its id).
+        self.hint = int(self.id[:2], 16)
+        self._head = bytes((WIRE_VERSION, SEALED, self.hint))
         # domain separation: the same secret gives unrelated keys for each use
         self._mac = hashlib.sha256(b"flowmesh mesh mac v1\x00" + self.raw).digest()
         self._aead = ChaCha20Poly1305(hashlib.sha256(b"flowmesh mesh aead v1\x00" + self.raw).digest())
@@ -138,15 +148,15 @@ class MeshKey:
         """An authenticated datagram: ``data`` and its tag."""
         return data + self.sign(data)
 
-    def seal(self, data: bytes, head: bytes = _SEALED_HEAD) -> bytes:
+    def seal(self, data: bytes) -> bytes:
         nonce = os.urandom(NONCE_LEN)
-        return head + nonce + self._aead.encrypt(nonce, data, head)
+        return self._head + nonce + self._aead.encrypt(nonce, data, self._head)
 
-    def unseal(self, sealed: bytes, head_len: int = len(_SEALED_HEAD)) -> bytes | None:
-        """The data sealed by ``seal`` (with a head of ``head_len`` bytes), or None."""
-        head, nonce = sealed[:head_len], sealed[head_len:head_len + NONCE_LEN]
+    def unseal(self, sealed: bytes) -> bytes | None:
+        """The data sealed by ``seal``, or None."""
+        head, nonce = sealed[:_HEAD_LEN], sealed[_HEAD_LEN:_HEAD_LEN + NONCE_LEN]
         try:
-            return self._aead.decrypt(nonce, sealed[head_len + NONCE_LEN:], head)
+            return self._aead.decrypt(nonce, sealed[_HEAD_LEN + NONCE_LEN:], head)
         except InvalidTag:
             return None
 
@@ -187,13 +197,15 @@ class Keyring:
         if len(datagram) > MAX_DATAGRAM:
             raise WireError("oversized", f"{len(datagram)} bytes")
         if len(datagram) >= 3 and datagram[1] == SEALED and datagram[0] == WIRE_VERSION:
-            if len(datagram) < len(_SEALED_HEAD) + NONCE_LEN + TAG_LEN:
+            if len(datagram) < _HEAD_LEN + NONCE_LEN + TAG_LEN:
                 raise WireError("truncated", f"sealed datagram of {len(datagram)} bytes")
+            hint = datagram[2]
             for key in self._keys:
-                plain = key.unseal(datagram)
-                if plain is not None:
-                    return plain, key
-            if any(k.unseal(datagram) is not None for k in self._removed):
+                if key.hint == hint:
+                    plain = key.unseal(datagram)
+                    if plain is not None:
+                        return plain, key
+            if any(k.hint == hint and k.unseal(datagram) is not None for k in self._removed):
                 raise WireError("removed_key")
             raise WireError("forged")
         signed, tag = split_tag(datagram)

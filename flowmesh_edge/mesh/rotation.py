@@ -4,10 +4,10 @@ A member's keyring (keyring.py) has a *version*, the number of changes it
 has seen, and an *origin*, the member that made the last one. A change made
 on one member (``flowmesh-edge keys add|use|remove``, or ``rotate``) is
 spread as a KEYRING message carrying the whole ring; a member takes a ring
-that is newer than its own, ordered by (version, origin) so that two
-changes made at once settle the same way everywhere (the later origin's
-wins; the other change is lost and must be made again, which its maker sees
-in ``keys list``).
+that ranks above its own by (version, origin, digest of the keys), so that
+two changes made at once settle the same way everywhere. The member whose
+change lost stops making it as soon as it takes the other ring, and makes
+it again later from there (the agent retries a request until it holds).
 
 Keys never travel in clear: a KEYRING frame is always sealed, whatever the
 mesh's ``encrypt`` setting, and one that arrives only authenticated is
@@ -16,17 +16,24 @@ send one; that is the mesh's trust, as for every other frame.
 
 No flag day, no member left behind:
 
-* a change is made in steps, each spread and acknowledged by every alive
-  member (or until ``keyring_deadline_s``) before the next: a new key is
-  first *installed* (accepted, not used), then *used* (the primary), and
-  only then are keys *removed*. A member never receives a frame under a key
-  it has not installed, and never loses a key another still sends under;
-* the sender of each step retransmits it every ``keyring_retry_s`` to the
-  members that have not acknowledged;
-* a member that joins (or comes back) is sent the ring, and one that sends
-  under a key that is not the receiver's primary is sent the ring under that
-  key (at most every CATCH_UP_EVERY_S), so a member that missed a step
-  catches up as soon as it talks, in whichever direction it is behind.
+* a change is made in steps: a new key is first *installed* (accepted, not
+  used), then *used* (the primary), and only then are keys *removed*. Each
+  step goes to every member not known dead (suspects included), is
+  retransmitted every ``keyring_retry_s`` to those that have not
+  acknowledged it, and the next step waits until all have: a member never
+  receives a frame under a key it has not installed, and never loses a key
+  another still sends under. The step before keys are removed also waits
+  for members declared dead and not yet forgotten (``dead_reap_s``), so that
+  one cut off for a moment does not come back to find its key gone (it
+  catches up under the old key, still accepted, and acknowledges). A step not
+  acknowledged by all within ``keyring_deadline_s`` ends the change there
+  (``change_to`` says False), at a ring that is safe to stay at: the caller
+  tries again later (the agent, every 30 s);
+* a member that joins (or comes back) is sent the ring under the primary,
+  and one that sends under a key that is not the receiver's primary is sent
+  the ring under that key (at most every CATCH_UP_EVERY_S), so a member that
+  missed a step catches up as soon as it talks, in whichever direction it is
+  behind.
 
 A member that was away while a key it still uses was removed everywhere can
 no longer talk to the mesh (its frames are counted as ``removed_key``): that
@@ -44,7 +51,7 @@ from dataclasses import dataclass, field
 from flowmesh.limits import NODE_ID_MAX_BYTES
 
 from .address import Address
-from .keyring import Keyring, MeshKey, check_keyring, key_id
+from .keyring import MAX_KEYS, Keyring, MeshKey, check_keyring, key_id
 from .membership import MemberEvent
 from .wire import MessageType, WireError
 
@@ -76,15 +83,22 @@ class RotationStats:
 @dataclass
 class _Step:
     version: int
-    keys: list[bytes]
+    digest: str
+    keys: list[bytes] = field(repr=False)
     pending: set[str] = field(default_factory=set)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Another member's newer ring arrived while this step was spreading.
+    #: Another member's ring, ranked above, arrived while this step was spreading.
     superseded: bool = False
 
 
 def _text(key: bytes) -> str:
     return key.decode("utf-8")
+
+
+def ring_digest(keys: list[bytes] | list[str]) -> str:
+    """A ring's fingerprint (8 hex digits of a hash of its keys, in order): rings of the
+    same version and origin are the same ring only when their digests agree."""
+    return key_id(b"\x00".join(k.encode("utf-8") if isinstance(k, str) else k for k in keys))
 
 
 class KeyRotation:
@@ -105,35 +119,47 @@ class KeyRotation:
         self._handlers.append(handler)
 
     # -- changing the ring here --------------------------------------------------------------
-    async def change_to(self, keys: list[str] | list[bytes], at_least: int = 0) -> bool:
-        """Make ``keys`` (primary first) the mesh's ring, in safe steps (module doc), each
-        at a version above ``at_least`` and ours. True when every step was acknowledged
-        by every alive member; ValueError for a ring that cannot be."""
+    async def change_to(self, keys: list[str] | list[bytes]) -> bool:
+        """Make ``keys`` (primary first) the mesh's ring, in safe steps (module doc). True
+        when this member's ring is ``keys`` and every member not known dead acknowledged
+        every step; False when a step was not acknowledged in time or another member's
+        change came first (the ring is then a safe one, short of ``keys``); ValueError
+        for a ring that cannot be."""
         check_keyring(list(keys))
         target = [k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in keys]
         async with self._change_lock:
-            self.version = max(self.version, at_least)
             current = [k.raw for k in self.keyring.keys]
             installed = current + [k for k in target if k not in current]
+            if len(installed) > MAX_KEYS:
+                raise ValueError(f"changing to this ring without a flag day needs its {len(installed)} "
+                                 f"keys at once, and a keyring holds {MAX_KEYS}: remove keys first")
             used = [target[0], *(k for k in installed if k != target[0])]
             steps = [current]
             for step in (installed, used, target):
                 if step != steps[-1]:
                     steps.append(step)
-            complete = True
-            # each step that changes the ring; at least one, so that a ring changed while
-            # the agent was stopped reaches the others too
-            for step in steps[1:] or steps:
-                complete = await self._spread_step(step) and complete
-            return complete
+            plan = steps[1:] or steps  # at least one step, so the ring reaches every member
+            if set(current) - set(target) and len(plan) == 1:
+                plan = [current, target]  # a removal alone: first make sure all hold the primary
+            for index, step in enumerate(plan):
+                # before keys are removed, every member, even one declared dead lately, must
+                # hold the ring that does without them (module doc)
+                everyone = index == len(plan) - 2 and bool(set(current) - set(target))
+                if not await self._spread_step(step, everyone=everyone):
+                    return False
+            return True
 
-    async def _spread_step(self, keys: list[bytes]) -> bool:
-        """Take ``keys`` here at the next version and spread them until every alive member
-        acknowledged or the deadline passed."""
+    async def _spread_step(self, keys: list[bytes], everyone: bool = False) -> bool:
+        """Take ``keys`` here at the next version and spread them until every member not
+        known dead acknowledged (True), the deadline passed, or another member's ring
+        came first (False); with ``everyone``, members declared dead and not yet forgotten
+        (``dead_reap_s``) are waited for too."""
         if len(keys) > len(set(keys)):
             raise ValueError("a key appears twice in the keyring")
         self._apply(self.version + 1, self.host.node_id, keys)
-        step = _Step(self.version, keys, {m.node_id for m in self.host.members.alive()})
+        mine = self._rank()
+        waited = self._everyone if everyone else self._not_dead
+        step = _Step(self.version, ring_digest(keys), keys, waited())
         self._step = step
         cfg = self.host.config
         deadline = self.host.now() + cfg.keyring_deadline_s
@@ -144,13 +170,13 @@ class KeyRotation:
                 await asyncio.wait_for(step.done.wait(), cfg.keyring_retry_s)
             except TimeoutError:
                 pass
-            alive = {m.node_id for m in self.host.members.alive()}
-            step.pending &= alive  # a member that died is not waited for; it catches up later
+            step.pending &= waited()  # one declared dead meanwhile catches up when back
             if not step.pending:
                 break
-        if step.superseded:
-            log.warning("mesh %s: keyring version %d was superseded by %s's version %d", self.host.node_id,
-                        step.version, self.origin, self.version)
+        self._step = None
+        if step.superseded or self._rank() != mine:
+            log.warning("mesh %s: keyring version %d was superseded by %s's version %d: the change "
+                        "stops there", self.host.node_id, step.version, self.origin, self.version)
             return False
         if step.pending:
             self.stats.incomplete += 1
@@ -159,6 +185,15 @@ class KeyRotation:
                         cfg.keyring_deadline_s)
             return False
         return True
+
+    def _not_dead(self) -> set[str]:
+        return {m.node_id for m in self.host.members.alive_or_suspect()}
+
+    def _everyone(self) -> set[str]:
+        return set(self.host.members.members)
+
+    def _rank(self) -> tuple[int, str, str]:
+        return self.version, self.origin, ring_digest([k.raw for k in self.keyring.keys])
 
     def _apply(self, version: int, origin: str, keys: list[bytes]) -> None:
         before = self.keyring.ids()
@@ -173,7 +208,8 @@ class KeyRotation:
     # -- the wire ---------------------------------------------------------------------------------
     def _send_ring(self, member: str, key: MeshKey | None, address: Address | None = None) -> None:
         body = json.dumps({"v": self.version, "o": self.origin,
-                           "k": [_text(k.raw) for k in self.keyring.keys]}, separators=(",", ":"))
+                           "k": [_text(k.raw) for k in self.keyring.keys]},
+                          separators=(",", ":"), ensure_ascii=False)  # a key's bytes, not \u escapes
         self.stats.sent += 1
         if address is not None:
             self.host.send_frame(MessageType.KEYRING, body.encode(), address, piggyback=False, key=key,
@@ -182,7 +218,9 @@ class KeyRotation:
             self.host.send_to(MessageType.KEYRING, body.encode(), member, piggyback=False, seal=True)
 
     def _send_ack(self, member: str, address: Address, key: MeshKey) -> None:
-        body = json.dumps({"ack": self.version, "o": self.origin}, separators=(",", ":"))
+        version, origin, digest = self._rank()
+        body = json.dumps({"ack": version, "o": origin, "d": digest}, separators=(",", ":"),
+                          ensure_ascii=False)
         self.host.send_frame(MessageType.KEYRING, body.encode(), address, piggyback=False, key=key, seal=True)
 
     def on_frame(self, frame, addr: Address, key: MeshKey, sealed: bool) -> None:
@@ -192,23 +230,25 @@ class KeyRotation:
         message = _parse(frame.body)
         if "ack" in message:
             step = self._step
-            if step is not None and message["ack"] == step.version and frame.sender in step.pending:
+            if (step is not None and (message["ack"], message["d"]) == (step.version, step.digest)
+                    and frame.sender in step.pending):
                 step.pending.discard(frame.sender)
                 self.stats.acked += 1
                 if not step.pending:
                     step.done.set()
             return
-        theirs = (message["v"], message["o"])
-        if theirs > (self.version, self.origin):
+        theirs = (message["v"], message["o"], ring_digest(message["k"]))
+        ours = self._rank()
+        if theirs > ours:
             self.stats.adopted += 1
             step = self._step
-            if step is not None and step.pending:  # ours is superseded: stop waiting for it
+            if step is not None:  # ours is superseded: stop waiting for it
                 step.pending.clear()
                 step.superseded = True
                 step.done.set()
             self._apply(message["v"], message["o"], [k.encode("utf-8") for k in message["k"]])
             self._send_ack(frame.sender, addr, key)
-        elif theirs == (self.version, self.origin):
+        elif theirs == ours:
             self._send_ack(frame.sender, addr, key)  # a retransmission: our ack was lost
         else:
             self.stats.stale += 1
@@ -244,15 +284,16 @@ def _parse(body: bytes) -> dict:
     """A KEYRING body, checked: ``{"v", "o", "k"}`` or ``{"ack", "o"}``."""
     try:
         message = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise WireError("keyring_malformed", "not JSON") from None
     if not isinstance(message, dict):
         raise WireError("keyring_malformed", "not an object")
     origin = message.get("o")
-    if not isinstance(origin, str) or len(origin.encode()) > NODE_ID_MAX_BYTES:
+    if not isinstance(origin, str) or len(origin.encode("utf-8", "surrogatepass")) > NODE_ID_MAX_BYTES:
         raise WireError("keyring_malformed", "origin")
     if "ack" in message:
-        if set(message) != {"ack", "o"} or type(message["ack"]) is not int:
+        if (set(message) != {"ack", "o", "d"} or type(message["ack"]) is not int
+                or not isinstance(message["d"], str)):
             raise WireError("keyring_malformed", "acknowledgement")
         return message
     version, keys = message.get("v"), message.get("k")
@@ -261,9 +302,9 @@ def _parse(body: bytes) -> dict:
         raise WireError("keyring_malformed", "fields")
     try:
         check_keyring(keys)
-    except ValueError as exc:
+    except (ValueError, UnicodeEncodeError) as exc:
         raise WireError("keyring_malformed", str(exc)) from None
     return message
 
 
-__all__ = ["CATCH_UP_EVERY_S", "KeyRotation", "KeyringHandler", "RotationStats", "key_id"]
+__all__ = ["CATCH_UP_EVERY_S", "KeyRotation", "KeyringHandler", "RotationStats", "ring_digest"]

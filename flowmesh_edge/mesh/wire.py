@@ -18,7 +18,7 @@ authenticated frame::
 
 A sealed frame is the same frame without its tag, encrypted whole::
 
-    u8 version (5)  u8 0 (SEALED: no message type is 0)  u8 flags (0)
+    u8 version (5)  u8 0 (SEALED: no message type is 0)  u8 key hint (keyring.py)
     12 nonce  then ChaCha20-Poly1305 of the frame above (its 16-byte tag at the end)
 
 A frame is at most MAX_DATAGRAM bytes (below a 1500-byte Ethernet MTU with
@@ -132,7 +132,8 @@ class MessageType(IntEnum):
     # the connection train (paths.py): is this endpoint of a member answering, how fast?
     PATH_PROBE = 25
     PATH_ACK = 26
-    #: The mesh's keyring, as a member holds it (rotation.py): an envelope.
+    #: The mesh's keyring as a member holds it, or an acknowledgement of one (rotation.py):
+    #: a JSON body, always sealed.
     KEYRING = 27
 
 
@@ -140,7 +141,7 @@ class MessageType(IntEnum):
 ENVELOPE_TYPES = frozenset({
     MessageType.NODE_STATE_SYNC, MessageType.SEARCH_QUERY, MessageType.ALERT,
     MessageType.HASH_REGISTRY, MessageType.ROUTE_BROADCAST, MessageType.ACK,
-    MessageType.SEARCH_RESULT, MessageType.DIRECT, MessageType.KEYRING,
+    MessageType.SEARCH_RESULT, MessageType.DIRECT,
 })
 #: Kinds a membership update can have.
 UPDATE_KINDS = (MessageType.ALIVE, MessageType.SUSPECT, MessageType.DEAD)

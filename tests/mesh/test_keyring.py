@@ -41,6 +41,8 @@ def test_mac_detects_any_change_and_a_wrong_key():
     ([f"{OLD}{i}" for i in range(MAX_KEYS + 1)], f"at most {MAX_KEYS} keys"),
     ([b"\xff" * 20], "UTF-8"),
     ([12345678901234567890], "must be text"),
+    ([OLD + "\n"], "control characters"),
+    (["a lone surrogate \ud800 16+"], "UTF-8"),
 ])
 def test_a_keyring_that_cannot_be_is_refused_without_showing_a_key(keys, problem):
     with pytest.raises(ValueError, match=problem) as caught:
@@ -51,7 +53,8 @@ def test_a_keyring_that_cannot_be_is_refused_without_showing_a_key(keys, problem
 def test_a_sealed_frame_hides_everything_and_opens_under_any_key_of_the_ring():
     sender, receiver = Keyring([NEW, OLD]), Keyring([OLD, NEW])
     datagram = wire.encode_frame(ping(), sender.protect)
-    assert datagram[:3] == bytes((wire.WIRE_VERSION, wire.SEALED, 0))
+    # the head names the sealing key by one byte: a receiver tries only that key
+    assert datagram[:3] == bytes((wire.WIRE_VERSION, wire.SEALED, MeshKey(NEW).hint))
     assert b"pi-kitchen" not in datagram and b"phone-alice" not in datagram  # ids are sealed too
     signed, key = receiver.open(datagram)
     assert key.id == key_id(NEW) and key is not receiver.primary  # a secondary key opened it
@@ -117,3 +120,15 @@ def test_generated_keys_are_long_random_text():
     a, b = generate_key(), generate_key()
     assert a != b and len(a.encode()) >= 32
     check_keyring([a, b])
+
+
+def test_a_forged_sealed_datagram_costs_one_decryption_whatever_the_ring(monkeypatch):
+    ring = Keyring([OLD, NEW, OTHER, "a fourth key, 16+ bytes"])
+    ring.remove(OTHER)  # remembered as removed: also tried only when its hint matches
+    tries = []
+    monkeypatch.setattr(MeshKey, "unseal", lambda self, data: tries.append(self.id) and None)
+    forged = bytearray(wire.encode_frame(ping(), Keyring(OLD).protect))
+    forged[-1] ^= 1
+    with pytest.raises(WireError):
+        ring.open(bytes(forged))
+    assert tries == [key_id(OLD)]

@@ -12,6 +12,7 @@ from flowmesh_edge import MeshNode
 from flowmesh_edge import links as links_module
 from flowmesh_edge.cli import main
 from flowmesh_edge.links import MeshLinks, MeshOptions
+from flowmesh_edge.mesh.keyring import key_id
 from flowmesh_edge.mesh.security import mesh_id_of
 from tests.conftest import until
 
@@ -128,13 +129,14 @@ async def test_keys_commands_rotate_the_key_of_two_running_agents_and_both_save_
         old = a.primary.keyring.primary.id
         added = keys("add")
         new = added.split("installed key ")[1].split()[0]
-        assert "the running agent spreads it" in added
+        assert "the running agent carries it out" in added
         await until(lambda: rings() == [[old, new], [old, new]], 10)
         keys("use", new)
         await until(lambda: rings() == [[new, old], [new, old]], 10)
         keys("remove", old)
         await until(lambda: rings() == [[new], [new]], 10)
         assert status(a.primary, "b") == "alive" and status(b.primary, "a") == "alive"
+        await until(lambda: json.loads(files[0].read_text())["meshes"][0]["wanted_keys"] is None, 10)
         listed = json.loads(keys("list", "--json"))
         assert [(r["key"], r["role"]) for r in listed] == [(new, "primary")]
     finally:
@@ -149,18 +151,48 @@ async def test_keys_commands_rotate_the_key_of_two_running_agents_and_both_save_
     assert KEY not in caplog.text and saved[0]["keys"][0] not in caplog.text and new in caplog.text
 
 
-def test_a_rotation_without_a_running_agent_is_refused_unless_offline(tmp_path):
+async def test_a_rotation_asked_for_while_no_agent_runs_is_carried_out_when_it_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(links_module, "KEYS_POLL_S", 0.1)
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    a = MeshLinks("a", options(files[0], mesh_key=KEY, mesh_name="home"))
+    a.build()
+    await a.start()
+    b = MeshLinks("b", options(files[1], mesh_key=KEY, mesh_name="home", peers=[a.primary.address]))
+    b.build()
+    await b.start()
+    runner = CliRunner()
+    try:
+        await until(lambda: status(a.primary, "b") == "alive", 10)
+        await b.stop()  # b's agent is stopped when its owner rotates the key
+        rotated = runner.invoke(main, ["keys", "rotate", "--meshes-file", str(files[1])])
+        assert rotated.exit_code == 0, rotated.output
+        assert "no agent runs on" in rotated.output
+        assert "the next `flowmesh-edge run` carries it out" in rotated.output
+        saved = json.loads(files[1].read_text())["meshes"][0]
+        assert saved["keys"] == [KEY] and len(saved["wanted_keys"]) == 1  # asked for, not done
+        new = saved["wanted_keys"][0]
+        listed = runner.invoke(main, ["keys", "list", "--meshes-file", str(files[1])]).output
+        assert "wanted primary" in listed and new not in listed
+        # the next run carries it out over the mesh, safely: a still holds the old key
+        b = MeshLinks("b", options(files[1]))
+        b.build()
+        await b.start()
+        await until(lambda: a.primary.keyring.ids() == b.primary.keyring.ids() == [key_id(new)], 15)
+        await until(lambda: json.loads(files[1].read_text())["meshes"][0]["wanted_keys"] is None, 10)
+        # b came back within the second it left: it refutes a's record of its leaving
+        await until(lambda: status(a.primary, "b") == "alive" and status(b.primary, "a") == "alive", 10)
+    finally:
+        await b.stop()
+        await a.stop()
+    assert json.loads(files[0].read_text())["meshes"][0]["keys"] == [new]
+
+
+def test_a_key_file_must_be_0600_and_its_key_is_never_printed(tmp_path):
     meshes_file = tmp_path / "meshes.json"
     store = links_module.SavedMeshes(meshes_file)
     store.add_or_update(KEY, "home")
     store.save()
     runner = CliRunner()
-    refused = runner.invoke(main, ["keys", "rotate", "--meshes-file", str(meshes_file)])
-    assert refused.exit_code == 1 and "no agent runs on" in refused.output
-    assert json.loads(meshes_file.read_text())["meshes"][0]["keys"] == [KEY]
-    done = runner.invoke(main, ["keys", "rotate", "--offline", "--meshes-file", str(meshes_file)])
-    assert done.exit_code == 0, done.output
-    assert json.loads(meshes_file.read_text())["meshes"][0]["keys"] != [KEY]
     key_file = tmp_path / "key"
     key_file.write_text("a key from a file, 16+ bytes\n")
     key_file.chmod(0o644)
@@ -170,3 +202,8 @@ def test_a_rotation_without_a_running_agent_is_refused_unless_offline(tmp_path):
     key_file.chmod(0o600)
     added = runner.invoke(main, add)
     assert added.exit_code == 0 and "a key from a file" not in added.output
+    wanted = json.loads(meshes_file.read_text())["meshes"][0]["wanted_keys"]
+    assert wanted == [KEY, "a key from a file, 16+ bytes"]
+    key_file.write_bytes(b"\xff\xfe not text at all 16+")
+    binary = runner.invoke(main, add)
+    assert binary.exit_code == 1 and "UTF-8" in binary.output and "\\xff" not in binary.output

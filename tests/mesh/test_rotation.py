@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from flowmesh_edge.mesh import InMemoryNetwork, MessageType, wire
 from flowmesh_edge.mesh.keyring import Keyring, key_id
 from flowmesh_edge.mesh.simulation import (
@@ -174,3 +176,71 @@ def test_a_datagram_under_a_removed_key_is_refused_and_counted():
 
     dropped, joined = run_virtual(main())
     assert dropped.get("removed_key") == 1 and not joined
+
+
+def test_two_rotations_started_at_once_settle_on_one_ring_and_cut_nobody_off():
+    async def main():
+        nodes = await start_mesh(4, InMemoryNetwork(seed=17))
+        await converge(nodes)
+        deaths: list[str] = []
+        for n in nodes:
+            n.on_member(lambda e, _p: e.kind == "dead" and deaths.append(e.node_id))
+        results = await asyncio.gather(nodes[0].rotate_key("key of node-000, 16+ bytes"),
+                                       nodes[1].rotate_key("key of node-001, 16+ bytes"))
+        await asyncio.sleep(5)
+        rings = {tuple(n.keyring.ids()) for n in nodes}
+        alive = [sum(p.status == "alive" for p in n.peers().values()) for n in nodes]
+        drops = [dict(n.stats()["dropped"]) for n in nodes]
+        await stop_all(nodes)
+        return results, rings, alive, deaths, drops
+
+    results, rings, alive, deaths, drops = run_virtual(main())
+    assert sorted(results) == [False, True]  # the change that lost stopped where it was taken over
+    assert len(rings) == 1, rings  # one ring everywhere
+    assert alive == [3, 3, 3, 3] and deaths == []
+    assert not any({"forged", "removed_key"} & set(d) for d in drops), drops
+
+
+def test_a_member_cut_off_during_a_rotation_is_not_left_behind():
+    async def main():
+        net = InMemoryNetwork(seed=4)
+        nodes = await start_mesh(5, net)
+        await converge(nodes)
+        cut = nodes[4]
+        net.cut(cut.address)
+        rotating = asyncio.ensure_future(nodes[0].rotate_key(NEW))
+        await asyncio.sleep(4)
+        net.restore(cut.address)
+        complete = await rotating
+        # the agent tries again until it holds (every 30 s); so does this test
+        for _ in range(5):
+            if complete:
+                break
+            await asyncio.sleep(30)
+            complete = await nodes[0].rotate_key(NEW)
+        await converge(nodes, timeout=60)
+        rings = {n.node_id: tuple(n.keyring.ids()) for n in nodes}
+        await stop_all(nodes)
+        return complete, rings
+
+    complete, rings = run_virtual(main())
+    assert complete
+    assert set(rings.values()) == {(key_id(NEW),)}, rings  # the member that was cut off too
+
+
+def test_the_largest_ring_fits_one_keyring_message():
+    # four keys of 128 bytes, none of them ASCII: the ring goes as UTF-8, never as escapes
+    keys = ["é" * 64, "ü" * 64, "ø" * 64, "ñ" * 64]
+
+    async def main():
+        nodes = await start_mesh(2, InMemoryNetwork(seed=2), mesh_key=keys[3].encode())
+        await converge(nodes)
+        with pytest.raises(ValueError, match="needs its 5 keys at once"):
+            await nodes[0].change_keys(keys[:3] + ["a fifth key, 16+ bytes"])
+        complete = await nodes[0].change_keys(keys)
+        result = complete, nodes[1].keyring.ids(), dict(nodes[0].stats()["dropped"])
+        await stop_all(nodes)
+        return result
+
+    complete, ring, dropped = run_virtual(main())
+    assert complete and ring == [key_id(k) for k in keys] and "too_large" not in dropped

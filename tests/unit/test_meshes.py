@@ -490,15 +490,39 @@ def test_a_rotated_mesh_keeps_its_id_and_is_found_by_any_of_its_keys(path):
     assert again.get(founded).keys == [OTHER_KEY]
 
 
-def test_an_agent_saving_endpoints_does_not_undo_a_keyring_changed_by_the_cli(path):
+def test_the_agent_and_the_keys_commands_each_keep_their_own_fields(path):
     agent = SavedMeshes(path)
     mesh_id = agent.add_or_update(KEY, "home", at=T0).mesh_id
     agent.save()
     cli = SavedMeshes.load(path)
-    cli.set_keys(mesh_id, [KEY, OTHER_KEY], version=1)  # flowmesh-edge keys add
+    cli.request_keys(mesh_id, [KEY, OTHER_KEY])  # flowmesh-edge keys add
+    cli.set_encrypt(mesh_id, False)  # flowmesh-edge keys encryption off
     cli.save()
     agent.record_connected(mesh_id, "udp", T0 + 5)  # the agent's own news, saved later
     agent.save()
     saved = SavedMeshes.load(path).get(mesh_id)
-    assert (saved.keys, saved.keyring_version, saved.last_connected) == ([KEY, OTHER_KEY], 1, T0 + 5)
-    assert agent.get(mesh_id).keys == [KEY, OTHER_KEY]  # and the agent's copy now knows it
+    assert (saved.keys, saved.wanted_keys, saved.encrypt, saved.last_connected) == \
+        ([KEY], [KEY, OTHER_KEY], False, T0 + 5)
+    # the agent carries the request out; meanwhile another is asked for: it stays
+    agent.set_keys(mesh_id, [KEY, OTHER_KEY], version=1)
+    cli = SavedMeshes.load(path)
+    cli.request_keys(mesh_id, [OTHER_KEY, KEY])  # flowmesh-edge keys use
+    cli.save()
+    agent.wanted_done(mesh_id, [KEY, OTHER_KEY])
+    agent.save()
+    saved = SavedMeshes.load(path).get(mesh_id)
+    assert (saved.keys, saved.keyring_version, saved.wanted_keys) == ([KEY, OTHER_KEY], 1, [OTHER_KEY, KEY])
+    agent.set_keys(mesh_id, [OTHER_KEY, KEY], version=2)
+    agent.wanted_done(mesh_id, [OTHER_KEY, KEY])
+    agent.save()
+    saved = SavedMeshes.load(path).get(mesh_id)
+    assert (saved.keys, saved.keyring_version, saved.wanted_keys, saved.encrypt) == \
+        ([OTHER_KEY, KEY], 2, None, False)
+
+
+def test_a_founding_key_rotated_out_does_not_come_back_with_run_mesh_key(path):
+    store = SavedMeshes(path)
+    mesh_id = store.add_or_update(KEY, "home", at=T0).mesh_id
+    store.set_keys(mesh_id, [OTHER_KEY], version=3)  # rotated: the founding key is gone
+    again = store.add_or_update(KEY, "home")  # a service still starting with --mesh-key KEY
+    assert again.mesh_id == mesh_id and again.keys == [OTHER_KEY]
