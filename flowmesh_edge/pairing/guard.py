@@ -139,6 +139,7 @@ class PairingGuard:
             answer = responder.start(message, data)  # parses before it makes a key
         except Refused as refused:
             return replies + self._refuse(refused.reason)
+        responder.source = source
         self.started += 1
         self._starts.append(now)
         self._known.append(message.session)

@@ -712,6 +712,8 @@ class Responder(_Party):
         self.peer_ok = False
         #: What the new device said in DONE: its node id and where it will listen.
         self.joined: dict | None = None
+        #: Where the attempt's COMMIT came from (set by the guard).
+        self.source: object | None = None
         self._sent_parts: list[bytes] = []
 
     @property
