@@ -5,5 +5,10 @@
 * ``channel``: running the protocol over a mesh transport (UDP, WebSocket, BLE);
 * ``discovery``: finding members that accept pairing (LAN broadcast, mDNS, BLE).
 
-Only ``protocol`` and ``guard`` are imported here: the others import transports.
+Nothing is imported here (the CLI stays light): import the module you need.
 """
+
+#: The UDP port members accept pairing on (next to the mesh's 9999).
+PAIRING_PORT = 9998
+#: Default seconds to wait for a request, and for both users to compare and confirm.
+PAIRING_TIMEOUT_S = 120.0

@@ -66,6 +66,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from flowmesh.limits import NODE_ID_MAX_BYTES
 
+from . import PAIRING_TIMEOUT_S
+
 MAGIC = b"FMPAIR1"
 HEADER = struct.Struct("!7sB16sB")
 SESSION_BYTES = 16
@@ -83,8 +85,6 @@ MAX_PARTS = 8
 #: Seconds a step before the code is shown may wait for the other side's next message
 #: (the channel retransmits within it); the comparison itself has the caller's timeout.
 STEP_TIMEOUT_S = 10.0
-#: Default seconds the users have to compare and confirm.
-PAIRING_TIMEOUT_S = 120.0
 CODE_DIGITS = 6
 
 _LABEL = b"flowmesh pairing v1"
