@@ -71,7 +71,8 @@ def _fail(message: str) -> click.ClickException:
 @click.option("--ble-adapter", default="hci0", show_default=True, help="The Bluetooth adapter.")
 @click.option("--mdns/--no-mdns", default=False, show_default=True,
               help="Advertise (--accept) or look for members over mDNS.")
-@click.option("--mdns-interface", "mdns_interfaces", multiple=True, hidden=True)
+@click.option("--mdns-interface", "mdns_interfaces", multiple=True, hidden=True)  # tests: 127.0.0.1
+@click.option("--broadcast-address", default="255.255.255.255", hidden=True)  # tests: 127.255.255.255
 @click.option("--mesh", "mesh_id", metavar="ID",
               help="The saved mesh to offer (--accept), when several are saved (the start of its id).")
 @click.option("--mesh-key-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -87,8 +88,8 @@ def _fail(message: str) -> click.ClickException:
               help="Where the new device writes a database credential it receives (mode 0600) "
               "[default: <data dir>/credentials/<node id>.url].")
 def pair(accept, target, timeout_s, yes, node_id, meshes_file, port, bind, ws_port, ble, ble_adapter,
-         mdns, mdns_interfaces, mesh_id, mesh_key_file, mesh_name, mesh_key, mesh_port, device_credential,
-         credential_output) -> None:
+         mdns, mdns_interfaces, broadcast_address, mesh_id, mesh_key_file, mesh_name, mesh_key, mesh_port,
+         device_credential, credential_output) -> None:
     """Join a mesh by pairing with one of its members, or (--accept) let a new device join.
 
     \b
@@ -116,7 +117,7 @@ def pair(accept, target, timeout_s, yes, node_id, meshes_file, port, bind, ws_po
         if mesh_id or mesh_key_file or device_credential:
             raise click.UsageError("--mesh, --mesh-key-file and --device-credential go with --accept")
         _join(node_id, target, timeout_s, yes, meshes_file, port, ble, ble_adapter, mdns,
-              list(mdns_interfaces) or None, mesh_port, credential_output)
+              list(mdns_interfaces) or None, broadcast_address, mesh_port, credential_output)
 
 
 # -- the member ------------------------------------------------------------------------------------
@@ -209,7 +210,8 @@ async def _accept_async(node_id, credentials, timeout_s, yes, port, bind, ws_por
         click.echo("on the new device run: flowmesh-edge pair"
                    + ("" if port == PAIRING_PORT else f" --port {endpoints[0].port}")
                    + f"   (or --with HOST:{endpoints[0].port})")
-        return await accept(channel, guard, _asker(yes), timeout_s=timeout_s)
+        return await accept(channel, guard, _asker(yes, "new device {peer} asks to join"),
+                            timeout_s=timeout_s)
     finally:
         if advertiser is not None:
             await advertiser.close()
@@ -252,7 +254,7 @@ def _keys(mesh: SavedMesh) -> list[str]:
 
 
 def _join(node_id, target, timeout_s, yes, meshes_file, port, ble, ble_adapter, mdns, mdns_interfaces,
-          mesh_port, credential_output) -> None:
+          broadcast_address, mesh_port, credential_output) -> None:
     store = _load(meshes_file)  # a file that cannot be saved to is found before pairing
     if store.error is not None:
         raise _fail(str(store.error))
@@ -260,7 +262,8 @@ def _join(node_id, target, timeout_s, yes, meshes_file, port, ble, ble_adapter, 
     if target:
         address = parse_target(target)
     else:
-        address = _pick(asyncio.run(_find(port, ble, ble_adapter, mdns, mdns_interfaces)), yes)
+        address = _pick(asyncio.run(_find(port, broadcast_address, ble, ble_adapter, mdns, mdns_interfaces)),
+                        yes)
 
     def save(credentials: Credentials) -> None:
         if credentials.device_credential is not None:
@@ -310,7 +313,8 @@ async def _join_async(node_id, address, timeout_s, yes, save, ble_adapter, mesh_
         raise _fail(f"cannot reach {address}: {exc}") from None
     try:
         click.echo(f"pairing with {address} ...")
-        return await pair(channel, address, node_id, _asker(yes), save, timeout_s=timeout_s,
+        return await pair(channel, address, node_id, _asker(yes, "member {peer} answers"), save,
+                          timeout_s=timeout_s,
                           mesh_endpoints=[str(Address.udp("0.0.0.0", mesh_port))])
     finally:
         await channel.close()
@@ -330,13 +334,15 @@ def _transport_for(address: Address, ble_adapter: str):
     return UdpTransport("127.0.0.1" if is_loopback(address.host) else "0.0.0.0", 0)
 
 
-async def _find(port, ble, ble_adapter, mdns, mdns_interfaces) -> list[Member]:
+async def _find(port, broadcast_address, ble, ble_adapter, mdns, mdns_interfaces) -> list[Member]:
     from .pairing.discovery import FIND_S, find_members
 
     ways = ", ".join(["LAN broadcast", *(["mDNS"] if mdns else []), *(["Bluetooth LE"] if ble else [])])
     click.echo(f"looking for members that accept pairing ({ways}) for {FIND_S:g} s ...")
-    return await find_members(port=port, mdns=mdns, mdns_interfaces=mdns_interfaces, ble=ble,
-                              ble_adapter=ble_adapter, wait_s=FIND_S)
+    return await find_members(port=port, broadcast_address=broadcast_address,
+                              bind="127.0.0.1" if is_loopback(broadcast_address) else "0.0.0.0",
+                              mdns=mdns, mdns_interfaces=mdns_interfaces, ble=ble, ble_adapter=ble_adapter,
+                              wait_s=FIND_S)
 
 
 def _pick(members: list[Member], yes: bool) -> Address:
@@ -386,15 +392,16 @@ def parse_target(text: str) -> Address:
 # -- shared ----------------------------------------------------------------------------------------
 
 
-def _asker(yes: bool):
+def _asker(yes: bool, who: str):
+    """``who``: how the other side is introduced, with ``{peer}`` for its node id."""
     from .pairing.protocol import format_code
 
     async def ask(code: str, peer: str) -> bool:
         shown = f"Code: {format_code(code)}"
         if yes:
-            click.echo(f"{peer} wants to pair. {shown} (confirmed by --yes)")
+            click.echo(f"{who.format(peer=peer)}. {shown} (confirmed by --yes)")
             return True
-        click.echo(f"{peer} wants to pair.")
+        click.echo(f"{who.format(peer=peer)}.")
         answer = await _read_line(f"{shown} — does the other screen show the same? [y/N] ")
         return answer.strip().lower() in ("y", "yes")
     return ask

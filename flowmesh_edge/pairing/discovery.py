@@ -87,16 +87,17 @@ class Finder:
 
 
 async def find_members(*, port: int = PAIRING_PORT, broadcast: bool = True,
-                       targets: Sequence[Address] = (), bind: str = "0.0.0.0", mdns: bool = False,
+                       broadcast_address: str = BROADCAST, targets: Sequence[Address] = (),
+                       bind: str = "0.0.0.0", mdns: bool = False,
                        mdns_interfaces: list[str] | None = None, ble: bool = False,
                        ble_adapter: str = "hci0", wait_s: float = FIND_S) -> list[Member]:
     """The members that answered within ``wait_s``: over UDP (a DISCOVER broadcast on
     ``port``, and to each of ``targets``), mDNS and BLE as asked."""
     finder = Finder()
-    udp_targets = [*([Address.udp(BROADCAST, port)] if broadcast else []), *targets]
+    udp_targets = [*([Address.udp(broadcast_address, port)] if broadcast else []), *targets]
     tasks = []
     if udp_targets:
-        tasks.append(_by_udp(finder, udp_targets, bind, broadcast, wait_s))
+        tasks.append(_by_udp(finder, udp_targets, bind, broadcast_address if broadcast else None, wait_s))
     if mdns:
         tasks.append(_by_mdns(finder, mdns_interfaces, wait_s))
     if ble:
@@ -108,8 +109,9 @@ async def find_members(*, port: int = PAIRING_PORT, broadcast: bool = True,
     return finder.found()
 
 
-async def _by_udp(finder: Finder, targets: list[Address], bind: str, broadcast: bool, wait_s: float) -> None:
-    channel = Channel(UdpTransport(bind, 0, BROADCAST if broadcast else None))
+async def _by_udp(finder: Finder, targets: list[Address], bind: str, broadcast: str | None,
+                  wait_s: float) -> None:
+    channel = Channel(UdpTransport(bind, 0, broadcast))  # a broadcast address sets SO_BROADCAST
     channel.handler = finder.on_datagram("broadcast" if broadcast else "udp")
     await channel.start()
     try:
