@@ -19,6 +19,7 @@ from flowmesh.errors import DatabaseUnreachable, redact_secrets
 
 from .agent import Agent
 from .config import AgentConfig, default_node_id
+from .keys_cli import keys
 from .links import MeshLinks, MeshOptions
 from .mesh import DEFAULT_PORT, Address
 from .meshes_cli import meshes, meshes_file_option
@@ -296,6 +297,7 @@ def beat(database_url, node, tetrahedron, role, latency_ms, packet_loss, cpu_per
 
 
 main.add_command(meshes)
+main.add_command(keys)
 main.add_command(pair)
 main.add_command(relay)
 

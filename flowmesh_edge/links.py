@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,12 +39,14 @@ from .mesh.relay_protocol import relay_url_problem
 from .mesh.security import mesh_id_of
 from .mesh.transport import Transport
 from .mesh.transports.udp import UdpTransport
-from .meshes import MeshesFileError, SavedMesh, SavedMeshes
+from .meshes import MeshesFileError, SavedMesh, SavedMeshes, hold_agent_lock
 
 log = logging.getLogger("flowmesh_edge.links")
 
 #: Seconds between writes of meshes.json while the agent runs (and at stop).
 SAVE_EVERY_S = 30.0
+#: Seconds between looks at meshes.json for a keyring changed by ``flowmesh-edge keys``.
+KEYS_POLL_S = 1.0
 #: Saved endpoints of a mesh a restarted agent rejoins through (the most recently successful).
 SAVED_PEERS_MAX = 8
 
@@ -88,10 +91,12 @@ class MeshLinks:
         self._saver: asyncio.Task | None = None
         self._dirty = False
         self._mtime: int | None = None  #: of meshes.json, as we last read or wrote it
+        self._agent_lock: int | None = None  #: fd of meshes.json.agent, held while running
 
     # -- what to join ----------------------------------------------------------------------
     def plan(self) -> list[tuple[SavedMesh | None, str]]:
-        """(saved record, mesh key) of each mesh to join, the command line's first."""
+        """(saved record, mesh key) of each mesh to join, the command line's first; the
+        saved record, when there is one, also gives the mesh's keyring and id."""
         opts = self.options
         try:
             self.store = SavedMeshes.load(opts.meshes_file)
@@ -112,7 +117,7 @@ class MeshLinks:
                 self._dirty = True
             joined.append((saved, opts.mesh_key))
         if self.store is not None:
-            first = mesh_id_of(opts.mesh_key) if opts.mesh_key else None
+            first = joined[0][0].mesh_id if joined and joined[0][0] is not None else None
             for saved in self.store.auto_reconnect():
                 if saved.mesh_id != first:
                     joined.append((saved, saved.mesh_key))
@@ -121,10 +126,11 @@ class MeshLinks:
     def build(self) -> list[Link]:
         """The nodes, one per mesh to join (none: no key given, nothing saved)."""
         for index, (saved, key) in enumerate(self.plan()):
-            self.links.append(Link(mesh_id_of(key), self._node(index, saved, key)))
+            mesh_id = saved.mesh_id if saved is not None else mesh_id_of(key)
+            self.links.append(Link(mesh_id, self._node(index, saved, key, mesh_id)))
         return self.links
 
-    def _node(self, index: int, saved: SavedMesh | None, key: str) -> MeshNode:
+    def _node(self, index: int, saved: SavedMesh | None, key: str, mesh_id: str) -> MeshNode:
         opts = self.options
         first = index == 0
         port = opts.port if first else 0
@@ -147,7 +153,7 @@ class MeshLinks:
         if relays:
             from .mesh.transports.relay import RelayTransport
 
-            transports.append(RelayTransport(self.node_id, mesh_id_of(key), relays))
+            transports.append(RelayTransport(self.node_id, mesh_id, relays))
         if first and opts.ble:
             from .mesh.transports.ble import BleTransport
 
@@ -161,8 +167,11 @@ class MeshLinks:
                     address = Address.parse(endpoint.address)
                     if address not in peers:
                         peers.append(address)
-        return MeshNode(self.node_id, port=port, bind=opts.bind, mesh_key=key, peers=peers,
-                        meta=self.meta, transport=transports if len(transports) > 1 else udp)
+        keys, encrypt, version = ((saved.keys, saved.encrypt, saved.keyring_version) if saved is not None
+                                  else ([key], True, 0))
+        return MeshNode(self.node_id, port=port, bind=opts.bind, mesh_key=keys, peers=peers,
+                        meta=self.meta, transport=transports if len(transports) > 1 else udp,
+                        config=MeshConfig(encrypt=encrypt), keyring_version=version)
 
     @property
     def primary(self) -> MeshNode | None:
@@ -174,6 +183,7 @@ class MeshLinks:
             node = link.node
             node.on_path(self._path_handler(link))
             node.on_member(self._member_handler(link))
+            node.on_keyring(self._keyring_handler(link))
             await node.start()
             if self.options.mdns:
                 from .mesh.mdns import MdnsDiscovery
@@ -192,6 +202,9 @@ class MeshLinks:
                     log.warning("mDNS discovery is off for mesh %s: %s", link.mesh_id, exc)
                     link.mdns = None
         if self.store is not None:
+            # ``flowmesh-edge keys`` looks for this to know that an agent will spread its change
+            self._agent_lock = hold_agent_lock(self.store.path)
+            await self.save()  # a mesh joined from the command line is saved at once
             self._saver = asyncio.get_running_loop().create_task(self._save_every(), name="meshes.json")
 
     async def stop(self) -> None:
@@ -205,6 +218,9 @@ class MeshLinks:
                 link.mdns = None
             await link.node.stop()
         await self.save()
+        if self._agent_lock is not None:
+            os.close(self._agent_lock)
+            self._agent_lock = None
 
     def _reached(self, link: Link, peer: str, address: Address, rtt_s: float | None) -> None:
         """A member of the mesh is reached at ``address``: remember it in the saved mesh."""
@@ -229,12 +245,59 @@ class MeshLinks:
                 self._reached(link, peer.node_id, peer.address, None)
         return on_member
 
+    def _keyring_handler(self, link: Link) -> Callable[[int, list[str]], None]:
+        """The mesh's keyring changed here (a step of ours, or one taken from a member):
+        save it at once, so that a restart starts from it."""
+        def on_keyring(version: int, keys: list[str]) -> None:
+            if self.store is None or link.mesh_id not in self.store:
+                return
+            self.store.set_keys(link.mesh_id, keys, version)
+            self._dirty = True
+            asyncio.get_running_loop().create_task(self.save())
+        return on_keyring
+
     async def _save_every(self) -> None:
+        since_save, step = 0.0, min(KEYS_POLL_S, SAVE_EVERY_S)
         while True:
-            await asyncio.sleep(SAVE_EVERY_S)
-            if self._file_changed():  # another process wrote it: perhaps a forget
+            await asyncio.sleep(step)
+            since_save += step
+            if self._file_changed():  # another process wrote it: perhaps a forget, or keys
                 self._dirty = True
-            await self.save()
+                self._apply_keys_from_file()
+            if since_save >= SAVE_EVERY_S:
+                since_save = 0.0
+                await self.save()
+
+    def _apply_keys_from_file(self) -> None:
+        """A keyring changed in the file (``flowmesh-edge keys``): carry it out over the
+        mesh, in its safe steps (rotation.py)."""
+        try:
+            on_disk = SavedMeshes.load(self.store.path)  # type: ignore[union-attr]
+            self._mtime = on_disk.path.stat().st_mtime_ns
+        except (MeshesFileError, OSError) as exc:
+            log.error("%s; keyring changes in it are not applied", exc)
+            return
+        for link in self.links:
+            if link.mesh_id not in on_disk:
+                continue
+            wanted = on_disk.get(link.mesh_id)
+            if link.node.keyring.encrypt != wanted.encrypt:  # flowmesh-edge keys encryption
+                link.node.keyring.encrypt = wanted.encrypt
+                log.info("mesh %s: encryption %s", link.mesh_id, "on" if wanted.encrypt else "off")
+            rotation = link.node.rotation
+            held = [k.raw.decode() for k in link.node.keyring.keys]
+            if wanted.keys != held and wanted.keyring_version > rotation.version:
+                log.info("mesh %s: keyring version %d asked for in %s: spreading it", link.mesh_id,
+                         wanted.keyring_version, on_disk.path)
+                link.node.spawn(self._change_keys(link, wanted.keys, wanted.keyring_version))
+
+    async def _change_keys(self, link: Link, keys: list[str], version: int) -> None:
+        try:
+            if not await link.node.rotation.change_to(keys, at_least=version - 1):
+                log.warning("mesh %s: not every member acknowledged the keyring change; those that "
+                            "did not are sent it when they next talk", link.mesh_id)
+        except ValueError as exc:
+            log.error("mesh %s: keyring in the file refused: %s", link.mesh_id, exc)
 
     def _file_changed(self) -> bool:
         try:

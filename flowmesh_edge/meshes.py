@@ -3,7 +3,8 @@
 One JSON file, ``<data dir>/meshes.json`` (see :func:`default_path`), mode
 0600 because it holds mesh keys and relay tokens::
 
-    {"version": 1, "meshes": [{"id": "3f2a...", "name": "home", "key": "...",
+    {"version": 2, "meshes": [{"id": "3f2a...", "name": "home", "keys": ["...", "..."],
+      "encrypt": true,
       "founder": "pi-kitchen", "relay_url": "wss://relay.example:8765", "relay_token": "...",
       "joined_at": "2026-11-22T08:30:00+00:00", "last_connected": "...",
       "connected_via": "relay", "auto_reconnect": true,
@@ -11,8 +12,16 @@ One JSON file, ``<data dir>/meshes.json`` (see :func:`default_path`), mode
                      "last_seen": "...", "rtt_ms": 3.2, "last_success": "..."}]}]}
 
 Times are ISO 8601 in UTC in the file and Unix seconds (``time.time()``) in
-Python. The id is :func:`~flowmesh_edge.mesh.security.mesh_id_of` the key, so
-a file whose id and key disagree is corrupt.
+Python.
+
+``keys`` is the mesh's keyring, primary first: the primary signs (and, with
+``encrypt``, encrypts) what this device sends, and every key is accepted from
+others, so that a key is rotated without a flag day (see
+:mod:`flowmesh_edge.mesh.keyring`). The id is
+:func:`~flowmesh_edge.mesh.security.mesh_id_of` the key the mesh was founded
+(or first joined) with, and stays the mesh's name through rotations. Version
+1 files (one ``key``, whose id the id had to be) are read and written as
+version 2.
 
 Never losing the file matters more than loading it: a file that cannot be
 read (bad JSON, a wrong type, an unknown version, permission denied) raises
@@ -38,6 +47,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -46,16 +56,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .mesh.address import Address
+from .mesh.keyring import check_keyring
 from .mesh.security import mesh_id_of
 
 log = logging.getLogger("flowmesh_edge.meshes")
 
 FILE_NAME = "meshes.json"
 #: The file's layout; a file of another version is refused, not guessed at.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions read: 1 had a single ``key`` and no ``encrypt`` (read as encrypted: every
+#: member of a mesh of version-5 frames accepts encrypted frames).
+READABLE_VERSIONS = (1, 2)
 #: Endpoints remembered per mesh: the least recently seen goes first beyond it.
 #: 64 covers every path (UDP, WebSocket, relay, BLE) of a 16-member mesh.
 MAX_ENDPOINTS = 64
+#: A mesh id: 16 hex digits (security.mesh_id_of).
+_MESH_ID = re.compile(r"[0-9a-f]{16}")
 #: Mode of the file (and of its temporary copy): it holds keys.
 FILE_MODE = 0o600
 
@@ -92,8 +108,9 @@ class KnownEndpoint:
 
 @dataclass
 class SavedMesh:
-    """One mesh this device joined. ``repr`` never shows the key, the token or the relay URL."""
+    """One mesh this device joined. ``repr`` never shows a key, the token or the relay URL."""
 
+    #: The primary key: what this device signs and encrypts with.
     mesh_key: str = field(repr=False)
     name: str
     joined_at: float
@@ -105,10 +122,24 @@ class SavedMesh:
     last_connected: float | None = None
     connected_via: str | None = None
     auto_reconnect: bool = True
+    #: Keys still accepted besides the primary (a rotation under way), newest first.
+    secondary_keys: list[str] = field(default_factory=list, repr=False)
+    #: The mesh's id; default: the id of ``mesh_key`` (a mesh founded or joined with it).
+    mesh_id: str = ""
+    #: Whether this device encrypts what it sends (it accepts both kinds; keyring.py).
+    encrypt: bool = True
+    #: How many keyring changes the mesh has seen: a change spread over the mesh is
+    #: taken only when newer than the keyring held (rotation.py).
+    keyring_version: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.mesh_id:
+            self.mesh_id = mesh_id_of(self.mesh_key)
 
     @property
-    def mesh_id(self) -> str:
-        return mesh_id_of(self.mesh_key)
+    def keys(self) -> list[str]:
+        """The keyring, primary first."""
+        return [self.mesh_key, *self.secondary_keys]
 
     @property
     def last_seen(self) -> float | None:
@@ -148,6 +179,9 @@ class SavedMeshes:
         self._changed: set[str] = set(self._meshes)  # ids added or changed here since then
         self._joined: set[str] = set(self._meshes)  # ids added here (add_or_update) since then
         self._forgotten: set[str] = set()  # ids forgotten here since then
+        #: ids whose keyring changed here since then: only those keyrings overwrite the
+        #: file's (the agent recording endpoints must not undo a ``keys`` command's change)
+        self._keys_changed: set[str] = set(self._meshes)
 
     # -- loading ----------------------------------------------------------
 
@@ -222,28 +256,69 @@ class SavedMeshes:
 
     # -- changing ---------------------------------------------------------
 
+    def holding(self, key: str) -> SavedMesh | None:
+        """The saved mesh whose keyring holds ``key``, if any."""
+        return next((m for m in self._meshes.values() if key in m.keys), None)
+
     def add_or_update(self, mesh_key: str, name: str | None = None, *, founder: str | None = None,
                       relay_url: str | None = None, relay_token: str | None = None,
-                      auto_reconnect: bool | None = None, at: float | None = None) -> SavedMesh:
-        """Remember a mesh on joining it (its id from the key). Joining again keeps
-        what is known (endpoints, joined at) and changes what is given."""
-        if not isinstance(mesh_key, str) or len(mesh_key.encode()) < 16:
-            raise ValueError("the mesh key must be a string of at least 16 bytes")
-        mesh_id = mesh_id_of(mesh_key)
+                      auto_reconnect: bool | None = None, at: float | None = None,
+                      mesh_id: str | None = None, secondary_keys: list[str] | None = None,
+                      encrypt: bool | None = None, keyring_version: int | None = None) -> SavedMesh:
+        """Remember a mesh on joining it. Its id is ``mesh_id`` (a mesh joined by
+        pairing: the id it has), else that of the saved mesh holding ``mesh_key`` in
+        its keyring, else the key's own. Joining again keeps what is known
+        (endpoints, joined at) and changes what is given; a ``mesh_key`` its ring does
+        not hold becomes its primary, and ``secondary_keys`` (when given) the rest of
+        its keyring, ``mesh_key`` then primary."""
+        check_keyring([mesh_key, *(secondary_keys or [])])
+        if mesh_id is None:
+            holder = self.holding(mesh_key)
+            mesh_id = holder.mesh_id if holder is not None else mesh_id_of(mesh_key)
         mesh = self._meshes.get(mesh_id)
         if mesh is None:
-            mesh = SavedMesh(mesh_key=mesh_key, name=name or mesh_id,
+            mesh = SavedMesh(mesh_key=mesh_key, name=name or mesh_id, mesh_id=mesh_id,
+                             secondary_keys=list(secondary_keys or []),
                              joined_at=at if at is not None else time.time())
             self._meshes[mesh_id] = mesh
-        elif name:
-            mesh.name = name
+            self._keys_changed.add(mesh_id)
+        else:
+            if name:
+                mesh.name = name
+            # a key the ring holds already stays where it is (``run --mesh-key`` with a key
+            # since rotated to secondary must not undo the rotation); a new one leads
+            if secondary_keys is not None or mesh_key not in mesh.keys:
+                rest = secondary_keys if secondary_keys is not None else mesh.keys
+                self._set_keys(mesh, [mesh_key, *rest])
         for attribute, value in (("founder", founder), ("relay_url", relay_url),
-                                 ("relay_token", relay_token), ("auto_reconnect", auto_reconnect)):
+                                 ("relay_token", relay_token), ("auto_reconnect", auto_reconnect),
+                                 ("encrypt", encrypt)):
             if value is not None:
                 setattr(mesh, attribute, value)
+        if keyring_version is not None and keyring_version != mesh.keyring_version:
+            mesh.keyring_version = keyring_version
+            self._keys_changed.add(mesh_id)
         self._touch(mesh_id)
         self._joined.add(mesh_id)
         return mesh
+
+    def set_keys(self, mesh_id: str, keys: list[str], version: int) -> SavedMesh:
+        """Make ``keys`` (primary first) the mesh's keyring, at keyring ``version``;
+        ValueError for a bad one."""
+        mesh = self.get(mesh_id)
+        self._set_keys(mesh, keys)
+        if version != mesh.keyring_version:
+            mesh.keyring_version = version
+            self._keys_changed.add(mesh_id)
+        self._touch(mesh_id)
+        return mesh
+
+    def _set_keys(self, mesh: SavedMesh, keys: list[str]) -> None:
+        keys = list(dict.fromkeys(keys))  # a key once, first place kept
+        check_keyring(keys)
+        if keys != mesh.keys:
+            mesh.mesh_key, mesh.secondary_keys = keys[0], keys[1:]
+            self._keys_changed.add(mesh.mesh_id)
 
     def record_endpoint(self, mesh_id: str, node_id: str, address: Address | str,
                         rtt_ms: float | None, seen_at: float) -> KnownEndpoint:
@@ -282,6 +357,7 @@ class SavedMeshes:
         mesh = self.get(mesh_id)
         del self._meshes[mesh_id]
         self._changed.discard(mesh_id)
+        self._keys_changed.discard(mesh_id)
         self._joined.discard(mesh_id)
         self._forgotten.add(mesh_id)
         return mesh
@@ -318,13 +394,18 @@ class SavedMeshes:
                 merged.pop(mesh_id, None)
             for mesh_id in self._changed - gone:
                 if mesh_id in self._meshes:
-                    merged[mesh_id] = self._meshes[mesh_id]
+                    ours, theirs = self._meshes[mesh_id], merged.get(mesh_id)
+                    if theirs is not None and mesh_id not in self._keys_changed:
+                        ours.mesh_key, ours.secondary_keys = theirs.mesh_key, list(theirs.secondary_keys)
+                        ours.keyring_version = theirs.keyring_version
+                    merged[mesh_id] = ours
             # in the order joined, so that the file reads (and diffs) the same every time
             merged = dict(sorted(merged.items(), key=lambda item: (item[1].joined_at, item[0])))
             _write_atomically(self.path, _dump(list(merged.values())))
         self._meshes = merged
         self._on_disk = set(merged)
         self._changed.clear()
+        self._keys_changed.clear()
         self._joined.clear()
         self._forgotten.clear()
         return gone
@@ -342,6 +423,42 @@ class SavedMeshes:
             yield
         finally:
             os.close(fd)
+
+
+# -- is an agent running on this file? ------------------------------------------
+
+
+def _agent_marker(path: Path) -> Path:
+    return path.with_name(path.name + ".agent")
+
+
+def hold_agent_lock(path: Path) -> int | None:
+    """Say, while the returned descriptor is open, that an agent runs on ``path``: a
+    shared lock on ``<file>.agent`` (0600), which ``agent_running`` tests. None when
+    the lock file cannot be made (the agent runs anyway)."""
+    try:
+        fd = os.open(_agent_marker(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        log.warning("%s: cannot open it: %s", _agent_marker(path), _os_problem(exc))
+        return None
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def agent_running(path: Path) -> bool:
+    """Whether an agent holds ``path`` (``hold_agent_lock``), so that a keyring change
+    written in it is spread over the mesh."""
+    try:
+        fd = os.open(_agent_marker(path), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 # -- the file -----------------------------------------------------------------
@@ -411,8 +528,10 @@ class _Invalid(ValueError):
     """What is wrong in the document, and where (``meshes[0].endpoints[2].rtt_ms``)."""
 
 
-_MESH_FIELDS = {"id", "name", "key", "founder", "relay_url", "relay_token", "joined_at",
-                "last_connected", "connected_via", "auto_reconnect", "endpoints"}
+_MESH_FIELDS = {"id", "name", "keys", "encrypt", "keyring_version", "founder", "relay_url", "relay_token",
+                "joined_at", "last_connected", "connected_via", "auto_reconnect", "endpoints"}
+#: Version 1 had one key and no choice of encryption.
+_MESH_FIELDS_V1 = (_MESH_FIELDS - {"keys", "encrypt", "keyring_version"}) | {"key"}
 _ENDPOINT_FIELDS = {"node", "address", "last_seen", "rtt_ms", "last_success"}
 
 
@@ -420,8 +539,9 @@ def _parse(document: object) -> list[SavedMesh]:
     if not isinstance(document, dict):
         raise _Invalid(f"expected a JSON object, found {_kind(document)}")
     version = document.get("version")
-    if type(version) is not int or version != SCHEMA_VERSION:
-        raise _Invalid(f"unknown version {version!r} (this agent reads version {SCHEMA_VERSION})")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise _Invalid(f"unknown version {version!r} (this agent reads versions "
+                       f"{', '.join(map(str, READABLE_VERSIONS))})")
     unknown = set(document) - {"version", "meshes"}
     if unknown:
         raise _Invalid(f"unknown field {sorted(unknown)[0]!r}")
@@ -431,7 +551,7 @@ def _parse(document: object) -> list[SavedMesh]:
     meshes: list[SavedMesh] = []
     seen: set[str] = set()
     for index, item in enumerate(items):
-        mesh = _parse_mesh(item, f"meshes[{index}]")
+        mesh = _parse_mesh(item, f"meshes[{index}]", version)
         if mesh.mesh_id in seen:
             raise _Invalid(f"meshes[{index}]: mesh {mesh.mesh_id} appears twice")
         seen.add(mesh.mesh_id)
@@ -439,14 +559,31 @@ def _parse(document: object) -> list[SavedMesh]:
     return meshes
 
 
-def _parse_mesh(item: object, where: str) -> SavedMesh:
-    fields = _object(item, where, _MESH_FIELDS)
-    key = _string(fields, "key", where)
-    if len(key.encode()) < 16:
-        raise _Invalid(f"{where}.key: shorter than 16 bytes")
+def _parse_mesh(item: object, where: str, version: int) -> SavedMesh:
+    fields = _object(item, where, _MESH_FIELDS if version == SCHEMA_VERSION else _MESH_FIELDS_V1)
     mesh_id = _string(fields, "id", where)
-    if mesh_id != mesh_id_of(key):
-        raise _Invalid(f"{where}.id: {mesh_id} is not the id of its key")
+    if version == 1:
+        keys = [_string(fields, "key", where)]
+        if len(keys[0].encode()) < 16:
+            raise _Invalid(f"{where}.key: shorter than 16 bytes")
+        if mesh_id != mesh_id_of(keys[0]):
+            raise _Invalid(f"{where}.id: {mesh_id} is not the id of its key")
+    else:
+        keys = fields.get("keys")
+        if not isinstance(keys, list) or not keys:
+            raise _Invalid(f"{where}.keys: expected a list of keys, primary first, found {_kind(keys)}")
+        try:
+            check_keyring(keys)
+        except ValueError as exc:
+            raise _Invalid(f"{where}.keys: {exc}") from None
+    if not _MESH_ID.fullmatch(mesh_id):
+        raise _Invalid(f"{where}.id: expected 16 hex digits")
+    encrypt = fields.get("encrypt", True)
+    if not isinstance(encrypt, bool):
+        raise _Invalid(f"{where}.encrypt: expected true or false, found {_kind(encrypt)}")
+    keyring_version = fields.get("keyring_version", 0)
+    if type(keyring_version) is not int or keyring_version < 0:
+        raise _Invalid(f"{where}.keyring_version: expected a whole number, found {_kind(keyring_version)}")
     endpoints = fields.get("endpoints", [])
     if not isinstance(endpoints, list):
         raise _Invalid(f"{where}.endpoints: expected a list, found {_kind(endpoints)}")
@@ -454,7 +591,9 @@ def _parse_mesh(item: object, where: str) -> SavedMesh:
     if not isinstance(auto, bool):
         raise _Invalid(f"{where}.auto_reconnect: expected true or false, found {_kind(auto)}")
     return SavedMesh(
-        mesh_key=key, name=_string(fields, "name", where),
+        mesh_key=keys[0], secondary_keys=keys[1:], mesh_id=mesh_id, encrypt=encrypt,
+        keyring_version=keyring_version,
+        name=_string(fields, "name", where),
         joined_at=_time(fields, "joined_at", where, required=True),
         founder=_string(fields, "founder", where, required=False),
         relay_url=_string(fields, "relay_url", where, required=False),
@@ -536,7 +675,8 @@ def _iso(moment: float | None) -> str | None:
 
 def _dump(meshes: list[SavedMesh]) -> bytes:
     document = {"version": SCHEMA_VERSION, "meshes": [
-        {"id": m.mesh_id, "name": m.name, "key": m.mesh_key, "founder": m.founder,
+        {"id": m.mesh_id, "name": m.name, "keys": m.keys, "encrypt": m.encrypt,
+         "keyring_version": m.keyring_version, "founder": m.founder,
          "relay_url": m.relay_url, "relay_token": m.relay_token, "joined_at": _iso(m.joined_at),
          "last_connected": _iso(m.last_connected), "connected_via": m.connected_via,
          "auto_reconnect": m.auto_reconnect,

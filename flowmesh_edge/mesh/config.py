@@ -114,6 +114,18 @@ class MeshConfig:
     #: Seconds between discovery broadcasts while no member is known (x6 afterwards).
     discovery_interval_s: float = 5.0
 
+    # -- keys (keyring.py, rotation.py) --
+    #: Seal (encrypt) what this member sends, not only authenticate it. Every member
+    #: accepts both, so this is turned on or off member by member. Costs 15 bytes a
+    #: datagram (a probe between 16-character ids: 103 bytes instead of 88).
+    encrypt: bool = True
+    #: Seconds between retransmissions of a keyring step to members that have not
+    #: acknowledged it.
+    keyring_retry_s: float = 0.5
+    #: Seconds a keyring step waits for every alive member's acknowledgement before
+    #: the next step goes ahead anyway (the laggards catch up when they next talk).
+    keyring_deadline_s: float = 15.0
+
     # -- priority alerts --
     #: Seconds a critical alert is retransmitted while members have not acked it.
     critical_deadline_s: float = 5.0
@@ -193,6 +205,8 @@ class MeshConfig:
             raise ValueError("need path_probe_timeout_s > 0, path_trust_s >= 0, path_forget_s > 0")
         if not 0 < self.path_backoff_min_s <= self.path_backoff_max_s:
             raise ValueError("need 0 < path_backoff_min_s <= path_backoff_max_s")
+        if not 0 < self.keyring_retry_s <= self.keyring_deadline_s:
+            raise ValueError("need 0 < keyring_retry_s <= keyring_deadline_s")
         if self.path_down_after < 1 or self.path_replay_max < 0 or self.path_endpoints_max < 1:
             raise ValueError("path_down_after and path_endpoints_max must be at least 1, "
                              "path_replay_max at least 0")

@@ -39,13 +39,15 @@ from .config import DEFAULT_PORT, MeshConfig
 from .detector import FailureDetector
 from .dissemination import Dissemination
 from .envelopes import Envelopes
+from .keyring import Keyring, MeshKey
 from .membership import ALIVE, DEAD, SUSPECT, MemberEvent, MemberList, PeerInfo
 from .messaging import Messaging
 from .paths import ConnectionTrain, PathHandler
 from .registry import EMBEDDING_SEARCH, HashEntry, HashHook, Hit, MeshSearch, Registry, vector
+from .rotation import KeyRotation
 from .routing import RouteTable
 from .search import Search, SearchResult
-from .security import MacKey, ReplayGuard
+from .security import ReplayGuard
 from .state_sync import StateSync
 from .stats import GossipStats, MemberCounts, MeshStats
 from .transport import Transport, Transports
@@ -53,6 +55,7 @@ from .transports.udp import UdpTransport
 from .wire import (
     ENVELOPE_TYPES,
     MAX_HOST_BYTES,
+    SEALED,
     Envelope,
     Frame,
     MessageType,
@@ -63,7 +66,6 @@ from .wire import (
     decode_frame,
     encode_epoch,
     encode_frame,
-    split_tag,
 )
 
 __all__ = ["AlertReport", "MeshMessage", "MeshNode", "SearchResult"]
@@ -98,6 +100,7 @@ class MeshNode:
         meta: dict | None = None,
         seed: int | None = None,
         wall_clock: Callable[[], float] | None = None,
+        keyring_version: int = 0,
     ):
         if mesh_key is None:
             raise ValueError("a mesh key is required: every datagram is authenticated with it")
@@ -108,7 +111,10 @@ class MeshNode:
         self.config = cfg = replace(config or MeshConfig(), port=port, bind=bind)
         self.meta = dict(meta or {})
         self.bootstrap = [Address.of(p) for p in peers]
-        self._mac = MacKey(mesh_key)
+        #: The mesh's keys (keyring.py): ``mesh_key`` is a key, a list of keys (primary
+        #: first), or a Keyring; what we send is sealed when ``config.encrypt``.
+        self.keyring = mesh_key if isinstance(mesh_key, Keyring) else Keyring(
+            mesh_key if isinstance(mesh_key, bytes | str) else list(mesh_key), encrypt=cfg.encrypt)
         if transport is None:
             transport = UdpTransport(cfg.bind, cfg.port, cfg.effective_broadcast_address())
         self._transport = transport if isinstance(transport, Transport) else Transports(transport)
@@ -128,6 +134,7 @@ class MeshNode:
         self.envelopes = Envelopes(node_id, cfg, self.now,
                                    self._rng.getrandbits(32) ^ (self.incarnation << 16))
         self._replay = ReplayGuard(cfg.replay_window, cfg.max_skew_s)
+        self.rotation = KeyRotation(self, self.keyring, keyring_version)
         self.detector = FailureDetector(self, self._rng)
         self.dissemination = Dissemination(self, self._rng)
         self.paths = ConnectionTrain(self, cfg, self._rng)
@@ -276,6 +283,22 @@ class MeshNode:
                                           query.get("data_type"), query.get("node"))
         return await self.search.query(query, search_type, timeout)
 
+    # -- keys (keyring.py, rotation.py) -----------------------------------------------------------
+    async def change_keys(self, keys: list[str] | list[bytes]) -> bool:
+        """Make ``keys`` (primary first) the keyring of the whole mesh, in steps that never
+        leave a member unable to read another (install, use, remove; rotation.py). True
+        when every alive member acknowledged every step; ValueError for a bad ring."""
+        return await self.rotation.change_to(keys)
+
+    async def rotate_key(self, new_key: str | bytes) -> bool:
+        """Replace every key of the mesh by ``new_key`` (install it, use it, remove the rest)."""
+        return await self.change_keys([new_key])
+
+    def on_keyring(self, handler: Callable[[int, list[str]], object]) -> None:
+        """Call ``handler(version, keys)`` whenever this member's keyring changes (a step
+        of ours or one taken from a member); keys primary first. The agent saves them."""
+        self.rotation.on_change(handler)
+
     # -- hash registry (registry.py) -------------------------------------------------------------
     def add_hash(self, hash_value: str, data_type: str, embedding, metadata: dict | None = None,
                  confidence: float | None = None) -> HashEntry:
@@ -367,6 +390,10 @@ class MeshNode:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def call(self, handler: Callable, *args) -> None:
+        """Call a user handler (sync, or async as a task); its error is logged, never raised."""
+        self._call(handler, *args)
 
     def drop(self, reason: str) -> None:
         self._dropped[reason] += 1
@@ -462,6 +489,7 @@ class MeshNode:
                 event.incarnation)
         for app in self.messaging.applications():
             app.member_event(event)
+        self.rotation.member_event(event)
         peer = self.members.get(event.node_id)
         for handler in self._member_handlers:
             self._call(handler, event, peer)
@@ -474,11 +502,16 @@ class MeshNode:
         return Frame(mtype, self.node_id, self.incarnation, self._seq, int(self._wall()), body, (),
                      self.epoch)
 
-    def send_frame(self, mtype: MessageType, body: bytes, address: Address, piggyback: bool = True) -> None:
-        """Frame, authenticate and send one datagram, with membership updates riding along."""
+    def send_frame(self, mtype: MessageType, body: bytes, address: Address, piggyback: bool = True, *,
+                   key: MeshKey | None = None, seal: bool = False) -> None:
+        """Frame, protect and send one datagram, with membership updates riding along:
+        under the primary key unless ``key``; sealed when the keyring encrypts or ``seal``."""
         raw = self.dissemination.piggyback(len(body)) if piggyback else []
+        ring = self.keyring
+        protect = (ring.protect if key is None and not seal
+                   else functools.partial(ring.protect, key=key, seal=seal))
         try:
-            datagram = encode_frame(self._next_frame(mtype, body), self._mac.sign, raw)
+            datagram = encode_frame(self._next_frame(mtype, body), protect, raw)
         except ValueError:
             log.warning("mesh %s: %s message too large to send", self.node_id, mtype.name)
             self.drop("too_large")
@@ -487,7 +520,8 @@ class MeshNode:
         self._transport.send(datagram, address)
 
     def send_to(self, mtype: MessageType, body: bytes, node_id: str, *, fallback: Address | None = None,
-                piggyback: bool = True, every_path: bool = False, replay: bool = False) -> None:
+                piggyback: bool = True, every_path: bool = False, replay: bool = False,
+                seal: bool = False) -> None:
         """Send to a member over the path(s) the connection train picks (paths.py):
         ``every_path`` for probes (dead only when no path answers), ``replay`` for
         messages to send again should the path change before they are known delivered."""
@@ -499,13 +533,13 @@ class MeshNode:
             fallback = member.address
         train = self.paths
         for address in (train.every_path if every_path else train.plan)(node_id, fallback):
-            self.send_frame(mtype, body, address, piggyback)
+            self.send_frame(mtype, body, address, piggyback, seal=seal)
         if replay:
             train.sent(node_id, mtype, body)
 
     def broadcast_frame(self, mtype: MessageType, body: bytes) -> bool:
         """Send one datagram to the local segment, when the transport can."""
-        sent = self._transport.broadcast(encode_frame(self._next_frame(mtype, body), self._mac.sign))
+        sent = self._transport.broadcast(encode_frame(self._next_frame(mtype, body), self.keyring.protect))
         if sent:
             self._sent[mtype] += 1
         return sent
@@ -528,11 +562,7 @@ class MeshNode:
     def _on_datagram(self, data: bytes, addr: Address) -> None:
         """Entry point for every datagram. Never raises."""
         try:
-            signed, tag = split_tag(data)
-            if not self._mac.verify(signed, tag):
-                self._received[None] += 1
-                self.drop("forged")
-                return
+            signed, key = self.keyring.open(data)
             frame = decode_frame(signed)
         except WireError as exc:
             self._received[None] += 1
@@ -549,7 +579,12 @@ class MeshNode:
                 self._tell_epoch(frame.sender, addr)
             return
         try:
-            self._handle(frame, addr)
+            if frame.type is MessageType.KEYRING:  # needs to know how the frame came
+                self.rotation.on_frame(frame, addr, key, data[1] == SEALED)
+            else:
+                self._handle(frame, addr)
+                if key is not self.keyring.primary:  # one of us is behind a rotation
+                    self.rotation.heard_under(frame.sender, key, addr)
         except WireError as exc:
             self.drop(exc.reason)
         except Exception:

@@ -1,9 +1,10 @@
-"""Datagram authentication and replay protection.
+"""Replay protection, and the mesh's public id.
 
-Every datagram carries a 16-byte HMAC-SHA256 tag under a key derived from the
-mesh key (the standard library's ``hmac``; truncation to 128 bits follows RFC
-2104 section 5 and keeps probes small). Anyone without the mesh key can
-neither forge nor alter a datagram.
+Every datagram is authenticated (a 16-byte HMAC-SHA256 tag, truncation to 128
+bits as RFC 2104 section 5 allows, which keeps probes small) or sealed
+(ChaCha20-Poly1305) under a key of the mesh's keyring (keyring.py): anyone
+without a key can neither forge nor alter a datagram. What a captured
+datagram replayed could still do is this module's concern.
 
 Replays
 -------
@@ -69,10 +70,7 @@ an evicted sender's old frames are still refused by the skew bound.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections import OrderedDict
-
-from .wire import TAG_LEN
 
 #: Retired epochs remembered per sender (restarts within 2 x max_skew_s, beyond which
 #: the skew check refuses their frames anyway).
@@ -84,21 +82,6 @@ def mesh_id_of(mesh_key: bytes | str) -> str:
     mDNS use to group members, and that say nothing about the key."""
     raw = mesh_key.encode("utf-8") if isinstance(mesh_key, str) else bytes(mesh_key)
     return hashlib.sha256(b"flowmesh mesh id v1\x00" + raw).hexdigest()[:16]
-
-
-class MacKey:
-    def __init__(self, mesh_key: bytes | str):
-        raw = mesh_key.encode("utf-8") if isinstance(mesh_key, str) else bytes(mesh_key)
-        if len(raw) < 16:
-            raise ValueError("the mesh key must be at least 16 bytes")
-        # domain separation: the same secret used elsewhere gives another key here
-        self._key = hashlib.sha256(b"flowmesh mesh mac v1\x00" + raw).digest()
-
-    def sign(self, data: bytes) -> bytes:
-        return hmac.digest(self._key, data, "sha256")[:TAG_LEN]
-
-    def verify(self, data: bytes, tag: bytes) -> bool:
-        return hmac.compare_digest(self.sign(data), tag)
 
 
 class _Sender:

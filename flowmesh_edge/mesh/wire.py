@@ -1,8 +1,10 @@
 """The mesh wire format: bytes <-> messages, pure code, no sockets.
 
-Every datagram is one frame (all integers big-endian)::
+Every datagram is one frame (all integers big-endian), authenticated or
+sealed (encrypted) under the mesh's primary key (keyring.py). An
+authenticated frame::
 
-    u8   version (4)
+    u8   version (5)
     u8   type (MessageType)
     u8   flags (reserved, 0)
     u8   L, then L bytes: sender node id, UTF-8, 1..NODE_ID_MAX_BYTES (128) bytes
@@ -14,9 +16,15 @@ Every datagram is one frame (all integers big-endian)::
     u8   N, then N membership updates piggybacked (gossip)
     16   tag: HMAC-SHA256 of everything before it, under the mesh key, truncated
 
+A sealed frame is the same frame without its tag, encrypted whole::
+
+    u8 version (5)  u8 0 (SEALED: no message type is 0)  u8 flags (0)
+    12 nonce  then ChaCha20-Poly1305 of the frame above (its 16-byte tag at the end)
+
 A frame is at most MAX_DATAGRAM bytes (below a 1500-byte Ethernet MTU with
 IPv6 and UDP headers). A probe (PING) between 16-character node ids is 88
-bytes, 312 between 128-byte ones.
+bytes authenticated and 103 sealed (SEAL_OVERHEAD more), 312 and 327
+between 128-byte ones.
 
 The failure detector's own bodies::
 
@@ -63,7 +71,8 @@ port only) and the DIRECT type. Version 3 put the state stamp in PING and
 PROBE_ACK, the ``alone`` flag in PEER_DISCOVERY, the boot epoch in every
 frame (replay windows no longer hang on the incarnation), and added EPOCH.
 Version 4 added the endpoints to membership updates, and PATH_PROBE and
-PATH_ACK. A frame of another version is dropped as ``version``.
+PATH_ACK. Version 5 added sealed frames and KEYRING (rotation.py). A frame of
+another version is dropped as ``version``.
 """
 
 from __future__ import annotations
@@ -78,9 +87,14 @@ from flowmesh.limits import NODE_ID_MAX_BYTES
 
 from .address import NOWHERE, Address
 
-WIRE_VERSION = 4
+WIRE_VERSION = 5
 MAX_DATAGRAM = 1400
 TAG_LEN = 16
+#: The second byte of a sealed frame, where an authenticated one has its type.
+SEALED = 0
+#: What sealing adds to an authenticated frame: a 3-byte head and a 12-byte nonce
+#: (the AEAD's tag takes the place of the HMAC tag).
+SEAL_OVERHEAD = 3 + 12
 #: Node ids on the wire: the one limit the database and the agent use too.
 MAX_ID_LEN = NODE_ID_MAX_BYTES
 #: Transport names on the wire (see address.py).
@@ -118,13 +132,15 @@ class MessageType(IntEnum):
     # the connection train (paths.py): is this endpoint of a member answering, how fast?
     PATH_PROBE = 25
     PATH_ACK = 26
+    #: The mesh's keyring, as a member holds it (rotation.py): an envelope.
+    KEYRING = 27
 
 
 #: Types whose body is an application Envelope.
 ENVELOPE_TYPES = frozenset({
     MessageType.NODE_STATE_SYNC, MessageType.SEARCH_QUERY, MessageType.ALERT,
     MessageType.HASH_REGISTRY, MessageType.ROUTE_BROADCAST, MessageType.ACK,
-    MessageType.SEARCH_RESULT, MessageType.DIRECT,
+    MessageType.SEARCH_RESULT, MessageType.DIRECT, MessageType.KEYRING,
 })
 #: Kinds a membership update can have.
 UPDATE_KINDS = (MessageType.ALIVE, MessageType.SUSPECT, MessageType.DEAD)
@@ -357,8 +373,8 @@ _TYPES = {t.value: t for t in MessageType}
 
 
 def frame_overhead(sender: str, body_len: int) -> int:
-    """Bytes a frame takes before any piggybacked update."""
-    return 3 + 1 + len(sender.encode("utf-8")) + _HEAD.size + 2 + body_len + 1 + TAG_LEN
+    """Bytes a frame takes before any piggybacked update, sealed (the larger kind)."""
+    return 3 + 1 + len(sender.encode("utf-8")) + _HEAD.size + 2 + body_len + 1 + TAG_LEN + SEAL_OVERHEAD
 
 
 @functools.lru_cache(maxsize=64)
@@ -367,8 +383,9 @@ def _sender_field(sender: str) -> bytes:
     return _str(sender, max_len=MAX_ID_LEN)
 
 
-def encode_frame(frame: Frame, sign, raw_updates: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
-    """Frame -> datagram; ``sign(bytes) -> tag`` appends the authentication tag.
+def encode_frame(frame: Frame, protect, raw_updates: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
+    """Frame -> datagram; ``protect(signed part) -> datagram`` authenticates or seals
+    it (Keyring.protect, MeshKey.tagged).
 
     ``raw_updates`` are already-encoded updates (from the gossip queue),
     piggybacked after ``frame.updates``.
@@ -382,7 +399,7 @@ def encode_frame(frame: Frame, sign, raw_updates: tuple[bytes, ...] | list[bytes
                      _HEAD_BODY.pack(frame.epoch, frame.seq, frame.timestamp, frame.incarnation,
                                      len(frame.body)),
                      frame.body, bytes((len(updates),)), *updates))
-    datagram = data + sign(data)
+    datagram = protect(data)
     if len(datagram) > MAX_DATAGRAM:
         raise ValueError(f"datagram of {len(datagram)} bytes exceeds {MAX_DATAGRAM}")
     return datagram

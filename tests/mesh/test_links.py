@@ -100,3 +100,73 @@ async def test_two_members_with_no_peers_find_each_other_over_mdns(tmp_path):
     finally:
         for links in members:
             await links.stop()
+
+
+async def test_keys_commands_rotate_the_key_of_two_running_agents_and_both_save_it(tmp_path, monkeypatch,
+                                                                                   caplog):
+    monkeypatch.setattr(links_module, "KEYS_POLL_S", 0.1)
+    caplog.set_level("DEBUG")
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    a = MeshLinks("a", options(files[0], mesh_key=KEY, mesh_name="home"))
+    a.build()
+    await a.start()
+    b = MeshLinks("b", options(files[1], mesh_key=KEY, mesh_name="home", peers=[a.primary.address]))
+    b.build()
+    await b.start()
+    runner = CliRunner()
+
+    def keys(*args: str) -> str:
+        result = runner.invoke(main, ["keys", *args, "--meshes-file", str(files[0])])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def rings() -> list[list[str]]:
+        return [links.primary.keyring.ids() for links in (a, b)]
+
+    try:
+        await until(lambda: status(a.primary, "b") == "alive", 10)
+        old = a.primary.keyring.primary.id
+        added = keys("add")
+        new = added.split("installed key ")[1].split()[0]
+        assert "the running agent spreads it" in added
+        await until(lambda: rings() == [[old, new], [old, new]], 10)
+        keys("use", new)
+        await until(lambda: rings() == [[new, old], [new, old]], 10)
+        keys("remove", old)
+        await until(lambda: rings() == [[new], [new]], 10)
+        assert status(a.primary, "b") == "alive" and status(b.primary, "a") == "alive"
+        listed = json.loads(keys("list", "--json"))
+        assert [(r["key"], r["role"]) for r in listed] == [(new, "primary")]
+    finally:
+        await b.stop()
+        await a.stop()
+    saved = [json.loads(f.read_text())["meshes"][0] for f in files]
+    assert saved[0]["keys"] == saved[1]["keys"] and len(saved[0]["keys"]) == 1 and KEY not in saved[0]["keys"]
+    assert saved[0]["id"] == saved[1]["id"] == mesh_id_of(KEY)  # the mesh keeps its name
+    assert saved[0]["keyring_version"] == saved[1]["keyring_version"] >= 3
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    # no key ever reaches the log, only key ids
+    assert KEY not in caplog.text and saved[0]["keys"][0] not in caplog.text and new in caplog.text
+
+
+def test_a_rotation_without_a_running_agent_is_refused_unless_offline(tmp_path):
+    meshes_file = tmp_path / "meshes.json"
+    store = links_module.SavedMeshes(meshes_file)
+    store.add_or_update(KEY, "home")
+    store.save()
+    runner = CliRunner()
+    refused = runner.invoke(main, ["keys", "rotate", "--meshes-file", str(meshes_file)])
+    assert refused.exit_code == 1 and "no agent runs on" in refused.output
+    assert json.loads(meshes_file.read_text())["meshes"][0]["keys"] == [KEY]
+    done = runner.invoke(main, ["keys", "rotate", "--offline", "--meshes-file", str(meshes_file)])
+    assert done.exit_code == 0, done.output
+    assert json.loads(meshes_file.read_text())["meshes"][0]["keys"] != [KEY]
+    key_file = tmp_path / "key"
+    key_file.write_text("a key from a file, 16+ bytes\n")
+    key_file.chmod(0o644)
+    add = ["keys", "add", "--key-file", str(key_file), "--meshes-file", str(meshes_file)]
+    loose = runner.invoke(main, add)
+    assert loose.exit_code == 1 and "must be 0600" in loose.output
+    key_file.chmod(0o600)
+    added = runner.invoke(main, add)
+    assert added.exit_code == 0 and "a key from a file" not in added.output

@@ -19,7 +19,8 @@ from flowmesh_edge import MeshNode, MessageType
 from flowmesh_edge.mesh import relay_protocol as rp
 from flowmesh_edge.mesh import wire
 from flowmesh_edge.mesh.address import Address
-from flowmesh_edge.mesh.security import MacKey, mesh_id_of
+from flowmesh_edge.mesh.keyring import MeshKey
+from flowmesh_edge.mesh.security import mesh_id_of
 from flowmesh_edge.mesh.transports.relay import RelayTransport, relay_address
 from flowmesh_edge.mesh.wire import Frame
 from flowmesh_edge.relay.server import Relay
@@ -180,7 +181,7 @@ async def test_a_frame_altered_in_transit_is_refused_as_forged(relay, pair):
     assert rp.decode_control(await asyncio.wait_for(mallory.recv(), 5)).kind == "ok"
     forged = wire.encode_frame(
         Frame(wire.MessageType.DIRECT, "a", a.incarnation, 999, int(time.time()), b"\x00" * 16),
-        MacKey(b"mallory's own key, long enough").sign)
+        MeshKey(b"mallory's own key, long enough").tagged)
     before = b.stats()["dropped"].get("forged", 0)
     await mallory.send(rp.encode_data("b", forged))
     await until(lambda: b.stats()["dropped"].get("forged", 0) > before, 5)

@@ -1,25 +1,9 @@
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowmesh_edge.mesh.security import MAX_RETIRED, MacKey, ReplayGuard
-
-
-def test_mac_detects_any_change_and_a_wrong_key():
-    key = MacKey("correct horse battery staple")
-    data = b"frame bytes"
-    tag = key.sign(data)
-    assert key.verify(data, tag)
-    assert not key.verify(b"frame bytez", tag)
-    assert not key.verify(data, bytes(16))
-    assert not MacKey("another key, also long").verify(data, tag)
-
-
-def test_short_keys_are_refused():
-    with pytest.raises(ValueError, match="16 bytes"):
-        MacKey("short")
+from flowmesh_edge.mesh.security import MAX_RETIRED, ReplayGuard
 
 
 def test_replay_window():

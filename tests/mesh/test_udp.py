@@ -15,7 +15,7 @@ import pytest
 from flowmesh.limits import NODE_ID_MAX_BYTES
 from flowmesh_edge import MeshNode, MessageType
 from flowmesh_edge.mesh import wire
-from flowmesh_edge.mesh.security import MacKey
+from flowmesh_edge.mesh.keyring import Keyring, MeshKey
 from flowmesh_edge.mesh.wire import Frame
 from tests.conftest import until
 
@@ -64,21 +64,21 @@ async def test_forged_replayed_and_malformed_datagrams_are_dropped_and_counted()
     await node.start()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        good_key, bad_key = MacKey(KEY), MacKey(b"an attacker's own key, long")
+        good_key, bad_key = MeshKey(KEY), MeshKey(b"an attacker's own key, long")
         ping = Frame(wire.MessageType.PING, "mallory", 5, 1, int(time.time()),
                      wire.encode_ping(1, "victim", (5, 0)))
-        valid = wire.encode_frame(ping, good_key.sign)
+        valid = wire.encode_frame(ping, good_key.tagged)
         bogus = [
-            wire.encode_frame(ping, bad_key.sign),            # forged
+            wire.encode_frame(ping, bad_key.tagged),            # forged
             valid[:-1] + bytes([valid[-1] ^ 1]),              # tampered tag
             valid,                                            # genuine once...
             valid,                                            # ...replayed
             valid[:12],                                       # truncated
             b"\x00" * 2000,                                   # oversized
             wire.encode_frame(Frame(wire.MessageType.PING, "mallory", 5, 2, int(time.time()) - 3600,
-                                    wire.encode_ping(2, "victim", (5, 0))), good_key.sign),  # stale clock
+                                    wire.encode_ping(2, "victim", (5, 0))), good_key.tagged),  # stale clock
             wire.encode_frame(Frame(wire.MessageType.GOSSIP, "mallory", 5, 3, int(time.time()),
-                                    b"\x01\x00\x05junk!"), good_key.sign),          # malformed body
+                                    b"\x01\x00\x05junk!"), good_key.tagged),          # malformed body
         ]
         for d in bogus:
             sock.sendto(d, (node.address.host, node.address.port))
@@ -93,7 +93,8 @@ async def test_forged_replayed_and_malformed_datagrams_are_dropped_and_counted()
         # and the node still works: the genuine ping was answered
         sock.settimeout(2)
         reply, _ = sock.recvfrom(2048)
-        signed, _ = wire.split_tag(reply)
+        assert reply[1] == wire.SEALED  # encrypted by default
+        signed, _ = Keyring(KEY).open(reply)
         assert wire.decode_frame(signed).type == wire.MessageType.PROBE_ACK
     finally:
         sock.close()

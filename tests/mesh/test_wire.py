@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from flowmesh.limits import NODE_ID_MAX_BYTES
 from flowmesh_edge.mesh import wire
 from flowmesh_edge.mesh.address import Address
-from flowmesh_edge.mesh.security import MacKey
+from flowmesh_edge.mesh.keyring import MeshKey
 from flowmesh_edge.mesh.wire import Envelope, Frame, MessageType, Update, WireError
 
-KEY = MacKey(b"0123456789abcdef0123456789abcdef")
+KEY = MeshKey(b"0123456789abcdef0123456789abcdef")
 
 ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=16)
 u32 = st.integers(0, 2**32 - 1)
@@ -28,7 +28,7 @@ envelopes = st.builds(Envelope, ids, u32, payloads, st.integers(0, 255), st.inte
 
 
 def roundtrip(frame: Frame, raw=()) -> Frame:
-    signed, tag = wire.split_tag(wire.encode_frame(frame, KEY.sign, raw))
+    signed, tag = wire.split_tag(wire.encode_frame(frame, KEY.tagged, raw))
     assert KEY.verify(signed, tag)
     return wire.decode_frame(signed)
 
@@ -63,7 +63,7 @@ def test_decoders_only_raise_wire_errors(data):
 @given(st.lists(updates, min_size=1, max_size=4), st.data())
 def test_every_truncation_is_refused(ups, data):
     frame = Frame(MessageType.GOSSIP, "node", 1, 2, 3, b"body", tuple(ups))
-    signed, _ = wire.split_tag(wire.encode_frame(frame, KEY.sign))
+    signed, _ = wire.split_tag(wire.encode_frame(frame, KEY.tagged))
     cut = data.draw(st.integers(0, len(signed) - 1))
     with pytest.raises(WireError):
         wire.decode_frame(signed[:cut])
@@ -73,11 +73,11 @@ def test_probes_and_acks_are_small_and_carry_the_state_stamp():
     top = 2**32 - 1
     longest = "n" * NODE_ID_MAX_BYTES
     ping = Frame(MessageType.PING, longest, top, top, top, wire.encode_ping(top, longest, (top, top)))
-    assert len(wire.encode_frame(ping, KEY.sign)) == 312
+    assert len(wire.encode_frame(ping, KEY.tagged)) == 312
     assert wire.decode_ping(ping.body) == (top, longest, (top, top))
     body = wire.encode_ping(1, "camera_002_abcde", (7, 3))
     short = Frame(MessageType.PING, "camera_001_abcde", 1, 1, 1, body)
-    assert len(wire.encode_frame(short, KEY.sign)) == 88  # as wire.py says
+    assert len(wire.encode_frame(short, KEY.tagged)) == 88  # as wire.py says
     ack = wire.encode_probe_ack(9, (7, 3))
     assert wire.decode_probe_ack(ack) == (9, (7, 3))
     for bad in (ack[:-1], ack + b"x"):
@@ -87,7 +87,7 @@ def test_probes_and_acks_are_small_and_carry_the_state_stamp():
 
 def test_limits():
     with pytest.raises(ValueError, match="exceeds"):
-        wire.encode_frame(Frame(MessageType.GOSSIP, "n", 1, 1, 1, b"x" * 2000), KEY.sign)
+        wire.encode_frame(Frame(MessageType.GOSSIP, "n", 1, 1, 1, b"x" * 2000), KEY.tagged)
     with pytest.raises(WireError) as info:
         wire.split_tag(b"x" * (wire.MAX_DATAGRAM + 1))
     assert info.value.reason == "oversized"
@@ -99,7 +99,7 @@ def test_limits():
 
 
 def test_unknown_version_and_type_are_named():
-    frame = wire.encode_frame(Frame(MessageType.PING, "a", 1, 1, 1, b""), KEY.sign)
+    frame = wire.encode_frame(Frame(MessageType.PING, "a", 1, 1, 1, b""), KEY.tagged)
     signed, _ = wire.split_tag(frame)
     with pytest.raises(WireError) as info:
         wire.decode_frame(b"\x09" + signed[1:])
@@ -132,7 +132,7 @@ def test_ids_up_to_the_shared_limit_pass_and_longer_ones_do_not():
     frame = Frame(MessageType.PING, longest, 1, 1, 1, wire.encode_ping(1, longest, (1, 0)))
     assert roundtrip(frame) == frame
     with pytest.raises(ValueError):
-        wire.encode_frame(Frame(MessageType.PING, longest + "n", 1, 1, 1, b""), KEY.sign)
+        wire.encode_frame(Frame(MessageType.PING, longest + "n", 1, 1, 1, b""), KEY.tagged)
 
 
 def test_an_update_carries_up_to_max_endpoints_and_a_longer_list_is_refused():

@@ -138,7 +138,7 @@ BROKEN = {
     "empty": (b"", "not valid JSON"),
     "truncated": (b'{"version": 1, "meshes": [', "not valid JSON"),
     "not an object": (b"[]", "expected a JSON object, found a list"),
-    "unknown version": (b'{"version": 2, "meshes": []}', "unknown version 2"),
+    "unknown version": (b'{"version": 3, "meshes": []}', "unknown version 3"),
     "no version": (b'{"meshes": []}', "unknown version None"),
     "boolean version": (b'{"version": true, "meshes": []}', "unknown version True"),
     "meshes not a list": (b'{"version": 1, "meshes": {}}', "meshes: expected a list, found an object"),
@@ -168,6 +168,27 @@ WRONG_TYPES = {
                     "meshes[0].endpoints[0].address"),
     "key a number": (_mesh_json(key=12345678901234567890), "meshes[0].key: expected a non-empty string"),
 }
+
+
+def _mesh_json_v2(**changes) -> bytes:
+    mesh = {"id": mesh_id_of(KEY), "name": "home", "keys": [KEY], "joined_at": "2026-11-22T08:00:00+00:00",
+            "endpoints": []}
+    mesh.update(changes)
+    return json.dumps({"version": 2, "meshes": [mesh]}).encode()
+
+
+WRONG_TYPES.update({
+    "v2 keys missing": (_mesh_json_v2(keys=None), "meshes[0].keys: expected a list of keys"),
+    "v2 keys empty": (_mesh_json_v2(keys=[]), "meshes[0].keys: expected a list of keys"),
+    "v2 short secondary": (_mesh_json_v2(keys=[KEY, "short"]),
+                           "meshes[0].keys: key 2: a key must be at least"),
+    "v2 key twice": (_mesh_json_v2(keys=[KEY, KEY]), "meshes[0].keys: a key appears twice"),
+    "v2 too many keys": (_mesh_json_v2(keys=[f"{KEY}{i}" for i in range(5)]), "holds at most 4 keys"),
+    "v2 encrypt a string": (_mesh_json_v2(encrypt="yes"), "meshes[0].encrypt: expected true or false"),
+    "v2 negative keyring version": (_mesh_json_v2(keyring_version=-1), "meshes[0].keyring_version"),
+    "v2 id not hex": (_mesh_json_v2(id="not an id at all"), "meshes[0].id: expected 16 hex digits"),
+    "v2 single key field": (_mesh_json_v2(key=KEY), "meshes[0]: unknown field 'key'"),
+})
 
 
 @pytest.mark.parametrize("content, problem", [*BROKEN.values(), *WRONG_TYPES.values()],
@@ -424,7 +445,7 @@ def test_cli_reports_a_corrupt_file_in_one_line(path, command):
     path.write_bytes(content)
     result = _cli(path, *command)
     assert result.exit_code == 1
-    assert result.stderr == f"flowmesh-edge: {path}: unknown version 7 (this agent reads version 1)\n"
+    assert result.stderr == f"flowmesh-edge: {path}: unknown version 7 (this agent reads versions 1, 2)\n"
     assert result.stdout == ""
     assert path.read_bytes() == content
 
@@ -436,3 +457,48 @@ def test_cli_warns_of_a_loose_mode(path):
     assert result.exit_code == 0
     assert result.stderr.count("\n") == 1 and "mode 0640" in result.stderr
     _no_secret(result)
+
+
+def test_a_version_1_file_is_read_and_written_as_version_2_with_its_id(path):
+    path.parent.mkdir()
+    path.write_bytes(_mesh_json())
+    path.chmod(0o600)
+    store = SavedMeshes.load(path)
+    home = store.get(mesh_id_of(KEY))
+    assert (home.keys, home.encrypt, home.keyring_version) == ([KEY], True, 0)
+    store.record_connected(home.mesh_id, "udp", T0)
+    store.save()
+    document = json.loads(path.read_text())
+    assert document["version"] == 2
+    assert document["meshes"][0]["keys"] == [KEY] and "key" not in document["meshes"][0]
+
+
+def test_a_rotated_mesh_keeps_its_id_and_is_found_by_any_of_its_keys(path):
+    store = SavedMeshes(path)
+    founded = store.add_or_update(KEY, "home", at=T0).mesh_id
+    store.set_keys(founded, [OTHER_KEY, KEY], version=2)
+    store.set_keys(founded, [OTHER_KEY], version=3)
+    store.save()
+    again = SavedMeshes.load(path)
+    home = again.get(founded)  # the id of the founding key, through the rotation
+    assert (home.keys, home.keyring_version) == ([OTHER_KEY], 3)
+    # joining with the current key finds the same mesh, not a new one
+    assert again.add_or_update(OTHER_KEY, "home").mesh_id == founded
+    assert len(again) == 1
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        again.set_keys(founded, ["short"], version=4)
+    assert again.get(founded).keys == [OTHER_KEY]
+
+
+def test_an_agent_saving_endpoints_does_not_undo_a_keyring_changed_by_the_cli(path):
+    agent = SavedMeshes(path)
+    mesh_id = agent.add_or_update(KEY, "home", at=T0).mesh_id
+    agent.save()
+    cli = SavedMeshes.load(path)
+    cli.set_keys(mesh_id, [KEY, OTHER_KEY], version=1)  # flowmesh-edge keys add
+    cli.save()
+    agent.record_connected(mesh_id, "udp", T0 + 5)  # the agent's own news, saved later
+    agent.save()
+    saved = SavedMeshes.load(path).get(mesh_id)
+    assert (saved.keys, saved.keyring_version, saved.last_connected) == ([KEY, OTHER_KEY], 1, T0 + 5)
+    assert agent.get(mesh_id).keys == [KEY, OTHER_KEY]  # and the agent's copy now knows it

@@ -1,0 +1,239 @@
+"""The mesh keyring: which key signs and encrypts, which keys are accepted.
+
+As memberlist's keyring: one *primary* key protects every datagram this
+member sends, and every key of the ring (the primary and the *secondary*
+ones) is tried on what arrives, primary first. A key is rotated without a
+flag day: install the new key everywhere (accepted, not used), make it the
+primary everywhere, then remove the old one (rotation.py spreads each step).
+
+Protection
+----------
+
+Every key gives two keys (domain-separated SHA-256 of it): an HMAC-SHA256 key
+for *authenticated* frames (wire.py: the signed frame and a 16-byte tag, as
+before) and a ChaCha20-Poly1305 key for *sealed* ones, which hide everything
+but the wire version::
+
+    u8 version (5)  u8 0 (sealed)  u8 0 (flags)  12 nonce  AEAD(plain frame without its tag)
+
+with the first three bytes as associated data. The plain frame inside keeps
+its own sender, boot epoch, sequence and clock, so the replay window and the
+skew bound (security.py) apply to sealed frames unchanged. ChaCha20-Poly1305
+rather than AES-GCM: a Raspberry Pi has no AES instructions, and ChaCha is
+fast in software. Nonces are random (96 bits): the same key is shared by every
+member, so a counter would need coordination; a collision becomes likely only
+after about 2^48 datagrams under one key, far beyond any rotation period.
+A sealed frame costs SEAL_OVERHEAD (15) bytes more than an authenticated one:
+a probe between 16-character node ids is 103 bytes.
+
+A member with ``encrypt`` on seals what it sends; every member accepts both
+kinds, each authenticated by a key of the ring, so encryption is turned on
+member by member (a downgrade needs a key, which is the whole mesh's trust).
+
+A datagram that no key opens is ``forged``; one that opens under a key
+removed from this ring in the last REMOVED_REMEMBERED removals is counted as
+``removed_key`` instead, so that a member left behind by a rotation shows up
+for what it is.
+
+Keys are strings of MIN_KEY_BYTES to MAX_KEY_BYTES UTF-8 bytes (the mesh key
+of ``--mesh-key``); a ring holds at most MAX_KEYS. ``key_id`` names a key
+(8 hex digits of a hash) for ``flowmesh-edge keys list`` and logs; nothing
+else about a key is ever shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from .wire import MAX_DATAGRAM, SEALED, TAG_LEN, WIRE_VERSION, WireError, split_tag
+
+#: Keys a ring holds at most: a rotation needs two; four leave room for a second
+#: rotation started before the first one's old key was removed.
+MAX_KEYS = 4
+MIN_KEY_BYTES = 16
+MAX_KEY_BYTES = 128
+#: Removed keys remembered (in memory) to tell ``removed_key`` drops from forgeries.
+REMOVED_REMEMBERED = 4
+NONCE_LEN = 12
+_SEALED_HEAD = bytes((WIRE_VERSION, SEALED, 0))
+
+
+def key_bytes(key: bytes | str) -> bytes:
+    return key.encode("utf-8") if isinstance(key, str) else bytes(key)
+
+
+def key_problem(key: object) -> str | None:
+    """Why ``key`` cannot be a mesh key, or None."""
+    if not isinstance(key, str | bytes):
+        return "a key must be text"
+    if isinstance(key, bytes):
+        try:
+            key.decode("utf-8")  # keys travel as text (saved meshes, KEYRING messages)
+        except UnicodeDecodeError:
+            return "a key must be UTF-8 text"
+    size = len(key_bytes(key))
+    if size < MIN_KEY_BYTES:
+        return f"a key must be at least {MIN_KEY_BYTES} bytes"
+    if size > MAX_KEY_BYTES:
+        return f"a key must be at most {MAX_KEY_BYTES} bytes"
+    return None
+
+
+def check_keyring(keys: Sequence[object]) -> None:
+    """ValueError (saying which key, never showing it) for a keyring that cannot be."""
+    if not keys:
+        raise ValueError("a keyring needs a primary key")
+    if len(keys) > MAX_KEYS:
+        raise ValueError(f"a keyring holds at most {MAX_KEYS} keys, not {len(keys)}")
+    for index, key in enumerate(keys):
+        problem = key_problem(key)
+        if problem:
+            raise ValueError(f"key {index + 1}: {problem}")
+    if len({key_bytes(k) for k in keys}) != len(keys):  # type: ignore[arg-type]
+        raise ValueError("a key appears twice in the keyring")
+
+
+def key_id(key: bytes | str) -> str:
+    """A key's name: 8 hex digits that say nothing about the key."""
+    return hashlib.sha256(b"flowmesh key id v1\x00" + key_bytes(key)).hexdigest()[:8]
+
+
+def generate_key() -> str:
+    """A new random key: 256 bits, URL-safe text."""
+    return secrets.token_urlsafe(32)
+
+
+class MeshKey:
+    """One key of the ring, with the keys derived from it."""
+
+    __slots__ = ("_aead", "_mac", "id", "raw")
+
+    def __init__(self, key: bytes | str):
+        problem = key_problem(key)
+        if problem:
+            raise ValueError(problem.replace("a key", "the mesh key"))
+        self.raw = key_bytes(key)
+        self.id = key_id(self.raw)
+        # domain separation: the same secret gives unrelated keys for each use
+        self._mac = hashlib.sha256(b"flowmesh mesh mac v1\x00" + self.raw).digest()
+        self._aead = ChaCha20Poly1305(hashlib.sha256(b"flowmesh mesh aead v1\x00" + self.raw).digest())
+
+    def __repr__(self) -> str:
+        return f"MeshKey({self.id})"
+
+    def sign(self, data: bytes) -> bytes:
+        return hmac.digest(self._mac, data, "sha256")[:TAG_LEN]
+
+    def verify(self, data: bytes, tag: bytes) -> bool:
+        return hmac.compare_digest(self.sign(data), tag)
+
+    def tagged(self, data: bytes) -> bytes:
+        """An authenticated datagram: ``data`` and its tag."""
+        return data + self.sign(data)
+
+    def seal(self, data: bytes, head: bytes = _SEALED_HEAD) -> bytes:
+        nonce = os.urandom(NONCE_LEN)
+        return head + nonce + self._aead.encrypt(nonce, data, head)
+
+    def unseal(self, sealed: bytes, head_len: int = len(_SEALED_HEAD)) -> bytes | None:
+        """The data sealed by ``seal`` (with a head of ``head_len`` bytes), or None."""
+        head, nonce = sealed[:head_len], sealed[head_len:head_len + NONCE_LEN]
+        try:
+            return self._aead.decrypt(nonce, sealed[head_len + NONCE_LEN:], head)
+        except InvalidTag:
+            return None
+
+
+class Keyring:
+    """The keys of one mesh on one member: ``keys[0]`` is the primary."""
+
+    def __init__(self, keys: bytes | str | Iterable[bytes | str], *, encrypt: bool = True):
+        ring = [keys] if isinstance(keys, bytes | str) else list(keys)
+        check_keyring(ring)
+        self._keys = [MeshKey(k) for k in ring]
+        self.encrypt = encrypt
+        self._removed: list[MeshKey] = []
+
+    @property
+    def primary(self) -> MeshKey:
+        return self._keys[0]
+
+    @property
+    def keys(self) -> list[MeshKey]:
+        """Primary first."""
+        return list(self._keys)
+
+    def ids(self) -> list[str]:
+        return [k.id for k in self._keys]
+
+    # -- protecting and opening datagrams ------------------------------------------------
+    def protect(self, data: bytes, key: MeshKey | None = None, seal: bool = False) -> bytes:
+        """A frame's signed part -> the datagram: sealed when ``encrypt`` or ``seal``,
+        else tagged; under the primary unless ``key`` (a member behind a rotation is
+        told under the key it still uses)."""
+        key = key or self._keys[0]
+        return key.seal(data) if self.encrypt or seal else key.tagged(data)
+
+    def open(self, datagram: bytes) -> tuple[bytes, MeshKey]:
+        """(the frame's signed part, the key that opened it); WireError (``forged``,
+        ``removed_key``, ``truncated``, ``oversized``) for anything else."""
+        if len(datagram) > MAX_DATAGRAM:
+            raise WireError("oversized", f"{len(datagram)} bytes")
+        if len(datagram) >= 3 and datagram[1] == SEALED and datagram[0] == WIRE_VERSION:
+            if len(datagram) < len(_SEALED_HEAD) + NONCE_LEN + TAG_LEN:
+                raise WireError("truncated", f"sealed datagram of {len(datagram)} bytes")
+            for key in self._keys:
+                plain = key.unseal(datagram)
+                if plain is not None:
+                    return plain, key
+            if any(k.unseal(datagram) is not None for k in self._removed):
+                raise WireError("removed_key")
+            raise WireError("forged")
+        signed, tag = split_tag(datagram)
+        for key in self._keys:
+            if key.verify(signed, tag):
+                return signed, key
+        if any(k.verify(signed, tag) for k in self._removed):
+            raise WireError("removed_key")
+        raise WireError("forged")
+
+    # -- changing the ring (rotation.py spreads these) -----------------------------------
+    def holds(self, key: bytes | str) -> bool:
+        raw = key_bytes(key)
+        return any(k.raw == raw for k in self._keys)
+
+    def replace(self, keys: Sequence[bytes | str]) -> None:
+        """Make ``keys`` (primary first) the ring; a key that leaves it is remembered
+        as removed (REMOVED_REMEMBERED)."""
+        check_keyring(list(keys))
+        held = {k.raw: k for k in self._keys}
+        # a key kept is the same object: ``key is ring.primary`` stays meaningful
+        fresh = [held.get(key_bytes(k)) or MeshKey(k) for k in keys]
+        kept = {k.raw for k in fresh}
+        gone = [k for k in self._keys if k.raw not in kept]
+        self._removed = ([k for k in self._removed if k.raw not in kept] + gone)[-REMOVED_REMEMBERED:]
+        self._keys = fresh
+
+    def install(self, key: bytes | str) -> None:
+        """Accept ``key`` too (a secondary key); nothing when it is held already."""
+        if not self.holds(key):
+            self.replace([*(k.raw for k in self._keys), key_bytes(key)])
+
+    def use(self, key: bytes | str) -> None:
+        """Make ``key`` the primary (installing it when needed)."""
+        raw = key_bytes(key)
+        self.replace([raw, *(k.raw for k in self._keys if k.raw != raw)])
+
+    def remove(self, key: bytes | str) -> None:
+        """Stop accepting ``key``; ValueError for the primary (use another first)."""
+        raw = key_bytes(key)
+        if self._keys[0].raw == raw:
+            raise ValueError("the primary key cannot be removed: make another key the primary first")
+        self.replace([k.raw for k in self._keys if k.raw != raw])
