@@ -142,9 +142,8 @@ def _accept(node_id, timeout_s, yes, meshes_file, port, bind, ws_port, ble, ble_
         credential = read_secret_file(device_credential, "device credential").strip()
     capabilities = ["udp", *(["ws"] if ws_port is not None else []), *(["ble"] if ble else [])]
     credentials = Credentials(
-        mesh_id=offered.mesh_id, name=offered.name, keys=_keys(offered),
-        keyring_version=int(getattr(offered, "keyring_version", 1)),
-        encrypt=bool(getattr(offered, "encrypt", False)), relay_url=offered.relay_url,
+        mesh_id=offered.mesh_id, name=offered.name, keys=offered.keys,
+        keyring_version=offered.keyring_version, encrypt=offered.encrypt, relay_url=offered.relay_url,
         relay_token=offered.relay_token, endpoints=[str(Address.udp("0.0.0.0", mesh_port))],
         node_id=node_id, capabilities=capabilities, device_credential=credential)
     try:
@@ -220,10 +219,7 @@ async def _accept_async(node_id, credentials, timeout_s, yes, port, bind, ws_por
 
 def _offered_by_key(store: SavedMeshes, key: str, name: str | None) -> SavedMesh:
     """The mesh of a key given in a file: the saved one holding it, else a new record."""
-    holding = getattr(store, "holding", None)
-    saved = holding(key) if holding is not None else None
-    if saved is None and mesh_id_of(key) in store:
-        saved = store.get(mesh_id_of(key))
+    saved = store.holding(key)
     if saved is not None:
         return saved
     return SavedMesh(mesh_key=key, name=name or mesh_id_of(key), joined_at=time.time())
@@ -243,11 +239,6 @@ def _choose_saved(store: SavedMeshes, mesh_id: str | None) -> SavedMesh:
         listing = ", ".join(f"{m.mesh_id} ({m.name})" for m in saved)
         raise _fail(f"{len(saved)} saved meshes ({listing}): choose one with --mesh ID")
     return saved[0]
-
-
-def _keys(mesh: SavedMesh) -> list[str]:
-    keys = getattr(mesh, "keys", None)
-    return list(keys) if keys else [mesh.mesh_key]
 
 
 # -- the new device --------------------------------------------------------------------------------
@@ -470,16 +461,12 @@ def _default_credential_path(node_id: str) -> Path:
 
 
 def _add_mesh(store: SavedMeshes, credentials: Credentials, founder: str | None) -> None:
-    """Save the mesh received (or offered from a key file) with its whole keyring."""
-    import inspect
-
-    extra = {}
-    parameters = inspect.signature(store.add_or_update).parameters
-    if "secondary_keys" in parameters:  # saved meshes of file version 2: the keyring and its id
-        extra = dict(mesh_id=credentials.mesh_id, secondary_keys=credentials.keys[1:],
-                     encrypt=credentials.encrypt, keyring_version=credentials.keyring_version)
+    """Save the mesh received (or offered from a key file) with its whole keyring and its id
+    (stable through rotations: not the id of today's primary key)."""
     store.add_or_update(credentials.keys[0], credentials.name, founder=founder,
-                        relay_url=credentials.relay_url, relay_token=credentials.relay_token, **extra)
+                        relay_url=credentials.relay_url, relay_token=credentials.relay_token,
+                        mesh_id=credentials.mesh_id, secondary_keys=credentials.keys[1:],
+                        encrypt=credentials.encrypt, keyring_version=credentials.keyring_version)
 
 
 def _with_host_of(address: Address, reached: Address | None) -> Address | None:

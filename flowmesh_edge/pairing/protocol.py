@@ -66,6 +66,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from flowmesh.limits import NODE_ID_MAX_BYTES
 
+from ..mesh.keyring import check_keyring
 from . import PAIRING_TIMEOUT_S
 
 MAGIC = b"FMPAIR1"
@@ -304,21 +305,6 @@ class Offer:
 # -- credentials ---------------------------------------------------------------------------------
 
 
-def _check_keyring(keys: list[str]) -> None:
-    try:
-        from flowmesh_edge.mesh.keyring import check_keyring
-    except ImportError:  # before the keyring module: the saved meshes' own rule for one key
-        check_keyring = None
-    if check_keyring is not None:
-        check_keyring(keys)
-        return
-    if not keys:
-        raise ValueError("an empty keyring")
-    for key in keys:
-        if not isinstance(key, str) or not 16 <= len(key.encode()) <= 128:
-            raise ValueError("a key must be a string of 16 to 128 bytes")
-
-
 @dataclass
 class Credentials:
     """What the responder hands over: everything a new device needs to join the mesh.
@@ -326,9 +312,9 @@ class Credentials:
 
     mesh_id: str
     name: str
-    keys: list[str] = field(repr=False)  #: the keyring, primary first
-    keyring_version: int = 1
-    encrypt: bool = False
+    keys: list[str] = field(repr=False)  #: the keyring, primary first (mesh/keyring.py)
+    keyring_version: int = 0  #: how many keyring changes the mesh has seen (rotation.py)
+    encrypt: bool = True  #: whether members seal what they send
     relay_url: str | None = field(default=None, repr=False)
     relay_token: str | None = field(default=None, repr=False)
     #: The responder's mesh endpoints (Address text forms; a wildcard host means "the
@@ -369,8 +355,8 @@ class Credentials:
             raise ValueError("name")
         if not isinstance(self.keys, list):
             raise ValueError("keys is not a list")
-        _check_keyring(self.keys)
-        if type(self.keyring_version) is not int or self.keyring_version < 1:
+        check_keyring(self.keys)
+        if type(self.keyring_version) is not int or self.keyring_version < 0:
             raise ValueError("keyring_version")
         if not isinstance(self.encrypt, bool):
             raise ValueError("encrypt")

@@ -73,14 +73,11 @@ def env(tmp_path):
 
 @pytest.fixture
 def member_file(tmp_path) -> Path:
-    """The accepting member's saved meshes: one mesh, with a relay (and its keyring when saved
-    meshes hold one)."""
+    """The accepting member's saved meshes: one mesh, its keyring of two keys, with a relay."""
     path = tmp_path / "member" / "meshes.json"
     store = SavedMeshes.load(path)
-    extra = {}
-    if "secondary_keys" in store.add_or_update.__code__.co_varnames:
-        extra = dict(secondary_keys=[OLD_KEY], keyring_version=2, encrypt=True)
-    store.add_or_update(KEY, "home", relay_url="wss://relay.example:8765", relay_token=TOKEN, **extra)
+    store.add_or_update(KEY, "home", relay_url="wss://relay.example:8765", relay_token=TOKEN,
+                        secondary_keys=[OLD_KEY], keyring_version=2, encrypt=True)
     store.save()
     return path
 
@@ -125,7 +122,8 @@ def test_two_processes_pair_over_udp_and_the_new_device_saves_the_mesh(env, memb
     saved_member = next(iter(SavedMeshes.load(member_file)))
     (saved,) = list(SavedMeshes.load(new_file))
     assert saved.mesh_id == saved_member.mesh_id and saved.name == "home" and saved.founder == "pi-kitchen"
-    assert list(getattr(saved, "keys", [saved.mesh_key])) == list(getattr(saved_member, "keys", [KEY]))
+    assert saved.keys == saved_member.keys == [KEY, OLD_KEY]
+    assert (saved.keyring_version, saved.encrypt) == (2, True)
     assert (saved.relay_url, saved.relay_token) == ("wss://relay.example:8765", TOKEN)
     assert [(e.node_id, e.address) for e in saved.endpoints] == [("pi-kitchen", "udp:127.0.0.1:9999")]
     # the member recorded the new device where it will listen
@@ -141,6 +139,7 @@ async def test_the_paired_device_joins_the_members_mesh_with_the_saved_keys(env,
     import asyncio
 
     from flowmesh_edge import MeshNode
+    from flowmesh_edge.mesh import MeshConfig
     from tests.conftest import until
 
     member = accepting(env, member_file)
@@ -152,9 +151,12 @@ async def test_the_paired_device_joins_the_members_mesh_with_the_saved_keys(env,
                                                                    asyncio.to_thread(member.finish))
     assert code == member_code == 0, (out, err)
     (theirs,), (ours,) = list(SavedMeshes.load(member_file)), list(SavedMeshes.load(new_file))
-    first = MeshNode("pi-kitchen", port=0, mesh_key=theirs.mesh_key, bind="127.0.0.1")
+    assert ours.keys == theirs.keys and ours.mesh_id == theirs.mesh_id
+    first = MeshNode("pi-kitchen", port=0, mesh_key=theirs.keys, bind="127.0.0.1",
+                     config=MeshConfig(encrypt=theirs.encrypt), keyring_version=theirs.keyring_version)
     await first.start()
-    second = MeshNode("laptop", port=0, mesh_key=ours.mesh_key, bind="127.0.0.1", peers=[first.address])
+    second = MeshNode("laptop", port=0, mesh_key=ours.keys, bind="127.0.0.1", peers=[first.address],
+                      config=MeshConfig(encrypt=ours.encrypt), keyring_version=ours.keyring_version)
     await second.start()
     try:
         await until(lambda: "laptop" in first.peers() and first.peers()["laptop"].status == "alive"
@@ -197,7 +199,7 @@ def test_pairing_over_websocket(env, member_file, tmp_path):
     assert re.search(r"Code: (\d{3} \d{3})", out).group(1) == re.search(r"Code: (\d{3} \d{3})",
                                                                        member_out).group(1)
     (saved,) = list(SavedMeshes.load(new_file))
-    assert saved.mesh_key == KEY
+    assert saved.keys == [KEY, OLD_KEY]
     assert [(e.node_id, e.address) for e in saved.endpoints] == [("pi-kitchen", "udp:127.0.0.1:9999")]
     assert [(e.node_id, e.address) for e in next(iter(SavedMeshes.load(member_file))).endpoints] == \
         [("laptop", "udp:127.0.0.1:9999")]
