@@ -6,6 +6,8 @@ Every wait is bounded; nothing asserts on how long anything took.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -80,6 +82,31 @@ def member_file(tmp_path) -> Path:
                         secondary_keys=[OLD_KEY], keyring_version=2, encrypt=True)
     store.save()
     return path
+
+
+@pytest.fixture
+async def bluez():
+    """BlueZ mocked on a private system bus with adapters hci0..hci2 (tests/mesh/test_ble.py's)."""
+    from tests.mesh.test_ble import MAC_A, MAC_B, MAC_C, release_bleak
+    from tests.support.bluez import missing, mock_bluez
+
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+
+    def start(stack: contextlib.ExitStack):
+        mock = stack.enter_context(mock_bluez())
+        for name, mac in (("hci0", MAC_A), ("hci1", MAC_B), ("hci2", MAC_C)):
+            mock.add_adapter(name, mac, f"member-{name}")
+        return mock
+
+    with contextlib.ExitStack() as stack:  # started and stopped off the loop: both block
+        mock = await asyncio.to_thread(start, stack)
+        try:
+            yield mock
+        finally:
+            await release_bleak()
+            await asyncio.to_thread(stack.close)
 
 
 def secret_file(path: Path, text: str, mode: int = 0o600) -> Path:
@@ -268,3 +295,32 @@ def test_the_new_device_lists_members_found_over_mdns_and_pairs_with_the_only_on
     assert (code, member_code) == (0, 0), (out, err, member_out, member_err)
     assert re.search(rf"1\. pi-kitchen \(mesh home\) at udp:127\.0\.0\.1:{port}, found over mdns", out)
     assert json.loads(new_file.read_text())["meshes"][0]["name"] == "home"
+
+
+async def test_pairing_over_ble_through_the_mocked_bluez(bluez, env, member_file, tmp_path):
+    """The member serves the FlowMesh GATT service on hci1; the new device's scan finds it
+    (a DISCOVER over the link, answered with an OFFER), then `pair --with ble:MAC` runs
+    the same protocol over GATT writes and notifications."""
+    from flowmesh_edge.mesh.address import Address
+    from flowmesh_edge.pairing.discovery import find_members
+    from tests.mesh.test_ble import MAC_B
+
+    env = {**env, "DBUS_SYSTEM_BUS_ADDRESS": os.environ["DBUS_SYSTEM_BUS_ADDRESS"]}  # the private bus
+    member = accepting(env, member_file, "--ble", "--ble-adapter", "hci1")
+    await asyncio.to_thread(member.wait_for, re.escape(f"ble:[{MAC_B}]:0"))
+    found = await find_members(broadcast=False, ble=True, ble_adapter="hci0", wait_s=5)
+    assert [(m.node_id, m.address, m.via) for m in found] == [("pi-kitchen", Address("ble", MAC_B, 0), "ble")]
+
+    new_file = tmp_path / "laptop.json"
+    new = Cli(["pair", "--with", f"ble:{MAC_B}", "--ble-adapter", "hci2", "--yes", "--node-id", "laptop",
+               "--timeout", "20", "--meshes-file", str(new_file)], env)
+    (code, out, err), (member_code, member_out, member_err) = await asyncio.gather(
+        asyncio.to_thread(new.finish, 40), asyncio.to_thread(member.finish, 40))
+    assert (code, member_code) == (0, 0), (out, err, member_out, member_err)
+    assert re.search(r"Code: (\d{3} \d{3})", out).group(1) == re.search(r"Code: (\d{3} \d{3})",
+                                                                       member_out).group(1)
+    (saved,) = list(SavedMeshes.load(new_file))
+    assert saved.keys == [KEY, OLD_KEY] and saved.founder == "pi-kitchen"
+    # over BLE the member's UDP endpoint has no host to take: only the laptop's record says where
+    assert saved.endpoints == []
+    no_secret_in(out, err, member_out, member_err)
