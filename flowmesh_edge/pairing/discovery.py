@@ -66,7 +66,14 @@ class Finder:
         self.query = os.urandom(SESSION_BYTES)
 
     def add(self, member: Member) -> None:
-        self.members.setdefault((member.node_id, member.address), member)
+        """One entry per member and address, saying every way it was found (``udp, mdns``)."""
+        key = (member.node_id, member.address)
+        known = self.members.get(key)
+        if known is None:
+            self.members[key] = member
+        elif member.via not in known.via.split(", "):
+            self.members[key] = Member(known.node_id, known.mesh_name, known.address,
+                                       f"{known.via}, {member.via}")
 
     def on_datagram(self, via: str):
         def handle(data: bytes, source: Address) -> None:
