@@ -665,6 +665,7 @@ class Initiator(_Party):
         self._confirm = encode(Kind.CONFIRM, self.session,
                                self._seal(0, _CONFIRMED, encode(Kind.CONFIRM, self.session)))
         self.phase = "confirmed"
+        self._answer = [self._confirm]  # a READY again (the member's user said yes) gets it again
         return [self._confirm]
 
     def user_rejected(self) -> list[bytes]:
@@ -736,7 +737,9 @@ class Responder(_Party):
             self._derive(shared, transcript(self.session, self.peer_node, self._commitment, peer_key,
                                             peer_nonce, self.node_id, self._public, self._nonce))
             self.phase, self.deadline = "comparing", self.started + self.timeout_s
-            return [encode(Kind.READY, self.session, self._seal(0, b"", encode(Kind.READY, self.session)))]
+            header = encode(Kind.READY, self.session)
+            self._ready = header + self._seal(0, b"", header)
+            return [self._ready]
         if message.kind is Kind.CONFIRM and self.phase == "comparing":
             if self._open(0, message.body, message.header) != _CONFIRMED:
                 raise Refused(Reason.MALFORMED, "confirmation")
@@ -758,10 +761,15 @@ class Responder(_Party):
 
     def user_confirmed(self) -> list[bytes]:
         """Our user says the codes match: the credentials go out once the initiator's
-        CONFIRM is in too (never before: its user may not have confirmed)."""
+        CONFIRM is in too (never before: its user may not have confirmed); until then
+        the READY is sent again, which a new device that did confirm answers."""
         if self.phase != "comparing":
             return []
         self.user_ok = True
+        if not self.peer_ok:
+            # the READY again: a new device whose CONFIRM was lost (and whose resends ran
+            # out while our user read the code) answers it with its CONFIRM again
+            return [self._ready]
         return self._send_credentials()
 
     def user_rejected(self) -> list[bytes]:

@@ -93,6 +93,7 @@ def test_a_full_exchange_gives_both_sides_the_same_code_and_session_key():
 
     assert to_guard(g, new.user_confirmed()) == []       # the member's user has not said yet
     parts = g.user_confirmed()
+    assert [decode(d).kind for d, _ in parts] == [Kind.CREDENTIALS]
     assert parts and all(len(d) <= MAX_DATAGRAM for d, _ in parts)
     assert deliver(new, parts) == [] and new.phase == "received"
     assert new.credentials == credentials()
@@ -186,11 +187,27 @@ def test_a_wrong_code_on_either_side_ends_both_and_nothing_is_sent():
         assert g.ended[-1]._sent_parts == []  # no credentials ever sealed
 
 
+def test_a_lost_confirm_is_sent_again_when_the_members_user_says_yes():
+    g, new = guard(), Initiator("laptop")
+    up_to_the_code(g, new)
+    new.user_confirmed()  # its CONFIRM is lost on the way
+    poke = g.user_confirmed()
+    (confirm,) = deliver(new, poke)
+    assert decode(confirm).kind is Kind.CONFIRM
+    parts = g.receive(confirm, NEW)
+    assert [decode(d).kind for d, _ in parts] == [Kind.CREDENTIALS]
+    deliver(new, parts)
+    assert new.credentials == credentials()
+
+
 def test_a_confirmation_from_one_side_only_sends_no_credentials():
     clock = Clock()
     g, new = guard(clock), Initiator("laptop")
     up_to_the_code(g, new)
-    assert g.user_confirmed() == []  # the new device's user has not confirmed
+    # the new device's user has not confirmed: the member only says READY again
+    poke = g.user_confirmed()
+    assert [decode(d).kind for d, _ in poke] == [Kind.READY] and g.session._sent_parts == []
+    assert deliver(new, poke) == [] and new.phase == "comparing"
     # a CREDENTIALS-looking message before our CONFIRM is refused by the new device
     member = g.session
     member.peer_ok = True
