@@ -204,9 +204,13 @@ class PairingGuard:
             self._offer_second, self._offers_this_second = second, 0
         if self._offers_this_second >= self.offers_per_s:
             return self._refuse("offer_limited")
+        try:
+            answer = self.offer.encode(message.session)
+        except ValueError:  # a name too long to fit OFFER_MAX: not found by broadcast
+            return self._refuse("offer_too_large")
         self._offers_this_second += 1
         self.offers += 1
-        return [(self.offer.encode(message.session), source)]
+        return [(answer, source)]
 
     def _refuse(self, reason: str) -> list[Reply]:
         self.refused[reason] += 1

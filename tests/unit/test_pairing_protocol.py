@@ -401,3 +401,17 @@ def test_a_silent_peer_times_the_step_out():
     (abort, _), = g.tick()
     assert decode(abort).kind is Kind.ABORT and g.ended[-1].failure == Reason.TIMEOUT and g.session is None
     assert new.tick(11.0) and new.failure == Reason.TIMEOUT
+
+
+def test_the_agents_cli_loads_pairing_only_when_it_pairs():
+    """`flowmesh-edge run` does not pay for pairing: its command line imports neither the
+    pairing protocol nor the transports' libraries."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys, json, flowmesh_edge.cli\n"
+            "print(json.dumps([m for m in ('flowmesh_edge.pairing.protocol', 'flowmesh_edge.pairing.channel',"
+            " 'zeroconf', 'bleak', 'websockets') if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == []
