@@ -107,7 +107,9 @@ def health(agent: Agent) -> dict:
 def _mesh_summary(mesh_id: str | None, node: MeshNode) -> dict:
     stats = node.stats()
     return {"mesh_id": mesh_id, "address": str(node.address), "running": node.running,
-            "incarnation": node.incarnation, "members": stats["members"]}
+            "incarnation": node.incarnation, "members": stats["members"],
+            # key ids only: where a rotation stands on this device
+            "keyring": node.rotation.describe()}
 
 
 def network(agent: Agent) -> dict:

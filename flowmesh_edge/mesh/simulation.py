@@ -141,6 +141,12 @@ async def converge(nodes: list[MeshNode], timeout: float = 10.0) -> float:
     raise TimeoutError(f"mesh of {len(nodes)} did not converge within {timeout}s")
 
 
+async def stop_all(nodes: Sequence[MeshNode]) -> None:
+    """Stop every node, each saying goodbye."""
+    for node in nodes:
+        await node.stop()
+
+
 async def crash(node: MeshNode) -> None:
     """Stop a node without telling anyone, as a power cut would."""
     await node.stop(leave=False)

@@ -159,6 +159,9 @@ async def check_network(base: str, pi_links: MeshLinks, cam_links: MeshLinks) ->
     health = await get_json(f"{base}/health")
     assert health["meshes"][0]["members"] == {"alive": 1, "suspect": 0, "dead": 0}
     assert health["meshes"][0]["incarnation"] == pi_links.primary.incarnation
+    keyring = health["meshes"][0]["keyring"]
+    assert keyring["keys"] == pi_links.primary.keyring.ids() and keyring["encrypt"] is True
+    assert all(len(k) == 8 for k in keyring["keys"])  # ids, never a key
 
 
 async def check_gossip(base: str, cam_links: MeshLinks) -> None:

@@ -13,6 +13,7 @@ from flowmesh_edge.mesh.simulation import (
     run_virtual,
     start_mesh,
     start_node,
+    stop_all,
     virtual_wall_clock,
 )
 from flowmesh_edge.mesh.wire import Frame
@@ -21,10 +22,6 @@ from tests.conftest import until
 OLD = b"simulation-mesh-key!"  # start_mesh's key
 NEW = "the rotated mesh key, 16+ bytes"
 
-
-async def stop_all(nodes) -> None:
-    for n in nodes:
-        await n.stop()
 
 
 def test_rotating_the_key_of_a_running_10_member_mesh_kills_nobody_and_loses_nothing():

@@ -14,14 +14,10 @@ from flowmesh_edge.mesh.simulation import (
     run_virtual,
     start_mesh,
     start_node,
+    stop_all,
     virtual_wall_clock,
 )
 from tests.conftest import until
-
-
-async def stop_all(nodes) -> None:
-    for n in nodes:
-        await n.stop()
 
 
 def p99(values: list[float]) -> float:
