@@ -419,11 +419,15 @@ async def _read_line(prompt: str) -> str:
     try:
         loop.add_reader(fd, readable)
     except (OSError, ValueError, NotImplementedError):  # a regular file: reading it never blocks
-        return await asyncio.to_thread(sys.stdin.readline)
-    try:
-        return await done
-    finally:
-        loop.remove_reader(fd)
+        answer = await asyncio.to_thread(sys.stdin.readline)
+    else:
+        try:
+            answer = await done
+        finally:
+            loop.remove_reader(fd)
+    if not sys.stdin.isatty():
+        click.echo()  # no terminal echoed the answer's newline: end the prompt's line
+    return answer
 
 
 def read_secret_file(path: Path, what: str) -> str:
