@@ -129,9 +129,12 @@ def _accept(node_id, timeout_s, yes, meshes_file, port, bind, ws_port, ble, ble_
     if mesh_key_file is not None:
         if mesh_id:
             raise click.UsageError("give --mesh or --mesh-key-file, not both")
+        from .mesh.keyring import key_problem
+
         key = read_secret_file(mesh_key_file, "mesh key").strip()
-        if len(key.encode()) < 16:
-            raise _fail(f"{mesh_key_file}: a mesh key is at least 16 bytes")
+        problem = key_problem(key)
+        if problem:
+            raise _fail(f"{mesh_key_file}: {problem}")
         offered = _offered_by_key(store, key, mesh_name)
     else:
         offered = _choose_saved(store, mesh_id)

@@ -321,3 +321,21 @@ async def test_pairing_over_ble_through_the_mocked_bluez(bluez, env, member_file
     # over BLE the member's UDP endpoint has no host to take: only the laptop's record says where
     assert saved.endpoints == []
     no_secret_in(out, err, member_out, member_err)
+
+
+def test_a_member_offers_the_mesh_of_a_key_file_and_keeps_it(env, tmp_path):
+    key_file = secret_file(tmp_path / "office.key", "the office mesh key 000001\n")
+    member_file = tmp_path / "member.json"
+    member = Cli(["pair", "--accept", "--yes", "--port", "0", "--bind", "127.0.0.1", "--timeout", "20",
+                  "--mesh-key-file", str(key_file), "--mesh-name", "office", "--node-id", "pi-office",
+                  "--meshes-file", str(member_file)], env)
+    port = udp_port(member)
+    new_file = tmp_path / "laptop.json"
+    code, out, err = Cli(["pair", "--with", f"127.0.0.1:{port}", "--yes", "--node-id", "laptop",
+                          "--meshes-file", str(new_file)], env).finish()
+    member_code, member_out, member_err = member.finish()
+    assert (code, member_code) == (0, 0), (out, err, member_out, member_err)
+    (ours,), (theirs,) = list(SavedMeshes.load(new_file)), list(SavedMeshes.load(member_file))
+    assert ours.name == theirs.name == "office" and ours.keys == theirs.keys == ["the office mesh key 000001"]
+    assert ours.mesh_id == theirs.mesh_id and [e.node_id for e in theirs.endpoints] == ["laptop"]
+    assert "the office mesh key" not in out + err + member_out + member_err
