@@ -14,7 +14,7 @@ channel only the two of them can read. Every message is one datagram::
     COMMIT       I->R  32 commitment, str initiator node id
     RESPONSE     R->I  32 responder X25519 public key, 16 nonce, str responder node id
     REVEAL       I->R  32 initiator X25519 public key, 16 nonce
-    READY        R->I  sealed ""                       (the responder shows the code)
+    READY        R->I  sealed ""                       (the responder shows the code; again at its user's yes)
     CONFIRM      I->R  sealed "confirmed"              (the initiator's user confirmed)
     CREDENTIALS  R->I  u8 part, u8 parts, sealed chunk (of the credentials' compact JSON)
     DONE         I->R  sealed {"node": .., "endpoints": [..]} (saved; where the new device will listen)
