@@ -48,7 +48,7 @@ def _fail(message: str) -> click.ClickException:
 @click.command("pair")
 @click.option("--accept", is_flag=True,
               help="On a member of the mesh: wait for one new device and hand it the mesh's credentials.")
-@click.option("--with", "target", metavar="HOST:PORT|ws://HOST:PORT|ble:ADDRESS",
+@click.option("--with", "target", metavar="HOST[:PORT]|ws://HOST:PORT|ble:ADDRESS",
               help="The member to pair with (new device) [default: list the members found nearby].")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=PAIRING_TIMEOUT_S,
               show_default=True,
@@ -254,7 +254,7 @@ def _join(node_id, target, timeout_s, yes, meshes_file, port, ble, ble_adapter, 
         raise _fail(str(store.error))
     output = credential_output or _default_credential_path(node_id)
     if target:
-        address = parse_target(target)
+        address = parse_target(target, port)
     else:
         address = _pick(asyncio.run(_find(port, broadcast_address, ble, ble_adapter, mdns, mdns_interfaces)),
                         yes)
@@ -355,8 +355,8 @@ def _pick(members: list[Member], yes: bool) -> Address:
     return members[int(answer) - 1].address
 
 
-def parse_target(text: str) -> Address:
-    """``HOST:PORT`` (UDP), ``udp:HOST:PORT``, ``ws://HOST:PORT``, ``wss://HOST:PORT``
+def parse_target(text: str, default_port: int = PAIRING_PORT) -> Address:
+    """``HOST[:PORT]`` (UDP), ``udp:HOST:PORT``, ``ws://HOST:PORT``, ``wss://HOST:PORT``
     or ``ble:AA:BB:CC:DD:EE:FF`` -> the Address to pair with (a UDP host resolved)."""
     scheme = re.match(r"(wss?)://(.+)$", text)
     if scheme:
@@ -364,13 +364,14 @@ def parse_target(text: str) -> Address:
         if not sep or not port.isdigit():
             raise click.BadParameter(f"{text!r}: want ws://HOST:PORT", param_hint="--with")
         return Address(scheme.group(1), host.strip("[]"), int(port))
-    if text.lower().startswith("ble:"):
-        mac = text[4:].strip("[]").upper()
-        mac = re.sub(r":0$", "", mac) if mac.count(":") == 6 else mac
-        if not re.fullmatch(r"([0-9A-F]{2}:){5}[0-9A-F]{2}", mac):
+    if text.lower().startswith("ble:"):  # ble:MAC, or the address form ble:[MAC]:0
+        mac = re.fullmatch(r"ble:(\[)?((?:[0-9a-f]{2}:){5}[0-9a-f]{2})(?(1)\]:0|)", text, re.IGNORECASE)
+        if mac is None:
             raise click.BadParameter(f"{text!r}: want ble:AA:BB:CC:DD:EE:FF", param_hint="--with")
-        return Address("ble", mac, 0)
+        return Address("ble", mac.group(2).upper(), 0)
     text = text.removeprefix("udp:")
+    if ":" not in text or (text.startswith("[") and text.endswith("]")):
+        text = f"{text}:{default_port}"  # a bare host: the pairing port
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{text!r} is not HOST:PORT, ws://HOST:PORT or ble:ADDRESS",

@@ -415,3 +415,20 @@ def test_the_agents_cli_loads_pairing_only_when_it_pairs():
             " 'zeroconf', 'bleak', 'websockets') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout.splitlines()[-1]) == []
+
+
+def test_the_member_to_pair_with_is_named_as_the_user_would():
+    import click
+
+    from flowmesh_edge.mesh.address import Address
+    from flowmesh_edge.pairing_cli import parse_target
+
+    assert parse_target("127.0.0.1:4000") == Address("udp", "127.0.0.1", 4000)
+    assert parse_target("udp:127.0.0.1:4000") == Address("udp", "127.0.0.1", 4000)
+    assert parse_target("localhost") == Address("udp", "127.0.0.1", 9998)  # resolved: answers come from it
+    assert parse_target("ws://192.0.2.7:8765/") == Address("ws", "192.0.2.7", 8765)
+    assert parse_target("ble:aa:bb:cc:dd:ee:ff") == Address("ble", "AA:BB:CC:DD:EE:FF", 0)
+    assert parse_target("ble:[AA:BB:CC:DD:EE:FF]:0") == Address("ble", "AA:BB:CC:DD:EE:FF", 0)
+    for bad in ("ble:nonsense", "ws://host", "127.0.0.1:70000", "127.0.0.1:x"):
+        with pytest.raises(click.BadParameter):
+            parse_target(bad)
