@@ -75,36 +75,44 @@ def test_two_processes_pair_over_udp_and_the_new_device_saves_the_mesh(env, memb
     assert f'FLOWMESH_DATABASE_URL="$(cat {written})" flowmesh-edge run --node-id laptop' in new_out
 
 
-async def test_the_paired_device_joins_the_members_mesh_with_the_saved_keys(env, member_file, tmp_path):
-    """What pairing saved is enough to join: a member node on the accepting side's saved key
-    and one on the new device's saved key see each other on loopback."""
-
+async def test_the_paired_device_joins_the_members_mesh_with_nothing_but_what_it_saved(env, member_file,
+                                                                                      tmp_path):
+    """The member's mesh node runs (on the keyring of its saved mesh, encrypting); pairing
+    tells the new device its mesh port; the new device's agent mesh layer (links.py, as
+    `flowmesh-edge run` builds it) then joins with no key and no peer given: the saved
+    keyring and the member's saved endpoint are enough."""
     from flowmesh_edge import MeshNode
+    from flowmesh_edge.links import MeshLinks, MeshOptions
     from flowmesh_edge.mesh import MeshConfig
     from tests.conftest import until
 
-    member = accepting(env, member_file)
-    port = await asyncio.to_thread(udp_port, member)
-    new_file = tmp_path / "laptop.json"
-    new = Cli(["pair", "--with", f"127.0.0.1:{port}", "--yes", "--node-id", "laptop",
-               "--meshes-file", str(new_file)], env)
-    (code, out, err), (member_code, _, _) = await asyncio.gather(asyncio.to_thread(new.finish),
-                                                                   asyncio.to_thread(member.finish))
-    assert code == member_code == 0, (out, err)
-    (theirs,), (ours,) = list(SavedMeshes.load(member_file)), list(SavedMeshes.load(new_file))
-    assert ours.keys == theirs.keys and ours.mesh_id == theirs.mesh_id
-    first = MeshNode("pi-kitchen", port=0, mesh_key=theirs.keys, bind="127.0.0.1",
-                     config=MeshConfig(encrypt=theirs.encrypt), keyring_version=theirs.keyring_version)
-    await first.start()
-    second = MeshNode("laptop", port=0, mesh_key=ours.keys, bind="127.0.0.1", peers=[first.address],
-                      config=MeshConfig(encrypt=ours.encrypt), keyring_version=ours.keyring_version)
-    await second.start()
+    (theirs,) = list(SavedMeshes.load(member_file))
+    running = MeshNode("pi-kitchen", port=0, mesh_key=theirs.keys, bind="127.0.0.1",
+                       config=MeshConfig(encrypt=theirs.encrypt), keyring_version=theirs.keyring_version)
+    await running.start()
+    links = None
     try:
-        await until(lambda: "laptop" in first.peers() and first.peers()["laptop"].status == "alive"
-                    and "pi-kitchen" in second.peers(), timeout=15)
+        member = accepting(env, member_file, "--mesh-port", str(running.address.port))
+        port = await asyncio.to_thread(udp_port, member)
+        new_file = tmp_path / "laptop.json"
+        new = Cli(["pair", "--with", f"127.0.0.1:{port}", "--yes", "--node-id", "laptop",
+                   "--meshes-file", str(new_file)], env)
+        (code, out, err), (member_code, _, _) = await asyncio.gather(asyncio.to_thread(new.finish),
+                                                                       asyncio.to_thread(member.finish))
+        assert code == member_code == 0, (out, err)
+        (ours,) = list(SavedMeshes.load(new_file))
+        assert [e.address for e in ours.endpoints] == [str(running.address)]
+
+        links = MeshLinks("laptop", MeshOptions(port=0, bind="127.0.0.1", meshes_file=new_file))
+        assert [link.mesh_id for link in links.build()] == [theirs.mesh_id]
+        await links.start()
+        await until(lambda: running.peers().get("laptop") is not None
+                    and running.peers()["laptop"].status == "alive", timeout=15)
+        assert running.keyring.ids() == links.links[0].node.keyring.ids()
     finally:
-        await second.stop()
-        await first.stop()
+        if links is not None:
+            await links.stop()
+        await running.stop()
 
 
 def test_a_wrong_code_exits_1_on_both_sides_and_saves_nothing(env, member_file, tmp_path):
