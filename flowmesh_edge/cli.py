@@ -24,6 +24,7 @@ from .links import MeshLinks, MeshOptions
 from .mesh import DEFAULT_PORT, Address
 from .meshes_cli import meshes, meshes_file_option
 from .outbox import Outbox
+from .pairing_cli import pair
 from .relay.command import relay
 from .shipper import Rejected, Shipper, Unreachable
 
@@ -297,6 +298,7 @@ def beat(database_url, node, tetrahedron, role, latency_ms, packet_loss, cpu_per
 
 main.add_command(meshes)
 main.add_command(keys)
+main.add_command(pair)
 main.add_command(relay)
 
 if __name__ == "__main__":
