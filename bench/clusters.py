@@ -123,8 +123,15 @@ class Cluster:
         alive = sorted(sum(self.view[o].get(n) == ALIVE for n in self.names if n != o)
                        for o in self.names)
         done = sum(self.complete_since.get(n) is not None for n in self.names)
+        least = [o for o in self.names
+                 if sum(self.view[o].get(n) == ALIVE for n in self.names if n != o) == alive[0]]
         return (f"{done} of {len(self.names)} members see all others alive; alive seen: "
-                f"min {alive[0]}, median {alive[len(alive) // 2]}, of {len(self.names) - 1}")
+                f"min {alive[0]}, median {alive[len(alive) // 2]}, of {len(self.names) - 1}; "
+                f"seeing fewest: {', '.join(self.describe(o) for o in least[:3])}")
+
+    def describe(self, name: str) -> str:
+        """A member, for a message: its name (and what became of its process)."""
+        return name
 
     def converged_at(self) -> float:
         return max(self.complete_since[n] for n in self.names)  # type: ignore[type-var]
@@ -346,6 +353,13 @@ class FlowMeshCluster(Cluster):
 
     def port(self, name: str) -> int:
         return self.ports[name]
+
+    def describe(self, name: str) -> str:
+        proc = self.procs.get(name)
+        if proc is None or proc.returncode is None:
+            return f"{name} (running)"
+        err = (self.logdir / f"{name}.err").read_text(errors="replace").strip().splitlines()
+        return f"{name} (exited {proc.returncode}: {err[-1] if err else 'nothing on stderr'})"
 
     def processes(self) -> list[asyncio.subprocess.Process]:
         return list({p.pid: p for p in self.procs.values()}.values())

@@ -70,6 +70,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -373,19 +374,27 @@ async def idle_and_detect(children, tmp, args, serf: bool, only: str | None) -> 
     detected: dict[str, dict] = {}
     # (cluster, measure idle, run detect): every idle mode, then detect in its mode
     # on a cluster already started for idle when there is one
-    plan: list[tuple[Cluster, bool, bool]] = []
+    plan: list[tuple[Callable[[], Cluster], bool, bool]] = []
     kinds: list[type[Cluster]] = [FlowMeshCluster] + ([SerfCluster] if serf else [])
     for kind in kinds:
         for on in dict.fromkeys(idle_modes + ([detect_on] if detect_on is not None else [])):
-            cluster = (FlowMeshCluster(children, tmp, eager_import=args.eager_import, encrypt=on)
-                       if kind is FlowMeshCluster else SerfCluster(children, tmp, encrypt=on))
-            plan.append((cluster, on in idle_modes, on == detect_on))
+            def make(kind=kind, on=on) -> Cluster:
+                if kind is FlowMeshCluster:
+                    return FlowMeshCluster(children, tmp, eager_import=args.eager_import, encrypt=on)
+                return SerfCluster(children, tmp, encrypt=on)
+            plan.append((make, on in idle_modes, on == detect_on))
     with LoopbackCounters() as counters:
-        for cluster, do_idle, do_detect in plan:
+        for make, do_idle, do_detect in plan:
+            cluster = make()
             try:
-                if await cluster.start(args.members) is None:
+                for attempt in (1, 2):  # a fresh cluster once more: the machine is shared
+                    if await cluster.start(args.members) is not None:
+                        break
                     say(f"{cluster.label}: {args.members} members did not converge in 60 s "
-                        f"({cluster.progress()})")
+                        f"({cluster.progress()}){'; starting a fresh cluster' if attempt == 1 else ''}")
+                    await cluster.close()
+                    cluster = make()
+                else:
                     continue
                 if do_idle:
                     await asyncio.sleep(args.settle)
