@@ -164,12 +164,15 @@ async def converge(children, tmp, args, serf: bool) -> None:
                 f"(runs: {', '.join(f'{v:.2f}' for v in values)})")
 
     fm = statistics.median(r["from_spawn_s"] for r in runs["flowmesh"])
-    line = (f"converge {args.members}: FlowMesh {fmt(runs['flowmesh'], 'from_spawn_s')} from start "
+    on = modes(args, "converge")[0]
+    fm_label, sf_label = ("FlowMesh sealed", "Serf encrypted") if on else ("FlowMesh authenticated",
+                                                                           "Serf unencrypted")
+    line = (f"converge {args.members}: {fm_label} {fmt(runs['flowmesh'], 'from_spawn_s')} from start "
             f"incl. process start-up, {fmt(runs['flowmesh'], 'from_ready_s')} from all up")
     if serf:
         sf = statistics.median(r["from_spawn_s"] for r in runs["serf"])
         say(line)
-        say(f"converge {args.members}: Serf     {fmt(runs['serf'], 'from_spawn_s')} from start "
+        say(f"converge {args.members}: {sf_label} {fmt(runs['serf'], 'from_spawn_s')} from start "
             f"incl. process start-up, {fmt(runs['serf'], 'from_ready_s')} from all up")
         fr = statistics.median(r["from_ready_s"] for r in runs["flowmesh"])
         sr = statistics.median(r["from_ready_s"] for r in runs["serf"])
