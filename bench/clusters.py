@@ -16,13 +16,20 @@ event with a time:
   Serf's logs carry whole seconds only, and its event handlers are coalesced
   (up to 3 s), so neither of those would do. ``serf members`` polling would
   add its own process start-up (~10 ms) and poll interval.
+
+Each cluster runs with or without its encryption (``encrypt``): FlowMesh
+members seal what they send (the default) or only authenticate it; Serf
+agents get ``-encrypt`` (memberlist's AES-GCM under a random 32-byte key of
+the run) or run unencrypted. ``label`` names the cluster with its mode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -65,9 +72,12 @@ class Cluster:
     """What both clusters share: the views and the bounded waits on them."""
 
     system = "?"
+    #: what the mode is called, encrypted and not
+    MODES = ("encrypted", "unencrypted")
 
-    def __init__(self, children: Children, logdir: Path):
+    def __init__(self, children: Children, logdir: Path, encrypt: bool = True):
         self.children = children
+        self.encrypt = encrypt
         self.logdir = logdir
         self.names: list[str] = []
         self.view: dict[str, dict[str, str]] = {}
@@ -80,6 +90,11 @@ class Cluster:
         self.events: list[tuple[float, str, str, str]] = []
         self.listeners: list[Callable[[float, str, str, str], None]] = []
         self._changed = asyncio.Event()
+
+    @property
+    def label(self) -> str:
+        """The system and its mode: "FlowMesh sealed", "Serf unencrypted", ..."""
+        return f"{self.system} {self.MODES[0] if self.encrypt else self.MODES[1]}"
 
     def _member_event(self, t: float, observer: str, node: str, kind: str) -> None:
         if observer == node or observer not in self.view:
@@ -108,8 +123,15 @@ class Cluster:
         alive = sorted(sum(self.view[o].get(n) == ALIVE for n in self.names if n != o)
                        for o in self.names)
         done = sum(self.complete_since.get(n) is not None for n in self.names)
+        least = [o for o in self.names
+                 if sum(self.view[o].get(n) == ALIVE for n in self.names if n != o) == alive[0]]
         return (f"{done} of {len(self.names)} members see all others alive; alive seen: "
-                f"min {alive[0]}, median {alive[len(alive) // 2]}, of {len(self.names) - 1}")
+                f"min {alive[0]}, median {alive[len(alive) // 2]}, of {len(self.names) - 1}; "
+                f"seeing fewest: {', '.join(self.describe(o) for o in least[:3])}")
+
+    def describe(self, name: str) -> str:
+        """A member, for a message: its name (and what became of its process)."""
+        return name
 
     def converged_at(self) -> float:
         return max(self.complete_since[n] for n in self.names)  # type: ignore[type-var]
@@ -138,7 +160,8 @@ class Cluster:
 
 
 class SerfCluster(Cluster):
-    """``serf agent`` processes on 127.0.0.1, LAN profile (Serf's defaults), no encryption."""
+    """``serf agent`` processes on 127.0.0.1, LAN profile (Serf's defaults), with
+    ``-encrypt`` (gossip encryption) or without."""
 
     system = "Serf"
     LINE = re.compile(r"serf: (EventMember\w+): (\S+)")
@@ -156,8 +179,10 @@ class SerfCluster(Cluster):
                              text=True, timeout=10)
         return out.stdout.strip() or "unknown version"
 
-    def __init__(self, children: Children, logdir: Path):
-        super().__init__(children, logdir)
+    def __init__(self, children: Children, logdir: Path, encrypt: bool = True):
+        super().__init__(children, logdir, encrypt)
+        # a throwaway key of this run, as `serf keygen` makes one (base64 of 32 bytes)
+        self.key = base64.b64encode(os.urandom(32)).decode() if encrypt else None
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.bind: dict[str, int] = {}
         self.rpc: dict[str, int] = {}
@@ -168,6 +193,8 @@ class SerfCluster(Cluster):
                 "-rpc-addr", f"127.0.0.1:{self.rpc[name]}", "-log-level", "info"]
         if name != self.names[0]:
             args += ["-join", f"127.0.0.1:{self.bind[self.names[0]]}"]
+        if self.key:
+            args += ["-encrypt", self.key]
         proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent)
@@ -242,10 +269,11 @@ class FlowMeshCluster(Cluster):
     """bench/mesh_member.py processes, each hosting ``per_process`` members."""
 
     system = "FlowMesh"
+    MODES = ("sealed", "authenticated")
 
     def __init__(self, children: Children, logdir: Path, per_process: int = 1, loss: float = 0.0,
-                 eager_import: bool = False, prefix: str = "fm"):
-        super().__init__(children, logdir)
+                 eager_import: bool = False, prefix: str = "fm", encrypt: bool = True):
+        super().__init__(children, logdir, encrypt)
         self.per_process = per_process
         self.loss = loss
         self.eager_import = eager_import
@@ -261,7 +289,7 @@ class FlowMeshCluster(Cluster):
     async def _spawn(self, names: list[str], ready: dict[str, float],
                      peer: int | None) -> asyncio.subprocess.Process:
         args = [sys.executable, str(HERE / "mesh_member.py"), "--key", MESH_KEY,
-                "--seed", str(self._seed)]
+                "--seed", str(self._seed), "--encrypt", "on" if self.encrypt else "off"]
         self._seed += len(names)
         for name in names:
             args += ["--name", name]
@@ -325,6 +353,13 @@ class FlowMeshCluster(Cluster):
 
     def port(self, name: str) -> int:
         return self.ports[name]
+
+    def describe(self, name: str) -> str:
+        proc = self.procs.get(name)
+        if proc is None or proc.returncode is None:
+            return f"{name} (running)"
+        err = (self.logdir / f"{name}.err").read_text(errors="replace").strip().splitlines()
+        return f"{name} (exited {proc.returncode}: {err[-1] if err else 'nothing on stderr'})"
 
     def processes(self) -> list[asyncio.subprocess.Process]:
         return list({p.pid: p for p in self.procs.values()}.values())

@@ -4,12 +4,20 @@
                          [--members 20] [--trials 10] [--idle-seconds 60]
                          [--soak-seconds 600] [--loss 0.10]
                          [--spread-members 100] [--spread-per-process 10]
-                         [--spread-trials 10] [--no-serf] [--eager-import]
-                         [--json FILE]
+                         [--spread-trials 10] [--encrypt on|off|both]
+                         [--no-serf] [--eager-import] [--json FILE]
 
 Every member is a real process on 127.0.0.1 (bench/mesh_member.py for
 FlowMesh, ``serf agent`` for Serf), both at their default settings
-(``MeshConfig()``; Serf's LAN profile, no encryption). Scenarios:
+(``MeshConfig()``; Serf's LAN profile).
+
+``--encrypt`` says how both systems protect their datagrams: ``on``, FlowMesh
+seals them (ChaCha20-Poly1305, ``MeshConfig()``'s default) and Serf gets
+``-encrypt`` (memberlist's AES-GCM gossip encryption); ``off``, FlowMesh only
+authenticates them (HMAC, ``MeshConfig(encrypt=False)``) and Serf runs
+unencrypted; ``both``, the idle scenario measures all four, one cluster after
+the other, and every other scenario runs ``on``. Without ``--encrypt``, idle
+is ``both`` and the rest ``on``. Scenarios:
 
 * converge: the first member is started; then the other ``--members`` - 1 are
   started at once, joining through it. The time until every member sees
@@ -21,8 +29,14 @@ FlowMesh, ``serf agent`` for Serf), both at their default settings
   as % of one core, resident memory (VmRSS), wakeups/s (voluntary context
   switches), and UDP datagrams sent and received per second, counted by the
   kernel (nftables counters per port, the same for both systems) and, for
-  FlowMesh, by stats()["sent"] / ["received"] as well. Also a lone member
-  process's memory with the package's names loaded lazily and eagerly.
+  FlowMesh, by stats()["sent"] / ["received"] as well, and the bytes those
+  datagrams carry (UDP payload). Each figure is printed with its ratio to
+  its baseline of the same run: FlowMesh sealed against FlowMesh
+  authenticated and against Serf encrypted, FlowMesh authenticated against
+  Serf unencrypted, Serf encrypted against Serf unencrypted. With both
+  FlowMesh modes, also bench/keyring.py's cost of sealing one datagram, and
+  the CPU that predicts for an idle member. Also a lone member process's
+  memory with the package's names loaded lazily and eagerly.
 * detect: ``--trials`` times, a member is SIGKILLed (never the first); the
   time until each other member marks it dead, then it is restarted as a new
   process (FlowMesh: a new incarnation from its start time; Serf: same name
@@ -38,7 +52,8 @@ FlowMesh, ``serf agent`` for Serf), both at their default settings
   a ``--members`` mesh for ``--profile-seconds``; top functions, loop
   iterations and wakeups per second.
 
-Each line prints the figure, the goal, and met / NOT met.
+Each line prints the figure, the goal, and met / NOT met (goals are checked
+on FlowMesh as configured by default, sealed, when it was measured).
 """
 
 from __future__ import annotations
@@ -55,10 +70,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import keyring as keyring_bench  # noqa: E402  (bench/keyring.py)
 from clusters import HERE, MESH_KEY, Cluster, FlowMeshCluster, SerfCluster  # noqa: E402
 from support import Children, LoopbackCounters, ProcSample, pct  # noqa: E402
 
@@ -73,6 +90,23 @@ GOALS = {
 }
 
 RESULTS: dict = {}
+
+#: which labels each idle figure is compared with, in the same run
+BASELINES = {
+    "FlowMesh sealed": ("FlowMesh authenticated", "Serf encrypted"),
+    "FlowMesh authenticated": ("Serf unencrypted",),
+    "Serf encrypted": ("Serf unencrypted",),
+}
+
+
+def modes(args, scenario: str) -> list[bool]:
+    """The encryption modes a scenario runs in: [True] sealed / Serf encrypted,
+    [False] authenticated / unencrypted, [True, False] both (idle only)."""
+    if args.encrypt == "off":
+        return [False]
+    if scenario == "idle" and args.encrypt in (None, "both"):
+        return [True, False]
+    return [True]
 
 
 def say(text: str) -> None:
@@ -108,9 +142,11 @@ async def converge_once(cluster: Cluster, n: int) -> dict | None:
 async def converge(children, tmp, args, serf: bool) -> None:
     runs: dict[str, list[dict]] = {"flowmesh": [], "serf": []}
     for run in range(args.converge_runs):
-        systems = [("flowmesh", FlowMeshCluster(children, tmp, eager_import=args.eager_import))]
+        on = modes(args, "converge")[0]
+        systems: list[tuple[str, Cluster]] = [
+            ("flowmesh", FlowMeshCluster(children, tmp, eager_import=args.eager_import, encrypt=on))]
         if serf:
-            systems.append(("serf", SerfCluster(children, tmp)))
+            systems.append(("serf", SerfCluster(children, tmp, encrypt=on)))
         if run % 2:
             systems.reverse()  # alternate who goes first, so neither always meets a warm cache
         for key, cluster in systems:
@@ -128,12 +164,15 @@ async def converge(children, tmp, args, serf: bool) -> None:
                 f"(runs: {', '.join(f'{v:.2f}' for v in values)})")
 
     fm = statistics.median(r["from_spawn_s"] for r in runs["flowmesh"])
-    line = (f"converge {args.members}: FlowMesh {fmt(runs['flowmesh'], 'from_spawn_s')} from start "
+    on = modes(args, "converge")[0]
+    fm_label, sf_label = ("FlowMesh sealed", "Serf encrypted") if on else ("FlowMesh authenticated",
+                                                                           "Serf unencrypted")
+    line = (f"converge {args.members}: {fm_label} {fmt(runs['flowmesh'], 'from_spawn_s')} from start "
             f"incl. process start-up, {fmt(runs['flowmesh'], 'from_ready_s')} from all up")
     if serf:
         sf = statistics.median(r["from_spawn_s"] for r in runs["serf"])
         say(line)
-        say(f"converge {args.members}: Serf     {fmt(runs['serf'], 'from_spawn_s')} from start "
+        say(f"converge {args.members}: {sf_label} {fmt(runs['serf'], 'from_spawn_s')} from start "
             f"incl. process start-up, {fmt(runs['serf'], 'from_ready_s')} from all up")
         fr = statistics.median(r["from_ready_s"] for r in runs["flowmesh"])
         sr = statistics.median(r["from_ready_s"] for r in runs["serf"])
@@ -165,19 +204,26 @@ async def measure_idle(cluster: Cluster, seconds: float, counters: LoopbackCount
     per: dict[str, dict] = {}
     for m in members:
         a, b = p0[m], p1[m]
-        row = {"cpu_pct": 100 * (b.cpu_s - a.cpu_s) / dt, "rss_mb": b.rss_mb,
+        row = {"cpu_pct": 100 * (b.cpu_s - a.cpu_s) / dt, "rss_mb": b.rss_mb, "pss_mb": b.pss_mb,
                "wakeups_per_s": (b.wakeups - a.wakeups) / dt}
         if counting:
             port = cluster.port(m)
             row["wire_sent_per_s"] = (k1[port][0] - k0[port][0]) / dt
             row["wire_received_per_s"] = (k1[port][1] - k0[port][1]) / dt
+            row["wire_sent_bytes_per_s"] = (k1[port][2] - k0[port][2]) / dt
+            row["wire_received_bytes_per_s"] = (k1[port][3] - k0[port][3]) / dt
         if fm:
             row["sent_per_s"] = (s1[m]["sent"] - s0[m]["sent"]) / dt
             row["received_per_s"] = (s1[m]["received"] - s0[m]["received"]) / dt
         per[m] = row
     keys = per[members[0]].keys()
-    return {"seconds": dt, "members": per, "summary": {k: summary([r[k] for r in per.values()])
-                                                        for k in keys}}
+    out = {"seconds": dt, "members": per, "summary": {k: summary([r[k] for r in per.values()])
+                                                       for k in keys}}
+    if counting:
+        sent = sum(r["wire_sent_per_s"] for r in per.values())
+        out["bytes_per_datagram"] = (sum(r["wire_sent_bytes_per_s"] for r in per.values()) / sent
+                                     if sent else math.nan)
+    return out
 
 
 async def lone_member_rss(children: Children, eager: bool) -> float:
@@ -202,38 +248,72 @@ async def lone_member_rss(children: Children, eager: bool) -> float:
         children.discard(proc.pid)
 
 
-def print_idle(fm: dict, sf: dict | None, members: int) -> None:
-    f, s = fm["summary"], (sf or {}).get("summary", {})
+def print_idle(idle: dict[str, dict], members: int) -> None:
+    """One block per figure, one line per measured cluster (label -> measure_idle()):
+    the figure, then its ratio to each of its baselines (BASELINES) measured too."""
+    say(f"idle {members}: {next(iter(idle.values()))['seconds']:.0f} s measured per member process; "
+        f"{', '.join(idle)}, one cluster after the other")
+    width = max(len(label) for label in idle)
+    goal_on = next((label for label in idle if label.startswith("FlowMesh")), None)
 
-    def cell(d: dict, k: str, unit: str, digits: int = 2) -> str:
+    def cell(d: dict, k: str, digits: int) -> str:
         if k not in d:
             return "n/a"
-        return f"mean {d[k]['mean']:.{digits}f}{unit}, max {d[k]['max']:.{digits}f}{unit}"
+        return f"mean {d[k]['mean']:.{digits}f}, max {d[k]['max']:.{digits}f}"
 
-    def compare(k: str, digits: int = 2) -> str:
-        if not sf or k not in s:
-            return ""
-        return f" | Serf {cell(s, k, '', digits)} | FlowMesh/Serf {ratio(f[k]['mean'], s[k]['mean'])}"
+    def block(title: str, k: str, digits: int = 2, goal: tuple[str, float, str] | None = None,
+              extra=None) -> None:
+        say(title)
+        for label, result in idle.items():
+            f = result["summary"]
+            parts = [cell(f, k, digits)]
+            if extra:
+                parts[0] += extra(label, result)
+            for base in BASELINES.get(label, ()):
+                if base in idle and k in f and k in idle[base]["summary"]:
+                    parts.append(f"/ {base} {ratio(f[k]['mean'], idle[base]['summary'][k]['mean'])}")
+            if goal and label == goal_on:
+                key, bound, unit = goal
+                parts.append(f"goal <= {bound:g}{unit} on the max: {verdict(f[key]['max'] <= bound)}")
+            say(f"  {label:<{width}}  " + " | ".join(parts))
 
-    say(f"idle {members}: {fm['seconds']:.0f} s measured per member process "
-        f"({'and per Serf agent' if sf else 'Serf not run'})")
-    cpu = f["cpu_pct"]["max"]
-    say(f"idle CPU % of one core: FlowMesh {cell(f, 'cpu_pct', '')}{compare('cpu_pct')} "
-        f"(goal <= {GOALS['idle_cpu_pct']} per member, on the max): "
-        f"{verdict(cpu <= GOALS['idle_cpu_pct'])}")
-    rss = f["rss_mb"]["max"]
-    say(f"idle RSS MB: FlowMesh {cell(f, 'rss_mb', '', 1)}{compare('rss_mb', 1)} "
-        f"(goal <= {GOALS['idle_rss_mb']:.0f} MB, on the max): {verdict(rss <= GOALS['idle_rss_mb'])}")
-    sent = f["sent_per_s"]["max"]
-    wire = f" (kernel count: {cell(f, 'wire_sent_per_s', '')})" if "wire_sent_per_s" in f else ""
-    say(f"idle datagrams sent/s: FlowMesh stats() {cell(f, 'sent_per_s', '')}{wire}"
-        f"{compare('wire_sent_per_s')} (goal <= {GOALS['idle_sent_per_s']:.0f}/s, on the max): "
-        f"{verdict(sent <= GOALS['idle_sent_per_s'])}")
-    wire = f" (kernel count: {cell(f, 'wire_received_per_s', '')})" if "wire_received_per_s" in f else ""
-    say(f"idle datagrams received/s: FlowMesh stats() {cell(f, 'received_per_s', '')}{wire}"
-        f"{compare('wire_received_per_s')} (no goal)")
-    say(f"idle wakeups/s (voluntary context switches): FlowMesh {cell(f, 'wakeups_per_s', '', 1)}"
-        f"{compare('wakeups_per_s', 1)} (no goal)")
+    block("idle CPU, % of one core per member:", "cpu_pct",
+          goal=("cpu_pct", GOALS["idle_cpu_pct"], ""))
+    block("idle resident memory, MB per member:", "rss_mb", 1, goal=("rss_mb", GOALS["idle_rss_mb"], " MB"))
+    block("idle proportional memory (PSS: pages shared by the members counted once), MB per member, "
+          "no goal:", "pss_mb", 1)
+    counted = any("wire_sent_per_s" in r["summary"] for r in idle.values())
+    if counted:
+        block("idle datagrams sent per member per s (kernel count):", "wire_sent_per_s",
+              goal=("sent_per_s", GOALS["idle_sent_per_s"], "/s, by stats()"),
+              extra=lambda label, r: (f" (stats(): {cell(r['summary'], 'sent_per_s', 2)})"
+                                      if "sent_per_s" in r["summary"] else ""))
+        block("idle datagrams received per member per s (kernel count, no goal):", "wire_received_per_s")
+        block("idle bytes sent per member per s (UDP payload, kernel count, no goal):",
+              "wire_sent_bytes_per_s", 0,
+              extra=lambda label, r: f" ({r['bytes_per_datagram']:.1f} bytes a datagram)")
+        block("idle bytes received per member per s (UDP payload, kernel count, no goal):",
+              "wire_received_bytes_per_s", 0)
+    else:
+        block("idle datagrams sent per member per s (stats(); not counted by the kernel here):",
+              "sent_per_s", goal=("sent_per_s", GOALS["idle_sent_per_s"], "/s"))
+        block("idle datagrams received per member per s (stats(), no goal):", "received_per_s")
+    block("idle wakeups per member per s (voluntary context switches, no goal):", "wakeups_per_s", 1)
+
+
+def print_seal_cost(idle: dict[str, dict], cost: dict) -> None:
+    """What bench/keyring.py's cost per datagram predicts for an idle member, beside
+    what the idle clusters measured."""
+    keyring_bench.report(cost, say)
+    sealed, plain = idle.get("FlowMesh sealed"), idle.get("FlowMesh authenticated")
+    if not sealed or not plain:
+        return
+    extra = keyring_bench.extra_us_per_datagram(cost)
+    rate = sealed["summary"]["sent_per_s"]["mean"]  # each datagram sealed once and opened once
+    measured = sealed["summary"]["cpu_pct"]["mean"] - plain["summary"]["cpu_pct"]["mean"]
+    say(f"idle sealing cost per member: {extra:+.2f} µs a datagram x {rate:.2f} datagrams/s sealed "
+        f"(and as many opened) predicts {extra * rate / 1e4:+.4f}% of a core; measured "
+        f"sealed - authenticated {measured:+.3f}% (the machine's noise is larger)")
 
 
 # -- detect -------------------------------------------------------------------------
@@ -276,9 +356,12 @@ def print_detect(fm: dict, sf: dict | None, members: int) -> None:
         return (f"p50 {d['p50_s']:.2f} s, p99 {d['p99_s']:.2f} s, max {d['max_s']:.2f} s "
                 f"({d['trials']} crashes, {d['observations']} observations{miss}; "
                 f"restarted member seen alive by all in {d['rejoin_median_s']:.2f} s, median)")
-    say(f"detect {members}: FlowMesh {fmt(fm)}")
+    def mode(d: dict, on: str, off: str) -> str:
+        return on if d["encrypt"] else off
+
+    say(f"detect {members}: FlowMesh {mode(fm, 'sealed', 'authenticated')} {fmt(fm)}")
     if sf:
-        say(f"detect {members}: Serf     {fmt(sf)}")
+        say(f"detect {members}: Serf {mode(sf, 'encrypted', 'unencrypted')} {fmt(sf)}")
     tail = f"FlowMesh/Serf p99 {ratio(fm['p99_s'], sf['p99_s'])}, " if sf else ""
     say(f"detect {members}: {tail}goal p99 <= {GOALS['detect_p99_s']:.0f} s: "
         f"{verdict(fm['p99_s'] <= GOALS['detect_p99_s'])}")
@@ -288,45 +371,66 @@ def print_detect(fm: dict, sf: dict | None, members: int) -> None:
 
 async def idle_and_detect(children, tmp, args, serf: bool, only: str | None) -> None:
     rng = random.Random(1)
-    out: dict[str, dict] = {}
+    idle_modes = modes(args, "idle") if only in (None, "idle") else []
+    detect_on = modes(args, "detect")[0] if only in (None, "detect") else None
+    idle: dict[str, dict] = {}
+    detected: dict[str, dict] = {}
+    # (cluster, measure idle, run detect): every idle mode, then detect in its mode
+    # on a cluster already started for idle when there is one
+    plan: list[tuple[Callable[[], Cluster], bool, bool]] = []
+    kinds: list[type[Cluster]] = [FlowMeshCluster] + ([SerfCluster] if serf else [])
+    for kind in kinds:
+        for on in dict.fromkeys(idle_modes + ([detect_on] if detect_on is not None else [])):
+            def make(kind=kind, on=on) -> Cluster:
+                if kind is FlowMeshCluster:
+                    return FlowMeshCluster(children, tmp, eager_import=args.eager_import, encrypt=on)
+                return SerfCluster(children, tmp, encrypt=on)
+            plan.append((make, on in idle_modes, on == detect_on))
     with LoopbackCounters() as counters:
-        systems: list[Cluster] = [FlowMeshCluster(children, tmp, eager_import=args.eager_import)]
-        if serf:
-            systems.append(SerfCluster(children, tmp))
-        for cluster in systems:
-            key = cluster.system.lower()
-            out[key] = {}
+        for make, do_idle, do_detect in plan:
+            cluster = make()
             try:
-                if await cluster.start(args.members) is None:
-                    say(f"{cluster.system}: {args.members} members did not converge in 60 s "
-                        f"({cluster.progress()})")
+                for attempt in (1, 2):  # a fresh cluster once more: the machine is shared
+                    if await cluster.start(args.members) is not None:
+                        break
+                    say(f"{cluster.label}: {args.members} members did not converge in 60 s "
+                        f"({cluster.progress()}){'; starting a fresh cluster' if attempt == 1 else ''}")
+                    await cluster.close()
+                    cluster = make()
+                else:
                     continue
-                if only in (None, "idle"):
+                if do_idle:
                     await asyncio.sleep(args.settle)
-                    out[key]["idle"] = await measure_idle(cluster, args.idle_seconds, counters)
-                if only in (None, "detect"):
-                    out[key]["detect"] = await detect(cluster, args.trials, rng)
+                    idle[cluster.label] = await measure_idle(cluster, args.idle_seconds, counters)
+                if do_detect:
+                    detected[cluster.system] = await detect(cluster, args.trials, rng)
+                    detected[cluster.system]["encrypt"] = cluster.encrypt
             finally:
                 await cluster.close()
-    if "idle" in out.get("flowmesh", {}):
+        counted = counters.available
+    if idle:
+        RESULTS["idle"] = idle
+        print_idle(idle, args.members)
+        if not counted:
+            say("note: datagrams not counted by the kernel (needs root and nft): Serf's datagrams/s n/a")
+    if any(label.startswith("FlowMesh") for label in idle):
         lazy = await lone_member_rss(children, eager=False)
         eager = await lone_member_rss(children, eager=True)
-        out["flowmesh"]["lone_member_rss_mb"] = {"lazy": lazy, "eager": eager}
-        print_idle(out["flowmesh"]["idle"], out.get("serf", {}).get("idle"), args.members)
+        RESULTS["lone_member_rss_mb"] = {"lazy": lazy, "eager": eager}
         say(f"idle RSS of a lone member process: {lazy:.1f} MB importing only the mesh, {eager:.1f} MB "
             f"also importing the agent, outbox and shipper as flowmesh_edge once did")
-        if not counters.available:
-            say("note: datagrams not counted by the kernel (needs root and nft): Serf's datagrams/s n/a")
-    if "detect" in out.get("flowmesh", {}):
-        print_detect(out["flowmesh"]["detect"], out.get("serf", {}).get("detect"), args.members)
-    RESULTS.setdefault("flowmesh", {}).update(out.get("flowmesh", {}))
-    if serf:
-        RESULTS.setdefault("serf", {}).update(out.get("serf", {}))
+        if len(idle_modes) > 1:
+            cost = keyring_bench.measure()
+            RESULTS["seal_cost"] = cost
+            print_seal_cost(idle, cost)
+    if "FlowMesh" in detected:
+        RESULTS["detect"] = detected
+        print_detect(detected["FlowMesh"], detected.get("Serf"), args.members)
 
 
 async def soak(children, tmp, args) -> None:
     cluster = FlowMeshCluster(children, tmp, loss=args.loss, eager_import=args.eager_import,
-                              prefix="soak")
+                              prefix="soak", encrypt=modes(args, "soak")[0])
     deaths: list[tuple[str, str]] = []
     try:
         if await cluster.start(args.members, timeout=120) is None:
@@ -361,7 +465,8 @@ async def soak(children, tmp, args) -> None:
 async def spread(children, tmp, args) -> None:
     n = args.spread_members
     cluster = FlowMeshCluster(children, tmp, per_process=args.spread_per_process,
-                              eager_import=args.eager_import, prefix="spr")
+                              eager_import=args.eager_import, prefix="spr",
+                              encrypt=modes(args, "spread")[0])
     times: list[float] = []
     try:
         t0 = time.monotonic()
@@ -409,7 +514,8 @@ async def spread(children, tmp, args) -> None:
 
 
 async def profile(children, tmp, args) -> None:
-    cluster = FlowMeshCluster(children, tmp, eager_import=args.eager_import)
+    cluster = FlowMeshCluster(children, tmp, eager_import=args.eager_import,
+                              encrypt=modes(args, "profile")[0])
     try:
         if await cluster.start(args.members) is None:
             say("profile: the mesh did not converge")
@@ -444,10 +550,14 @@ async def main(args) -> None:
     serf = not args.no_serf and SerfCluster.available()
     only = args.only
     load = Path("/proc/loadavg").read_text().split()[0]
+    idle = " and ".join("sealed" if on else "authenticated" for on in modes(args, "idle"))
+    rest = "sealed" if modes(args, "detect")[0] else "authenticated"
     say(f"mesh benchmark: {args.members} members, one process each, on 127.0.0.1; default "
         f"MeshConfig; {os.cpu_count()} CPUs; load average {load}")
+    say(f"encryption (--encrypt {args.encrypt or 'default'}): FlowMesh idle {idle}, other scenarios "
+        f"{rest}; Serf with -encrypt where FlowMesh seals, without where it only authenticates")
     if serf:
-        say(f"Serf {SerfCluster.version()} beside it: serf agent, LAN profile, no encryption")
+        say(f"Serf {SerfCluster.version()} beside it: serf agent, LAN profile")
     elif not args.no_serf:
         say("Serf is not installed (apt-get install serf): FlowMesh's figures alone")
     with Children() as children, tempfile.TemporaryDirectory(prefix="flowmesh-bench-") as tmp:
@@ -482,6 +592,10 @@ def parse_args(argv=None):
     ap.add_argument("--spread-per-process", type=int, default=10)
     ap.add_argument("--spread-trials", type=int, default=10)
     ap.add_argument("--profile-seconds", type=float, default=30)
+    ap.add_argument("--encrypt", choices=["on", "off", "both"],
+                    help="on: FlowMesh seals, Serf -encrypt; off: FlowMesh only authenticates, Serf "
+                         "unencrypted; both: idle measures all four (other scenarios run on); "
+                         "default: idle both, the rest on")
     ap.add_argument("--no-serf", action="store_true", help="FlowMesh alone")
     ap.add_argument("--eager-import", action="store_true",
                     help="members import the agent, outbox and shipper too (the package's old import)")

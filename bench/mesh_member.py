@@ -2,9 +2,11 @@
 
     python bench/mesh_member.py --key KEY --name m-001 [--name m-002 ...]
                                 [--peer 127.0.0.1:PORT] [--loss 0.1] [--seed 7]
-                                [--eager-import]
+                                [--encrypt on|off] [--eager-import]
 
-Members bind 127.0.0.1 on a free port, default MeshConfig. The process speaks
+Members bind 127.0.0.1 on a free port, default MeshConfig: what they send is
+sealed (ChaCha20-Poly1305), or with ``--encrypt off`` only authenticated
+(HMAC), as ``MeshConfig(encrypt=False)``. The process speaks
 JSON lines: events on stdout, commands on stdin. Times are time.monotonic(),
 which on Linux is one clock for every process, so the coordinator can
 subtract its own readings from ours.
@@ -55,6 +57,8 @@ async def main() -> None:
     ap.add_argument("--peer", action="append", default=[])
     ap.add_argument("--loss", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--encrypt", choices=["on", "off"], default="on",
+                    help="seal what the members send (the default), or only authenticate it")
     ap.add_argument("--eager-import", action="store_true",
                     help="import the agent, outbox and shipper too, as the package once did")
     args = ap.parse_args()
@@ -62,10 +66,11 @@ async def main() -> None:
         import flowmesh_edge.agent  # noqa: F401
         import flowmesh_edge.outbox  # noqa: F401
         import flowmesh_edge.shipper  # noqa: F401
-    from flowmesh_edge.mesh import LossyTransport, MeshNode, MessageType, UdpTransport
+    from flowmesh_edge.mesh import LossyTransport, MeshConfig, MeshNode, MessageType, UdpTransport
 
     loop = asyncio.get_running_loop()
     Out.writer, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout)
+    config = MeshConfig(encrypt=args.encrypt == "on")
     peers = [(h, int(p)) for h, p in (x.rsplit(":", 1) for x in args.peer)]
     nodes: dict[str, MeshNode] = {}
     lossy: dict[str, LossyTransport] = {}
@@ -74,7 +79,7 @@ async def main() -> None:
         if args.loss:
             transport = lossy[name] = LossyTransport(transport, args.loss, args.seed + i)
         node = MeshNode(name, port=0, mesh_key=args.key, bind="127.0.0.1", peers=peers,
-                        transport=transport, seed=args.seed + i)
+                        transport=transport, seed=args.seed + i, config=config)
         node.on_member(lambda e, p, at=name: emit(
             {"ev": "member", "at": at, "node": e.node_id, "kind": e.kind, "t": time.monotonic()}))
         node.on(MessageType.ROUTE_BROADCAST, lambda m, at=name: emit(

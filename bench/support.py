@@ -16,6 +16,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -126,11 +127,15 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 class ProcSample:
     """One process read from /proc: CPU seconds (user + system, all threads),
     resident memory, and voluntary context switches (each one a sleep that
-    ended: a timer or a socket waking the process), summed over its threads."""
+    ended: a timer or a socket waking the process), summed over its threads.
+    ``pss_mb`` is the resident memory with each page shared by k processes
+    counted 1/k: what one member of many on a device costs (NaN where the
+    kernel has no smaps_rollup)."""
 
     cpu_s: float
     rss_mb: float
     wakeups: int
+    pss_mb: float = math.nan
 
     @classmethod
     def read(cls, pid: int) -> ProcSample:
@@ -148,7 +153,12 @@ class ProcSample:
                 for line in f:
                     if line.startswith("voluntary_ctxt_switches:"):
                         wakeups += int(line.split()[1])
-        return cls(cpu, rss, wakeups)
+        pss = math.nan
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1]) / 1024
+        return cls(cpu, rss, wakeups, pss)
 
 
 def free_ports(n: int, udp: bool = True) -> list[int]:
@@ -177,6 +187,19 @@ def free_ports(n: int, udp: bool = True) -> list[int]:
 
 
 # -- datagrams counted by the kernel ---------------------------------------------
+
+#: IPv4 and UDP headers (no IP options on loopback), in the byte counts nftables keeps.
+IP_UDP_HEADERS = 20 + 8
+
+
+class PortCount(NamedTuple):
+    """What the kernel counted on one port: datagrams, and their payload bytes."""
+
+    sent: int
+    received: int
+    sent_bytes: int
+    received_bytes: int
+
 
 class LoopbackCounters:
     """UDP datagrams sent from and received on given ports of 127.0.0.1, counted
@@ -229,8 +252,8 @@ class LoopbackCounters:
         self.ports.update(ports)
         return True
 
-    def read(self) -> dict[int, tuple[int, int]]:
-        """port -> (datagrams sent from it, datagrams received on it), since watch()."""
+    def read(self) -> dict[int, PortCount]:
+        """port -> datagrams and bytes sent from it and received on it, since watch()."""
         if not self.created:
             return {}
         counts: dict[int, list[int]] = {}
@@ -238,17 +261,20 @@ class LoopbackCounters:
             rule = item.get("rule")
             if not rule:
                 continue
-            port = direction = packets = None
+            port = direction = packets = size = None
             for expr in rule["expr"]:
                 match = expr.get("match")
                 if match and match["left"].get("payload", {}).get("protocol") == "udp":
                     port = match["right"]
                     direction = 0 if match["left"]["payload"]["field"] == "sport" else 1
                 if "counter" in expr:
-                    packets = expr["counter"]["packets"]
+                    packets, size = expr["counter"]["packets"], expr["counter"]["bytes"]
             if port is not None and packets is not None:
-                counts.setdefault(port, [0, 0])[direction] = packets
-        return {p: (c[0], c[1]) for p, c in counts.items()}
+                count = counts.setdefault(port, [0, 0, 0, 0])
+                count[direction] = packets
+                # the kernel counts whole IPv4 packets: the datagram's own bytes without the headers
+                count[2 + direction] = size - IP_UDP_HEADERS * packets
+        return {p: PortCount(*c) for p, c in counts.items()}
 
     def close(self) -> None:
         if self.created:
