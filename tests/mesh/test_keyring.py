@@ -132,3 +132,14 @@ def test_a_forged_sealed_datagram_costs_one_decryption_whatever_the_ring(monkeyp
     with pytest.raises(WireError):
         ring.open(bytes(forged))
     assert tries == [key_id(OLD)]
+
+
+def test_sealed_frames_are_rfc_8439_chacha20_poly1305_as_cryptography_opens_them():
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    data = wire.encode_frame(ping(), Keyring(OLD, encrypt=False).protect)[:-wire.TAG_LEN]
+    sealed = MeshKey(OLD).seal(data)
+    aead = ChaCha20Poly1305(hashlib.sha256(b"flowmesh mesh aead v1\x00" + OLD.encode()).digest())
+    assert aead.decrypt(sealed[3:15], sealed[15:], sealed[:3]) == data

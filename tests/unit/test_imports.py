@@ -54,3 +54,11 @@ def test_the_agents_endpoints_load_their_web_stack_only_when_asked_for():
     web = ("starlette", "uvicorn", "anyio", "h11")
     assert loaded("import flowmesh_edge.agent, flowmesh_edge.cli", web) == []
     assert loaded("import flowmesh_edge.http_endpoints", ("starlette", "uvicorn")) == ["starlette", "uvicorn"]
+
+
+def test_the_agent_seals_without_loading_cryptography():
+    # cryptography costs 8.8 MB resident; only pairing needs it (keyring.py)
+    statement = ("import flowmesh_edge.cli, flowmesh_edge.agent, flowmesh_edge.links\n"
+                 "from flowmesh_edge.mesh import MeshNode")
+    assert loaded(statement, ("cryptography",)) == []
+    assert loaded("import flowmesh_edge.pairing.protocol", ("cryptography",)) == ["cryptography"]
