@@ -46,6 +46,8 @@ RESEND_AFTER_S = (0.5, 1.0, 1.0, 2.0, 2.0, 2.0)
 TICK_S = 0.2
 #: Times the final DONE is sent (the new device does not wait for an answer to it).
 DONE_COPIES = 3
+#: What the member says when the credentials went out but no DONE came back.
+UNCONFIRMED = "credentials sent; the new device did not confirm it saved them"
 
 #: ``ask(code, peer_node)``: show the code, return whether the user says it matches.
 Ask = Callable[[str, str], Awaitable[bool]]
@@ -196,7 +198,8 @@ async def accept(channel: Channel, guard: PairingGuard, ask: Ask, *,
 
 def _result(session: Responder | Initiator, refused) -> PairingResult:
     if session.succeeded:
-        return PairingResult(True, code=session.code, peer_node=session.peer_node,
+        return PairingResult(True, detail=UNCONFIRMED if session.phase == "unconfirmed" else "",
+                             code=session.code, peer_node=session.peer_node,
                              peer_address=getattr(session, "source", None),
                              credentials=getattr(session, "credentials", None),
                              joined=getattr(session, "joined", None), refused=dict(refused))

@@ -13,8 +13,10 @@
 
 zeroconf and the BLE libraries are imported only when asked for. What the
 network says is untrusted: a malformed answer is ignored (counted in
-``dropped``); an OFFER is only a name to show. The code both users compare is
-what authenticates the member.
+``dropped``); an OFFER is only a name to show, and a name that is not
+printable (a terminal control sequence) makes it malformed. At most
+MAX_MEMBERS are listed. The code both users compare is what authenticates
+the member.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from flowmesh.limits import node_id_problem
+
 from ..mesh.address import Address
 from ..mesh.transports.udp import UdpTransport
 from . import PAIRING_PORT
 from .channel import Channel
-from .protocol import SESSION_BYTES, Kind, Offer, Refused, decode, discover_message
+from .protocol import SESSION_BYTES, Kind, Offer, Refused, decode, discover_message, printable
 
 log = logging.getLogger("flowmesh_edge.pairing")
 
@@ -42,6 +46,8 @@ FIND_S = 3.0
 RESEND_S = 1.0
 #: Longest mesh name carried in TXT (a TXT string is at most 255 bytes).
 _TXT_NAME_BYTES = 200
+#: Most members listed: whoever hears the broadcast may answer, many times over.
+MAX_MEMBERS = 32
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ class Finder:
         key = (member.node_id, member.address)
         known = self.members.get(key)
         if known is None:
+            if len(self.members) >= MAX_MEMBERS:
+                self.dropped["too_many"] += 1
+                return
             self.members[key] = member
         elif member.via not in known.via.split(", "):
             self.members[key] = Member(known.node_id, known.mesh_name, known.address,
@@ -169,6 +178,9 @@ async def _by_mdns(finder: Finder, interfaces: list[str] | None, wait_s: float) 
         properties, problem = parse_txt(info.properties)
         if problem or properties.get("v") != "1" or not properties.get("id"):
             finder.dropped[problem or "bad_txt"] += 1
+            return
+        if node_id_problem(properties["id"]) or not printable(properties.get("mesh") or "?"):
+            finder.dropped["not_printable"] += 1  # it is shown: no terminal control sequences
             return
         endpoints = endpoints_of(properties, info.parsed_addresses(), finder.dropped)
         usable = [e for e in endpoints if e.transport in ("udp", "ws", "wss")]

@@ -11,7 +11,8 @@ channel only the two of them can read. Every message is one datagram::
     u8  step (STEP[kind]; an ABORT carries the step its sender had reached)
         body, by kind:
 
-    COMMIT       I->R  32 commitment, str initiator node id
+    COMMIT       I->R  32 commitment, str initiator node id, [16 cookie] (echoed from RETRY)
+    RETRY        R->I  16 cookie                      (a COMMIT without a valid cookie gets this)
     RESPONSE     R->I  32 responder X25519 public key, 16 nonce, str responder node id
     REVEAL       I->R  32 initiator X25519 public key, 16 nonce
     READY        R->I  sealed ""                       (the responder shows the code; again at its user's yes)
@@ -19,8 +20,9 @@ channel only the two of them can read. Every message is one datagram::
     CREDENTIALS  R->I  u8 part, u8 parts, sealed chunk (of the credentials' compact JSON)
     DONE         I->R  sealed {"node": .., "endpoints": [..]} (saved; where the new device will listen)
     ABORT        both  str reason
-    DISCOVER     any   zero padding to DISCOVER_SIZE ("who accepts pairing?")
-    OFFER        R     compact JSON {"node": .., "mesh": name, "endpoints": [..]}
+    DISCOVER     any   zero padding to DISCOVER_SIZE ("who accepts pairing?"; shorter is refused)
+    OFFER        R     compact JSON {"node": .., "mesh": name, "endpoints": [..]}, never longer
+                       than the DISCOVER it answers
 
 ``str`` is u8 length + UTF-8. Sealed is ChaCha20-Poly1305 under the session
 key, the header (and part numbers) as associated data, and a nonce of the
@@ -39,6 +41,13 @@ Bluetooth LE numeric comparison and ZRTP. The code is an HMAC, labelled
 "code", of the transcript (session id, roles, node ids, both keys, both
 nonces); the session key is HKDF-SHA256 of the X25519 shared secret with the
 transcript's hash as salt and another label. Fresh keys and nonces every attempt.
+
+Why a cookie: a COMMIT costs the member a key pair and holds its one door for
+a while, so it must come from an address that can hear the member. The member
+answers a COMMIT that does not echo a valid cookie with a RETRY (smaller than
+the COMMIT) whose cookie is an HMAC, under a per-process random secret, of the
+source address, the session id and a coarse time; it keeps no state for it.
+Only a COMMIT echoing a valid cookie opens an attempt (guard.py).
 
 Whatever is refused (a message out of order, of another session, replayed, a
 seal that does not open, a reveal that does not match its commitment) is
@@ -64,7 +73,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from flowmesh.limits import NODE_ID_MAX_BYTES
+from flowmesh.limits import node_id_problem
 
 from ..mesh.keyring import check_keyring
 from . import PAIRING_TIMEOUT_S
@@ -75,10 +84,17 @@ SESSION_BYTES = 16
 NONCE_BYTES = 16
 KEY_BYTES = 32
 TAG_BYTES = 16
-#: A DISCOVER is padded to this size and an OFFER is kept within OFFER_MAX: an answer
-#: to a forged source address is never much larger than the question (no amplification).
-DISCOVER_SIZE = 256
+#: A DISCOVER is padded to this size (a shorter one is refused) and an OFFER is kept
+#: within OFFER_MAX, no larger: an answer to a forged source address is never larger
+#: than the question (no amplification).
 OFFER_MAX = 512
+DISCOVER_SIZE = OFFER_MAX
+#: An OFFER lists at most this many endpoints, each at most ENDPOINT_MAX_CHARS long
+#: (DONE too).
+MAX_ENDPOINTS = 16
+ENDPOINT_MAX_CHARS = 300
+#: The return-routability cookie of RETRY, echoed in COMMIT.
+COOKIE_BYTES = 16
 #: The credentials are cut into parts of at most this many bytes, at most MAX_PARTS of
 #: them: every message fits one mesh datagram (1400 bytes, wire.MAX_DATAGRAM).
 PART_BYTES = 1024
@@ -86,6 +102,12 @@ MAX_PARTS = 8
 #: Seconds a step before the code is shown may wait for the other side's next message
 #: (the channel retransmits within it); the comparison itself has the caller's timeout.
 STEP_TIMEOUT_S = 10.0
+#: Seconds the member waits for the REVEAL once it answered a COMMIT: the door is busy
+#: meanwhile, so this is short (the new device reveals as soon as it hears the answer).
+REVEAL_TIMEOUT_S = 3.0
+#: Seconds the member keeps sending the credentials again, waiting for DONE, counted
+#: from when it first sent them; then it reports them sent but not confirmed.
+DONE_WAIT_S = 10.0
 CODE_DIGITS = 6
 
 _LABEL = b"flowmesh pairing v1"
@@ -107,11 +129,12 @@ class Kind(IntEnum):
     CONFIRM = 20
     CREDENTIALS = 21
     DONE = 22
+    RETRY = 23
     ABORT = 31
 
 
 STEP = {Kind.DISCOVER: 0, Kind.OFFER: 0, Kind.COMMIT: 1, Kind.RESPONSE: 2, Kind.REVEAL: 3,
-        Kind.READY: 4, Kind.CONFIRM: 5, Kind.CREDENTIALS: 6, Kind.DONE: 7}
+        Kind.READY: 4, Kind.CONFIRM: 5, Kind.CREDENTIALS: 6, Kind.DONE: 7, Kind.RETRY: 1}
 
 
 class Reason:
@@ -129,6 +152,8 @@ class Reason:
     BAD_KEY = "bad_key"                    # a public key that gives no shared secret
     COMMITMENT_MISMATCH = "commitment_mismatch"  # a reveal that is not what was committed
     BAD_CREDENTIALS = "bad_credentials"    # credentials that make no sense
+    BAD_COOKIE = "bad_cookie"              # a COMMIT echoing a cookie that is not valid
+    SHORT_DISCOVER = "short_discover"      # a DISCOVER not padded to DISCOVER_SIZE
     BUSY = "busy"                          # another attempt is in progress
     RATE_LIMITED = "rate_limited"          # too many attempts started lately
     LOCKED_OUT = "locked_out"              # too many failed codes in a row
@@ -241,10 +266,11 @@ def _text(value: str) -> bytes:
     return bytes((len(raw),)) + raw
 
 
-def _node_id(text: str) -> str:
-    if not text or len(text.encode()) > NODE_ID_MAX_BYTES or not text.isprintable():
+def _node_id(text: object) -> str:
+    """A node id (flowmesh.limits' rule, the same in Postgres and on the mesh); MALFORMED otherwise."""
+    if node_id_problem(text) is not None:
         raise Refused(Reason.MALFORMED, "not a node id")
-    return text
+    return text  # type: ignore[return-value]
 
 
 def abort_message(session: bytes, step: int, reason: str) -> bytes:
@@ -260,6 +286,40 @@ def abort_reason(message: Message) -> str:
     return reason
 
 
+def printable(text: object, max_bytes: int = 255) -> bool:
+    """Text safe to show on a terminal: no control characters, not empty, bounded."""
+    return isinstance(text, str) and bool(text) and text.isprintable() and len(text.encode()) <= max_bytes
+
+
+def _json(data: bytes) -> object:
+    """Untrusted JSON; ValueError for anything that does not parse (deep nesting too)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _endpoints(value: object) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_ENDPOINTS or not all(
+            printable(e, ENDPOINT_MAX_CHARS) and len(e) <= ENDPOINT_MAX_CHARS for e in value):
+        raise ValueError("endpoints")
+    return value
+
+
+def commit_parts(message: Message) -> tuple[bytes, str, bytes | None]:
+    """A COMMIT's commitment, initiator node id and cookie (None when it has none)."""
+    reader = _Reader(message.body)
+    commit, node = reader.take(KEY_BYTES), _node_id(reader.text())
+    rest = message.body[reader.at:]
+    if len(rest) not in (0, COOKIE_BYTES):
+        raise Refused(Reason.MALFORMED, "commit cookie")
+    return commit, node, rest or None
+
+
+def retry_message(session: bytes, cookie: bytes) -> bytes:
+    return encode(Kind.RETRY, session, cookie)
+
+
 def discover_message(query: bytes) -> bytes:
     data = encode(Kind.DISCOVER, query)
     return data + bytes(DISCOVER_SIZE - len(data))
@@ -273,32 +333,36 @@ class Offer:
     mesh_name: str
     endpoints: tuple[str, ...] = ()
 
-    def encode(self, query: bytes) -> bytes:
+    def encode(self, query: bytes, limit: int = OFFER_MAX) -> bytes:
+        """The OFFER answering ``query``, at most ``limit`` bytes (ValueError when even
+        without endpoints it does not fit)."""
+        limit = min(limit, OFFER_MAX)
         endpoints: list[str] = []
         data = b""
-        for endpoint in (*self.endpoints, None):  # as many endpoints as fit OFFER_MAX
+        for endpoint in (*self.endpoints[:MAX_ENDPOINTS], None):  # as many endpoints as fit
             body = json.dumps({"node": self.node_id, "mesh": self.mesh_name, "endpoints": endpoints},
                               separators=(",", ":"), ensure_ascii=False).encode()
             candidate = encode(Kind.OFFER, query, body)
-            if len(candidate) > OFFER_MAX:
+            if len(candidate) > limit:
                 break
             data = candidate
             if endpoint is not None:
                 endpoints.append(endpoint)
         if not data:
-            raise ValueError("an offer does not fit OFFER_MAX bytes")
+            raise ValueError(f"an offer does not fit {limit} bytes")
         return data
 
     @classmethod
     def decode(cls, message: Message) -> Offer:
+        """The OFFER's fields, each checked: names shown to the user must be printable
+        (no terminal control sequences), endpoints bounded."""
         try:
-            fields = json.loads(message.body)
-            endpoints = fields["endpoints"]
-            if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints) \
-                    or not isinstance(fields["mesh"], str):
-                raise TypeError
-            return cls(_node_id(fields["node"]), fields["mesh"], tuple(endpoints))
-        except (ValueError, TypeError, KeyError, AttributeError):
+            fields = _json(message.body)
+            if not isinstance(fields, dict) or set(fields) != {"node", "mesh", "endpoints"} \
+                    or not isinstance(fields["node"], str) or not printable(fields["mesh"]):
+                raise ValueError
+            return cls(_node_id(fields["node"]), fields["mesh"], tuple(_endpoints(fields["endpoints"])))
+        except (ValueError, TypeError):
             raise Refused(Reason.MALFORMED, "offer") from None
 
 
@@ -338,7 +402,7 @@ class Credentials:
     @classmethod
     def decode(cls, data: bytes) -> Credentials:
         try:
-            fields = json.loads(data)
+            fields = _json(data)
             if not isinstance(fields, dict) or set(fields) != _CREDENTIAL_FIELDS:
                 raise ValueError("unexpected fields")
             credentials = cls(**fields)
@@ -351,7 +415,7 @@ class Credentials:
         """ValueError when a field makes no sense (never saying what a key is)."""
         if not isinstance(self.mesh_id, str) or not re.fullmatch(r"[0-9a-f]{16}", self.mesh_id):
             raise ValueError("mesh_id is not 16 hex digits")
-        if not isinstance(self.name, str) or not self.name or len(self.name.encode()) > 255:
+        if not printable(self.name):  # it is shown: no terminal control characters
             raise ValueError("name")
         if not isinstance(self.keys, list):
             raise ValueError("keys is not a list")
@@ -593,7 +657,8 @@ class Initiator(_Party):
         self._nonce = self.crypto.random_bytes(NONCE_BYTES)
         self._commitment = commitment(self.session, self._public, self._nonce)
         self.phase = "committed"
-        self._commit = encode(Kind.COMMIT, self.session, self._commitment + _text(self.node_id))
+        self._commit_bare = encode(Kind.COMMIT, self.session, self._commitment + _text(self.node_id))
+        self._commit = self._commit_bare
         return self._commit
 
     @property
@@ -614,6 +679,12 @@ class Initiator(_Party):
         return self._part_raws if self.phase in ("received", "done") else set()
 
     def _handle(self, message: Message, now: float) -> list[bytes]:
+        if message.kind is Kind.RETRY and self.phase == "committed":
+            # the member asks us to prove we hear it: the same COMMIT, echoing its cookie
+            if len(message.body) != COOKIE_BYTES:
+                raise Refused(Reason.MALFORMED, "retry")
+            self._commit = self._commit_bare + message.body
+            return [self._commit]
         if message.kind is Kind.RESPONSE and self.phase == "committed":
             reader = _Reader(message.body)
             peer_key, peer_nonce, peer = reader.take(KEY_BYTES), reader.take(NONCE_BYTES), reader.text()
@@ -701,18 +772,36 @@ class Responder(_Party):
         self.joined: dict | None = None
         #: Where the attempt's COMMIT came from (set by the guard).
         self.source: object | None = None
+        self.done_wait_s = DONE_WAIT_S
         self._sent_parts: list[bytes] = []
 
     @property
     def _step(self) -> int:
         return {"awaiting_reveal": 2, "comparing": 4, "sending": 6, "done": 7}.get(self.phase, 0)
 
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("done", "unconfirmed", "aborted")
+
+    @property
+    def succeeded(self) -> bool:
+        """The credentials went out and the new device said it saved them (``done``), or
+        went out and no DONE came back within ``done_wait_s`` (``unconfirmed``: its DONE
+        was lost, or it could not say; ``joined`` stays None)."""
+        return self.phase in ("done", "unconfirmed")
+
+    def tick(self, now: float) -> list[bytes]:
+        if self.phase == "sending" and now >= self.deadline:
+            self.phase = "unconfirmed"  # no ABORT: the new device has most likely saved them
+            return []
+        return super().tick(now)
+
     def start(self, message: Message, raw: bytes) -> list[bytes]:
-        """The attempt of this COMMIT (MALFORMED raised before any key is made)."""
-        reader = _Reader(message.body)
-        self._commitment, self.peer_node = reader.take(32), _node_id(reader.text())
-        reader.end()
+        """The attempt of this COMMIT (MALFORMED raised before any key is made). The
+        REVEAL is awaited REVEAL_TIMEOUT_S only: the door is busy meanwhile."""
+        self._commitment, self.peer_node, _cookie = commit_parts(message)
         self.session = message.session
+        self.deadline = self.started + REVEAL_TIMEOUT_S
         self._private, self._public = self.crypto.key_pair()
         self._nonce = self.crypto.random_bytes(NONCE_BYTES)
         self.phase = "awaiting_reveal"
@@ -744,22 +833,24 @@ class Responder(_Party):
             if self._open(0, message.body, message.header) != _CONFIRMED:
                 raise Refused(Reason.MALFORMED, "confirmation")
             self.peer_ok = True
-            return self._send_credentials()
+            return self._send_credentials(now)
         if message.kind is Kind.DONE and self.phase == "sending":
             said = self._open(1, message.body, message.header)
-            try:
-                joined = json.loads(said)
-                if not isinstance(joined, dict) or joined.get("node") != self.peer_node or \
-                        not isinstance(joined.get("endpoints"), list):
+            try:  # checked field by field: the CLI records these endpoints
+                joined = _json(said)
+                if not isinstance(joined, dict) or set(joined) != {"node", "endpoints"} \
+                        or joined["node"] != self.peer_node:
                     raise ValueError
-            except ValueError:
+                _node_id(joined["node"])
+                _endpoints(joined["endpoints"])
+            except (ValueError, Refused):
                 raise Refused(Reason.MALFORMED, "done") from None
             self.joined = joined
             self.phase = "done"
             return []
         raise Refused(Reason.OUT_OF_ORDER, f"{message.kind.name} while {self.phase}")
 
-    def user_confirmed(self) -> list[bytes]:
+    def user_confirmed(self, now: float) -> list[bytes]:
         """Our user says the codes match: the credentials go out once the initiator's
         CONFIRM is in too (never before: its user may not have confirmed); until then
         the READY is sent again, which a new device that did confirm answers."""
@@ -770,12 +861,12 @@ class Responder(_Party):
             # the READY again: a new device whose CONFIRM was lost (and whose resends ran
             # out while our user read the code) answers it with its CONFIRM again
             return [self._ready]
-        return self._send_credentials()
+        return self._send_credentials(now)
 
     def user_rejected(self) -> list[bytes]:
         return self.abort(Reason.REJECTED)
 
-    def _send_credentials(self) -> list[bytes]:
+    def _send_credentials(self, now: float) -> list[bytes]:
         if not (self.user_ok and self.peer_ok):
             return []
         payload = self.credentials.encode()
@@ -786,5 +877,5 @@ class Responder(_Party):
             numbers = bytes((index, len(chunks)))
             header = encode(Kind.CREDENTIALS, self.session)
             self._sent_parts.append(header + numbers + self._seal(1 + index, chunk, header + numbers))
-        self.phase, self.deadline = "sending", self.deadline + STEP_TIMEOUT_S
+        self.phase, self.deadline = "sending", now + self.done_wait_s
         return list(self._sent_parts)
