@@ -155,6 +155,9 @@ def _accept(node_id, timeout_s, yes, meshes_file, port, bind, ws_port, ble, ble_
         raise _fail(f"mesh {offered.mesh_id} cannot be offered: {exc}") from None
     result = asyncio.run(_accept_async(node_id, credentials, timeout_s, yes, port, bind, ws_port, ble,
                                        ble_adapter, mdns, mdns_interfaces))
+    summary = refused_summary(result.refused)
+    if summary:
+        click.echo(summary, err=True)
     if not result.ok:
         raise _fail(f"pairing failed: {result.detail}")
     joined = result.joined or {}
@@ -169,8 +172,24 @@ def _accept(node_id, timeout_s, yes, meshes_file, port, bind, ws_port, ble, ble_
                 store.record_endpoint(offered.mesh_id, joined["node"], address, None, now)
                 recorded.append(str(address))
     _save(store)
+    if result.joined is None:  # its DONE never came: it most likely saved them, but did not say
+        click.echo(f"paired: {result.detail} ({result.peer_node}, mesh {offered.name} "
+                   f"({offered.mesh_id})); its endpoint is not recorded")
+        return
     click.echo(f"paired: {result.peer_node} joined mesh {offered.name} ({offered.mesh_id})"
                + (f"; its endpoint {', '.join(recorded)} is saved" if recorded else ""))
+
+
+#: Refusals not worth a word: a retransmission answered again is how loss is repaired.
+_UNREMARKABLE = {"duplicate"}
+
+
+def refused_summary(refused: dict[str, int]) -> str | None:
+    """One line of what the member refused while it waited, or None when nothing was."""
+    shown = [(reason, n) for reason, n in sorted(refused.items()) if n and reason not in _UNREMARKABLE]
+    if not shown:
+        return None
+    return "refused while waiting: " + ", ".join(f"{reason} {n}" for reason, n in shown)
 
 
 async def _accept_async(node_id, credentials, timeout_s, yes, port, bind, ws_port, ble, ble_adapter,
@@ -260,6 +279,7 @@ def _join(node_id, target, timeout_s, yes, meshes_file, port, ble, ble_adapter, 
                         yes)
 
     def save(credentials: Credentials) -> None:
+        _check_no_takeover(store, credentials)
         if credentials.device_credential is not None:
             write_secret_file(output, credentials.device_credential + "\n")
         _add_mesh(store, credentials, founder=credentials.node_id)
@@ -466,6 +486,23 @@ def _default_credential_path(node_id: str) -> Path:
 
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", node_id)[:100]
     return settings.data_dir() / CREDENTIALS_DIR / f"{safe}.url"
+
+
+class MeshTakeover(Exception):
+    """Credentials naming a mesh this device saved, with none of its keys."""
+
+
+def _check_no_takeover(store: SavedMeshes, credentials: Credentials) -> None:
+    """A member is trusted for its own mesh only: credentials that name the id of a mesh
+    already saved here but share no key with its keyring would replace another mesh's
+    keys, relay and founder. Refused before anything is written."""
+    if credentials.mesh_id not in store:
+        return
+    saved = store.get(credentials.mesh_id)
+    if not set(saved.keys) & set(credentials.keys):
+        raise MeshTakeover(f"mesh {credentials.mesh_id} ({saved.name}) is already saved here with other "
+                           "keys; nothing was saved (forget it first with `flowmesh-edge meshes forget "
+                           f"{credentials.mesh_id}` if it is meant to be replaced)")
 
 
 def _add_mesh(store: SavedMeshes, credentials: Credentials, founder: str | None) -> None:

@@ -187,3 +187,48 @@ def test_a_member_offers_the_mesh_of_a_key_file_and_keeps_it(env, tmp_path):
     assert ours.name == theirs.name == "office" and ours.keys == theirs.keys == ["the office mesh key 000001"]
     assert ours.mesh_id == theirs.mesh_id and [e.node_id for e in theirs.endpoints] == ["laptop"]
     assert "the office mesh key" not in out + err + member_out + member_err
+
+
+def test_a_member_cannot_overwrite_another_mesh_saved_on_the_new_device(env, tmp_path):
+    """The member offers a mesh under the id of the new device's "office" mesh, with keys
+    of its own: the new device refuses in one line and its file is unchanged."""
+    new_file = tmp_path / "laptop.json"
+    ours = SavedMeshes.load(new_file)
+    office = ours.add_or_update("the office mesh key 000001", "office", relay_url="wss://office:1",
+                                relay_token="office-token")
+    ours.save()
+    before = new_file.read_bytes()
+    member_file = tmp_path / "member.json"
+    theirs = SavedMeshes.load(member_file)
+    theirs.add_or_update(KEY, "office", mesh_id=office.mesh_id, relay_url="wss://attacker:1")
+    theirs.save()
+    member = accepting(env, member_file)
+    port = udp_port(member)
+    code, out, err = Cli(["pair", "--with", f"127.0.0.1:{port}", "--yes", "--node-id", "laptop",
+                          "--meshes-file", str(new_file)], env).finish()
+    member.finish()
+    assert code == 1 and len(err.strip().splitlines()) == 1, (out, err)
+    assert f"mesh {office.mesh_id} (office) is already saved here with other keys; nothing was saved" in err
+    assert new_file.read_bytes() == before
+
+
+def test_the_member_says_in_one_line_what_it_refused_while_waiting(env, member_file):
+    import socket
+
+    member = Cli(["pair", "--accept", "--yes", "--port", "0", "--bind", "127.0.0.1", "--timeout", "2",
+                  "--meshes-file", str(member_file), "--node-id", "pi-kitchen"], env)
+    port = udp_port(member)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for junk in (b"FMPAIR1\x10", b"FMPAIR1\x10", b"FMPAIR1\x01" + bytes(17)):  # malformed, short DISCOVER
+            sock.sendto(junk, ("127.0.0.1", port))
+        code, out, err = member.finish()
+    assert code == 1 and "no pairing request within 2 s" in err
+    assert "refused while waiting: malformed 2, short_discover 1" in err.splitlines()
+
+
+def test_the_refusal_summary_leaves_out_what_was_not_refused():
+    from flowmesh_edge.pairing_cli import refused_summary
+
+    assert refused_summary({}) is None and refused_summary({"duplicate": 3}) is None
+    assert refused_summary({"rate_limited": 1, "busy": 3, "duplicate": 2}) == \
+        "refused while waiting: busy 3, rate_limited 1"
