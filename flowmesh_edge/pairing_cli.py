@@ -507,7 +507,9 @@ def _check_no_takeover(store: SavedMeshes, credentials: Credentials) -> None:
 
 def _add_mesh(store: SavedMeshes, credentials: Credentials, founder: str | None) -> None:
     """Save the mesh received (or offered from a key file) with its whole keyring and its id
-    (stable through rotations: not the id of today's primary key)."""
+    (stable through rotations: not the id of today's primary key). Never over another
+    mesh saved under that id with none of these keys (MeshTakeover)."""
+    _check_no_takeover(store, credentials)
     store.add_or_update(credentials.keys[0], credentials.name, founder=founder,
                         relay_url=credentials.relay_url, relay_token=credentials.relay_token,
                         mesh_id=credentials.mesh_id, secondary_keys=credentials.keys[1:],

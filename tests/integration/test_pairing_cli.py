@@ -232,3 +232,24 @@ def test_the_refusal_summary_leaves_out_what_was_not_refused():
     assert refused_summary({}) is None and refused_summary({"duplicate": 3}) is None
     assert refused_summary({"rate_limited": 1, "busy": 3, "duplicate": 2}) == \
         "refused while waiting: busy 3, rate_limited 1"
+
+
+def test_saving_credentials_never_replaces_a_mesh_saved_under_their_id_with_other_keys(tmp_path):
+    from flowmesh_edge.pairing.protocol import Credentials
+    from flowmesh_edge.pairing_cli import MeshTakeover, _add_mesh
+
+    store = SavedMeshes.load(tmp_path / "meshes.json")
+    office = store.add_or_update("the office mesh key 000001", "office", relay_url="wss://office:1")
+    evil = Credentials(mesh_id=office.mesh_id, name="office", keys=["attacker chosen key 0000"],
+                       relay_url="wss://attacker:1", node_id="pi-home")
+    with pytest.raises(MeshTakeover):
+        _add_mesh(store, evil, founder="pi-home")
+    kept = store.get(office.mesh_id)
+    assert kept.keys == ["the office mesh key 000001"] and kept.relay_url == "wss://office:1"
+    assert kept.founder is None
+    # the same mesh, its keyring rotated since (one key in common): updated as before
+    rotated = Credentials(mesh_id=office.mesh_id, name="office", keys=["a newer office key 0002",
+                                                                       "the office mesh key 000001"],
+                          keyring_version=1, node_id="pi-office")
+    _add_mesh(store, rotated, founder="pi-office")
+    assert store.get(office.mesh_id).keys == rotated.keys
