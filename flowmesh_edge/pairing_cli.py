@@ -380,10 +380,10 @@ def parse_target(text: str, default_port: int = PAIRING_PORT) -> Address:
     or ``ble:AA:BB:CC:DD:EE:FF`` -> the Address to pair with (a UDP host resolved)."""
     scheme = re.match(r"(wss?)://(.+)$", text)
     if scheme:
-        host, sep, port = scheme.group(2).rstrip("/").rpartition(":")
-        if not sep or not port.isdigit():
+        host_port = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]:/]+):(\d{1,5})/?", scheme.group(2))
+        if host_port is None or not 0 < int(host_port.group(2)) < 65536:
             raise click.BadParameter(f"{text!r}: want ws://HOST:PORT", param_hint="--with")
-        return Address(scheme.group(1), host.strip("[]"), int(port))
+        return Address(scheme.group(1), host_port.group(1).strip("[]"), int(host_port.group(2)))
     if text.lower().startswith("ble:"):  # ble:MAC, or the address form ble:[MAC]:0
         mac = re.fullmatch(r"ble:(\[)?((?:[0-9a-f]{2}:){5}[0-9a-f]{2})(?(1)\]:0|)", text, re.IGNORECASE)
         if mac is None:
@@ -397,10 +397,14 @@ def parse_target(text: str, default_port: int = PAIRING_PORT) -> Address:
         raise click.BadParameter(f"{text!r} is not HOST:PORT, ws://HOST:PORT or ble:ADDRESS",
                                  param_hint="--with")
     host = host.strip("[]")
+    if ":" in host:  # an IPv6 literal: the pairing socket is IPv4 (as the mesh's UDP transport)
+        raise click.BadParameter(f"{text!r}: pairing over UDP is IPv4 only; give an IPv4 address "
+                                 "or a host name that has one", param_hint="--with")
     try:  # answers come from an address: compare them to the one we send to
-        host = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)[0][4][0]
+        host = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
     except OSError as exc:
-        raise click.BadParameter(f"cannot resolve {host}: {exc}", param_hint="--with") from None
+        raise click.BadParameter(f"cannot resolve {host} to an IPv4 address: {exc}",
+                                 param_hint="--with") from None
     return Address.udp(host, int(port))
 
 
@@ -474,11 +478,15 @@ def write_secret_file(path: Path, text: str) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), SECRET_MODE)
     try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+        try:
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:  # a secret half-written is not left behind under another name
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def _default_credential_path(node_id: str) -> Path:

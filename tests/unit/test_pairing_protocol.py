@@ -443,9 +443,30 @@ def test_the_member_to_pair_with_is_named_as_the_user_would():
     assert parse_target("ws://192.0.2.7:8765/") == Address("ws", "192.0.2.7", 8765)
     assert parse_target("ble:aa:bb:cc:dd:ee:ff") == Address("ble", "AA:BB:CC:DD:EE:FF", 0)
     assert parse_target("ble:[AA:BB:CC:DD:EE:FF]:0") == Address("ble", "AA:BB:CC:DD:EE:FF", 0)
-    for bad in ("ble:nonsense", "ws://host", "127.0.0.1:70000", "127.0.0.1:x"):
+    assert parse_target("ws://[::1]:8765") == Address("ws", "::1", 8765)
+    for bad in ("ble:nonsense", "ws://host", "127.0.0.1:70000", "127.0.0.1:x", "ws://[::1", "ws://[::1]",
+                "ws://host:0", "ws://a:b:1", "ws://host:80/x"):
         with pytest.raises(click.BadParameter):
             parse_target(bad)
+    for ipv6 in ("[::1]:9998", "[::1]", "udp:[::1]:9998"):  # the pairing socket is IPv4
+        with pytest.raises(click.BadParameter, match="IPv4 only"):
+            parse_target(ipv6)
+
+
+def test_a_secret_file_that_cannot_be_written_leaves_no_temporary_file_behind(tmp_path):
+    import os
+
+    from flowmesh_edge.pairing_cli import write_secret_file
+
+    target = tmp_path / "taken"
+    target.mkdir()  # os.replace cannot put a file over a directory
+    (target / "x").write_text("")
+    with pytest.raises(OSError):
+        write_secret_file(target, "postgresql://dev:pw@db/x")
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
+    write_secret_file(tmp_path / "ok.url", "secret")
+    assert sorted(os.listdir(tmp_path)) == ["ok.url", "taken"]
+    assert (tmp_path / "ok.url").stat().st_mode & 0o777 == 0o600
 
 
 # -- the front door against blind senders (cookies, lockout, quotas) -----------------------------
