@@ -103,17 +103,23 @@ async def test_two_members_with_no_peers_find_each_other_over_mdns(tmp_path):
             await links.stop()
 
 
-async def test_keys_commands_rotate_the_key_of_two_running_agents_and_both_save_it(tmp_path, monkeypatch,
-                                                                                   caplog):
-    monkeypatch.setattr(links_module, "KEYS_POLL_S", 0.1)
-    caplog.set_level("DEBUG")
-    files = [tmp_path / "a.json", tmp_path / "b.json"]
+async def two_agents(files) -> tuple[MeshLinks, MeshLinks]:
+    """Agents a and b of mesh "home", each with its meshes file, b joining through a."""
     a = MeshLinks("a", options(files[0], mesh_key=KEY, mesh_name="home"))
     a.build()
     await a.start()
     b = MeshLinks("b", options(files[1], mesh_key=KEY, mesh_name="home", peers=[a.primary.address]))
     b.build()
     await b.start()
+    return a, b
+
+
+async def test_keys_commands_rotate_the_key_of_two_running_agents_and_both_save_it(tmp_path, monkeypatch,
+                                                                                   caplog):
+    monkeypatch.setattr(links_module, "KEYS_POLL_S", 0.1)
+    caplog.set_level("DEBUG")
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    a, b = await two_agents(files)
     runner = CliRunner()
 
     def keys(*args: str) -> str:
@@ -154,12 +160,7 @@ async def test_keys_commands_rotate_the_key_of_two_running_agents_and_both_save_
 async def test_a_rotation_asked_for_while_no_agent_runs_is_carried_out_when_it_starts(tmp_path, monkeypatch):
     monkeypatch.setattr(links_module, "KEYS_POLL_S", 0.1)
     files = [tmp_path / "a.json", tmp_path / "b.json"]
-    a = MeshLinks("a", options(files[0], mesh_key=KEY, mesh_name="home"))
-    a.build()
-    await a.start()
-    b = MeshLinks("b", options(files[1], mesh_key=KEY, mesh_name="home", peers=[a.primary.address]))
-    b.build()
-    await b.start()
+    a, b = await two_agents(files)
     runner = CliRunner()
     try:
         await until(lambda: status(a.primary, "b") == "alive", 10)
