@@ -52,7 +52,8 @@ def _fail(message: str) -> click.ClickException:
               help="The member to pair with (new device) [default: list the members found nearby].")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=PAIRING_TIMEOUT_S,
               show_default=True,
-              help="Seconds to wait for a request (--accept) and for the users to confirm.")
+              help="Seconds to wait for a request (--accept) and for the users to confirm (on the new "
+              "device, counted from its first message; the steps before the code wait 10 s each).")
 @click.option("--yes", is_flag=True,
               help="Confirm the code without asking (and pick the only member found): scripts and tests "
               "only, it gives up the protection the code gives.")

@@ -1,7 +1,8 @@
 """Proximity pairing: a new device joins a mesh through a member, both users comparing a 6-digit code.
 
 * ``protocol``: the messages and the two state machines (pure);
-* ``guard``: the accepting member's front door (one attempt at a time, rate limit, lockout);
+* ``guard``: the accepting member's front door (a return-routability cookie, one attempt at a
+  time, rate limits overall and per host, lockout);
 * ``channel``: running the protocol over a mesh transport (UDP, WebSocket, BLE);
 * ``discovery``: finding members that accept pairing (LAN broadcast, mDNS, BLE).
 
