@@ -253,3 +253,40 @@ def test_saving_credentials_never_replaces_a_mesh_saved_under_their_id_with_othe
                           keyring_version=1, node_id="pi-office")
     _add_mesh(store, rotated, founder="pi-office")
     assert store.get(office.mesh_id).keys == rotated.keys
+
+
+async def test_a_member_whose_done_never_comes_exits_0_saying_so_and_records_nothing(env, member_file):
+    """The new device (here in this process, over UDP that loses every DONE) saved the
+    mesh; the member hears no DONE for 10 s after sending the credentials."""
+    from flowmesh_edge.mesh.address import Address
+    from flowmesh_edge.mesh.transports.lossy import WrappedTransport
+    from flowmesh_edge.mesh.transports.udp import UdpTransport
+    from flowmesh_edge.pairing.channel import Channel, pair
+    from flowmesh_edge.pairing.protocol import Kind, decode
+
+    class DropsDone(WrappedTransport):
+        def send(self, data: bytes, address: Address) -> None:
+            if decode(data).kind is Kind.DONE:
+                self.dropped += 1
+                return
+            self.inner.send(data, address)
+
+    async def yes(code: str, peer: str) -> bool:
+        return True
+
+    member = accepting(env, member_file)
+    port = await asyncio.to_thread(udp_port, member)
+    channel = Channel(DropsDone(UdpTransport("127.0.0.1", 0)))
+    await channel.start()
+    saved = []
+    try:
+        paired = await pair(channel, Address.udp("127.0.0.1", port), "laptop", yes, saved.append,
+                            timeout_s=20, mesh_endpoints=["udp:0.0.0.0:9999"])
+    finally:
+        await channel.close()
+    code, out, err = await asyncio.to_thread(member.finish, 40)
+    assert paired.ok and len(saved) == 1 and channel.transport.dropped >= 1
+    assert code == 0, (out, err)
+    assert "paired: credentials sent; the new device did not confirm it saved them (laptop" in out
+    assert "its endpoint is not recorded" in out
+    assert next(iter(SavedMeshes.load(member_file))).endpoints == []
