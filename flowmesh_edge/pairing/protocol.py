@@ -783,6 +783,9 @@ class Responder(_Party):
     def finished(self) -> bool:
         return self.phase in ("done", "unconfirmed", "aborted")
 
+    def _duplicates(self) -> set[bytes]:
+        return {self._bare_commit} if self.phase == "awaiting_reveal" else set()
+
     @property
     def succeeded(self) -> bool:
         """The credentials went out and the new device said it saved them (``done``), or
@@ -799,7 +802,10 @@ class Responder(_Party):
     def start(self, message: Message, raw: bytes) -> list[bytes]:
         """The attempt of this COMMIT (MALFORMED raised before any key is made). The
         REVEAL is awaited REVEAL_TIMEOUT_S only: the door is busy meanwhile."""
-        self._commitment, self.peer_node, _cookie = commit_parts(message)
+        self._commitment, self.peer_node, cookie = commit_parts(message)
+        # the same COMMIT without its cookie, sent again before the RETRY arrived, is a
+        # retransmission like any other (not a step out of order)
+        self._bare_commit = raw[:-COOKIE_BYTES] if cookie else raw
         self.session = message.session
         self.deadline = self.started + REVEAL_TIMEOUT_S
         self._private, self._public = self.crypto.key_pair()

@@ -514,6 +514,9 @@ def test_a_commit_without_a_valid_cookie_gets_a_small_retry_and_opens_nothing():
     (echo,) = new.receive(decode(fresh), fresh, 0).replies
     (response, _), = g.receive(echo, NEW)
     assert decode(response).kind is Kind.RESPONSE and g.started == 1
+    # the COMMIT without its cookie again (a retransmission that crossed the RETRY): a duplicate
+    assert [d for d, _ in g.receive(commit, NEW)] == [response]
+    assert g.refused[Reason.DUPLICATE] == 1 and g.refused[Reason.OUT_OF_ORDER] == 0
 
 
 def test_blind_commits_every_12_s_no_longer_keep_the_door_shut():
