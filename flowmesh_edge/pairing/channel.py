@@ -184,16 +184,26 @@ async def accept(channel: Channel, guard: PairingGuard, ask: Ask, *,
                 return PairingResult(False, Reason.TIMEOUT,
                                      f"no pairing request within {timeout_s:g} s",
                                      refused=dict(guard.refused))
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_S):
-                    await wake.wait()
+            await _nap(wake)
     finally:
-        channel.handler = lambda data, source: None
-        if asking is not None:
-            asking.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asking
+        await _hang_up(channel, asking)
+
+
+async def _nap(wake: asyncio.Event) -> None:
+    """Until something happens (a datagram, the user's answer), or TICK_S."""
+    wake.clear()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(TICK_S):
+            await wake.wait()
+
+
+async def _hang_up(channel: Channel, asking: asyncio.Task | None) -> None:
+    """Stop listening, and stop asking the user."""
+    channel.handler = lambda data, source: None
+    if asking is not None:
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
 
 
 def _result(session: Responder | Initiator, refused) -> PairingResult:
@@ -263,16 +273,9 @@ async def pair(channel: Channel, address: Address, node_id: str, ask: Ask, save:
                 asking.add_done_callback(lambda _task: wake.set())
             for datagram in resender.due(initiator.retransmit, loop.time()):
                 channel.send(datagram, address)
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_S):
-                    await wake.wait()
+            await _nap(wake)
     finally:
-        channel.handler = lambda data, source: None
-        if asking is not None:
-            asking.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asking
+        await _hang_up(channel, asking)
 
 
 async def _store(initiator: Initiator, save: Save, channel: Channel, address: Address) -> PairingResult:
