@@ -84,11 +84,8 @@ class RotationStats:
 class _Step:
     version: int
     digest: str
-    keys: list[bytes] = field(repr=False)
     pending: set[str] = field(default_factory=set)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Another member's ring, ranked above, arrived while this step was spreading.
-    superseded: bool = False
 
 
 def _text(key: bytes) -> str:
@@ -154,12 +151,10 @@ class KeyRotation:
         known dead acknowledged (True), the deadline passed, or another member's ring
         came first (False); with ``everyone``, members declared dead and not yet forgotten
         (``dead_reap_s``) are waited for too."""
-        if len(keys) > len(set(keys)):
-            raise ValueError("a key appears twice in the keyring")
         self._apply(self.version + 1, self.host.node_id, keys)
         mine = self._rank()
         waited = self._everyone if everyone else self._not_dead
-        step = _Step(self.version, ring_digest(keys), keys, waited())
+        step = _Step(self.version, mine[2], waited())
         self._step = step
         cfg = self.host.config
         deadline = self.host.now() + cfg.keyring_deadline_s
@@ -174,7 +169,7 @@ class KeyRotation:
             if not step.pending:
                 break
         self._step = None
-        if step.superseded or self._rank() != mine:
+        if self._rank() != mine:  # another member's ring was taken meanwhile
             log.warning("mesh %s: keyring version %d was superseded by %s's version %d: the change "
                         "stops there", self.host.node_id, step.version, self.origin, self.version)
             return False
@@ -244,7 +239,6 @@ class KeyRotation:
             step = self._step
             if step is not None:  # ours is superseded: stop waiting for it
                 step.pending.clear()
-                step.superseded = True
                 step.done.set()
             self._apply(message["v"], message["o"], [k.encode("utf-8") for k in message["k"]])
             self._send_ack(frame.sender, addr, key)
