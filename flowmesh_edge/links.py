@@ -263,7 +263,7 @@ class MeshLinks:
                 return
             self.store.set_keys(link.mesh_id, keys, version)
             self._dirty = True
-            asyncio.get_running_loop().create_task(self.save())
+            link.node.spawn(self.save())  # a task the node holds (and stop() saves anyway)
         return on_keyring
 
     async def _save_every(self) -> None:
@@ -276,8 +276,7 @@ class MeshLinks:
                 self._read_requests()
             if since_save >= SAVE_EVERY_S:
                 since_save = 0.0
-                await self.save()
-                self._carry_out(self.store)  # again: a change that stopped short is retried
+                await self.save()  # which also retries a keyring change that stopped short
 
     def _read_requests(self) -> None:
         """What ``flowmesh-edge keys`` wrote in the file: carry it out."""
@@ -337,9 +336,14 @@ class MeshLinks:
             return False
 
     async def save(self) -> None:
-        """Write meshes.json when something changed; leave the meshes forgotten meanwhile."""
-        if self.store is None or not self._dirty:
-            return
+        """Write meshes.json when something changed; leave the meshes forgotten meanwhile;
+        then carry out the keyring asked for in it, if any."""
+        if self.store is not None and self._dirty:
+            await self._write()
+        self._carry_out(self.store)
+
+    async def _write(self) -> None:
+        """Write the store, merged with the file; leave the meshes it says were forgotten."""
         self._dirty = False
         try:
             # in the loop's thread: the path and member handlers change the store in it,
@@ -356,8 +360,6 @@ class MeshLinks:
                 await link.mdns.close()
             await link.node.stop()
             self.links.remove(link)
-        # the save merged what another process wrote since: a keyring asked for among it
-        self._carry_out(self.store)
 
 
 def _identity(path: Path) -> tuple[int, int, int]:
