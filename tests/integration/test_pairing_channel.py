@@ -13,6 +13,7 @@ from flowmesh_edge.mesh.transports.udp import UdpTransport
 from flowmesh_edge.pairing.channel import Channel, accept, pair
 from flowmesh_edge.pairing.guard import PairingGuard
 from flowmesh_edge.pairing.protocol import Credentials, Initiator, Kind, Reason, decode, encode
+from tests.support.pairing import DropsDone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -162,16 +163,6 @@ async def test_an_attempt_that_breaks_its_commitment_is_counted_and_the_member_w
             await channel.close()
     assert paired.ok and accepted.ok and accepted.peer_node == "laptop"
     assert decode(to_attacker[-1]).kind is Kind.ABORT and guard.failures_in_row == 0
-
-
-class DropsDone(WrappedTransport):
-    """Loses every DONE: the new device saved the mesh, the member never hears it say so."""
-
-    def send(self, data: bytes, address: Address) -> None:
-        if decode(data).kind is Kind.DONE:
-            self.dropped += 1
-            return
-        self.inner.send(data, address)
 
 
 async def test_a_lost_done_ends_the_member_with_credentials_sent_but_unconfirmed():

@@ -24,6 +24,7 @@ from tests.support.pairing import (
     TOKEN,
     WAIT_S,
     Cli,
+    DropsDone,
     accepting,
     cli_env,
     no_secret_in,
@@ -259,17 +260,8 @@ async def test_a_member_whose_done_never_comes_exits_0_saying_so_and_records_not
     """The new device (here in this process, over UDP that loses every DONE) saved the
     mesh; the member hears no DONE for 10 s after sending the credentials."""
     from flowmesh_edge.mesh.address import Address
-    from flowmesh_edge.mesh.transports.lossy import WrappedTransport
     from flowmesh_edge.mesh.transports.udp import UdpTransport
     from flowmesh_edge.pairing.channel import Channel, pair
-    from flowmesh_edge.pairing.protocol import Kind, decode
-
-    class DropsDone(WrappedTransport):
-        def send(self, data: bytes, address: Address) -> None:
-            if decode(data).kind is Kind.DONE:
-                self.dropped += 1
-                return
-            self.inner.send(data, address)
 
     async def yes(code: str, peer: str) -> bool:
         return True

@@ -16,7 +16,10 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from flowmesh_edge.mesh.address import Address
+from flowmesh_edge.mesh.transports.lossy import WrappedTransport
 from flowmesh_edge.meshes import SavedMeshes
+from flowmesh_edge.pairing.protocol import Kind, decode
 
 KEY, OLD_KEY = "the primary key of home 0001", "an older key still accepted"
 TOKEN, CREDENTIAL = "relay-token-secret-77", "postgresql://flowmesh_dev_laptop:pw-secret-88@127.0.0.1:6432/flowmesh"
@@ -120,3 +123,11 @@ def no_secret_in(*texts: str) -> None:
             assert secret not in text
 
 
+class DropsDone(WrappedTransport):
+    """Loses every DONE: the new device saved the mesh, the member never hears it say so."""
+
+    def send(self, data: bytes, address: Address) -> None:
+        if decode(data).kind is Kind.DONE:
+            self.dropped += 1
+            return
+        self.inner.send(data, address)
